@@ -1,0 +1,273 @@
+"""Plivo webhook signatures (V2 and V3): compute, verify, and sign for tests.
+
+A small pure module (stdlib only, no Flask) in the spirit of itsdangerous and
+gidgethub: the web layer hands it the URL Plivo called, the request headers and
+the form parameters, and gets back which header matched or a ``SignatureError``.
+
+V2 signs ``scheme://netloc/path`` of the URL followed by the nonce.
+V3 also covers the query string and the POST form parameters; its string to
+sign reproduces the official ``plivo`` Python SDK (``validate_v3_signature``)
+byte for byte:
+
+* the URL is split with ``urlparse``: the scheme is lower-cased, the host,
+  port and path are kept exactly, ``;params`` of the last path segment, the
+  query and the fragment are dropped from the base;
+* the query is decoded with ``parse_qs`` rules (``+`` is a space, percent
+  escapes are UTF-8, blank values kept, ``&`` is the only separator), keys are
+  sorted, the values of a repeated key are sorted, and it is written back
+  undecorated as ``k=v`` pairs joined by ``&`` after a ``?``;
+* for POST, the form parameters (sorted the same way) follow as ``keyvalue``
+  with no separators at all: after ``?`` when the URL has no query, after
+  ``.`` when it has one; a POST without parameters signs like a GET;
+* ``.`` and the nonce end the string; the signature is base64(HMAC-SHA256).
+
+Where the SDK cannot cope (it raises on non-ASCII characters in the URL, raw or
+percent-encoded), this module uses the natural extension: UTF-8 throughout.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable, Mapping
+from urllib.parse import parse_qsl, urlparse, urlunsplit
+
+__all__ = [
+    "HEADER_V2", "HEADER_MA_V2", "HEADER_V2_NONCE",
+    "HEADER_V3", "HEADER_MA_V3", "HEADER_V3_NONCE",
+    "SignatureError", "MissingSignature", "MissingNonce", "BadSignature",
+    "v2_signature", "v3_signature", "verify", "sign_headers",
+]
+
+HEADER_V2 = "X-Plivo-Signature-V2"
+HEADER_MA_V2 = "X-Plivo-Signature-Ma-V2"
+HEADER_V2_NONCE = "X-Plivo-Signature-V2-Nonce"
+HEADER_V3 = "X-Plivo-Signature-V3"
+HEADER_MA_V3 = "X-Plivo-Signature-Ma-V3"
+HEADER_V3_NONCE = "X-Plivo-Signature-V3-Nonce"
+
+# Canonical order, used for SignatureError.present.
+_ALL_HEADERS = (HEADER_V3, HEADER_MA_V3, HEADER_V3_NONCE,
+                HEADER_V2, HEADER_MA_V2, HEADER_V2_NONCE)
+_BY_LOWER = {name.lower(): name for name in _ALL_HEADERS}
+_NONCES = (HEADER_V2_NONCE, HEADER_V3_NONCE)
+_SHORT = {HEADER_V3: "V3", HEADER_MA_V3: "Ma-V3", HEADER_V2: "V2", HEADER_MA_V2: "Ma-V2"}
+
+
+class SignatureError(Exception):
+    """A request's Plivo signature could not be accepted.
+
+    Carries context for logs and never a token or an expected signature:
+    ``reason`` (short text), ``url`` (the URL that was checked) and ``present``
+    (canonical names of the X-Plivo-Signature-* headers the request carried).
+    """
+
+    def __init__(self, reason: str, url: str = "", present: Iterable[str] = ()):
+        present = tuple(present)
+        super().__init__(reason, url, present)
+        self.reason = reason
+        self.url = url
+        self.present = present
+
+    def __str__(self) -> str:
+        if self.present:
+            seen = ", ".join(self.present) + " present"
+        else:
+            seen = "no X-Plivo-Signature header present"
+        return f"{self.reason} ({seen}; checked {self.url})"
+
+
+class MissingSignature(SignatureError):
+    """No V2 or V3 signature header at all."""
+
+
+class MissingNonce(SignatureError):
+    """A signature header is present but its nonce header is missing or empty."""
+
+
+class BadSignature(SignatureError):
+    """A signature header is present and no configured token matches it."""
+
+
+# --- string to sign --------------------------------------------------------
+
+def _split(url: str) -> tuple[str, str]:
+    """(scheme://netloc/path, query) the way urlparse sees the URL."""
+    parts = urlparse(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), parts.query
+
+
+def _group(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for key, value in pairs:
+        groups.setdefault(key, []).append(value)
+    return groups
+
+
+def _param_groups(params) -> dict[str, list[str]]:
+    """Form parameters as key -> list of values.
+
+    Accepts an iterable of (key, value) pairs, a Mapping of key -> str or list
+    of str, or a werkzeug MultiDict (all values of a repeated key are used).
+    """
+    if not params:
+        return {}
+    lists = getattr(params, "lists", None)
+    if callable(lists):  # werkzeug MultiDict: Mapping access would drop repeats
+        return {key: list(values) for key, values in lists()}
+    if isinstance(params, Mapping):
+        return {key: [value] if isinstance(value, str) else list(value)
+                for key, value in params.items()}
+    return _group(params)
+
+
+def _sorted_pairs(groups: dict[str, list[str]]):
+    for key in sorted(groups):
+        for value in sorted(groups[key]):
+            yield key, value
+
+
+def _v3_base(method: str, url: str, params) -> str:
+    """The V3 string to sign, without the final ``.nonce``."""
+    base, query = _split(url)
+    query_pairs = _group(parse_qsl(query, keep_blank_values=True))
+    query_text = "&".join(f"{k}={v}" for k, v in _sorted_pairs(query_pairs))
+    form = {} if method.upper() == "GET" else _param_groups(params)
+    if not form:  # GET, or a POST without form parameters
+        return f"{base}?{query_text}" if query_text else base
+    form_text = "".join(f"{k}{v}" for k, v in _sorted_pairs(form))
+    if query_text:
+        return f"{base}?{query_text}.{form_text}"
+    return f"{base}?{form_text}"
+
+
+def _digest(key: bytes, message: str) -> bytes:
+    mac = hmac.new(key, message.encode("utf-8", "surrogatepass"), hashlib.sha256)
+    return base64.b64encode(mac.digest())
+
+
+def _key(token: str) -> bytes:
+    if not isinstance(token, str) or not token:
+        raise ValueError("a Plivo auth token must be a non-empty string")
+    return token.encode("utf-8")
+
+
+def v2_signature(token: str, url: str, nonce: str) -> str:
+    """base64(HMAC-SHA256(token, scheme://netloc/path + nonce))."""
+    return _digest(_key(token), _split(url)[0] + nonce).decode("ascii")
+
+
+def v3_signature(token: str, method: str, url: str, params, nonce: str) -> str:
+    """The X-Plivo-Signature-V3 value Plivo sends for this request.
+
+    ``url`` is the full URL called, query included; ``params`` the POST form
+    parameters (ignored for GET, whose parameters are in the URL).
+    """
+    return _digest(_key(token), f"{_v3_base(method, url, params)}.{nonce}").decode("ascii")
+
+
+# --- verification ----------------------------------------------------------
+
+def _collect(headers: Mapping) -> dict[str, str]:
+    """The X-Plivo-Signature-* headers, by canonical name, found case-insensitively.
+
+    Repeated signature headers are joined with commas; for a repeated nonce the
+    first one counts.
+    """
+    found: dict[str, str] = {}
+    for name, value in headers.items():
+        canonical = _BY_LOWER.get(name.lower())
+        if canonical is None:
+            continue
+        if canonical not in found:
+            found[canonical] = value
+        elif canonical not in _NONCES:
+            found[canonical] = f"{found[canonical]},{value}"
+    return found
+
+
+def _match(found: dict[str, str], names: list[str], expected: list[bytes]) -> str | None:
+    """Short name of the first header holding an expected signature, else None."""
+    matched = None
+    for name in names:
+        for candidate in found[name].split(","):
+            given = candidate.strip().encode("utf-8", "surrogatepass")
+            for want in expected:
+                if hmac.compare_digest(given, want) and matched is None:
+                    matched = _SHORT[name]
+    return matched
+
+
+def _keys(tokens) -> list[bytes]:
+    if isinstance(tokens, str):
+        tokens = (tokens,)
+    keys = [_key(token) for token in tokens]
+    if not keys:
+        raise ValueError("verify() needs at least one Plivo auth token")
+    return keys
+
+
+def verify(tokens, method: str, url: str, headers: Mapping, params=()) -> str:
+    """Check the Plivo signature of a request; return which header matched.
+
+    ``tokens``: the auth tokens to accept (rotation, main account, subaccounts).
+    ``url``: the full URL Plivo called, query string included.
+    ``headers``: any Mapping (dict, werkzeug Headers); names are case-insensitive.
+    ``params``: the POST form parameters (pairs, Mapping or MultiDict).
+
+    A V3 header, when present, decides alone (never a fallback to V2).
+    Returns "V3", "Ma-V3", "V2" or "Ma-V2"; raises MissingSignature,
+    MissingNonce or BadSignature (all SignatureError).
+    """
+    keys = _keys(tokens)
+    found = _collect(headers)
+    present = tuple(name for name in _ALL_HEADERS if name in found)
+
+    v3 = [name for name in (HEADER_V3, HEADER_MA_V3) if name in found]
+    if v3:
+        nonce = found.get(HEADER_V3_NONCE)
+        if not nonce:
+            raise MissingNonce(f"{HEADER_V3_NONCE} missing or empty", url, present)
+        try:
+            message = f"{_v3_base(method, url, params)}.{nonce}"
+        except ValueError:  # urlparse refuses the URL (e.g. a broken IPv6 host)
+            raise BadSignature("URL cannot be parsed", url, present) from None
+        matched = _match(found, v3, [_digest(key, message) for key in keys])
+        if matched is None:
+            raise BadSignature("bad signature", url, present)
+        return matched
+
+    v2 = [name for name in (HEADER_V2, HEADER_MA_V2) if name in found]
+    if v2:
+        nonce = found.get(HEADER_V2_NONCE)
+        if not nonce:
+            raise MissingNonce(f"{HEADER_V2_NONCE} missing or empty", url, present)
+        try:
+            message = _split(url)[0] + nonce
+        except ValueError:
+            raise BadSignature("URL cannot be parsed", url, present) from None
+        matched = _match(found, v2, [_digest(key, message) for key in keys])
+        if matched is None:
+            raise BadSignature("bad signature", url, present)
+        return matched
+
+    raise MissingSignature("no Plivo signature header", url, present)
+
+
+def sign_headers(token: str, method: str, url: str, params=(),
+                 nonce: str | None = None) -> dict[str, str]:
+    """The signature headers a real Plivo request for this call would carry."""
+    if nonce is None:
+        nonce = f"{secrets.randbelow(10 ** 20):020d}"
+    v2 = v2_signature(token, url, nonce)
+    v3 = v3_signature(token, method, url, params, nonce)
+    return {
+        HEADER_V2: v2,
+        HEADER_MA_V2: v2,
+        HEADER_V2_NONCE: nonce,
+        HEADER_V3: v3,
+        HEADER_MA_V3: v3,
+        HEADER_V3_NONCE: nonce,
+    }
