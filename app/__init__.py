@@ -1,0 +1,87 @@
+"""The responder: answers Plivo inbound messages from YAML reply rules."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import click
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+import config
+
+from . import cli, logs, web
+from .rules import RulesHolder
+from .service import Responder
+
+log = logging.getLogger("app")
+
+#: Keys of test_config that are not settings but test hooks.
+_HOOKS = ("TESTING", "CLOCK")
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the app. Settings come from the environment, or only from `test_config`."""
+    app = Flask(__name__, instance_relative_config=True)
+    # Inside the `flask` command (rules check, sign, ...) a token is not needed and the
+    # rules are loaded by the command itself, so a broken file can still be checked.
+    in_cli = click.get_current_context(silent=True) is not None
+    environ = os.environ if test_config is None else test_config
+    app.config.update(config.load(environ, require_token=not in_cli))
+    for key in _HOOKS:
+        if test_config and key in test_config:
+            app.config[key] = test_config[key]
+    if not app.config["DATABASE_URL"]:
+        app.config["DATABASE_URL"] = "sqlite:///" + os.path.join(app.instance_path, "responder.sqlite3")
+
+    level = app.config["LOG_LEVEL"]
+    if in_cli and level in ("DEBUG", "INFO"):
+        level = "WARNING"  # commands print their own results; keep the per-message log lines out
+    logs.configure(level, app.config["LOG_FORMAT"])
+    if not app.config["VERIFY_SIGNATURES"] and not in_cli:
+        log.warning("VERIFY_SIGNATURES=false: requests are answered without checking that Plivo sent "
+                    "them; use this only for local experiments")
+
+    holder = RulesHolder(app.config["RULES_PATH"], app.config["RULES_RELOAD_INTERVAL"])
+    if not in_cli:
+        holder.load()
+    app.extensions["responder"] = Responder(
+        tokens=app.config["PLIVO_AUTH_TOKENS"], verify=app.config["VERIFY_SIGNATURES"],
+        public_url=app.config["PUBLIC_URL"], holder=holder, clock=app.config.get("CLOCK"),
+    )
+
+    proxies = app.config["TRUSTED_PROXIES"]
+    if proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
+
+    app.register_blueprint(web.bp)
+    _register_errors(app)
+    cli.register(app)
+    return app
+
+
+def _short(status: int, message: str, headers=None) -> Response:
+    response = Response(message + "\n", status, content_type="text/plain; charset=utf-8")
+    for name, value in headers or ():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
+def _register_errors(app: Flask) -> None:
+    limit = app.config["MAX_CONTENT_LENGTH"]
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc):
+        return _short(413, f"request body too large (limit {limit} bytes)")
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return _short(exc.code or 500, (exc.name or "error").lower(), exc.get_headers())
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unexpected error")
+        return _short(500, "internal error")

@@ -1,0 +1,122 @@
+"""Parse what Plivo sends for an inbound message (SPEC §1). Pure: no Flask.
+
+`parse_form` turns a raw form-encoded body or query string into (key, value)
+pairs, strictly: invalid UTF-8 or too many fields is an `InboundError`, never a
+silent replacement character. `parse_message` picks the fields the service uses
+and tolerates every unknown extra parameter.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
+
+#: More fields than this is not a Plivo webhook (it sends about 20).
+MAX_FIELDS = 500
+
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+TYPES = ("sms", "mms", "whatsapp")
+INTENTS = ("optout", "optin", "help")
+
+_MEDIA_KEY = re.compile(r"Media([1-9][0-9]{0,2})\Z")
+
+
+class InboundError(Exception):
+    """The request is not a well-formed inbound message; `str()` is the short answer."""
+
+    status = 400
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One inbound message, as the rules and templates see it."""
+
+    from_: str
+    to: str
+    uuid: str
+    type: str = "sms"
+    text: str = ""
+    intent: str = ""
+    media: tuple[str, ...] = ()
+    media_count: int = 0
+    params: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def has_media(self) -> bool:
+        return bool(self.media) or self.media_count > 0
+
+
+def parse_form(raw: bytes | str, *, max_fields: int = MAX_FIELDS) -> list[tuple[str, str]]:
+    """Decode `a=1&b=2` strictly as UTF-8; keep blank values and repeated keys."""
+    if not raw:
+        return []
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InboundError("body is not valid UTF-8") from None
+    try:
+        return parse_qsl(raw, keep_blank_values=True, encoding="utf-8", errors="strict",
+                         max_num_fields=max_fields)
+    except UnicodeDecodeError:
+        raise InboundError("form values are not valid UTF-8") from None
+    except ValueError:
+        raise InboundError(f"too many form fields (more than {max_fields})") from None
+
+
+def check_content_type(content_type: str | None, body: bytes) -> None:
+    """A POST body must be form-encoded, as Plivo sends it; an empty body is fine."""
+    if not body:
+        return
+    mimetype = (content_type or "").split(";", 1)[0].strip().lower()
+    if mimetype != FORM_TYPE:
+        shown = mimetype or "none"
+        raise InboundError(f"body must be {FORM_TYPE} (got {shown})")
+
+
+def _first_values(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for key, value in pairs:
+        params.setdefault(key, value)
+    return params
+
+
+def _media(params: dict[str, str]) -> tuple[tuple[str, ...], int]:
+    try:
+        count = int(params.get("MediaCount") or 0)
+    except ValueError:
+        count = 0
+    found = []
+    for key, value in params.items():
+        m = _MEDIA_KEY.match(key)
+        if m and value.strip():
+            found.append((int(m.group(1)), value.strip()))
+    found.sort()
+    return tuple(url for _, url in found), max(count, 0)
+
+
+def parse_message(pairs: list[tuple[str, str]]) -> Inbound:
+    """The inbound message from its parameters; missing From/To/MessageUUID is an error."""
+    params = _first_values(pairs)
+    missing = [name for name in ("From", "To", "MessageUUID") if not params.get(name, "").strip()]
+    if missing:
+        raise InboundError("missing " + ", ".join(missing))
+    msg_type = (params.get("Type") or "sms").strip().lower()
+    if msg_type == "sms":
+        text = params.get("Text") or params.get("Body") or ""
+    else:
+        text = params.get("Body") or params.get("Text") or ""
+    media, count = _media(params)
+    return Inbound(
+        from_=params["From"].strip(),
+        to=params["To"].strip(),
+        uuid=params["MessageUUID"].strip(),
+        type=msg_type,
+        text=text,
+        intent=(params.get("MessageIntent") or "").strip().lower(),
+        media=media,
+        media_count=count,
+        params=params,
+    )

@@ -1,0 +1,531 @@
+"""Check a rules file as a whole and compile it into a `RuleSet` (SPEC §4).
+
+Every problem is collected with the line of the offending key or value, and
+the file is rejected if there is any; regexes and templates are compiled here,
+once, never per message.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .. import smsenc
+from ..inbound import INTENTS, TYPES
+from . import source
+from .engine import (DEFAULT_FORWARD_TEXT, Check, Forward, Rule, RuleSet, digits,
+                     first_keyword, normalize_text, normalize_word)
+from .source import Problem, RulesError, YList, YMap
+from .templates import TemplateProblem, compile_template
+
+VERSION = 1
+TOP_KEYS = ("version", "settings", "compliance", "limits", "rules")
+SETTINGS_KEYS = ("timezone",)
+RULE_KEYS = ("name", "when", "reply", "forward", "silent", "continue", "webhook", "media")
+WHEN_KEYS = ("keyword", "text", "contains", "regex", "from", "to", "type", "intent", "media",
+             "days", "hours", "not")
+FORWARD_KEYS = ("to", "text")
+#: Parts of the SPEC that need state or the Message API, which this release does not have yet.
+NOT_YET_TOP = frozenset({"compliance", "limits"})
+NOT_YET_RULE = frozenset({"webhook", "media"})
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+_HOURS = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+_NUMBER_CHARS = re.compile(r"^[0-9+\-.() ]+$")
+# Cheap conditions first, regexes last: a message fails fast on the cheap ones.
+_COST = {"type": 0, "intent": 0, "media": 0, "keyword": 1, "text": 1, "from": 1, "to": 1,
+         "days": 1, "hours": 1, "contains": 2, "not": 3, "regex": 4}
+
+
+class _Shape:
+    """What the shadow analysis needs to know of a rule."""
+
+    __slots__ = ("name", "line", "has_when", "when_keys", "keywords", "texts", "stops")
+
+    def __init__(self, name, line, when, keywords, texts, stops):
+        self.name, self.line, self.stops = name, line, stops
+        self.has_when = when is not None
+        self.when_keys = frozenset(when) if isinstance(when, dict) else frozenset()
+        self.keywords, self.texts = keywords, texts
+
+
+class _Compiler:
+    def __init__(self, path: str):
+        self.path = path
+        self.errors: list[Problem] = []
+        self.warnings: list[Problem] = []
+        self.templates: dict = {}
+
+    # -- reporting -----------------------------------------------------------------
+    def error(self, line: int, message: str) -> None:
+        self.errors.append(Problem(self.path, line, message))
+
+    def warn(self, line: int, message: str) -> None:
+        self.warnings.append(Problem(self.path, line, message))
+
+    def keys(self, mapping: YMap, allowed: tuple[str, ...], where: str,
+             not_yet: frozenset[str] = frozenset()) -> None:
+        for key in mapping:
+            if key in allowed:
+                if key in not_yet:
+                    self.error(mapping.key_line(key), f"{key!r} is not available yet")
+                continue
+            hint = difflib.get_close_matches(str(key), allowed, n=1)
+            why = f"did you mean {hint[0]!r}?" if hint else f"expected one of: {', '.join(allowed)}"
+            self.error(mapping.key_line(key), f"unknown key {key!r} in {where} ({why})")
+
+    # -- scalar helpers ------------------------------------------------------------
+    def values(self, mapping: YMap, key: str, kinds=(str, int)) -> list[tuple[object, int]]:
+        """One value or a list of values, each with its line; [] after an error."""
+        value = mapping[key]
+        if isinstance(value, YList):
+            items = [(v, value.item_line(i)) for i, v in enumerate(value)]
+            if not items:
+                self.error(mapping.value_line(key), f"{key!r} needs at least one value")
+        else:
+            items = [(value, mapping.value_line(key))]
+        good = []
+        for item, line in items:
+            if isinstance(item, bool) or not isinstance(item, kinds) or item == "":
+                self.error(line, f"{key!r} takes {_kind_names(kinds)} or a list of them, got {_show(item)}")
+            else:
+                good.append((item, line))
+        return good
+
+    def boolean(self, mapping: YMap, key: str) -> bool:
+        value = mapping[key]
+        if not isinstance(value, bool):
+            self.error(mapping.value_line(key), f"{key!r} must be true or false, got {_show(value)}")
+            return False
+        return value
+
+    def template(self, text, line: int, groups) -> object:
+        if not isinstance(text, str):
+            self.error(line, f"a template must be text, got {_show(text)}")
+            return None
+        try:
+            return compile_template(text, line, groups, self.templates)
+        except TemplateProblem as exc:
+            self.error(line, str(exc))
+            return None
+
+    def numbers(self, mapping: YMap, key: str) -> tuple[list[str], list[str]]:
+        """Phone numbers reduced to digits: (exact, prefixes)."""
+        exact, prefixes = [], []
+        for value, line in self.values(mapping, key):
+            text = str(value).strip()
+            prefix = text.endswith("*")
+            core = text[:-1].rstrip() if prefix else text
+            if not core and prefix:
+                self.error(line, f"{key!r}: '*' alone matches every number; leave the condition out instead")
+            elif not _NUMBER_CHARS.match(core) or not digits(core):
+                self.error(line, f"{key!r}: {text!r} is not a phone number (digits, optionally "
+                                 "with + spaces dashes dots parentheses, and a trailing * for a prefix)")
+            else:
+                (prefixes if prefix else exact).append(digits(core))
+        return exact, prefixes
+
+    # -- the document --------------------------------------------------------------
+    def document(self, data, digest: str) -> RuleSet | None:
+        if data is None:
+            self.error(0, "the file is empty: it needs 'version: 1' and 'rules:'")
+            return None
+        if not isinstance(data, YMap):
+            self.error(getattr(data, "line", 1) or 1, "the top level must be a mapping with 'version' and 'rules'")
+            return None
+        self.keys(data, TOP_KEYS, "the top level", NOT_YET_TOP)
+        if "version" not in data:
+            self.error(1, "missing 'version: 1'")
+        elif type(data["version"]) is not int or data["version"] != VERSION:
+            self.error(data.value_line("version"),
+                       f"unsupported version {_show(data['version'])}: this service reads version {VERSION}")
+        tz = self.settings(data)
+        rules: list[Rule] = []
+        shapes: list[_Shape] = []
+        if "rules" not in data:
+            self.error(1, "missing 'rules:' (a list of rules)")
+        elif not isinstance(data["rules"], YList):
+            self.error(data.value_line("rules"), f"'rules' must be a list, got {_show(data['rules'])}")
+        else:
+            seen: dict[str, int] = {}
+            for i, item in enumerate(data["rules"]):
+                line = data["rules"].item_line(i)
+                compiled = self.rule(item, len(rules), line, seen)
+                if compiled is not None:
+                    rules.append(compiled[0])
+                    shapes.append(compiled[1])
+        if self.errors:
+            return None
+        self.shadows(shapes)
+        return _index(self.path, digest, tz, rules, shapes, self.warnings)
+
+    def settings(self, data: YMap):
+        tz = ZoneInfo("UTC")
+        if "settings" not in data:
+            return tz
+        settings = data["settings"]
+        if not isinstance(settings, YMap):
+            self.error(data.value_line("settings"), f"'settings' must be a mapping, got {_show(settings)}")
+            return tz
+        self.keys(settings, SETTINGS_KEYS, "settings")
+        if "timezone" in settings:
+            name = settings["timezone"]
+            line = settings.value_line("timezone")
+            if not isinstance(name, str) or not name.strip():
+                self.error(line, f"'timezone' must be an IANA name such as America/New_York, got {_show(name)}")
+                return tz
+            try:
+                tz = ZoneInfo(name.strip())
+            except (ZoneInfoNotFoundError, ValueError, OSError):
+                self.error(line, f"unknown timezone {name!r} (an IANA name such as America/New_York)")
+        return tz
+
+    def rule(self, item, index: int, line: int, seen: dict[str, int]):
+        if not isinstance(item, YMap):
+            self.error(line, f"each rule must be a mapping, got {_show(item)}")
+            return None
+        before = len(self.errors)
+        self.keys(item, RULE_KEYS, "a rule", NOT_YET_RULE)
+        name = item.get("name")
+        if "name" not in item:
+            self.error(item.line, "a rule needs a 'name'")
+            name = f"#{index + 1}"
+        elif not isinstance(name, str) or not name.strip():
+            self.error(item.value_line("name"), f"'name' must be text, got {_show(name)}")
+            name = f"#{index + 1}"
+        else:
+            name = name.strip()
+            if name in seen:
+                self.error(item.value_line("name"), f"duplicate rule name {name!r} (first at line {seen[name]})")
+            else:
+                seen[name] = item.value_line("name")
+
+        checks: list[tuple[int, Check]] = []
+        groups = None
+        keywords = texts = None
+        when = item.get("when")
+        if "when" in item:
+            if not isinstance(when, YMap):
+                self.error(item.value_line("when"), f"'when' must be a mapping of conditions, got {_show(when)}")
+                when = None
+            else:
+                checks, groups, keywords, texts = self.when(when)
+
+        replies = []
+        if "reply" in item:
+            value = item["reply"]
+            if isinstance(value, YList):
+                if not value:
+                    self.error(item.value_line("reply"), "'reply' needs at least one text")
+                entries = [(v, value.item_line(i)) for i, v in enumerate(value)]
+            else:
+                entries = [(value, item.value_line("reply"))]
+            for text, tline in entries:
+                replies.append(self.template(text, tline, groups))
+
+        forward = None
+        if "forward" in item:
+            forward = self.forward(item, groups)
+
+        silent = self.boolean(item, "silent") if "silent" in item else False
+        cont = self.boolean(item, "continue") if "continue" in item else False
+        if silent and (replies or forward is not None):
+            self.error(item.key_line("silent"), "'silent: true' cannot go with 'reply' or 'forward'")
+        if not (replies or "forward" in item or silent or NOT_YET_RULE & set(item)):
+            self.error(item.line, f"rule {name!r} does nothing: give it 'reply', 'forward' or 'silent: true'")
+        if len(self.errors) > before:
+            return None
+
+        for template in replies:
+            self.note_encoding(name, "reply", template)
+        if forward is not None:
+            self.note_encoding(name, "forward", forward.text)
+        templates = [*replies, *([forward.text] if forward else [])]
+        checks.sort(key=lambda pair: pair[0])
+        compiled = Rule(
+            name=name, index=index, line=line, checks=tuple(c for _, c in checks),
+            replies=tuple(replies), forward=forward, silent=silent, cont=cont,
+            needs_context=any(t.constant is None for t in templates),
+        )
+        return compiled, _Shape(name, line, when, keywords, texts, stops=not cont)
+
+    def forward(self, item: YMap, groups):
+        value = item["forward"]
+        if not isinstance(value, YMap):
+            self.error(item.value_line("forward"), f"'forward' must be a mapping with 'to' and 'text', got {_show(value)}")
+            return None
+        self.keys(value, FORWARD_KEYS, "forward")
+        if "to" not in value:
+            self.error(value.line, "'forward' needs 'to' (one number or a list)")
+            return None
+        exact, prefixes = self.numbers(value, "to")
+        if prefixes:
+            self.error(value.value_line("to"), "'forward.to' takes whole numbers, not prefixes")
+        line = value.value_line("text") if "text" in value else value.line
+        template = self.template(value.get("text", DEFAULT_FORWARD_TEXT), line, groups)
+        if template is None or not exact:
+            return None
+        return Forward(tuple(dict.fromkeys(exact)), template)
+
+    def note_encoding(self, name: str, kind: str, template) -> None:
+        if template is None or template.constant is None:
+            return
+        enc = smsenc.analyse(template.constant)
+        note = f"rule {name!r}: {kind} is {enc.name}, {enc.length} characters, {enc.units} unit{'s' if enc.units != 1 else ''}"
+        if enc.name != "GSM-7":
+            odd = next((ch for ch in template.constant if ch not in smsenc.GSM_ALL), None)
+            if odd is not None:
+                note += f" (UCS-2 because of {odd!r})"
+        self.warn(template.line, note)
+
+    # -- conditions ----------------------------------------------------------------
+    def when(self, when: YMap):
+        """Compile one `when` mapping: (checks with cost, regex groups, keywords, texts)."""
+        self.keys(when, WHEN_KEYS, "'when'")
+        checks: list[tuple[int, Check]] = []
+        groups = keywords = texts = None
+        for key in when:
+            if key not in WHEN_KEYS:
+                continue
+            check = None
+            if key == "keyword":
+                words = []
+                for value, line in self.values(when, key):
+                    word = str(value).strip()
+                    if len(word.split()) > 1:
+                        self.error(line, f"keyword {word!r} is more than one word; use 'text' or 'contains' for phrases")
+                    elif not normalize_word(word):
+                        self.error(line, f"keyword {word!r} has no letters or digits")
+                    else:
+                        words.append(normalize_word(word))
+                keywords = frozenset(words)
+                check = _in_set("keyword", keywords)
+            elif key == "text":
+                texts = frozenset(normalize_text(str(v)) for v, _ in self.values(when, key))
+                check = _in_set("normalized", texts)
+            elif key == "contains":
+                parts = tuple(str(v).casefold() for v, _ in self.values(when, key))
+                check = _contains(parts)
+            elif key == "regex":
+                check, groups = self.regex(when)
+            elif key in ("from", "to"):
+                exact, prefixes = self.numbers(when, key)
+                check = _number(key + "_digits", frozenset(exact), tuple(prefixes))
+            elif key == "type":
+                check = _msg_attr("type", self.choices(when, key, TYPES))
+            elif key == "intent":
+                check = _msg_attr("intent", self.choices(when, key, INTENTS))
+            elif key == "media":
+                wanted = self.boolean(when, key)
+                check = _media(wanted)
+            elif key == "days":
+                chosen = self.choices(when, key, DAYS)
+                check = _in_set("weekday", frozenset(DAYS.index(d) for d in chosen))
+            elif key == "hours":
+                check = self.hours(when)
+            elif key == "not":
+                inner = when[key]
+                if not isinstance(inner, YMap) or not inner:
+                    self.error(when.value_line(key), f"'not' takes a mapping of conditions, got {_show(inner)}")
+                else:
+                    sub, _, _, _ = self.when(inner)
+                    sub.sort(key=lambda pair: pair[0])
+                    check = _negate(tuple(c for _, c in sub))
+            if check is not None:
+                checks.append((_COST[key], check))
+        return checks, groups, keywords, texts
+
+    def choices(self, when: YMap, key: str, allowed: tuple[str, ...]) -> frozenset[str]:
+        chosen = set()
+        for value, line in self.values(when, key, kinds=(str,)):
+            word = value.strip().lower()
+            if word not in allowed:
+                self.error(line, f"{key!r}: unknown value {value!r} (expected: {', '.join(allowed)})")
+            else:
+                chosen.add(word)
+        return frozenset(chosen)
+
+    def regex(self, when: YMap):
+        pattern = when["regex"]
+        line = when.value_line("regex")
+        if not isinstance(pattern, str) or not pattern:
+            self.error(line, f"'regex' takes one pattern as text, got {_show(pattern)}")
+            return None, None
+        try:
+            compiled = re.compile(pattern, re.IGNORECASE)
+        except re.error as exc:
+            self.error(line, f"bad regex: {exc.msg} at position {exc.pos}")
+            return None, None
+        return _regex(compiled), frozenset(compiled.groupindex)
+
+    def hours(self, when: YMap):
+        value = when["hours"]
+        line = when.value_line("hours")
+        m = _HOURS.match(value) if isinstance(value, str) else None
+        if not m:
+            self.error(line, f"'hours' takes \"HH:MM-HH:MM\" (for example \"17:00-09:00\"), got {_show(value)}")
+            return None
+        h1, m1, h2, m2 = (int(g) for g in m.groups())
+        if h1 > 23 or m1 > 59 or h2 > 24 or m2 > 59 or (h2 == 24 and m2):
+            self.error(line, f"'hours': {value!r} is not a time of day")
+            return None
+        start, end = h1 * 60 + m1, h2 * 60 + m2
+        if start == end:
+            self.error(line, f"'hours': {value!r} starts and ends at the same time")
+            return None
+        return _between(start, end)
+
+    # -- warnings ------------------------------------------------------------------
+    def shadows(self, shapes: list[_Shape]) -> None:
+        """Warn about rules that can never match because an earlier one always stops first."""
+        catch_all = None
+        by_keyword: dict[str, _Shape] = {}
+        by_text: dict[str, _Shape] = {}
+        for shape in shapes:
+            earlier = catch_all
+            if earlier is None and shape.keywords:
+                if all(k in by_keyword for k in shape.keywords):
+                    earlier = by_keyword[min(shape.keywords, key=lambda k: by_keyword[k].line)]
+            if earlier is None and shape.texts and shape.keywords is None:
+                cover = [by_text.get(t) or by_keyword.get(first_keyword(t)) for t in shape.texts]
+                if all(cover):
+                    earlier = min(cover, key=lambda s: s.line)
+            if earlier is not None:
+                self.warn(shape.line, f"rule {shape.name!r} can never match: rule {earlier.name!r} "
+                                      f"(line {earlier.line}) matches first and stops")
+                continue
+            if not shape.stops:
+                continue
+            if not shape.has_when:
+                catch_all = shape
+            elif shape.when_keys == {"keyword"} and shape.keywords:
+                for k in shape.keywords:
+                    by_keyword.setdefault(k, shape)
+            elif shape.when_keys == {"text"} and shape.texts:
+                for t in shape.texts:
+                    by_text.setdefault(t, shape)
+
+
+# -- compiled conditions (closures over values fixed at load) ----------------------
+def _in_set(attr: str, values: frozenset) -> Check:
+    def check(facts, groups, _get=getattr):
+        return _get(facts, attr) in values
+    return check
+
+
+def _contains(parts: tuple[str, ...]) -> Check:
+    def check(facts, groups):
+        folded = facts.folded
+        return any(p in folded for p in parts)
+    return check
+
+
+def _regex(pattern: re.Pattern) -> Check:
+    def check(facts, groups):
+        m = pattern.search(facts.text)
+        if m is None:
+            return False
+        groups.update(m.groupdict(default=""))
+        return True
+    return check
+
+
+def _number(attr: str, exact: frozenset, prefixes: tuple[str, ...]) -> Check:
+    def check(facts, groups, _get=getattr):
+        number = _get(facts, attr)
+        return number in exact or (bool(prefixes) and number.startswith(prefixes))
+    return check
+
+
+def _msg_attr(attr: str, values: frozenset) -> Check:
+    def check(facts, groups, _get=getattr):
+        return _get(facts.msg, attr) in values
+    return check
+
+
+def _media(wanted: bool) -> Check:
+    def check(facts, groups):
+        return facts.msg.has_media is wanted
+    return check
+
+
+def _between(start: int, end: int) -> Check:
+    if start < end:
+        def check(facts, groups):
+            return start <= facts.minute < end
+    else:
+        def check(facts, groups):
+            return facts.minute >= start or facts.minute < end
+    return check
+
+
+def _negate(checks: tuple[Check, ...]) -> Check:
+    def check(facts, groups):
+        scratch: dict = {}
+        return not all(c(facts, scratch) for c in checks)
+    return check
+
+
+# -- index and entry points ------------------------------------------------------
+def _index(path, digest, tz, rules, shapes, warnings) -> RuleSet:
+    by_keyword: dict[str, list[int]] = {}
+    by_text: dict[str, list[int]] = {}
+    general: list[int] = []
+    for rule, shape in zip(rules, shapes):
+        if shape.keywords:
+            for k in shape.keywords:
+                by_keyword.setdefault(k, []).append(rule.index)
+        elif shape.texts:
+            for t in shape.texts:
+                by_text.setdefault(t, []).append(rule.index)
+        else:
+            general.append(rule.index)
+    return RuleSet(
+        path=path, digest=digest, tz=tz, rules=tuple(rules),
+        by_keyword={k: tuple(v) for k, v in by_keyword.items()},
+        by_text={k: tuple(v) for k, v in by_text.items()},
+        general=tuple(general), warnings=tuple(warnings),
+    )
+
+
+def compile_text(text: str, path: str = "rules.yaml") -> RuleSet:
+    """Compile rules from text; raise `RulesError` listing every problem."""
+    data, problems = source.parse(text, path)
+    compiler = _Compiler(path)
+    compiler.errors.extend(problems)
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    ruleset = compiler.document(data, digest)
+    if compiler.errors or ruleset is None:
+        raise RulesError(sorted(compiler.errors, key=lambda p: p.line))
+    return ruleset
+
+
+def load(path: str) -> RuleSet:
+    """Read and compile a rules file."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise RulesError([Problem(path, 0, f"cannot read the rules file: {exc.strerror or exc}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise RulesError([Problem(path, line, "the rules file is not valid UTF-8")]) from None
+    return compile_text(text, path)
+
+
+def _kind_names(kinds) -> str:
+    return " or ".join({str: "text", int: "a number", bool: "true/false"}.get(k, k.__name__) for k in kinds)
+
+
+def _show(value) -> str:
+    if isinstance(value, YMap) or isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, YList) or isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing"
+    return repr(value)

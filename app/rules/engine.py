@@ -1,0 +1,186 @@
+"""Decide what to answer to one inbound message. Pure: no Flask, no I/O.
+
+A `RuleSet` is built once by the compiler. Rules whose `when` names keywords
+or whole texts are indexed by them, so a message is only checked against the
+rules that could match it plus the rules that have no such condition; their
+file order is kept with a merge of the sorted candidate lists.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+
+from jinja2 import TemplateError
+from jinja2.exceptions import SecurityError
+
+from ..inbound import Inbound
+from .templates import Template
+
+log = logging.getLogger(__name__)
+
+_NOT_DIGIT = re.compile(r"[^0-9]")
+_EDGE_PUNCT = re.compile(r"^[\W_]+|[\W_]+$")
+
+DEFAULT_FORWARD_TEXT = "From {{ from }}: {{ text }}"
+
+
+def digits(value: str) -> str:
+    """A phone number reduced to its digits (`+1 (415) 555-0123` -> `14155550123`)."""
+    return _NOT_DIGIT.sub("", value)
+
+
+def normalize_word(word: str) -> str:
+    """A keyword as compared: surrounding punctuation gone, case folded."""
+    return _EDGE_PUNCT.sub("", word).casefold()
+
+
+def first_keyword(text: str) -> str:
+    """The first word of a text that is more than punctuation, normalized."""
+    for word in text.split():
+        kw = normalize_word(word)
+        if kw:
+            return kw
+    return ""
+
+
+def normalize_text(text: str) -> str:
+    """A whole text as compared: trimmed, inner whitespace collapsed, case folded."""
+    return " ".join(text.split()).casefold()
+
+
+class Facts:
+    """What the conditions look at, computed once per message."""
+
+    __slots__ = ("msg", "text", "folded", "normalized", "keyword", "from_digits",
+                 "to_digits", "now", "weekday", "minute")
+
+    def __init__(self, msg: Inbound, now: datetime):
+        self.msg = msg
+        self.text = msg.text
+        self.folded = msg.text.casefold()
+        self.normalized = normalize_text(msg.text)
+        self.keyword = first_keyword(msg.text)
+        self.from_digits = digits(msg.from_)
+        self.to_digits = digits(msg.to)
+        self.now = now
+        self.weekday = now.weekday()  # Monday is 0
+        self.minute = now.hour * 60 + now.minute
+
+
+#: A compiled condition: True when it holds. A regex condition also fills `groups`.
+Check = Callable[[Facts, dict], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    to: tuple[str, ...]
+    text: Template
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    index: int
+    line: int
+    checks: tuple[Check, ...] = ()
+    replies: tuple[Template, ...] = ()
+    forward: Forward | None = None
+    silent: bool = False
+    cont: bool = False
+    needs_context: bool = False  # some template is not a constant
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One text to send: a reply to the sender or a forward to other numbers."""
+
+    rule: str
+    kind: str  # "reply" or "forward"
+    src: str
+    dst: tuple[str, ...]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    matched: tuple[str, ...] = ()
+    outgoing: tuple[Outgoing, ...] = ()
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class RuleSet:
+    path: str
+    digest: str
+    tz: tzinfo
+    rules: tuple[Rule, ...]
+    by_keyword: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    by_text: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    general: tuple[int, ...] = ()
+    warnings: tuple = ()
+
+    def candidates(self, facts: Facts):
+        """Indexes of the rules that could match, in file order."""
+        kw = self.by_keyword.get(facts.keyword, ())
+        tx = self.by_text.get(facts.normalized, ())
+        if not kw and not tx:
+            return self.general
+        return heapq.merge(kw, tx, self.general)
+
+    def now(self) -> datetime:
+        return datetime.now(self.tz)
+
+
+def _context(msg: Inbound, facts: Facts, rule: Rule, groups: dict) -> dict:
+    return {
+        "from": msg.from_, "to": msg.to, "text": msg.text, "type": msg.type, "uuid": msg.uuid,
+        "media": list(msg.media), "match": groups, "now": facts.now, "rule": rule.name,
+    }
+
+
+def _render(template: Template, rule: Rule, ctx: dict | None, errors: list) -> str | None:
+    if template.constant is not None:
+        return template.constant
+    try:
+        return template.render(ctx)
+    except (TemplateError, SecurityError, ArithmeticError, ValueError, TypeError, LookupError) as exc:
+        errors.append(f"rule {rule.name!r} line {template.line}: {type(exc).__name__}: {exc}")
+        log.warning("template failed", extra={"rule": rule.name, "line": template.line,
+                                              "error": f"{type(exc).__name__}: {exc}"})
+        return None
+
+
+def decide(ruleset: RuleSet, msg: Inbound, now: datetime | None = None) -> Decision:
+    """Run the rules in file order for one message (SPEC §4)."""
+    facts = Facts(msg, now if now is not None else ruleset.now())
+    rules = ruleset.rules
+    matched: list[str] = []
+    outgoing: list[Outgoing] = []
+    errors: list[str] = []
+    sender = (msg.from_,)
+    for index in ruleset.candidates(facts):
+        rule = rules[index]
+        groups: dict = {}
+        for check in rule.checks:
+            if not check(facts, groups):
+                break
+        else:
+            matched.append(rule.name)
+            if not rule.silent:
+                ctx = _context(msg, facts, rule, groups) if rule.needs_context else None
+                for template in rule.replies:
+                    text = _render(template, rule, ctx, errors)
+                    if text and not text.isspace():
+                        outgoing.append(Outgoing(rule.name, "reply", msg.to, sender, text))
+                if rule.forward is not None:
+                    text = _render(rule.forward.text, rule, ctx, errors)
+                    if text and not text.isspace():
+                        outgoing.append(Outgoing(rule.name, "forward", msg.to, rule.forward.to, text))
+            if not rule.cont:
+                break
+    return Decision(tuple(matched), tuple(outgoing), tuple(errors))

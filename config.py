@@ -1,0 +1,130 @@
+"""Settings, read once from the environment (SPEC §3).
+
+`load(environ)` turns environment-style strings into typed Flask config
+values and raises `ConfigError` with one line naming the variable when a value
+is wrong. It is called once per process by `create_app` and by the gunicorn
+master before it forks, never per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message is one line naming it."""
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+_LOG_FORMATS = {"json", "text"}
+
+DEFAULTS: dict[str, Any] = {
+    "PLIVO_AUTH_TOKEN": None,
+    "PLIVO_AUTH_ID": None,
+    "PLIVO_API_URL": "https://api.plivo.com",
+    "RULES_PATH": "rules.yaml",
+    "DATABASE_URL": None,  # None: SQLite file in the instance folder (storage arrives later)
+    "PUBLIC_URL": None,
+    "TRUSTED_PROXIES": 0,
+    "VERIFY_SIGNATURES": True,
+    "MAX_CONTENT_LENGTH": 65536,
+    "LOG_LEVEL": "INFO",
+    "LOG_FORMAT": "json",
+    # Seconds between checks of the rules file for changes; 0 turns reloading off.
+    "RULES_RELOAD_INTERVAL": 5.0,
+}
+
+
+def _text(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    value = str(value).strip()
+    return value or None
+
+
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+def _int(name: str, value: Any, minimum: int) -> int:
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"{name} must be {minimum} or more, got {value!r}")
+    return number
+
+
+def _float(name: str, value: Any) -> float:
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
+    if number < 0:
+        raise ConfigError(f"{name} must be 0 or more, got {value!r}")
+    return number
+
+
+def _url(name: str, value: Any) -> str | None:
+    text = _text(name, value)
+    if text is None:
+        return None
+    if not (text.startswith("https://") or text.startswith("http://")) or "?" in text or "#" in text:
+        raise ConfigError(f"{name} must be an http(s) base URL without query, got {value!r}")
+    return text.rstrip("/")
+
+
+def _tokens(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)):
+        parts = value
+    else:
+        parts = str(value).split(",")
+    return tuple(p.strip() for p in parts if p and p.strip())
+
+
+def load(environ: Mapping[str, Any], *, require_token: bool = True) -> dict[str, Any]:
+    """Typed settings from `environ` (strings, or already-typed values in tests).
+
+    Besides the SPEC's names the result holds `PLIVO_AUTH_TOKENS`, the tuple of
+    tokens that signatures are checked against.
+    """
+    raw = {**DEFAULTS, **{k: v for k, v in environ.items() if k in DEFAULTS}}
+    out: dict[str, Any] = {}
+    out["PLIVO_AUTH_TOKENS"] = _tokens(raw["PLIVO_AUTH_TOKEN"])
+    out["PLIVO_AUTH_TOKEN"] = ",".join(out["PLIVO_AUTH_TOKENS"]) or None
+    out["PLIVO_AUTH_ID"] = _text("PLIVO_AUTH_ID", raw["PLIVO_AUTH_ID"])
+    out["PLIVO_API_URL"] = _url("PLIVO_API_URL", raw["PLIVO_API_URL"]) or DEFAULTS["PLIVO_API_URL"]
+    out["RULES_PATH"] = _text("RULES_PATH", raw["RULES_PATH"]) or DEFAULTS["RULES_PATH"]
+    out["DATABASE_URL"] = _text("DATABASE_URL", raw["DATABASE_URL"])
+    out["PUBLIC_URL"] = _url("PUBLIC_URL", raw["PUBLIC_URL"])
+    out["TRUSTED_PROXIES"] = _int("TRUSTED_PROXIES", raw["TRUSTED_PROXIES"], 0)
+    out["VERIFY_SIGNATURES"] = _bool("VERIFY_SIGNATURES", raw["VERIFY_SIGNATURES"])
+    out["MAX_CONTENT_LENGTH"] = _int("MAX_CONTENT_LENGTH", raw["MAX_CONTENT_LENGTH"], 1)
+    level = str(raw["LOG_LEVEL"]).strip().upper()
+    if level not in _LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(sorted(_LOG_LEVELS))}, got {raw['LOG_LEVEL']!r}")
+    out["LOG_LEVEL"] = level
+    fmt = str(raw["LOG_FORMAT"]).strip().lower()
+    if fmt not in _LOG_FORMATS:
+        raise ConfigError(f"LOG_FORMAT must be json or text, got {raw['LOG_FORMAT']!r}")
+    out["LOG_FORMAT"] = fmt
+    out["RULES_RELOAD_INTERVAL"] = _float("RULES_RELOAD_INTERVAL", raw["RULES_RELOAD_INTERVAL"])
+    if require_token and out["VERIFY_SIGNATURES"] and not out["PLIVO_AUTH_TOKENS"]:
+        raise ConfigError(
+            "PLIVO_AUTH_TOKEN is not set: set it to your Plivo auth token "
+            "(several separated by commas), or VERIFY_SIGNATURES=false for local experiments"
+        )
+    return out

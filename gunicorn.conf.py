@@ -1,0 +1,67 @@
+"""gunicorn settings, driven by environment variables (SPEC §3).
+
+    gunicorn -c gunicorn.conf.py            # wsgi:app on 0.0.0.0:$PORT, $WEB_CONCURRENCY workers
+
+Before any worker starts, the master checks the settings and the rules file
+and refuses to start with a clear message if either is wrong, instead of
+letting every worker die with a traceback.
+"""
+
+import os
+import sys
+
+
+def _int_env(name: str, default: int, minimum: int = 1) -> int:
+    raw = os.environ.get(name, "").strip() or str(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        sys.exit(f"error: {name} must be a whole number, got {raw!r}")
+    if value < minimum:
+        sys.exit(f"error: {name} must be {minimum} or more, got {raw!r}")
+    return value
+
+
+wsgi_app = "wsgi:app"
+bind = [f"0.0.0.0:{_int_env('PORT', 8000)}"]
+workers = _int_env("WEB_CONCURRENCY", 2)
+# Sync workers: each request is short CPU work (verify, match, render), and Plivo
+# waits up to 8 s; a worker stuck longer than `timeout` is replaced.
+worker_class = "sync"
+timeout = 30
+graceful_timeout = 20
+keepalive = 5
+
+# Forwarded headers are trusted by the app alone, through TRUSTED_PROXIES
+# (werkzeug's ProxyFix), so gunicorn must not act on X-Forwarded-Proto itself.
+secure_scheme_headers = {}
+
+# Logs: gunicorn's own lines on stderr; the app logs one line per message, so the
+# access log stays off unless asked for (GUNICORN_ACCESS_LOG=-).
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+
+
+def on_starting(server):
+    """Refuse to start on bad settings or a bad rules file, with one line per problem."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import config
+    from app.rules import RulesError, load
+
+    try:
+        settings = config.load(os.environ)
+    except config.ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    if not settings["VERIFY_SIGNATURES"]:
+        print("warning: VERIFY_SIGNATURES=false: requests are answered without checking that "
+              "Plivo sent them; use this only for local experiments", file=sys.stderr, flush=True)
+    try:
+        load(settings["RULES_PATH"])
+    except RulesError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr, flush=True)
+        print(f"error: {settings['RULES_PATH']} has {len(exc.problems)} problem(s); "
+              "fix them (flask --app wsgi rules check) and start again", file=sys.stderr, flush=True)
+        sys.exit(1)
