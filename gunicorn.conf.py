@@ -10,6 +10,17 @@ letting every worker die with a traceback.
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import config as _config  # noqa: E402  (the project settings; gunicorn reads bare names as its own)
+
+# Settings are checked here, before gunicorn logs anything, so a bad or missing one
+# is a single line: `error: PLIVO_AUTH_TOKEN is not set: ...`.
+try:
+    _settings = _config.load(os.environ)
+except _config.ConfigError as exc:
+    sys.exit(f"error: {exc}")
+
 
 def _int_env(name: str, default: int, minimum: int = 1) -> int:
     raw = os.environ.get(name, "").strip() or str(default)
@@ -44,16 +55,14 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
 
 def on_starting(server):
-    """Refuse to start on bad settings or a bad rules file, with one line per problem."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import config
+    """Refuse to start on a bad rules file, with `path:line: message` per problem.
+
+    Only at start: after a HUP the workers keep serving and report a bad file
+    themselves (the rules in use stay), instead of the master exiting.
+    """
     from app.rules import RulesError, load
 
-    try:
-        settings = config.load(os.environ)
-    except config.ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    settings = _settings
     if not settings["VERIFY_SIGNATURES"]:
         print("warning: VERIFY_SIGNATURES=false: requests are answered without checking that "
               "Plivo sent them; use this only for local experiments", file=sys.stderr, flush=True)

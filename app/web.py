@@ -5,10 +5,27 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from flask import Blueprint, Request, Response, current_app, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from .service import Answer, HttpRequest, called_url
 
 bp = Blueprint("responder", __name__)
+
+
+def _body(req: Request) -> bytes:
+    """The raw body; over MAX_CONTENT_LENGTH is a 413, chunked bodies included.
+
+    For a chunked body (no Content-Length) werkzeug's limited stream stops at the
+    limit and returns what it read, so the body would be cut short silently; read
+    one byte past the limit from the server-terminated stream to tell.
+    """
+    limit = req.max_content_length
+    if req.content_length is None and limit is not None and req.environ.get("wsgi.input_terminated"):
+        data = req.input_stream.read(limit + 1)
+        if len(data) > limit:
+            raise RequestEntityTooLarge()
+        return data
+    return req.get_data(cache=False)
 
 
 def _http_request(req: Request) -> HttpRequest:
@@ -23,7 +40,7 @@ def _http_request(req: Request) -> HttpRequest:
         method=req.method,
         url=called_url(req.scheme, req.host, raw_uri, current_app.config["PUBLIC_URL"]),
         query=query.encode("latin-1"),
-        body=req.get_data(cache=False) if req.method == "POST" else b"",
+        body=_body(req) if req.method == "POST" else b"",
         content_type=req.content_type,
         headers=req.headers,
     )

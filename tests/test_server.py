@@ -1,0 +1,209 @@
+"""The real thing: gunicorn started as the README starts it, spoken to over loopback HTTP."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+import requests
+
+from conftest import FORM, ROOT, TOKEN, signed_headers, sms
+
+GUNICORN = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_env(**extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "PLIVO_AUTH_TOKEN", "PUBLIC_URL", "TRUSTED_PROXIES", "VERIFY_SIGNATURES", "RULES_PATH",
+        "MAX_CONTENT_LENGTH", "DATABASE_URL", "LOG_LEVEL", "LOG_FORMAT", "PORT", "WEB_CONCURRENCY")}
+    env.update(extra)
+    return env
+
+
+class Server:
+    def __init__(self, tmp: Path, **settings):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.rules = tmp / "rules.yaml"
+        shutil.copy(ROOT / "rules.yaml", self.rules)
+        settings.setdefault("WEB_CONCURRENCY", "2")
+        env = server_env(PLIVO_AUTH_TOKEN=TOKEN, PORT=str(self.port),
+                         RULES_PATH=str(self.rules), RULES_RELOAD_INTERVAL="0.2",
+                         MAX_CONTENT_LENGTH="4096", LOG_FORMAT="json", **settings)
+        self.log = open(tmp / "server.log", "wb")
+        self.proc = subprocess.Popen(GUNICORN, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited: {(tmp / 'server.log').read_text()}")
+            try:
+                if requests.get(self.base + "/readyz", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("gunicorn did not become ready in 30 s")
+
+    def workers(self) -> set[int]:
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return {int(pid) for pid in children}
+
+    def post(self, params, *, path="/message", token=TOKEN, headers=None, data=None):
+        url = self.base + path
+        all_headers = {**signed_headers(url, params, token=token), "Content-Type": FORM, **(headers or {})}
+        return requests.post(url, data=urlencode(params) if data is None else data, headers=all_headers, timeout=10)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("server"))
+    yield srv
+    srv.stop()
+
+
+def test_answers_signed_message(server):
+    r = server.post(sms("Hours?"))
+    assert r.status_code == 200
+    assert r.headers["Content-Type"] == "application/xml; charset=utf-8"
+    assert r.content == (
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Message src="14155550100" dst="14155550123" '
+        b'type="sms">We are open 9am-5pm, Monday to Friday (New York time).</Message></Response>'
+    )
+
+
+def test_signed_get(server):
+    params = sms("hours")
+    url = server.base + "/message?" + urlencode(params)
+    r = requests.get(url, headers=signed_headers(url, params, method="GET"), timeout=10)
+    assert r.status_code == 200 and b"We are open" in r.content
+
+
+def test_bad_requests_get_short_answers_and_workers_survive(server):
+    before = server.workers()
+    assert len(before) == 2
+    cases = [
+        (server.post(sms("hours"), token="wrong"), 403),
+        (requests.post(server.base + "/message", data=urlencode(sms()), headers={"Content-Type": FORM}, timeout=10), 403),
+        (server.post(sms("hours", From=None)), 400),
+        (server.post(sms("x" * 5000)), 413),
+        (server.post(sms(), data=b"From=1&To=2&MessageUUID=u&Text=\xff"), 400),
+        (server.post(sms(), data="&".join(f"k{i}=v" for i in range(600))), 400),
+        (requests.put(server.base + "/message", timeout=10), 405),
+        (requests.post(server.base + "/message", json={"From": "1"}, timeout=10), 400),
+    ]
+    for response, status in cases:
+        assert response.status_code == status, response.text
+        assert len(response.text) < 200 and "Traceback" not in response.text
+    # chunked bodies (no Content-Length): over the limit is a 413, never a body cut short
+    params = sms("x" * 8000)
+    headers = {**signed_headers(server.base + "/message", params), "Content-Type": FORM}
+    body = urlencode(params).encode()
+    chunks = (body[i:i + 1000] for i in range(0, len(body), 1000))
+    r = requests.post(server.base + "/message", data=chunks, headers=headers, timeout=10)
+    assert r.status_code == 413, r.text
+    params = sms("hours " + "y" * 3000)
+    headers = {**signed_headers(server.base + "/message", params), "Content-Type": FORM}
+    body = urlencode(params).encode()
+    chunks = (body[i:i + 1000] for i in range(0, len(body), 1000))
+    r = requests.post(server.base + "/message", data=chunks, headers=headers, timeout=10)
+    assert r.status_code == 200 and b"We are open" in r.content
+    for text in ("a\x00b\x01c", "é中文👍🏽", " ".join(["word"] * 600)[:3000]):
+        assert server.post(sms(text), headers=None).status_code in (200, 413)
+    assert server.post(sms("control \x00\x1b chars")).status_code == 200
+    assert requests.get(server.base + "/healthz", timeout=10).status_code == 200
+    assert server.workers() == before, "a worker died"
+
+
+def test_rejection_is_logged_with_url_and_headers(server, tmp_path):
+    server.post(sms("hours"), token="wrong")
+    time.sleep(0.2)
+    log = Path(server.log.name).read_text()
+    line = next(l for l in reversed(log.splitlines()) if "signature rejected" in l)
+    assert f"{server.base}/message" in line and "X-Plivo-Signature-V3" in line
+    assert TOKEN not in log and "wrong" not in line
+
+
+@pytest.fixture
+def one_worker(tmp_path):
+    # One worker, so "the rules it has" is one thing: with several, an idle worker that
+    # never saw an intermediate good file keeps the rules it had before that.
+    srv = Server(tmp_path, WEB_CONCURRENCY="1")
+    yield srv
+    srv.stop()
+
+
+def test_rules_reload_and_bad_file_keeps_rules(one_worker):
+    server = one_worker
+    original = server.rules.read_text()
+    try:
+        server.rules.write_text(original.replace("We are open 9am-5pm", "Open 8am-8pm"))
+        os.utime(server.rules, (time.time() + 5, time.time() + 5))
+        deadline = time.monotonic() + 10
+        seen = set()
+        while time.monotonic() < deadline and seen != {"new"}:
+            seen = {"new"} if "Open 8am-8pm" in server.post(sms("hours")).text else set()
+            time.sleep(0.1)
+        assert seen == {"new"}, "the changed rules were not picked up"
+        server.rules.write_text("version: 1\nrules:\n  - {name: x, when: {regex: '('}, reply: y}\n")
+        os.utime(server.rules, (time.time() + 10, time.time() + 10))
+        time.sleep(1.0)
+        for _ in range(4):  # the worker keeps answering with the rules it had
+            assert "Open 8am-8pm" in server.post(sms("hours")).text
+        ready = requests.get(server.base + "/readyz", timeout=10)
+        assert ready.status_code == 200
+        assert "bad regex" in ready.json()["reload_failed"][0]
+    finally:
+        server.rules.write_text(original)
+        os.utime(server.rules, (time.time() + 20, time.time() + 20))
+
+
+def run_gunicorn(env, timeout=30):
+    return subprocess.run(GUNICORN, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_refuses_to_start_without_token():
+    result = run_gunicorn(server_env(PORT=str(free_port())))
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "PLIVO_AUTH_TOKEN" in lines[0]
+
+
+def test_refuses_to_start_on_bad_rules(tmp_path):
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("version: 1\nrules:\n  - name: a\n    when: {keyword: hi}\n    reply: '{{ nope }}'\n")
+    result = run_gunicorn(server_env(PLIVO_AUTH_TOKEN=TOKEN, PORT=str(free_port()), RULES_PATH=str(bad)))
+    assert result.returncode != 0
+    assert f"{bad}:5: unknown name 'nope'" in result.stderr
+
+
+def test_signatures_off_warns_at_start(tmp_path):
+    srv = Server(tmp_path, VERIFY_SIGNATURES="false")
+    try:
+        r = requests.post(srv.base + "/message", data=urlencode(sms("hours")), headers={"Content-Type": FORM}, timeout=10)
+        assert r.status_code == 200
+    finally:
+        srv.stop()
+    assert "VERIFY_SIGNATURES=false" in (tmp_path / "server.log").read_text()
