@@ -8,7 +8,7 @@ from datetime import datetime
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from . import signature
 from .inbound import TYPES, Inbound
@@ -68,6 +68,7 @@ def rules_check(path: str | None) -> None:
 @click.option("--at", type=click.DateTime(["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"]),
               help="Pretend it is this local time (rules' timezone), e.g. 2026-11-23T18:30.")
 @click.option("--rules", "path", help="Rules file (default: RULES_PATH).")
+@with_appcontext
 def simulate(text, from_, to, msg_type, media, intent, at, path):
     """Print the XML the service would answer to TEXT, without a server."""
     path = path or current_app.config["RULES_PATH"]
@@ -93,6 +94,7 @@ def simulate(text, from_, to, msg_type, media, intent, at, path):
 @click.option("-d", "--data", "data", multiple=True, metavar="KEY=VALUE",
               help="A form parameter the request will carry (V3 signs them); repeatable.")
 @click.option("--curl", is_flag=True, help="Print a complete curl command instead of the headers.")
+@with_appcontext
 def sign(url, token, nonce, method, data, curl):
     """Print the signature headers Plivo would send for a request to URL."""
     token = token or next(iter(current_app.config["PLIVO_AUTH_TOKENS"]), None)

@@ -1,0 +1,87 @@
+"""`flask --app wsgi ...` commands, through Flask's CLI runner and as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from conftest import ROOT, TOKEN, make_app
+
+
+def test_rules_check_ok(runner):
+    result = runner.invoke(args=["rules", "check"])
+    assert result.exit_code == 0, result.output
+    assert "OK, 13 rule(s)" in result.output
+    assert "warning: rule 'spanish-line': reply is UCS-2" in result.output
+
+
+def test_rules_check_errors_exit_1(runner, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nrules:\n  - name: a\n    when: {regex: '('}\n    reply: hi\n"
+                   "  - name: a\n    reply: '{{ nope }}'\n")
+    result = runner.invoke(args=["rules", "check", str(bad)])
+    assert result.exit_code == 1
+    assert f"{bad}:4: bad regex" in result.output
+    assert f"{bad}:6: duplicate rule name 'a' (first at line 3)" in result.output
+    assert f"{bad}:7: unknown name 'nope'" in result.output
+
+
+def test_simulate_prints_xml(runner):
+    result = runner.invoke(args=["simulate", "order 12345", "--from", "14155550123", "--to", "14155550100"])
+    assert result.exit_code == 0, result.output
+    assert '<Message src="14155550100" dst="14155550123" type="sms">Order 12345 is on its way.' in result.output
+
+
+def test_simulate_at_a_time(runner):
+    result = runner.invoke(args=["simulate", "hello", "--from", "14155550123", "--to", "14155550100",
+                                 "--at", "2026-11-24T22:00"])
+    assert "We are closed now" in result.output and "A person will answer soon." in result.output
+
+
+def test_simulate_whatsapp_answers_empty(runner):
+    result = runner.invoke(args=["simulate", "hours", "--from", "1", "--to", "2", "--type", "whatsapp"])
+    assert "<Response/>" in result.output
+
+
+def test_sign_prints_headers_that_verify(runner):
+    from app.signature import verify
+    result = runner.invoke(args=["sign", "https://sms.example.com/message", "--token", "tok",
+                                 "--nonce", "12345", "-d", "From=1", "-d", "Text=hi"])
+    assert result.exit_code == 0
+    headers = dict(line.split(": ", 1) for line in result.output.strip().splitlines())
+    assert headers["X-Plivo-Signature-V2-Nonce"] == "12345"
+    assert verify(["tok"], "POST", "https://sms.example.com/message", headers, [("From", "1"), ("Text", "hi")]) == "V3"
+
+
+def test_sign_known_answer(runner):
+    result = runner.invoke(args=["sign", "https://answer.url", "--token", "my_auth_token", "--nonce", "12345"])
+    assert "X-Plivo-Signature-V2: ehV3IKhLysWBxC1sy8INm0qGoQYdYsHwuoKjsX7FsXc=" in result.output
+
+
+def test_sign_uses_configured_token(tmp_path):
+    app = make_app(tmp_path)
+    result = app.test_cli_runner().invoke(args=["sign", "http://x/message", "--curl", "-d", "From=1"])
+    assert result.output.startswith("curl -sS -X POST -H 'X-Plivo-Signature-V2: ")
+    assert "--data-urlencode From=1 http://x/message" in result.output
+
+
+def flask_cmd(*args, **env):
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PLIVO_", "RULES_"))}
+    base.update(env)
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT,
+                          env=base, capture_output=True, text=True, timeout=60)
+
+
+def test_real_command_checks_a_broken_file_without_a_token(tmp_path):
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("version: 1\ncompliance: {}\nrules: []\n")
+    result = flask_cmd("rules", "check", str(bad))
+    assert result.returncode == 1
+    assert f"{bad}:2: 'compliance' is not available yet" in result.stderr
+
+
+def test_real_command_simulate(tmp_path):
+    result = flask_cmd("simulate", "Hours?", "--from", "14155550123", "--to", "14155550100", PLIVO_AUTH_TOKEN=TOKEN)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('<?xml version="1.0" encoding="UTF-8"?>\n<Response><Message')

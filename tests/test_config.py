@@ -1,0 +1,46 @@
+"""config.load: typed settings from the environment, one clear line per mistake."""
+
+import pytest
+
+import config
+from config import ConfigError
+
+
+def test_defaults():
+    s = config.load({"PLIVO_AUTH_TOKEN": "t"})
+    assert s["PLIVO_AUTH_TOKENS"] == ("t",)
+    assert s["RULES_PATH"] == "rules.yaml" and s["MAX_CONTENT_LENGTH"] == 65536
+    assert s["TRUSTED_PROXIES"] == 0 and s["VERIFY_SIGNATURES"] is True
+    assert s["PUBLIC_URL"] is None and s["PLIVO_API_URL"] == "https://api.plivo.com"
+    assert (s["LOG_LEVEL"], s["LOG_FORMAT"]) == ("INFO", "json")
+
+
+def test_several_tokens():
+    assert config.load({"PLIVO_AUTH_TOKEN": " a, b ,,c "})["PLIVO_AUTH_TOKENS"] == ("a", "b", "c")
+
+
+def test_missing_token_names_the_variable():
+    with pytest.raises(ConfigError) as exc:
+        config.load({})
+    assert str(exc.value).startswith("PLIVO_AUTH_TOKEN is not set")
+    assert "\n" not in str(exc.value)
+
+
+def test_token_not_needed_when_signatures_are_off():
+    assert config.load({"VERIFY_SIGNATURES": "false"})["VERIFY_SIGNATURES"] is False
+
+
+def test_public_url_trailing_slash_dropped():
+    assert config.load({"PLIVO_AUTH_TOKEN": "t", "PUBLIC_URL": "https://sms.example.com/"})["PUBLIC_URL"] == \
+        "https://sms.example.com"
+
+
+@pytest.mark.parametrize("name,value", [
+    ("TRUSTED_PROXIES", "abc"), ("TRUSTED_PROXIES", "-1"), ("VERIFY_SIGNATURES", "maybe"),
+    ("MAX_CONTENT_LENGTH", "0"), ("LOG_LEVEL", "LOUD"), ("LOG_FORMAT", "xml"),
+    ("PUBLIC_URL", "sms.example.com"), ("PUBLIC_URL", "https://x/?a=1"), ("RULES_RELOAD_INTERVAL", "soon"),
+])
+def test_bad_values_name_the_variable(name, value):
+    with pytest.raises(ConfigError) as exc:
+        config.load({"PLIVO_AUTH_TOKEN": "t", name: value})
+    assert str(exc.value).startswith(name) and "\n" not in str(exc.value)
