@@ -47,6 +47,13 @@ keepalive = 5
 # (werkzeug's ProxyFix), so gunicorn must not act on X-Forwarded-Proto itself.
 secure_scheme_headers = {}
 
+# gunicorn's control socket (for `gunicornc`) is one fixed path per user, so several
+# instances on one host would take it from each other: off unless a path is given.
+if os.environ.get("GUNICORN_CONTROL_SOCKET"):
+    control_socket = os.environ["GUNICORN_CONTROL_SOCKET"]
+else:
+    control_socket_disable = True
+
 # Logs: gunicorn's own lines on stderr; the app logs one line per message, so the
 # access log stays off unless asked for (GUNICORN_ACCESS_LOG=-).
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
