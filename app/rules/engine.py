@@ -157,7 +157,13 @@ def _render(template: Template, rule: Rule, ctx: dict | None, errors: list) -> s
 
 def decide(ruleset: RuleSet, msg: Inbound, now: datetime | None = None) -> Decision:
     """Run the rules in file order for one message (SPEC §4)."""
-    facts = Facts(msg, now if now is not None else ruleset.now())
+    if now is None:
+        now = ruleset.now()
+    elif now.tzinfo is None:
+        now = now.replace(tzinfo=ruleset.tz)  # a naive time is taken as the rules' local time
+    elif now.tzinfo is not ruleset.tz:
+        now = now.astimezone(ruleset.tz)  # days, hours and {{ now }} are in the rules' timezone
+    facts = Facts(msg, now)
     rules = ruleset.rules
     matched: list[str] = []
     outgoing: list[Outgoing] = []

@@ -1,0 +1,449 @@
+"""Write the synthetic recorded webhooks in tests/webhooks/ (format: tests/webhooks.py).
+
+    .venv/bin/python tests/make_webhooks.py [OUT_DIR]
+
+Each recording is a request the way Plivo sends it (form parameters, headers, V2 and V3
+signatures made with ``app.signature.sign_headers``) plus the answer the shipped
+``rules.yaml`` calls for. The expected answers are written here by hand from SPEC §4-§5
+and the rules, never taken from the service. Everything is deterministic (UUIDs and
+nonces derive from the recording's name, clocks are fixed), so running this again writes
+byte-identical files; ``tests/test_webhooks.py`` checks that.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+from urllib.parse import urlencode
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for entry in (str(ROOT), str(HERE)):
+    if entry not in sys.path:
+        sys.path.insert(0, entry)
+
+from app import smsenc  # noqa: E402  (after the sys.path set-up)
+from app.signature import (  # noqa: E402
+    HEADER_MA_V2, HEADER_MA_V3, HEADER_V2, HEADER_V2_NONCE, HEADER_V3, HEADER_V3_NONCE,
+    sign_headers, v3_signature,
+)
+from webhooks import DIR, dumps  # noqa: E402
+
+#: Made-up auth tokens the synthetic requests are signed with (not secrets).
+TOKEN = "SynthRecToken0NotASecret0000000000000000"
+OLD_TOKEN = "SynthRecToken0Rotated0Out00000000000000"
+AUTH_ID = "MASYNTHETIC0RECORDING"
+
+HOST = "sms.example.com"
+URL = f"https://{HOST}/message"
+PUBLIC_URL = f"https://{HOST}"
+USER_AGENT = "PlivoHttpClient/1.0"
+PLIVO_IP = "203.0.113.7"  # documentation range, standing in for Plivo's callback servers
+
+LINE = "14155550100"  # the customer's main number
+SPANISH_LINE = "14155550200"  # the number of the spanish-line rule
+SENDER = "14155550123"
+TEAM = "14155550999"  # where the catch-all and VIP rules forward
+REFUND_TEAM = ("14155550999", "14155550998")
+
+CT_XML = "application/xml; charset=utf-8"
+CT_TEXT = "text/plain; charset=utf-8"
+
+# Clocks (rules.yaml works in America/New_York; in November that is UTC-05:00).
+MONDAY_10AM = "2026-11-23T10:00:00-05:00"
+MONDAY_8PM = "2026-11-23T20:00:00-05:00"
+SATURDAY_NOON = "2026-11-28T12:00:00-05:00"
+MONDAY_1630_UTC = "2026-11-23T21:30:00+00:00"  # 16:30 in New York: still business hours
+
+THANKS = "Thanks, we got your message."
+SOON = "A person will answer soon."
+HOURS = "We are open 9am-5pm, Monday to Friday (New York time)."
+CLOSED = "We are closed now; we will answer tomorrow from 9am."
+WEEKEND = "We are closed for the weekend and will answer on Monday."
+
+
+# --- deterministic ids ----------------------------------------------------------
+
+def _digest(*parts: str) -> bytes:
+    return hashlib.sha256("\0".join(parts).encode("utf-8")).digest()
+
+
+def uuid_for(*parts: str) -> str:
+    """A version-4 style UUID derived from `parts` (Plivo's MessageUUIDs look like this)."""
+    return str(uuid.UUID(bytes=_digest("uuid", *parts)[:16], version=4))
+
+
+def nonce_for(name: str) -> str:
+    """A 20-digit nonce, like the ones Plivo sends."""
+    return f"{int.from_bytes(_digest('nonce', name)[:9], 'big') % 10 ** 20:020d}"
+
+
+# --- what Plivo sends ----------------------------------------------------------
+
+def plivo_params(name: str, text: str, *, frm: str = SENDER, to: str = LINE, type_: str = "sms",
+                 intent: str = "", media: tuple[str, ...] = (), extra: dict | None = None,
+                 drop: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """The form parameters of an inbound message, sorted by name (as Plivo sends them)."""
+    msg_uuid = uuid_for(name, "message")
+    units = smsenc.analyse(text).units if type_ == "sms" else 1
+    rate = "0.00000" if type_ == "sms" else "0.00400"
+    params = {
+        "From": frm,
+        "To": to,
+        "Type": type_,
+        "MessageUUID": msg_uuid,
+        "Units": str(max(units, 1)),
+        "TotalRate": rate,
+        "TotalAmount": f"{float(rate) * max(units, 1):.5f}",
+        "MessageIntent": intent,
+        "PowerpackUUID": uuid_for("powerpack") if type_ == "sms" else "",
+    }
+    if type_ == "sms":
+        params["Text"] = text
+    else:
+        params["Body"] = text
+    if type_ != "sms":
+        params["MediaCount"] = str(len(media))
+        for i, url in enumerate(media, 1):
+            params[f"Media{i}"] = url
+    params.update(extra or {})
+    for key in drop:
+        del params[key]
+    return sorted(params.items())
+
+
+def media_url(name: str, i: int) -> str:
+    return (f"https://api.plivo.com/v1/Account/{AUTH_ID}/Message/{uuid_for(name, 'message')}"
+            f"/Media/{uuid_for(name, 'media', str(i))}/")
+
+
+def recording(name: str, description: str, params: list[tuple[str, str]], expect: dict, *,
+              method: str = "POST", url: str = URL, host: str | None = None,
+              scheme: str | None = None, proxy_headers: dict | None = None,
+              signatures: str = "both", settings: dict | None = None, now: str = MONDAY_10AM,
+              body: bytes | None = None, sign_params: list | None = None,
+              extra_v3_tokens: tuple[str, ...] = ()) -> dict:
+    """One recording: the request as it reaches the service, signed, and its expected answer.
+
+    signatures: "both" (V2, Ma-V2, V3, Ma-V3, as Plivo sends them), "v2", "v3" or "none".
+    body: raw bytes to send instead of the encoded `params` (tampering, bad encodings).
+    sign_params: the parameters to sign instead of `params` (tampering).
+    """
+    if method == "GET":
+        url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
+        raw = b""
+    else:
+        raw = urlencode(params).encode("ascii") if body is None else body
+    signed = sign_headers(TOKEN, method, url, params if sign_params is None else sign_params,
+                          nonce=nonce_for(name))
+    for old in extra_v3_tokens:  # token rotation: Plivo signs with each valid token
+        sig = v3_signature(old, method, url, params if sign_params is None else sign_params,
+                           signed[HEADER_V3_NONCE])
+        signed[HEADER_V3] = f"{sig},{signed[HEADER_V3]}"
+        signed[HEADER_MA_V3] = f"{sig},{signed[HEADER_MA_V3]}"
+    keep = {
+        "both": (HEADER_V2, HEADER_MA_V2, HEADER_V2_NONCE, HEADER_V3, HEADER_MA_V3, HEADER_V3_NONCE),
+        "v2": (HEADER_V2, HEADER_MA_V2, HEADER_V2_NONCE),
+        "v3": (HEADER_V3, HEADER_MA_V3, HEADER_V3_NONCE),
+        "none": (),
+    }[signatures]
+
+    headers = {"Host": host or url.split("/")[2], "User-Agent": USER_AGENT}
+    if method != "GET":
+        headers["Content-Length"] = str(len(raw))
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    for key in keep:
+        headers[key] = signed[key]
+    headers["Accept-Encoding"] = "gzip"
+    headers.update(proxy_headers or {})
+
+    rec: dict = {"description": description, "method": method, "url": url}
+    if scheme:
+        rec["scheme"] = scheme
+    rec["headers"] = headers
+    try:
+        rec["body"] = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        rec["body_base64"] = base64.b64encode(raw).decode("ascii")
+    rec["token"] = TOKEN
+    if settings:
+        rec["settings"] = settings
+    rec["now"] = now
+    rec["expect"] = expect
+    return rec
+
+
+# --- what the service answers --------------------------------------------------
+
+def msg(text: str, dst: str | tuple[str, ...] = SENDER, src: str = LINE,
+        callback: str | None = None) -> dict:
+    """One expected <Message>."""
+    m = {"src": src, "dst": dst if isinstance(dst, str) else "<".join(dst), "type": "sms"}
+    if callback:
+        m["callbackUrl"] = callback
+        m["callbackMethod"] = "POST"
+    m["text"] = text
+    return m
+
+
+def xml(*messages: dict) -> dict:
+    return {"status": 200, "content_type": CT_XML, "messages": list(messages)}
+
+
+def rejected(status: int, body: str) -> dict:
+    return {"status": status, "content_type": CT_TEXT, "body": body}
+
+
+def catch_all(text: str, frm: str = SENDER, to: str = LINE, callback: str | None = None) -> list[dict]:
+    """The everything-else rule: two replies, then the forward to the team."""
+    return [msg(THANKS, frm, to, callback), msg(SOON, frm, to, callback),
+            msg(f"From {frm}: {text}", TEAM, to, callback)]
+
+
+def pieces(text: str, limit: int) -> list[str]:
+    """An independent oracle for the split of a single-spaced text without extension
+    characters or surrogate pairs: greedy, at whitespace, the space at each cut dropped."""
+    return textwrap.wrap(text, width=limit, break_long_words=False, break_on_hyphens=False,
+                         expand_tabs=False, replace_whitespace=False, drop_whitespace=True)
+
+
+def _long_text(sentence: str, limit: int) -> str:
+    """`sentence` repeated, cut at the last space so that it holds at most `limit` characters."""
+    text = " ".join([sentence] * (limit // len(sentence) + 2))
+    return text[:text.rindex(" ", 0, limit + 1)]
+
+
+GSM_SENTENCE = ("Hello, I ordered a set of four garden chairs on the 2nd and only three arrived, "
+                "one of them with a cracked leg.")
+UCS2_SENTENCE = "Здравствуйте! Я заказал четыре садовых стула, а пришли только три, один сломан."
+TEXT_400 = _long_text(GSM_SENTENCE, 400)
+TEXT_1600 = _long_text(GSM_SENTENCE, smsenc.MAX_GSM7)
+TEXT_737 = _long_text(UCS2_SENTENCE, smsenc.MAX_UCS2)
+
+
+# --- the recordings ------------------------------------------------------------
+
+def build() -> dict[str, dict]:
+    """Every synthetic recording, by file stem."""
+    out: dict[str, dict] = {}
+
+    def add(name: str, description: str, params, expect, **kw) -> None:
+        assert name not in out, name
+        out[name] = recording(name, description, params, expect, **kw)
+
+    def p(name: str, text: str, **kw):
+        return plivo_params(name, text, **kw)
+
+    # Rules answered from the shipped rules.yaml -----------------------------------
+    n = "sms-keyword-hours"
+    add(n, "SMS keyword 'Hours?' (punctuation ignored) answered by the hours rule",
+        p(n, "Hours?"), xml(msg(HOURS)))
+
+    n = "sms-regex-order-status"
+    add(n, "SMS 'Order #4521, where is it?' matched by the order-status regex; match.order in the reply",
+        p(n, "Order #4521, where is it?"),
+        xml(msg("Order 4521 is on its way. Track it at https://acme.example/o/4521")))
+
+    n = "sms-exact-text-address"
+    add(n, "SMS whose whole text, trimmed and spaces collapsed, is 'where are you located?': address rule",
+        p(n, "  Where are   you located? "), xml(msg("Acme, 1 Market St, San Francisco, CA 94105.")))
+
+    n = "sms-catch-all-business-hours"
+    add(n, "SMS matching no special rule on a Monday at 10:00 New York: catch-all only "
+           "(two replies, then the forward to the team)",
+        p(n, "Is the blue model back in stock?"), xml(*catch_all("Is the blue model back in stock?")),
+        now=MONDAY_10AM)
+
+    n = "sms-after-hours"
+    add(n, "The same kind of SMS on a Monday at 20:00 New York: after-hours reply (continue), "
+           "then the catch-all",
+        p(n, "Is the blue model back in stock?"),
+        xml(msg(CLOSED), *catch_all("Is the blue model back in stock?")), now=MONDAY_8PM)
+
+    n = "sms-weekend"
+    add(n, "SMS on a Saturday at noon New York: weekend reply (continue), then the catch-all",
+        p(n, "Anyone there?"), xml(msg(WEEKEND), *catch_all("Anyone there?")), now=SATURDAY_NOON)
+
+    n = "sms-vip-prefix"
+    add(n, "SMS from 14155550777, matched by the VIP rule's prefix 1415555077*: reply to the "
+           "sender, then the forward to the account manager",
+        p(n, "Can you call me back today?", frm="14155550777"),
+        xml(msg("Thanks, 14155550777! Your account manager has your message.", "14155550777"),
+            msg("VIP 14155550777: Can you call me back today?", TEAM)))
+
+    n = "sms-refund-two-forwards"
+    add(n, "SMS containing 'money back': reply, and one forward to two numbers (dst joined by '<') "
+           "with the default forward text",
+        p(n, "I want my money back for order 881"),
+        xml(msg("Sorry to hear that. A person will contact you within one business day."),
+            msg(f"From {SENDER}: I want my money back for order 881", REFUND_TEAM)))
+
+    n = "sms-auto-reply-silent"
+    add(n, "SMS that is someone's auto-reply ('out of office'): silent rule, empty <Response/>",
+        p(n, "Automatic reply: I am out of office until Monday."), xml())
+
+    n = "sms-spanish-line-unicode"
+    add(n, "SMS 'Hola, ¿me ayudan?' to the Spanish line (to rule written '+1 (415) 555-0200'): "
+           "a UCS-2 reply with '¡' and 'á'",
+        p(n, "Hola, ¿me ayudan?", to=SPANISH_LINE),
+        xml(msg("¡Hola! Un agente le responderá pronto.", src=SPANISH_LINE)))
+
+    n = "sms-unicode-cjk"
+    text = "Café crème? 你好，请问你们几点开门？"
+    add(n, "SMS with accents and CJK characters: carried unchanged into the forward",
+        p(n, text), xml(*catch_all(text)))
+
+    n = "sms-emoji"
+    text = "Love the new chairs 😍👍🏽"
+    add(n, "SMS with emoji (characters outside the BMP, one with a skin-tone modifier): "
+           "carried unchanged into the forward",
+        p(n, text), xml(*catch_all(text)))
+
+    n = "sms-control-characters"
+    add(n, "SMS with characters XML 1.0 cannot hold (NUL, BEL, ESC): removed from the forward",
+        p(n, "Hello\x00 are you\x07 there?\x1b"), xml(*catch_all("Hello are you there?")))
+
+    # Long texts --------------------------------------------------------------------
+    n = "sms-multi-unit-400"
+    add(n, f"A {len(TEXT_400)}-character SMS (3 units): the forward carries it whole in one Message",
+        p(n, TEXT_400), xml(*catch_all(TEXT_400)))
+
+    n = "sms-long-forward-split-gsm7"
+    forward = f"From {SENDER}: {TEXT_1600}"
+    add(n, f"A {len(TEXT_1600)}-character GSM-7 SMS (11 units): its {len(forward)}-character "
+           "forward exceeds 1,600 and is split at whitespace into several Messages",
+        p(n, TEXT_1600),
+        xml(msg(THANKS), msg(SOON), *(msg(piece, TEAM) for piece in pieces(forward, smsenc.MAX_GSM7))))
+
+    n = "sms-long-forward-split-ucs2"
+    forward = f"From {SENDER}: {TEXT_737}"
+    add(n, f"A {len(TEXT_737)}-character Cyrillic (UCS-2) SMS: its {len(forward)}-character "
+           "forward exceeds 737 and is split at whitespace into several Messages",
+        p(n, TEXT_737),
+        xml(msg(THANKS), msg(SOON), *(msg(piece, TEAM) for piece in pieces(forward, smsenc.MAX_UCS2))))
+
+    # Other message types ---------------------------------------------------------------
+    n = "mms-photo"
+    add(n, "MMS with Body (not Text), MediaCount=2, Media1 and Media2: photo rule",
+        p(n, "Here is the box it came in", type_="mms", media=(media_url(n, 1), media_url(n, 2))),
+        xml(msg("Thanks for the picture! We received 2 file(s).")))
+
+    n = "whatsapp-no-xml"
+    ctx = '{"MessageUUID":"%s","From":"%s","To":"%s"}' % (uuid_for(n, "context"), LINE, SENDER)
+    add(n, "WhatsApp 'Hours?' (hours rule matches) with ContentType and Context: Plivo takes no "
+           "XML for WhatsApp, so the answer is an empty <Response/>",
+        p(n, "Hours?", type_="whatsapp", extra={"ContentType": "text", "Context": ctx}), xml())
+
+    # MessageIntent ------------------------------------------------------------------------
+    n = "intent-optout"
+    add(n, "'STOP' with MessageIntent=optout: silent, empty <Response/>",
+        p(n, "STOP", intent="optout"), xml())
+
+    n = "intent-optin"
+    add(n, "'START' with MessageIntent=optin: silent, empty <Response/>",
+        p(n, "START", intent="optin"), xml())
+
+    n = "intent-help"
+    add(n, "'HELP' with MessageIntent=help: the help rule's reply",
+        p(n, "HELP", intent="help"),
+        xml(msg("Acme support: help@acme.example or call 415-555-0100. Msg&data rates may apply.")))
+
+    # How the request arrives --------------------------------------------------------------
+    n = "get-query-string"
+    add(n, "GET with the parameters in the query string (signed, V3 covering the query): "
+           "order-status rule",
+        p(n, "order 98765"), xml(msg("Order 98765 is on its way. Track it at https://acme.example/o/98765")),
+        method="GET")
+
+    n = "post-query-port-trailing-slash"
+    add(n, "POST to a message URL with a port, a trailing slash and a query "
+           "(https://sms.example.com:8443/message/?tenant=acme): all signed as called",
+        p(n, "open on Sunday?"), xml(msg(HOURS)),
+        url=f"https://{HOST}:8443/message/?tenant=acme")
+
+    n = "signature-v3-only"
+    add(n, "Signed with X-Plivo-Signature-V3 and Ma-V3 only (no V2 headers)",
+        p(n, "opening times"), xml(msg(HOURS)), signatures="v3")
+
+    n = "signature-v2-only"
+    add(n, "Signed with X-Plivo-Signature-V2 and Ma-V2 only (no V3 headers)",
+        p(n, "where are you"), xml(msg("Acme, 1 Market St, San Francisco, CA 94105.")), signatures="v2")
+
+    n = "signature-v3-rotated-tokens"
+    add(n, "V3 headers holding two comma-separated signatures (old and current token, during "
+           "rotation); the current one matches",
+        p(n, "hours"), xml(msg(HOURS)), extra_v3_tokens=(OLD_TOKEN,))
+
+    n = "reverse-proxy"
+    add(n, "Through a reverse proxy ending TLS (TRUSTED_PROXIES=1, no PUBLIC_URL): internal Host "
+           "10.0.0.5:8000 over http, X-Forwarded-Proto/Host give the URL Plivo signed",
+        p(n, "Hours?"), xml(msg(HOURS)),
+        host="10.0.0.5:8000", scheme="http",
+        proxy_headers={"X-Forwarded-For": PLIVO_IP, "X-Forwarded-Proto": "https",
+                       "X-Forwarded-Host": HOST, "X-Real-Ip": PLIVO_IP, "Connection": "close"},
+        settings={"TRUSTED_PROXIES": 1})
+
+    n = "public-url-callbacks"
+    cb = f"{PUBLIC_URL}/status"
+    add(n, "PUBLIC_URL set (proxy headers not trusted): signatures checked against PUBLIC_URL + "
+           "path, and every Message asks for delivery reports at PUBLIC_URL/status",
+        p(n, "Do you ship to Canada?"), xml(*catch_all("Do you ship to Canada?", callback=cb)),
+        host="responder:8000", scheme="http",
+        proxy_headers={"X-Forwarded-For": PLIVO_IP, "X-Forwarded-Proto": "https",
+                       "X-Forwarded-Host": HOST},
+        settings={"PUBLIC_URL": PUBLIC_URL})
+
+    n = "clock-in-utc"
+    add(n, "The clock recorded in UTC (21:30Z = 16:30 Monday in New York, business hours): "
+           "time rules must use the rules' timezone, so catch-all only",
+        p(n, "Is the blue model back in stock?"), xml(*catch_all("Is the blue model back in stock?")),
+        now=MONDAY_1630_UTC)
+
+    # Rejected requests ------------------------------------------------------------------
+    n = "rejected-tampered-body"
+    signed = p(n, "Hours?")
+    tampered = [(k, "Send me a refund" if k == "Text" else v) for k, v in signed]
+    add(n, "Text changed after Plivo signed the request (V2 still valid, V3 decides): 403",
+        tampered, rejected(403, "invalid Plivo signature\n"), sign_params=signed)
+
+    n = "rejected-unsigned"
+    add(n, "No X-Plivo-Signature headers at all: 403",
+        p(n, "Hours?"), rejected(403, "missing Plivo signature\n"), signatures="none")
+
+    n = "rejected-missing-to"
+    add(n, "Correctly signed but without the To parameter: 400",
+        p(n, "Hours?", drop=("To",)), rejected(400, "missing To\n"))
+
+    n = "rejected-body-not-utf8"
+    params = p(n, "Café")
+    raw = urlencode(params).replace("Caf%C3%A9", "Caf\udce9").encode("ascii", "surrogateescape")
+    add(n, "A body with a raw Latin-1 byte (not UTF-8, so stored as body_base64): 400",
+        params, rejected(400, "body is not valid UTF-8\n"), body=raw, signatures="v2")
+
+    return out
+
+
+def write(directory: Path = DIR) -> list[Path]:
+    """Write every recording into `directory`; return the files written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, rec in build().items():
+        path = directory / f"{name}.json"
+        path.write_bytes(dumps(rec).encode("utf-8"))
+        written.append(path)
+    return written
+
+
+def main(argv: list[str]) -> int:
+    directory = Path(argv[1]) if len(argv) > 1 else DIR
+    for path in write(directory):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
