@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl
+from urllib.parse import unquote
 
 #: More fields than this is not a Plivo webhook (it sends about 20).
 MAX_FIELDS = 500
@@ -48,8 +48,20 @@ class Inbound:
         return bool(self.media) or self.media_count > 0
 
 
+def _unquote(text: str) -> str:
+    if "+" in text:
+        text = text.replace("+", " ")
+    if "%" in text:
+        text = unquote(text, errors="strict")
+    return text
+
+
 def parse_form(raw: bytes | str, *, max_fields: int = MAX_FIELDS) -> list[tuple[str, str]]:
-    """Decode `a=1&b=2` strictly as UTF-8; keep blank values and repeated keys."""
+    """Decode `a=1&b=2` strictly as UTF-8; keep blank values and repeated keys.
+
+    What urllib.parse.parse_qsl does with `keep_blank_values`, `errors="strict"`
+    and `max_num_fields`, without its per-field overhead (this runs per request).
+    """
     if not raw:
         return []
     if isinstance(raw, bytes):
@@ -57,13 +69,18 @@ def parse_form(raw: bytes | str, *, max_fields: int = MAX_FIELDS) -> list[tuple[
             raw = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise InboundError("body is not valid UTF-8") from None
+    parts = raw.split("&")
+    if len(parts) > max_fields:
+        raise InboundError(f"too many form fields (more than {max_fields})")
+    pairs = []
     try:
-        return parse_qsl(raw, keep_blank_values=True, encoding="utf-8", errors="strict",
-                         max_num_fields=max_fields)
+        for part in parts:
+            if part:
+                key, _, value = part.partition("=")
+                pairs.append((_unquote(key), _unquote(value)))
     except UnicodeDecodeError:
         raise InboundError("form values are not valid UTF-8") from None
-    except ValueError:
-        raise InboundError(f"too many form fields (more than {max_fields})") from None
+    return pairs
 
 
 def check_content_type(content_type: str | None, body: bytes) -> None:
@@ -90,7 +107,7 @@ def _media(params: dict[str, str]) -> tuple[tuple[str, ...], int]:
         count = 0
     found = []
     for key, value in params.items():
-        m = _MEDIA_KEY.match(key)
+        m = _MEDIA_KEY.match(key) if key.startswith("Media") else None
         if m and value.strip():
             found.append((int(m.group(1)), value.strip()))
     found.sort()

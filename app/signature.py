@@ -28,6 +28,7 @@ percent-encoded), this module uses the natural extension: UTF-8 throughout.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -48,9 +49,10 @@ HEADER_V3 = "X-Plivo-Signature-V3"
 HEADER_MA_V3 = "X-Plivo-Signature-Ma-V3"
 HEADER_V3_NONCE = "X-Plivo-Signature-V3-Nonce"
 
-# Canonical order, used for SignatureError.present.
-_ALL_HEADERS = (HEADER_V3, HEADER_MA_V3, HEADER_V3_NONCE,
-                HEADER_V2, HEADER_MA_V2, HEADER_V2_NONCE)
+#: Every header verify() reads, in canonical order (also that of SignatureError.present).
+SIGNATURE_HEADERS = (HEADER_V3, HEADER_MA_V3, HEADER_V3_NONCE,
+                     HEADER_V2, HEADER_MA_V2, HEADER_V2_NONCE)
+_ALL_HEADERS = SIGNATURE_HEADERS
 _BY_LOWER = {name.lower(): name for name in _ALL_HEADERS}
 _NONCES = (HEADER_V2_NONCE, HEADER_V3_NONCE)
 _SHORT = {HEADER_V3: "V3", HEADER_MA_V3: "Ma-V3", HEADER_V2: "V2", HEADER_MA_V2: "Ma-V2"}
@@ -93,8 +95,12 @@ class BadSignature(SignatureError):
 
 # --- string to sign --------------------------------------------------------
 
+@functools.lru_cache(maxsize=256)
 def _split(url: str) -> tuple[str, str]:
-    """(scheme://netloc/path, query) the way urlparse sees the URL."""
+    """(scheme://netloc/path, query) the way urlparse sees the URL.
+
+    Cached: a deployment is called on a handful of URLs (POST webhooks repeat theirs).
+    """
     parts = urlparse(url)
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), parts.query
 

@@ -4,45 +4,64 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from flask import Blueprint, Request, Response, current_app, jsonify, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
+from .signature import SIGNATURE_HEADERS
 from .service import Answer, HttpRequest, called_url
 
 bp = Blueprint("responder", __name__)
 
+#: (header name, WSGI environ key) of the headers the pipeline reads: six dict look-ups
+#: per request instead of walking every header.
+_ENVIRON_KEYS = tuple((name, "HTTP_" + name.upper().replace("-", "_")) for name in SIGNATURE_HEADERS)
 
-def _body(req: Request) -> bytes:
-    """The raw body; over MAX_CONTENT_LENGTH is a 413, chunked bodies included.
 
-    For a chunked body (no Content-Length) werkzeug's limited stream stops at the
-    limit and returns what it read, so the body would be cut short silently; read
-    one byte past the limit from the server-terminated stream to tell.
+def _body(environ: dict, limit: int) -> bytes:
+    """The raw body; over MAX_CONTENT_LENGTH (`limit`) is a 413, chunked bodies included.
+
+    Read straight from the WSGI input: gunicorn bounds it by Content-Length or ends
+    it at the last chunk. (werkzeug's limited stream would stop a chunked body at the
+    limit and return what it read, cutting the message short without an error.)
     """
-    limit = req.max_content_length
-    if req.content_length is None and limit is not None and req.environ.get("wsgi.input_terminated"):
-        data = req.input_stream.read(limit + 1)
-        if len(data) > limit:
+    stream = environ["wsgi.input"]
+    length = environ.get("CONTENT_LENGTH")
+    if length:
+        try:
+            size = int(length)
+        except ValueError:
+            raise BadRequest("bad Content-Length") from None
+        if size > limit:
             raise RequestEntityTooLarge()
-        return data
-    return req.get_data(cache=False)
+        return stream.read(size) if size > 0 else b""
+    if not environ.get("wsgi.input_terminated"):
+        return b""  # no length and a server that does not end the stream: nothing to read safely
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise RequestEntityTooLarge()
+    return data
 
 
-def _http_request(req: Request) -> HttpRequest:
-    environ = req.environ
+def _http_request(environ: dict, config) -> HttpRequest:
+    """The request as the pipeline sees it, read from the WSGI environ once.
+
+    ProxyFix (TRUSTED_PROXIES) has already rewritten the scheme and Host here.
+    """
     # The path exactly as sent (gunicorn: RAW_URI; werkzeug's server: REQUEST_URI), because
     # the signature covers it byte for byte; werkzeug's request.url is decoded and re-quoted.
     raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     query = environ.get("QUERY_STRING", "")
     if not raw_uri:
         raw_uri = quote(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")) + (f"?{query}" if query else "")
+    host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
+    method = environ["REQUEST_METHOD"]
     return HttpRequest(
-        method=req.method,
-        url=called_url(req.scheme, req.host, raw_uri, current_app.config["PUBLIC_URL"]),
+        method=method,
+        url=called_url(environ["wsgi.url_scheme"], host, raw_uri, config["PUBLIC_URL"]),
         query=query.encode("latin-1"),
-        body=_body(req) if req.method == "POST" else b"",
-        content_type=req.content_type,
-        headers=req.headers,
+        body=_body(environ, config["MAX_CONTENT_LENGTH"]) if method == "POST" else b"",
+        content_type=environ.get("CONTENT_TYPE"),
+        headers={name: environ[key] for name, key in _ENVIRON_KEYS if key in environ},
     )
 
 
@@ -52,14 +71,14 @@ def _response(answer: Answer) -> Response:
 
 @bp.route("/message", methods=["GET", "POST"], strict_slashes=False)
 def message():
-    responder = current_app.extensions["responder"]
-    return _response(responder.handle_message(_http_request(request)))
+    app = current_app._get_current_object()  # one proxy look-up, not one per attribute
+    return _response(app.extensions["responder"].handle_message(_http_request(request.environ, app.config)))
 
 
 @bp.route("/status", methods=["GET", "POST"], strict_slashes=False)
 def status():
-    responder = current_app.extensions["responder"]
-    return _response(responder.handle_status(_http_request(request)))
+    app = current_app._get_current_object()
+    return _response(app.extensions["responder"].handle_status(_http_request(request.environ, app.config)))
 
 
 @bp.get("/healthz")

@@ -55,3 +55,22 @@ def test_missing_fields(drop):
     pairs = [(k, "1") for k in ("From", "To", "MessageUUID") if k != drop]
     with pytest.raises(InboundError, match=f"missing {drop}"):
         parse_message(pairs)
+
+
+def test_parse_form_agrees_with_parse_qsl():
+    """The hand-written parser is parse_qsl(keep_blank_values, strict, max 500 fields), faster."""
+    import random
+    from urllib.parse import parse_qsl
+    rnd = random.Random(1)
+    alphabet = list("ab=&+%é中 👍\x00;") + ["%41", "%C3%A9", "%ZZ", "%FF", "%F0%9F%91%8D"]
+    for _ in range(5000):
+        raw = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 20)))
+        try:
+            want = parse_qsl(raw, keep_blank_values=True, errors="strict", max_num_fields=500)
+        except (UnicodeDecodeError, ValueError):
+            want = "error"
+        try:
+            got = parse_form(raw)
+        except InboundError:
+            got = "error"
+        assert got == want, raw

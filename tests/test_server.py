@@ -50,10 +50,11 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gunicorn exited: {(tmp / 'server.log').read_text()}")
             try:
-                if requests.get(self.base + "/readyz", timeout=1).status_code == 200:
-                    return
+                ready = requests.get(self.base + "/readyz", timeout=1).status_code == 200
             except requests.ConnectionError:
-                pass
+                ready = False
+            if ready and len(self.workers()) == int(settings["WEB_CONCURRENCY"]):
+                return
             time.sleep(0.1)
         self.stop()
         raise RuntimeError("gunicorn did not become ready in 30 s")

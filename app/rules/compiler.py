@@ -46,7 +46,7 @@ class _Shape:
 
     def __init__(self, name, line, when, keywords, texts, stops):
         self.name, self.line, self.stops = name, line, stops
-        self.has_when = when is not None
+        self.has_when = bool(when)  # `when: {}` matches everything, like no `when`
         self.when_keys = frozenset(when) if isinstance(when, dict) else frozenset()
         self.keywords, self.texts = keywords, texts
 
@@ -159,7 +159,7 @@ class _Compiler:
         if self.errors:
             return None
         self.shadows(shapes)
-        return _index(self.path, digest, tz, rules, shapes, self.warnings)
+        return _index(self.path, digest, tz, rules, shapes, sorted(self.warnings, key=lambda p: p.line))
 
     def settings(self, data: YMap):
         tz = ZoneInfo("UTC")
@@ -233,7 +233,7 @@ class _Compiler:
         cont = self.boolean(item, "continue") if "continue" in item else False
         if silent and (replies or forward is not None):
             self.error(item.key_line("silent"), "'silent: true' cannot go with 'reply' or 'forward'")
-        if not (replies or "forward" in item or silent or NOT_YET_RULE & set(item)):
+        if len(self.errors) == before and not (replies or "forward" in item or silent or NOT_YET_RULE & set(item)):
             self.error(item.line, f"rule {name!r} does nothing: give it 'reply', 'forward' or 'silent: true'")
         if len(self.errors) > before:
             return None
@@ -273,7 +273,9 @@ class _Compiler:
         if template is None or template.constant is None:
             return
         enc = smsenc.analyse(template.constant)
-        note = f"rule {name!r}: {kind} is {enc.name}, {enc.length} characters, {enc.units} unit{'s' if enc.units != 1 else ''}"
+        doubled = enc.name == "GSM-7" and any(ch in smsenc.GSM_EXTENSION for ch in template.constant)
+        size = f"{enc.length} characters" + (" (^{}[]~|€\\ count twice)" if doubled else "")
+        note = f"rule {name!r}: {kind} is {enc.name}, {size}, {enc.units} unit{'s' if enc.units != 1 else ''}"
         if enc.name != "GSM-7":
             odd = next((ch for ch in template.constant if ch not in smsenc.GSM_ALL), None)
             if odd is not None:
@@ -327,8 +329,10 @@ class _Compiler:
                 check = self.hours(when)
             elif key == "not":
                 inner = when[key]
-                if not isinstance(inner, YMap) or not inner:
+                if not isinstance(inner, YMap):
                     self.error(when.value_line(key), f"'not' takes a mapping of conditions, got {_show(inner)}")
+                elif not inner:
+                    self.error(when.value_line(key), "'not' needs at least one condition")
                 else:
                     sub, _, _, _ = self.when(inner)
                     sub.sort(key=lambda pair: pair[0])

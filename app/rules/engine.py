@@ -15,9 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 
-from jinja2 import TemplateError
-from jinja2.exceptions import SecurityError
-
 from ..inbound import Inbound
 from .templates import Template
 
@@ -148,7 +145,7 @@ def _render(template: Template, rule: Rule, ctx: dict | None, errors: list) -> s
         return template.constant
     try:
         return template.render(ctx)
-    except (TemplateError, SecurityError, ArithmeticError, ValueError, TypeError, LookupError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any filter may raise; one template must not sink the answer
         errors.append(f"rule {rule.name!r} line {template.line}: {type(exc).__name__}: {exc}")
         log.warning("template failed", extra={"rule": rule.name, "line": template.line,
                                               "error": f"{type(exc).__name__}: {exc}"})

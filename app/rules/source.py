@@ -70,11 +70,17 @@ class YList(list):
 _BOOL = "tag:yaml.org,2002:bool"
 _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_MERGE = "tag:yaml.org,2002:merge"
+
+# libyaml's parser when PyYAML was built with it (much faster on big files); the
+# resolvers and constructors below are Python either way, so the result is the same.
+_Base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(_Base):  # type: ignore[misc, valid-type]
     yaml_implicit_resolvers = {
-        first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _INT, _FLOAT)]
+        first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _INT, _FLOAT, _TIMESTAMP)]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
 
@@ -102,12 +108,17 @@ def _construct_float(loader: _Loader, node) -> float:
 
 
 def _construct_map(loader: _Loader, node) -> YMap:
+    # After flatten_mapping the pairs merged in with `<<:` come first; an explicit key
+    # may override a merged one (YAML's merge rule), while two explicit ones clash.
+    own = sum(1 for key_node, _ in node.value if key_node.tag != _MERGE)
     loader.flatten_mapping(node)
+    merged_count = len(node.value) - own
+    merged: set = set()
     out = YMap()
     out.line = node.start_mark.line + 1
     out.key_lines = {}
     out.value_lines = {}
-    for key_node, value_node in node.value:
+    for i, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         try:
@@ -115,9 +126,13 @@ def _construct_map(loader: _Loader, node) -> YMap:
         except TypeError:
             loader.problems.append(Problem(loader.path, line, "a key must be a plain value"))
             continue
-        if key in out:
+        if key in out and i >= merged_count and key not in merged:
             loader.problems.append(Problem(loader.path, line, f"duplicate key {key!r}"))
             continue
+        if i < merged_count:
+            merged.add(key)
+        else:
+            merged.discard(key)
         out[key] = loader.construct_object(value_node, deep=True)
         out.key_lines[key] = line
         out.value_lines[key] = value_node.start_mark.line + 1
@@ -144,9 +159,14 @@ def parse(text: str, path: str) -> tuple[object, list[Problem]]:
     be trusted.
     """
     problems: list[Problem] = []
-    loader = _Loader(text, problems, path)
+    loader = None
     try:
+        loader = _Loader(text, problems, path)  # the reader checks characters here already
         data = loader.get_single_data()
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        raise RulesError([Problem(path, line, f"character {exc.character!r} is not allowed in YAML "
+                                              "(control characters must be escaped in double quotes)")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
@@ -155,5 +175,6 @@ def parse(text: str, path: str) -> tuple[object, list[Problem]]:
     except yaml.YAMLError as exc:  # e.g. a document that is not text
         raise RulesError([Problem(path, 0, f"YAML error: {exc}")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, problems

