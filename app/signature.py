@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import hmac
 import secrets
 from collections.abc import Iterable, Mapping
@@ -150,8 +149,7 @@ def _v3_base(method: str, url: str, params) -> str:
 
 
 def _digest(key: bytes, message: str) -> bytes:
-    mac = hmac.new(key, message.encode("utf-8", "surrogatepass"), hashlib.sha256)
-    return base64.b64encode(mac.digest())
+    return base64.b64encode(hmac.digest(key, message.encode("utf-8", "surrogatepass"), "sha256"))
 
 
 def _key(token: str) -> bytes:
