@@ -122,10 +122,11 @@ class Responder:
             if decision.outgoing:
                 log.warning("%d message(s) not sent: %s replies need the Message API, not available yet",
                             len(decision.outgoing), msg.type, extra={"uuid": msg.uuid})
-        log.info("message answered", extra={
-            "uuid": msg.uuid, "type": msg.type, "rules": list(decision.matched),
-            "messages": len(decision.outgoing) if msg.type in XML_TYPES else 0,
-        })
+        if log.isEnabledFor(logging.INFO):
+            log.info("message answered", extra={
+                "uuid": msg.uuid, "type": msg.type, "rules": list(decision.matched),
+                "messages": len(decision.outgoing) if msg.type in XML_TYPES else 0,
+            })
         return decision, Answer(200, body, plivoxml.CONTENT_TYPE)
 
     def handle_status(self, req: HttpRequest) -> Answer:

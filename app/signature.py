@@ -104,45 +104,39 @@ def _split(url: str) -> tuple[str, str]:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), parts.query
 
 
-def _group(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
-    groups: dict[str, list[str]] = {}
-    for key, value in pairs:
-        groups.setdefault(key, []).append(value)
-    return groups
-
-
-def _param_groups(params) -> dict[str, list[str]]:
-    """Form parameters as key -> list of values.
+def _form_pairs(params) -> tuple[list[tuple[str, str]], bool]:
+    """(form parameters as (key, value) pairs, whether any key was given).
 
     Accepts an iterable of (key, value) pairs, a Mapping of key -> str or list
     of str, or a werkzeug MultiDict (all values of a repeated key are used).
+    The flag follows the SDK, which asks whether there are keys: a key with an
+    empty list of values still counts.
     """
     if not params:
-        return {}
+        return [], False
     lists = getattr(params, "lists", None)
     if callable(lists):  # werkzeug MultiDict: Mapping access would drop repeats
-        return {key: list(values) for key, values in lists()}
+        groups = list(lists())
+        return [(k, v) for k, values in groups for v in values], bool(groups)
     if isinstance(params, Mapping):
-        return {key: [value] if isinstance(value, str) else list(value)
-                for key, value in params.items()}
-    return _group(params)
-
-
-def _sorted_pairs(groups: dict[str, list[str]]):
-    for key in sorted(groups):
-        for value in sorted(groups[key]):
-            yield key, value
+        return ([(k, v) for k, values in params.items()
+                 for v in ([values] if isinstance(values, str) else values)], True)
+    pairs = list(params)
+    return pairs, bool(pairs)
 
 
 def _v3_base(method: str, url: str, params) -> str:
-    """The V3 string to sign, without the final ``.nonce``."""
+    """The V3 string to sign, without the final ``.nonce``.
+
+    Sorting (key, value) pairs orders keys first and then each key's values,
+    which is the SDK's order.
+    """
     base, query = _split(url)
-    query_pairs = _group(parse_qsl(query, keep_blank_values=True))
-    query_text = "&".join(f"{k}={v}" for k, v in _sorted_pairs(query_pairs))
-    form = {} if method.upper() == "GET" else _param_groups(params)
-    if not form:  # GET, or a POST without form parameters
+    query_text = "&".join(f"{k}={v}" for k, v in sorted(parse_qsl(query, keep_blank_values=True))) if query else ""
+    pairs, has_form = ([], False) if method.upper() == "GET" else _form_pairs(params)
+    if not has_form:  # GET, or a POST without form parameters
         return f"{base}?{query_text}" if query_text else base
-    form_text = "".join(f"{k}{v}" for k, v in _sorted_pairs(form))
+    form_text = "".join([k + v for k, v in sorted(pairs)])
     if query_text:
         return f"{base}?{query_text}.{form_text}"
     return f"{base}?{form_text}"
