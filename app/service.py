@@ -45,6 +45,14 @@ def text_answer(status: int, message: str) -> Answer:
     return Answer(status, (message + "\n").encode("utf-8"))
 
 
+class Rejected(Exception):
+    """A request that gets a short error answer instead of being processed."""
+
+    def __init__(self, answer: Answer):
+        super().__init__(answer.status)
+        self.answer = answer
+
+
 def called_url(scheme: str, host: str, raw_uri: str, public_url: str | None) -> str:
     """The URL Plivo called: `PUBLIC_URL` or scheme://host, then the path and query as sent."""
     if raw_uri.startswith(("http://", "https://")):  # absolute-form request line
@@ -68,39 +76,38 @@ class Responder:
         self.clock = clock
 
     # -- shared steps ------------------------------------------------------------
-    def _params(self, req: HttpRequest) -> tuple[list, list]:
-        query = parse_form(req.query)
-        body: list = []
-        if req.method == "POST":
-            check_content_type(req.content_type, req.body)
-            body = parse_form(req.body)
-        return query, body
+    def _authentic(self, req: HttpRequest) -> tuple[list, list]:
+        """(query pairs, body pairs) of a well-formed request that Plivo signed.
 
-    def _check_signature(self, req: HttpRequest, body: list) -> Answer | None:
-        if not self.verify:
-            return None
+        Raises `Rejected` with the short answer otherwise: 400/413 for a malformed
+        request, 403 for a missing or wrong signature.
+        """
         try:
-            signature.verify(self.tokens, req.method, req.url, req.headers, body)
-        except signature.SignatureError as exc:
-            hint = "" if self.public_url else "; if Plivo calls another URL, set PUBLIC_URL or TRUSTED_PROXIES"
-            log.warning("signature rejected: %s%s", exc.reason, hint,
-                        extra={"checked_url": exc.url, "headers_present": list(exc.present)})
-            if isinstance(exc, signature.MissingSignature):
-                return text_answer(403, "missing Plivo signature")
-            return text_answer(403, "invalid Plivo signature")
-        return None
+            query = parse_form(req.query)
+            body: list = []
+            if req.method == "POST":
+                check_content_type(req.content_type, req.body)
+                body = parse_form(req.body)
+        except InboundError as exc:
+            raise Rejected(text_answer(exc.status, str(exc))) from None
+        if self.verify:
+            try:
+                signature.verify(self.tokens, req.method, req.url, req.headers, body)
+            except signature.SignatureError as exc:
+                hint = "" if self.public_url else "; if Plivo calls another URL, set PUBLIC_URL or TRUSTED_PROXIES"
+                log.warning("signature rejected: %s%s", exc.reason, hint,
+                            extra={"checked_url": exc.url, "headers_present": list(exc.present)})
+                what = "missing" if isinstance(exc, signature.MissingSignature) else "invalid"
+                raise Rejected(text_answer(403, f"{what} Plivo signature")) from None
+        return query, body
 
     # -- endpoints -----------------------------------------------------------------
     def handle_message(self, req: HttpRequest) -> Answer:
         try:
-            query, body = self._params(req)
-        except InboundError as exc:
-            return text_answer(exc.status, str(exc))
-        rejected = self._check_signature(req, body)
-        if rejected is not None:
-            return rejected
-        try:
+            query, body = self._authentic(req)
             msg = parse_message(body + query)  # body values win over the query's
+        except Rejected as exc:
+            return exc.answer
         except InboundError as exc:
             return text_answer(exc.status, str(exc))
         ruleset = self.holder.current()
@@ -132,12 +139,9 @@ class Responder:
     def handle_status(self, req: HttpRequest) -> Answer:
         """A delivery report: verified and logged (storing them arrives with the database)."""
         try:
-            query, body = self._params(req)
-        except InboundError as exc:
-            return text_answer(exc.status, str(exc))
-        rejected = self._check_signature(req, body)
-        if rejected is not None:
-            return rejected
+            query, body = self._authentic(req)
+        except Rejected as exc:
+            return exc.answer
         params = dict(query)
         params.update(body)
         if not params.get("MessageUUID"):
