@@ -1,0 +1,429 @@
+"""Helpers for bench/run (standard library only, plus app.signature for signing).
+
+Subcommands:
+  free-ports N                       print N distinct free loopback TCP ports
+  wait URL [--method M] [--timeout S] [--pid PID]
+                                     poll URL until it answers 2xx (fail if PID dies)
+  request --port P --token T --out DIR [--unsigned]
+                                     build the signed Plivo-style POST for
+                                     http://127.0.0.1:P/message; write DIR/request.json
+                                     and DIR/request.lua (the wrk script)
+  verify --request F --port P [--bare]
+                                     send that request once with urllib; check the
+                                     answer is the expected Message XML (and, for the
+                                     service, that a bad signature gets 403)
+  report DIR                         read DIR/*.wrk runs; print the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import socket
+import statistics
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The bench message: an SMS "hours please" from 14155550123 to our number 14155550100.
+SENDER = "14155550123"
+OUR_NUMBER = "14155550100"
+TEXT = "hours please"
+EXPECTED_REPLY = "We are open 9am-5pm, Monday to Friday."
+MESSAGE_UUID = "8f2c7a4e-5b1d-11ef-9c7a-0242ac120002"
+
+
+def fail(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+# ---------------------------------------------------------------- free-ports
+
+
+def cmd_free_ports(args: argparse.Namespace) -> None:
+    socks = []
+    try:
+        for _ in range(args.n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        print(" ".join(str(s.getsockname()[1]) for s in socks))
+    finally:
+        for s in socks:
+            s.close()
+
+
+# ---------------------------------------------------------------------- wait
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cmd_wait(args: argparse.Namespace) -> None:
+    deadline = time.monotonic() + args.timeout
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        if not _alive(args.pid):
+            fail(f"server (pid {args.pid}) exited before {args.url} answered; see its log")
+        req = urllib.request.Request(args.url, method=args.method)
+        try:
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                if 200 <= resp.status < 300:
+                    return
+                last = f"HTTP {resp.status}"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    fail(f"{args.url} not ready after {args.timeout:g}s ({last})")
+
+
+# ----------------------------------------------------------------------- cpu
+
+
+def worker_cpu_seconds(master: int) -> float:
+    """User + system CPU seconds used so far by the children (workers) of `master`."""
+    hz = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[1]) == master:  # ppid
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / hz
+
+
+def cmd_cpu(args: argparse.Namespace) -> None:
+    print(f"{worker_cpu_seconds(args.pid):.2f}")
+
+
+# ------------------------------------------------------------------- request
+
+
+def plivo_form() -> list[tuple[str, str]]:
+    """The form fields of an inbound SMS, in the order Plivo sends them."""
+    return [
+        ("From", SENDER),
+        ("To", OUR_NUMBER),
+        ("Type", "sms"),
+        ("Text", TEXT),
+        ("MessageUUID", MESSAGE_UUID),
+        ("Units", "1"),
+        ("TotalRate", "0.00000"),
+        ("TotalAmount", "0.00000"),
+        ("MessageIntent", ""),
+        ("PowerpackUUID", ""),
+        ("MediaCount", "0"),
+    ]
+
+
+def _lua_str(value: str) -> str:
+    out = []
+    for ch in value.encode("utf-8"):
+        c = chr(ch)
+        if c in '\\"':
+            out.append("\\" + c)
+        elif 32 <= ch < 127:
+            out.append(c)
+        else:
+            out.append(f"\\{ch:03d}")
+    return '"' + "".join(out) + '"'
+
+
+LUA_TEMPLATE = """\
+-- Generated by bench/harness.py: one signed Plivo-style inbound SMS, sent as is.
+wrk.method = {method}
+wrk.body = {body}
+{headers}
+
+-- Count answers outside 2xx (wrk itself only counts status >= 400).
+local threads = {{}}
+function setup(thread)
+  table.insert(threads, thread)
+end
+function init(args)
+  non2xx = 0
+end
+function response(status, headers, body)
+  if status < 200 or status > 299 then
+    non2xx = non2xx + 1
+  end
+end
+function done(summary, latency, requests)
+  local bad = 0
+  for _, t in ipairs(threads) do
+    bad = bad + (t:get("non2xx") or 0)
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {{"requests": %d, "duration_us": %d, "non2xx": %d, ' ..
+    '"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d, ' ..
+    '"p50_us": %d, "p90_us": %d, "p99_us": %d, "mean_us": %.1f, "max_us": %d}}\\n',
+    summary.requests, summary.duration, bad,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency.mean, latency.max))
+end
+"""
+
+
+def cmd_request(args: argparse.Namespace) -> None:
+    url = f"http://127.0.0.1:{args.port}/message"
+    form = plivo_form()
+    body = urllib.parse.urlencode(form)
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if not args.unsigned:
+        sys.path.insert(0, str(ROOT))
+        try:
+            from app.signature import sign_headers
+        except ImportError as exc:
+            fail(f"cannot import app.signature.sign_headers: {exc}")
+        signed = sign_headers(args.token, "POST", url, params=form)
+        headers.update({str(k): str(v) for k, v in signed.items()})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "request.json").write_text(
+        json.dumps({"method": "POST", "url": url, "headers": headers, "body": body}, indent=2)
+        + "\n",
+        encoding="utf-8",
+    )
+    lua_headers = "\n".join(
+        f"wrk.headers[{_lua_str(k)}] = {_lua_str(v)}" for k, v in headers.items()
+    )
+    (out / "request.lua").write_text(
+        LUA_TEMPLATE.format(method=_lua_str("POST"), body=_lua_str(body), headers=lua_headers),
+        encoding="utf-8",
+    )
+
+
+# -------------------------------------------------------------------- verify
+
+
+def _send(url: str, body: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, data=body.encode("utf-8"), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, dict(resp.headers.items()), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers.items()), exc.read()
+
+
+def _check_xml(label: str, status: int, headers: dict[str, str], raw: bytes) -> None:
+    shown = raw.decode("utf-8", "replace")[:500]
+    if status != 200:
+        fail(f"{label}: expected 200, got {status}: {shown}")
+    ctype = {k.lower(): v for k, v in headers.items()}.get("content-type", "")
+    if not ctype.lower().startswith(("application/xml", "text/xml")):
+        fail(f"{label}: Content-Type {ctype!r}, expected application/xml")
+    if not raw.lstrip().startswith(b"<?xml"):
+        fail(f"{label}: answer has no XML declaration: {shown}")
+    try:
+        root = ET.fromstring(raw)
+    except ET.ParseError as exc:
+        fail(f"{label}: answer is not XML ({exc}): {shown}")
+    messages = list(root)
+    if root.tag != "Response" or len(messages) != 1 or messages[0].tag != "Message":
+        fail(f"{label}: expected <Response> with one <Message>: {shown}")
+    msg = messages[0]
+    want = {"src": OUR_NUMBER, "dst": SENDER, "type": "sms"}
+    got = {k: msg.get(k) for k in want}
+    if got != want:
+        fail(f"{label}: Message attributes {got}, expected {want}: {shown}")
+    if (msg.text or "") != EXPECTED_REPLY:
+        fail(f"{label}: Message text {msg.text!r}, expected {EXPECTED_REPLY!r}")
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    request = json.loads(Path(args.request).read_text(encoding="utf-8"))
+    url = f"http://127.0.0.1:{args.port}/message"
+    status, headers, raw = _send(url, request["body"], request["headers"])
+    label = "bare app" if args.bare else "service"
+    _check_xml(label, status, headers, raw)
+    print(f"verified {label}: {status} {raw.decode('utf-8')!r}")
+    if args.bare:
+        return
+    # The bench must measure a service that checks signatures: a forged one is refused.
+    wrong = base64.b64encode(bytes(32)).decode("ascii")  # well-formed, never valid
+    forged = {
+        k: (wrong if k.lower().startswith("x-plivo-signature") and "nonce" not in k.lower() else v)
+        for k, v in request["headers"].items()
+    }
+    status, _, raw = _send(url, request["body"], forged)
+    if status != 403:
+        fail(f"service: a forged signature got {status}, expected 403 "
+             "(is VERIFY_SIGNATURES off?): " + raw.decode("utf-8", "replace")[:200])
+    print("verified service: forged signature refused with 403")
+
+
+# -------------------------------------------------------------------- report
+
+
+def _runs(directory: Path) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = {}
+    for path in sorted(directory.glob("round*-*.wrk")):
+        target = path.stem.split("-", 1)[1]
+        match = re.search(r"^BENCH_JSON (\{.*\})$", path.read_text(encoding="utf-8"), re.M)
+        if not match:
+            fail(f"{path}: no BENCH_JSON line (wrk failed?)")
+        data = json.loads(match.group(1))
+        data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
+        cpu = re.search(r"^BENCH_CPU ([0-9.]+)$", path.read_text(encoding="utf-8"), re.M)
+        data["cpu_us"] = float(cpu.group(1)) * 1e6 / data["requests"] if cpu else None
+        data["file"] = path.name
+        runs.setdefault(target, []).append(data)
+    return runs
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    """Fail if the given wrk output shows any error or non-2xx answer."""
+    text = Path(args.file).read_text(encoding="utf-8")
+    match = re.search(r"^BENCH_JSON (\{.*\})$", text, re.M)
+    if not match:
+        fail(f"{args.file}: no BENCH_JSON line (wrk failed?)\n{text}")
+    d = json.loads(match.group(1))
+    errors = {k: d[k] for k in ("non2xx", "connect", "read", "write", "status", "timeout") if d[k]}
+    if d["requests"] == 0:
+        fail(f"{args.file}: no request completed\n{text}")
+    if errors:
+        fail(f"{args.file}: {d['requests']} requests with errors {errors}\n{text}")
+
+
+def _ms(us: float) -> str:
+    return f"{us / 1000:.2f} ms"
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    directory = Path(args.dir)
+    runs = _runs(directory)
+    names = [n for n in ("service", "bare") if n in runs]
+    if len(names) != 2:
+        fail(f"{directory}: need runs for both service and bare, found {sorted(runs)}")
+    med = {
+        n: {
+            "rps": statistics.median(r["rps"] for r in runs[n]),
+            "p50": statistics.median(r["p50_us"] for r in runs[n]),
+            "p99": statistics.median(r["p99_us"] for r in runs[n]),
+            "each": [r["rps"] for r in runs[n]],
+            "requests": sum(r["requests"] for r in runs[n]),
+            "cpu": (statistics.median(r["cpu_us"] for r in runs[n])
+                    if all(r["cpu_us"] is not None for r in runs[n]) else None),
+        }
+        for n in names
+    }
+    ratio = med["service"]["rps"] / med["bare"]["rps"]
+    lines = [
+        "",
+        f"{'':10} {'req/s (median)':>15} {'p50':>10} {'p99':>10} {'worker CPU/req':>15}"
+        "   req/s per round",
+    ]
+    for n in names:
+        m = med[n]
+        each = ", ".join(f"{x:.0f}" for x in m["each"])
+        cpu = f"{m['cpu']:.0f} us" if m["cpu"] is not None else "?"
+        lines.append(
+            f"{n:10} {m['rps']:>15.0f} {_ms(m['p50']):>10} {_ms(m['p99']):>10} {cpu:>15}   {each}"
+        )
+    lines.append("")
+    lines.append(f"ratio service/bare throughput: {ratio:.3f}")
+    if med["service"]["cpu"] and med["bare"]["cpu"]:
+        cpu_ratio = med["bare"]["cpu"] / med["service"]["cpu"]
+        lines.append(f"ratio bare/service worker CPU per request: {cpu_ratio:.3f}"
+                     "  (steadier on a busy machine)")
+    noisy = [n for n in names
+             if len(med[n]["each"]) > 1
+             and (max(med[n]["each"]) - min(med[n]["each"])) / med[n]["rps"] > 0.15]
+    if noisy:
+        lines.append(f"WARNING: req/s varied more than 15% between rounds ({', '.join(noisy)}): "
+                     "the machine was busy; take the figures as rough, or run again")
+    lines.append(
+        f"(p50/p99: median over rounds of each round's percentile; "
+        f"{med['service']['requests']} + {med['bare']['requests']} requests timed, "
+        "all 2xx, no socket errors)"
+    )
+    summary = {
+        n: {"rps": round(med[n]["rps"], 1), "p50_us": med[n]["p50"], "p99_us": med[n]["p99"],
+            "worker_cpu_us_per_request": med[n]["cpu"] and round(med[n]["cpu"], 1),
+            "rps_rounds": [round(x, 1) for x in med[n]["each"]]}
+        for n in names
+    }
+    summary["ratio"] = round(ratio, 4)
+    (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+
+
+# ---------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("free-ports")
+    p.add_argument("n", type=int)
+    p.set_defaults(func=cmd_free_ports)
+
+    p = sub.add_parser("wait")
+    p.add_argument("url")
+    p.add_argument("--method", default="GET")
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--pid", type=int)
+    p.set_defaults(func=cmd_wait)
+
+    p = sub.add_parser("cpu")
+    p.add_argument("pid", type=int)
+    p.set_defaults(func=cmd_cpu)
+
+    p = sub.add_parser("request")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--token", default="")
+    p.add_argument("--out", required=True)
+    p.add_argument("--unsigned", action="store_true")
+    p.set_defaults(func=cmd_request)
+
+    p = sub.add_parser("verify")
+    p.add_argument("--request", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--bare", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("check")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("report")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_report)
+
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
