@@ -93,18 +93,13 @@ def check_content_type(content_type: str | None, body: bytes) -> None:
         raise InboundError(f"body must be {FORM_TYPE} (got {shown})")
 
 
-def _first_values(pairs: list[tuple[str, str]]) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for key, value in pairs:
-        params.setdefault(key, value)
-    return params
-
-
 def _media(params: dict[str, str]) -> tuple[tuple[str, ...], int]:
     try:
         count = int(params.get("MediaCount") or 0)
     except ValueError:
         count = 0
+    if count <= 0 and "Media1" not in params:
+        return (), 0  # the common case (SMS): no scan of every key
     found = []
     for key, value in params.items():
         m = _MEDIA_KEY.match(key) if key.startswith("Media") else None
@@ -116,7 +111,7 @@ def _media(params: dict[str, str]) -> tuple[tuple[str, ...], int]:
 
 def parse_message(pairs: list[tuple[str, str]]) -> Inbound:
     """The inbound message from its parameters; missing From/To/MessageUUID is an error."""
-    params = _first_values(pairs)
+    params = dict(reversed(pairs))  # the first value of a repeated key wins
     missing = [name for name in ("From", "To", "MessageUUID") if not params.get(name, "").strip()]
     if missing:
         raise InboundError("missing " + ", ".join(missing))

@@ -198,6 +198,18 @@ def _match(found: dict[str, str], names: list[str], expected: list[bytes]) -> st
     return matched
 
 
+class _Present:
+    """The canonical names of the headers found, listed only if asked (error path)."""
+
+    __slots__ = ("found",)
+
+    def __init__(self, found: dict[str, str]):
+        self.found = found
+
+    def __iter__(self):
+        return (name for name in _ALL_HEADERS if name in self.found)
+
+
 def _keys(tokens) -> list[bytes]:
     if isinstance(tokens, str):
         tokens = (tokens,)
@@ -221,7 +233,7 @@ def verify(tokens, method: str, url: str, headers: Mapping, params=()) -> str:
     """
     keys = _keys(tokens)
     found = _collect(headers)
-    present = tuple(name for name in _ALL_HEADERS if name in found)
+    present = _Present(found)  # only spelled out when an error is raised
 
     v3 = [name for name in (HEADER_V3, HEADER_MA_V3) if name in found]
     if v3:

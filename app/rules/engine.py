@@ -52,23 +52,45 @@ def normalize_text(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
+def _local(now: datetime | None, tz: tzinfo) -> datetime:
+    """`now` in the rules' timezone (the current time when None; naive means local)."""
+    if now is None:
+        return datetime.now(tz)
+    if now.tzinfo is None:
+        return now.replace(tzinfo=tz)
+    return now if now.tzinfo is tz else now.astimezone(tz)
+
+
 class Facts:
-    """What the conditions look at, computed once per message."""
+    """What the conditions look at, each computed once per message on first use.
 
-    __slots__ = ("msg", "text", "folded", "normalized", "keyword", "from_digits",
-                 "to_digits", "now", "weekday", "minute")
+    Most messages meet a handful of conditions, so nothing is derived (the
+    folded text, the digits of the numbers, the local time) until a condition
+    or a template asks for it.
+    """
 
-    def __init__(self, msg: Inbound, now: datetime):
+    def __init__(self, msg: Inbound, clock: datetime | None, tz: tzinfo):
         self.msg = msg
         self.text = msg.text
-        self.folded = msg.text.casefold()
-        self.normalized = normalize_text(msg.text)
-        self.keyword = first_keyword(msg.text)
-        self.from_digits = digits(msg.from_)
-        self.to_digits = digits(msg.to)
-        self.now = now
-        self.weekday = now.weekday()  # Monday is 0
-        self.minute = now.hour * 60 + now.minute
+        self._clock = clock
+        self._tz = tz
+
+    def __getattr__(self, name: str):
+        value = _DERIVED[name](self)
+        setattr(self, name, value)
+        return value
+
+
+_DERIVED: dict[str, Callable[[Facts], object]] = {
+    "folded": lambda f: f.text.casefold(),
+    "normalized": lambda f: normalize_text(f.text),
+    "keyword": lambda f: first_keyword(f.text),
+    "from_digits": lambda f: digits(f.msg.from_),
+    "to_digits": lambda f: digits(f.msg.to),
+    "now": lambda f: _local(f._clock, f._tz),
+    "weekday": lambda f: f.now.weekday(),  # Monday is 0
+    "minute": lambda f: f.now.hour * 60 + f.now.minute,
+}
 
 
 #: A compiled condition: True when it holds. A regex condition also fills `groups`.
@@ -125,17 +147,14 @@ class RuleSet:
 
     def candidates(self, facts: Facts):
         """Indexes of the rules that could match, in file order."""
-        kw = self.by_keyword.get(facts.keyword, ())
-        tx = self.by_text.get(facts.normalized, ())
+        kw = self.by_keyword.get(facts.keyword, ()) if self.by_keyword else ()
+        tx = self.by_text.get(facts.normalized, ()) if self.by_text else ()
         if not kw and not tx:
             return self.general
         general = self.general
         if len(general) <= 32:
             return sorted(kw + tx + general)  # a few indexes: cheaper than a merge generator
         return heapq.merge(kw, tx, general)  # many: lazy, so the first match stops the walk
-
-    def now(self) -> datetime:
-        return datetime.now(self.tz)
 
 
 def _context(msg: Inbound, facts: Facts, rule: Rule, groups: dict) -> dict:
@@ -159,13 +178,7 @@ def _render(template: Template, rule: Rule, ctx: dict | None, errors: list) -> s
 
 def decide(ruleset: RuleSet, msg: Inbound, now: datetime | None = None) -> Decision:
     """Run the rules in file order for one message (SPEC §4)."""
-    if now is None:
-        now = ruleset.now()
-    elif now.tzinfo is None:
-        now = now.replace(tzinfo=ruleset.tz)  # a naive time is taken as the rules' local time
-    elif now.tzinfo is not ruleset.tz:
-        now = now.astimezone(ruleset.tz)  # days, hours and {{ now }} are in the rules' timezone
-    facts = Facts(msg, now)
+    facts = Facts(msg, now, ruleset.tz)  # days, hours and {{ now }} use the rules' timezone
     rules = ruleset.rules
     matched: list[str] = []
     outgoing: list[Outgoing] = []
