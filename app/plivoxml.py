@@ -67,16 +67,18 @@ def render(messages: Iterable[Message]) -> bytes:
         pieces = split(clean_text(m.text))
         if not pieces:
             continue
-        attrib = {
-            "src": clean_text(m.src),
-            "dst": clean_text("<".join(m.dst)),
-            "type": "sms",
-        }
-        if m.callback_url:
-            attrib["callbackUrl"] = clean_text(m.callback_url)
-            attrib["callbackMethod"] = "POST"
+        src = clean_text(m.src)
+        dst = clean_text("<".join(m.dst))
+        callback = clean_text(m.callback_url) if m.callback_url else None
         for piece in pieces:
-            sub(root, "Message", attrib).text = piece
+            el = sub(root, "Message")
+            el.set("src", src)  # set one by one: attribute order is src, dst, type, callback*
+            el.set("dst", dst)
+            el.set("type", "sms")
+            if callback:
+                el.set("callbackUrl", callback)
+                el.set("callbackMethod", "POST")
+            el.text = piece
     return XML_DECLARATION + etree.tostring(root, encoding="UTF-8")
 
 

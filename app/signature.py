@@ -142,8 +142,14 @@ def _v3_base(method: str, url: str, params) -> str:
     return f"{base}?{form_text}"
 
 
-def _digest(key: bytes, message: str) -> bytes:
-    return base64.b64encode(hmac.digest(key, message.encode("utf-8", "surrogatepass"), "sha256"))
+def _digest(key, message: str) -> bytes:
+    """base64 HMAC-SHA256; `key` is the token's bytes or a keyed HMAC object to copy."""
+    data = message.encode("utf-8", "surrogatepass")
+    if isinstance(key, bytes):
+        return base64.b64encode(hmac.digest(key, data, "sha256"))
+    mac = key.copy()  # keyed once per token: copying skips OpenSSL's per-call key set-up
+    mac.update(data)
+    return base64.b64encode(mac.digest())
 
 
 def _key(token: str) -> bytes:
@@ -210,13 +216,18 @@ class _Present:
         return (name for name in _ALL_HEADERS if name in self.found)
 
 
-def _keys(tokens) -> list[bytes]:
+def _keys(tokens) -> tuple:
     if isinstance(tokens, str):
         tokens = (tokens,)
-    keys = [_key(token) for token in tokens]
-    if not keys:
+    return _keyed(tuple(tokens))
+
+
+@functools.lru_cache(maxsize=16)
+def _keyed(tokens: tuple) -> tuple:
+    """A keyed HMAC-SHA256 object per token (the same few tokens on every request)."""
+    if not tokens:
         raise ValueError("verify() needs at least one Plivo auth token")
-    return keys
+    return tuple(hmac.new(_key(token), digestmod="sha256") for token in tokens)
 
 
 def verify(tokens, method: str, url: str, headers: Mapping, params=()) -> str:
