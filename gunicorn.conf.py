@@ -61,15 +61,6 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
 
-def post_worker_init(worker):
-    """Once a worker has loaded the app, move what lives as long as it (the app,
-    the compiled rules) out of the garbage collector's way: collections then walk
-    only per-request objects, not thousands of compiled rules every time."""
-    import gc
-
-    gc.freeze()
-
-
 def on_starting(server):
     """Refuse to start on a bad rules file, with `path:line: message` per problem.
 
