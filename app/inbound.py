@@ -29,7 +29,7 @@ class InboundError(Exception):
     status = 400
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Inbound:
     """One inbound message, as the rules and templates see it."""
 
@@ -69,18 +69,22 @@ def parse_form(raw: bytes | str, *, max_fields: int = MAX_FIELDS) -> list[tuple[
             raw = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise InboundError("body is not valid UTF-8") from None
-    parts = raw.split("&")
-    if len(parts) > max_fields:
+    if raw.count("&") >= max_fields:
         raise InboundError(f"too many form fields (more than {max_fields})")
-    pairs = []
     try:
-        for part in parts:
+        if "%26" not in raw and "%3D" not in raw and "%3d" not in raw:
+            # No escaped '&' or '=': decoding the whole body first cannot create a
+            # separator, so it splits exactly as field-by-field decoding would.
+            return [(key, value) for key, _, value in
+                    (part.partition("=") for part in _unquote(raw).split("&")) if key or _]
+        pairs = []
+        for part in raw.split("&"):
             if part:
                 key, _, value = part.partition("=")
                 pairs.append((_unquote(key), _unquote(value)))
+        return pairs
     except UnicodeDecodeError:
         raise InboundError("form values are not valid UTF-8") from None
-    return pairs
 
 
 def check_content_type(content_type: str | None, body: bytes) -> None:

@@ -24,7 +24,7 @@ TEXT = "text/plain; charset=utf-8"
 XML_TYPES = frozenset({"sms", "mms"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HttpRequest:
     method: str
     url: str  # the URL Plivo called, query string included
@@ -34,7 +34,7 @@ class HttpRequest:
     headers: Mapping[str, str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer:
     status: int
     body: bytes

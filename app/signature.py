@@ -180,7 +180,10 @@ def _collect(headers: Mapping) -> dict[str, str]:
     Repeated signature headers are joined with commas; for a repeated nonce the
     first one counts.
     """
-    found: dict[str, str] = {}
+    found: dict[str, str] = {name: headers[name] for name in _ALL_HEADERS if name in headers}
+    if len(found) == len(headers):
+        return found  # every key is a canonical signature header (what the web layer passes)
+    found = {}
     for name, value in headers.items():
         canonical = _BY_LOWER.get(name.lower())
         if canonical is None:

@@ -161,6 +161,9 @@ def _fit(text: str, start: int, limit: int, double) -> int:
     return n
 
 
+_ALWAYS_FITS = MAX_UCS2 // 2  # characters that fit in one message in any encoding
+
+
 def split(text: str) -> list[str]:
     """Cut ``text`` into pieces that each fit in one Plivo message.
 
@@ -172,6 +175,11 @@ def split(text: str) -> list[str]:
     """
     if not text:
         return []
+    n = len(text)
+    if n <= _ALWAYS_FITS or (n <= MAX_UCS2 and text.isascii()):
+        # Fits whatever the encoding: at most 2 units a character (1,600 >= 2 x 737 > 737),
+        # and an ASCII character is 1 UTF-16 unit or at most 2 septets.
+        return [text]
     enc = analyse(text)
     if enc.name == GSM7:
         limit, double = MAX_GSM7, _is_gsm_ext

@@ -62,7 +62,7 @@ def test_parse_form_agrees_with_parse_qsl():
     import random
     from urllib.parse import parse_qsl
     rnd = random.Random(1)
-    alphabet = list("ab=&+%é中 👍\x00;") + ["%41", "%C3%A9", "%ZZ", "%FF", "%F0%9F%91%8D"]
+    alphabet = list("ab=&+%é中 👍\x00;") + ["%41", "%C3%A9", "%ZZ", "%FF", "%F0%9F%91%8D", "%26", "%3D", "%3d"]
     for _ in range(5000):
         raw = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 20)))
         try:

@@ -116,7 +116,7 @@ class Rule:
     needs_context: bool = False  # some template is not a constant
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outgoing:
     """One text to send: a reply to the sender or a forward to other numbers."""
 
@@ -127,7 +127,7 @@ class Outgoing:
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     matched: tuple[str, ...] = ()
     outgoing: tuple[Outgoing, ...] = ()
