@@ -248,36 +248,32 @@ def verify(tokens, method: str, url: str, headers: Mapping, params=()) -> str:
     keys = _keys(tokens)
     found = _collect(headers)
     present = _Present(found)  # only spelled out when an error is raised
-
-    v3 = [name for name in (HEADER_V3, HEADER_MA_V3) if name in found]
-    if v3:
-        nonce = found.get(HEADER_V3_NONCE)
+    for names, nonce_header, signed_string in _SCHEMES:
+        given = [name for name in names if name in found]
+        if not given:
+            continue
+        # The first scheme present decides: a wrong V3 is a rejection, never a fall back to V2.
+        nonce = found.get(nonce_header)
         if not nonce:
-            raise MissingNonce(f"{HEADER_V3_NONCE} missing or empty", url, present)
+            raise MissingNonce(f"{nonce_header} missing or empty", url, present)
         try:
-            message = f"{_v3_base(method, url, params)}.{nonce}"
+            message = signed_string(method, url, params, nonce)
         except ValueError:  # urlparse refuses the URL (e.g. a broken IPv6 host)
             raise BadSignature("URL cannot be parsed", url, present) from None
-        matched = _match(found, v3, [_digest(key, message) for key in keys])
+        matched = _match(found, given, [_digest(key, message) for key in keys])
         if matched is None:
             raise BadSignature("bad signature", url, present)
         return matched
-
-    v2 = [name for name in (HEADER_V2, HEADER_MA_V2) if name in found]
-    if v2:
-        nonce = found.get(HEADER_V2_NONCE)
-        if not nonce:
-            raise MissingNonce(f"{HEADER_V2_NONCE} missing or empty", url, present)
-        try:
-            message = _split(url)[0] + nonce
-        except ValueError:
-            raise BadSignature("URL cannot be parsed", url, present) from None
-        matched = _match(found, v2, [_digest(key, message) for key in keys])
-        if matched is None:
-            raise BadSignature("bad signature", url, present)
-        return matched
-
     raise MissingSignature("no Plivo signature header", url, present)
+
+
+#: (signature headers, nonce header, the string signed), strongest scheme first.
+_SCHEMES = (
+    ((HEADER_V3, HEADER_MA_V3), HEADER_V3_NONCE,
+     lambda method, url, params, nonce: f"{_v3_base(method, url, params)}.{nonce}"),
+    ((HEADER_V2, HEADER_MA_V2), HEADER_V2_NONCE,
+     lambda method, url, params, nonce: _split(url)[0] + nonce),
+)
 
 
 def sign_headers(token: str, method: str, url: str, params=(),
