@@ -36,9 +36,13 @@ def _int_env(name: str, default: int, minimum: int = 1) -> int:
 wsgi_app = "wsgi:app"
 bind = [f"0.0.0.0:{_int_env('PORT', 8000)}"]
 workers = _int_env("WEB_CONCURRENCY", 2)
-# Sync workers: each request is short CPU work (verify, match, render), and Plivo
-# waits up to 8 s; a worker stuck longer than `timeout` is replaced.
-worker_class = "sync"
+# Threaded workers: each request is short CPU work (verify, match, render), but a
+# sync worker also waits on whoever connected, so a few idle or slow connections
+# would hold every worker until `timeout` (and Plivo waits only 8 s). With gthread
+# a worker's main thread watches the connections and hands complete requests to
+# its threads; idle keep-alive connections cost nothing.
+worker_class = "gthread"
+threads = _int_env("GUNICORN_THREADS", 8)
 timeout = 30
 graceful_timeout = 20
 keepalive = 5
@@ -64,8 +68,9 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 def on_starting(server):
     """Refuse to start on a bad rules file, with `path:line: message` per problem.
 
-    Only at start: after a HUP the workers keep serving and report a bad file
-    themselves (the rules in use stay), instead of the master exiting.
+    Only at start: after a HUP (or when a worker is replaced) the master must not
+    exit over the file; workers that start while it is bad answer with the last
+    good rules, kept in the instance folder, and /readyz lists the problems.
     """
     from app.rules import RulesError, load
 
@@ -75,9 +80,11 @@ def on_starting(server):
               "Plivo sent them; use this only for local experiments", file=sys.stderr, flush=True)
     try:
         load(settings["RULES_PATH"])
-    except RulesError as exc:
-        for problem in exc.problems:
+    except Exception as exc:  # noqa: BLE001 - any failure to load refuses the start, in one place
+        problems = exc.problems if isinstance(exc, RulesError) else [
+            f"{settings['RULES_PATH']}: cannot load: {type(exc).__name__}: {exc}"]
+        for problem in problems:
             print(problem, file=sys.stderr, flush=True)
-        print(f"error: {settings['RULES_PATH']} has {len(exc.problems)} problem(s); "
+        print(f"error: {settings['RULES_PATH']} has {len(problems)} problem(s); "
               "fix them (flask --app wsgi rules check) and start again", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -19,12 +19,13 @@ from .service import Responder
 log = logging.getLogger("app")
 
 #: Keys of test_config that are not settings but test hooks.
-_HOOKS = ("TESTING", "CLOCK")
+_HOOKS = ("TESTING", "CLOCK", "INSTANCE_PATH")
 
 
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app. Settings come from the environment, or only from `test_config`."""
-    app = Flask(__name__, instance_relative_config=True)
+    instance_path = (test_config or {}).get("INSTANCE_PATH")
+    app = Flask(__name__, instance_relative_config=True, instance_path=instance_path)
     # Inside the `flask` command (rules check, sign, ...) a token is not needed and the
     # rules are loaded by the command itself, so a broken file can still be checked.
     in_cli = click.get_current_context(silent=True) is not None
@@ -44,7 +45,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         log.warning("VERIFY_SIGNATURES=false: requests are answered without checking that Plivo sent "
                     "them; use this only for local experiments")
 
-    holder = RulesHolder(app.config["RULES_PATH"], app.config["RULES_RELOAD_INTERVAL"])
+    holder = RulesHolder(app.config["RULES_PATH"], app.config["RULES_RELOAD_INTERVAL"],
+                         keep_path=os.path.join(app.instance_path, "rules.last-good.yaml"))
     if not in_cli:
         holder.load()
     app.extensions["responder"] = Responder(
@@ -79,7 +81,10 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        return _short(exc.code or 500, (exc.name or "error").lower(), exc.get_headers())
+        message = (exc.name or "error").lower()
+        if exc.description and exc.description != type(exc).description:
+            message = exc.description  # a short reason given where it was raised
+        return _short(exc.code or 500, message, exc.get_headers())
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

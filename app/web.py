@@ -24,8 +24,16 @@ def _body(environ: dict, limit: int) -> bytes:
     it at the last chunk. (werkzeug's limited stream would stop a chunked body at the
     limit and return what it read, cutting the message short without an error.)
     """
-    stream = environ["wsgi.input"]
-    length = environ.get("CONTENT_LENGTH")
+    try:
+        return _read(environ["wsgi.input"], environ.get("CONTENT_LENGTH"), limit,
+                     environ.get("wsgi.input_terminated"))
+    except (BadRequest, RequestEntityTooLarge):
+        raise
+    except Exception:  # noqa: BLE001 - the server's own parse errors: bad chunk sizes, a cut-off body
+        raise BadRequest("malformed body") from None
+
+
+def _read(stream, length, limit: int, terminated) -> bytes:
     if length:
         try:
             size = int(length)
@@ -34,7 +42,7 @@ def _body(environ: dict, limit: int) -> bytes:
         if size > limit:
             raise RequestEntityTooLarge()
         return stream.read(size) if size > 0 else b""
-    if not environ.get("wsgi.input_terminated"):
+    if not terminated:
         return b""  # no length and a server that does not end the stream: nothing to read safely
     data = stream.read(limit + 1)
     if len(data) > limit:

@@ -33,6 +33,7 @@ def make_app(tmp_path: Path, rules: str | None = None, **settings):
         "RULES_RELOAD_INTERVAL": 0,
         "LOG_FORMAT": "text",
         "CLOCK": lambda: now,
+        "INSTANCE_PATH": str(tmp_path / "instance"),
     }
     config.update(settings)
     return create_app(config)

@@ -64,15 +64,16 @@ def rules_file(tmp_path):
 
 @pytest.fixture
 def loads(monkeypatch):
-    """Count the times the holder reads and compiles the file."""
+    """Count the times the holder reads the rules file (the kept copy is not counted)."""
     calls = []
-    real = holder_module.load
+    real = holder_module.read
 
     def spy(path):
-        calls.append(path)
+        if not path.endswith("rules.last-good.yaml"):
+            calls.append(path)
         return real(path)
 
-    monkeypatch.setattr(holder_module, "load", spy)
+    monkeypatch.setattr(holder_module, "read", spy)
     return calls
 
 
@@ -244,3 +245,25 @@ def test_control_character_reload_keeps_the_rules(rules_file):
     settle(0.02)
     assert holder.current() is first
     assert isinstance(holder.error, RulesError)
+
+
+def test_a_new_holder_with_a_bad_file_answers_with_the_kept_copy(tmp_path):
+    path = tmp_path / "rules.yaml"
+    keep = tmp_path / "instance" / "rules.last-good.yaml"
+    path.write_text("version: 1\nrules:\n  - {name: a, when: {keyword: hi}, reply: one}\n")
+    first = RulesHolder(str(path), keep_path=str(keep))
+    assert first.load() is True
+    assert keep.read_text() == path.read_text()
+    path.write_text("version: 1\nrules:\n  - {name: a, when: {regex: '('}, reply: two}\n")
+    second = RulesHolder(str(path), keep_path=str(keep))  # e.g. a worker respawned now
+    assert second.load() is False
+    assert second.current() is not None and second.current().digest == first.current().digest
+    assert "bad regex" in str(second.error)
+    assert "(" not in keep.read_text()  # the bad file never replaces the kept copy
+
+
+def test_no_kept_copy_means_no_rules(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text("version: 2\n")
+    holder = RulesHolder(str(path), keep_path=str(tmp_path / "missing.yaml"))
+    assert holder.load() is False and holder.current() is None

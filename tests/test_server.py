@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -208,3 +209,60 @@ def test_signatures_off_warns_at_start(tmp_path):
     finally:
         srv.stop()
     assert "VERIFY_SIGNATURES=false" in (tmp_path / "server.log").read_text()
+
+
+def open_idle(port: int, count: int) -> list:
+    return [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+
+
+def test_idle_connections_do_not_block_the_service(server):
+    # Fewer idle connections than one worker has threads (8) cost nothing. (A deliberate
+    # flood of them is a job for a buffering proxy in front: see the README.)
+    idle = open_idle(server.port, 6)
+    try:
+        started = time.monotonic()
+        assert requests.get(server.base + "/healthz", timeout=5).status_code == 200
+        assert server.post(sms("hours")).status_code == 200
+        assert time.monotonic() - started < 2
+    finally:
+        for s in idle:
+            s.close()
+
+
+def raw_exchange(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+@pytest.mark.parametrize("chunked", [
+    b"zz\r\nabc\r\n0\r\n\r\n",          # not a chunk size
+    b"3\r\nabcXX0\r\n\r\n",              # chunk without its terminator
+    b"10\r\nabc",                        # cut off
+])
+def test_malformed_chunked_body_is_a_400(server, chunked):
+    head = (f"POST /message HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            f"Content-Type: {FORM}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
+    answer = raw_exchange(server.port, head + chunked)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"Traceback" not in answer
+
+
+def test_hup_with_a_bad_rules_file_keeps_answering(one_worker):
+    server = one_worker
+    before = server.workers()
+    server.rules.write_text("version: 1\nrules:\n  - {name: x, when: {regex: '('}, reply: y}\n")
+    os.kill(server.proc.pid, signal.SIGHUP)  # new workers start while the file is bad
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (server.workers() & before or not server.workers()):
+        time.sleep(0.1)
+    assert server.workers() and not (server.workers() & before), "workers were not replaced"
+    time.sleep(0.5)
+    r = server.post(sms("hours"))
+    assert r.status_code == 200 and b"We are open" in r.content
+    ready = requests.get(server.base + "/readyz", timeout=10)
+    assert ready.status_code == 200 and "bad regex" in ready.json()["reload_failed"][0]

@@ -362,6 +362,9 @@ class _Compiler:
         except re.error as exc:
             self.error(line, f"bad regex: {exc.msg} at position {exc.pos}")
             return None, None
+        except (OverflowError, RecursionError, ValueError, MemoryError) as exc:  # e.g. a{1,99999999999}
+            self.error(line, f"bad regex: {type(exc).__name__}: {exc}")
+            return None, None
         return _regex(compiled), frozenset(compiled.groupindex)
 
     def hours(self, when: YMap):
@@ -506,19 +509,23 @@ def compile_text(text: str, path: str = "rules.yaml") -> RuleSet:
     return ruleset
 
 
-def load(path: str) -> RuleSet:
-    """Read and compile a rules file."""
+def read(path: str) -> str:
+    """The text of a rules file; unreadable or not UTF-8 is a `RulesError`."""
     try:
         with open(path, "rb") as fh:
             raw = fh.read()
     except OSError as exc:
         raise RulesError([Problem(path, 0, f"cannot read the rules file: {exc.strerror or exc}")]) from None
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise RulesError([Problem(path, line, "the rules file is not valid UTF-8")]) from None
-    return compile_text(text, path)
+
+
+def load(path: str) -> RuleSet:
+    """Read and compile a rules file."""
+    return compile_text(read(path), path)
 
 
 def _kind_names(kinds) -> str:

@@ -99,8 +99,12 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _construct_int(loader: _Loader, node) -> int:
-    return int(loader.construct_scalar(node))
+def _construct_int(loader: _Loader, node) -> int | str:
+    text = loader.construct_scalar(node)
+    try:
+        return int(text)
+    except ValueError:  # more digits than Python converts: keep the text, checks will say why
+        return text
 
 
 def _construct_float(loader: _Loader, node) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
+from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 #: Names a template may use (SPEC §4).
@@ -70,7 +70,12 @@ def compile_template(source: str, line: int, groups: frozenset[str] | None,
         ast = _ENV.parse(source)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(f"template syntax error: {exc.message}") from None
-    unknown = sorted(meta.find_undeclared_variables(ast) - set(NAMES))
+    except (TemplateError, RecursionError, MemoryError) as exc:
+        raise TemplateProblem(f"template error: {exc}") from None
+    try:  # this runs Jinja's code generator, which also finds unknown filters and tests
+        unknown = sorted(meta.find_undeclared_variables(ast) - set(NAMES))
+    except (TemplateError, RecursionError, MemoryError) as exc:
+        raise TemplateProblem(f"template error: {getattr(exc, 'message', None) or exc}") from None
     if unknown:
         raise TemplateProblem(
             f"unknown name {', '.join(repr(n) for n in unknown)} in template "
@@ -84,7 +89,10 @@ def compile_template(source: str, line: int, groups: frozenset[str] | None,
             raise TemplateProblem(f"template uses match.{attr} but the regex has no group {attr!r} (groups: {known})")
     compiled = cache.get(source) if cache is not None else None
     if compiled is None:
-        compiled = _ENV.from_string(ast)
+        try:  # unknown filters and tests are found here, when the template is compiled
+            compiled = _ENV.from_string(ast)
+        except (TemplateError, RecursionError, MemoryError) as exc:
+            raise TemplateProblem(f"template error: {getattr(exc, 'message', None) or exc}") from None
         if cache is not None:
             cache[source] = compiled
     return Template(source, line, None, compiled)
