@@ -28,7 +28,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True, instance_path=instance_path)
     # Inside the `flask` command (rules check, sign, ...) a token is not needed and the
     # rules are loaded by the command itself, so a broken file can still be checked.
-    in_cli = click.get_current_context(silent=True) is not None
+    ctx = click.get_current_context(silent=True)
+    in_cli = ctx is not None and ctx.info_name != "run"  # `flask run` serves: same rules as gunicorn
     environ = os.environ if test_config is None else test_config
     app.config.update(config.load(environ, require_token=not in_cli))
     for key in _HOOKS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from urllib.parse import urlencode
 import sys
 from datetime import datetime
 
@@ -107,7 +108,10 @@ def sign(url, token, nonce, method, data, curl):
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--data")
         params.append((key, value))
     method = method.upper()
-    headers = signed_request(token, url, method, params if method == "POST" else [], nonce)
+    if method == "GET" and params:  # a GET carries its parameters in the URL, which is what is signed
+        url += ("&" if "?" in url else "?") + urlencode(params)
+        params = []
+    headers = signed_request(token, url, method, params, nonce)
     if not curl:
         for name, value in headers.items():
             click.echo(f"{name}: {value}")

@@ -21,6 +21,9 @@ TYPES = ("sms", "mms", "whatsapp")
 INTENTS = ("optout", "optin", "help")
 
 _MEDIA_KEY = re.compile(r"Media([1-9][0-9]{0,2})\Z")
+#: Plivo sends numbers as digits with the country code (a short code is digits too).
+#: Anything else, '<' above all, would change where a reply goes.
+_NUMBER = re.compile(r"\+?[0-9]{1,20}\Z")
 
 
 class InboundError(Exception):
@@ -119,6 +122,9 @@ def parse_message(pairs: list[tuple[str, str]]) -> Inbound:
     missing = [name for name in ("From", "To", "MessageUUID") if not params.get(name, "").strip()]
     if missing:
         raise InboundError("missing " + ", ".join(missing))
+    for name in ("From", "To"):
+        if not _NUMBER.match(params[name].strip()):
+            raise InboundError(f"{name} is not a phone number")
     msg_type = (params.get("Type") or "sms").strip().lower()
     if msg_type == "sms":
         text = params.get("Text") or params.get("Body") or ""

@@ -21,6 +21,10 @@ __all__ = ["Message", "CONTENT_TYPE", "XML_DECLARATION", "EMPTY", "clean_text", 
 
 CONTENT_TYPE = "application/xml; charset=utf-8"
 
+#: The most <Message> elements one answer carries: a reply or forward never
+#: multiplies into a flood (a 1,600-character forward needs 2).
+MAX_MESSAGES = 10
+
 # lxml writes the declaration with single quotes; Plivo's documentation and the
 # spec use double quotes, so the declaration is written here and lxml only
 # serialises the element (tostring with encoding="UTF-8" adds no declaration).
@@ -71,6 +75,8 @@ def render(messages: Iterable[Message]) -> bytes:
         dst = clean_text("<".join(m.dst))
         callback = clean_text(m.callback_url) if m.callback_url else None
         for piece in pieces:
+            if len(root) >= MAX_MESSAGES:
+                break
             el = sub(root, "Message")
             el.set("src", src)  # set one by one: attribute order is src, dst, type, callback*
             el.set("dst", dst)

@@ -5,12 +5,14 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, MethodNotAllowed, RequestEntityTooLarge
 
 from .signature import SIGNATURE_HEADERS
 from .service import Answer, HttpRequest, called_url
 
 bp = Blueprint("responder", __name__)
+
+WEBHOOK_METHODS = ["GET", "POST"]
 
 #: (header name, WSGI environ key) of the headers the pipeline reads: six dict look-ups
 #: per request instead of walking every header.
@@ -77,16 +79,24 @@ def _response(answer: Answer) -> Response:
     return Response(answer.body, answer.status, content_type=answer.content_type)
 
 
-@bp.route("/message", methods=["GET", "POST"], strict_slashes=False)
+def _webhook_environ() -> dict:
+    """The environ of a webhook call; Flask also routes HEAD to GET views, Plivo never sends it."""
+    environ = request.environ
+    if environ["REQUEST_METHOD"] not in WEBHOOK_METHODS:
+        raise MethodNotAllowed(valid_methods=WEBHOOK_METHODS)
+    return environ
+
+
+@bp.route("/message", methods=WEBHOOK_METHODS, strict_slashes=False, provide_automatic_options=False)
 def message():
     app = current_app._get_current_object()  # one proxy look-up, not one per attribute
-    return _response(app.extensions["responder"].handle_message(_http_request(request.environ, app.config)))
+    return _response(app.extensions["responder"].handle_message(_http_request(_webhook_environ(), app.config)))
 
 
-@bp.route("/status", methods=["GET", "POST"], strict_slashes=False)
+@bp.route("/status", methods=WEBHOOK_METHODS, strict_slashes=False, provide_automatic_options=False)
 def status():
     app = current_app._get_current_object()
-    return _response(app.extensions["responder"].handle_status(_http_request(request.environ, app.config)))
+    return _response(app.extensions["responder"].handle_status(_http_request(_webhook_environ(), app.config)))
 
 
 @bp.get("/healthz")

@@ -12,7 +12,7 @@ from conftest import ROOT, TOKEN, make_app
 def test_rules_check_ok(runner):
     result = runner.invoke(args=["rules", "check"])
     assert result.exit_code == 0, result.output
-    assert "OK, 13 rule(s)" in result.output
+    assert "OK, 15 rule(s)" in result.output
     assert "warning: rule 'spanish-line': reply is UCS-2" in result.output
 
 
@@ -85,3 +85,28 @@ def test_real_command_simulate(tmp_path):
     result = flask_cmd("simulate", "Hours?", "--from", "14155550123", "--to", "14155550100", PLIVO_AUTH_TOKEN=TOKEN)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith('<?xml version="1.0" encoding="UTF-8"?>\n<Response><Message')
+
+
+def test_sign_get_puts_the_parameters_in_the_signed_url(runner):
+    from app.signature import verify
+    result = runner.invoke(args=["sign", "https://sms.example.com/message", "--token", "tok", "--method", "GET",
+                                 "-d", "From=1", "-d", "Text=hi there", "--curl"])
+    assert "https://sms.example.com/message?From=1&Text=hi+there" in result.output
+    plain = runner.invoke(args=["sign", "https://sms.example.com/message", "--token", "tok", "--method", "GET",
+                                "--nonce", "7", "-d", "From=1", "-d", "Text=hi there"])
+    headers = dict(line.split(": ", 1) for line in plain.output.strip().splitlines())
+    assert verify(["tok"], "GET", "https://sms.example.com/message?From=1&Text=hi+there", headers) == "V3"
+
+
+def test_flask_run_needs_the_token_like_gunicorn():
+    result = flask_cmd("run", "--port", "0")
+    assert result.returncode != 0
+    assert "PLIVO_AUTH_TOKEN is not set" in result.stderr
+
+
+def test_shipped_rules_stay_silent_on_stop_words_without_an_intent(runner):
+    for word in ("STOP", "stop", "Unsubscribe", "START"):
+        result = runner.invoke(args=["simulate", word, "--from", "14155550123", "--to", "14155550100"])
+        assert '<?xml version="1.0" encoding="UTF-8"?>\n<Response/>' in result.output, word
+    result = runner.invoke(args=["simulate", "Help!", "--from", "14155550123", "--to", "14155550100"])
+    assert "Acme support: help@acme.example" in result.output

@@ -219,3 +219,11 @@ def test_render_random_round_trip():
         got = [m.text or "" for m in parse(body)]
         want = [p for t in texts for p in smsenc.split(clean_text(t))]
         assert got == want
+
+
+def test_at_most_max_messages():
+    from app.plivoxml import MAX_MESSAGES
+    many = [Message("1", ("2",), f"text {i}") for i in range(MAX_MESSAGES + 5)]
+    root = etree.fromstring(render(many))
+    assert len(root) == MAX_MESSAGES == 10
+    assert [m.text for m in root] == [f"text {i}" for i in range(MAX_MESSAGES)]

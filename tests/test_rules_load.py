@@ -1073,8 +1073,9 @@ def test_shipped_rules_load_without_shadowed_rules():
     assert shadow_warnings(ruleset) == []
     assert str(ruleset.tz) == "America/New_York"
     assert [r.name for r in ruleset.rules] == [
-        "opt-out-or-in", "help", "hours", "order-status", "address", "spanish-line", "photo",
-        "vip", "refund", "auto-replies", "weekend", "after-hours", "everything-else",
+        "opt-out-or-in", "opt-out-or-in-words", "help", "help-words", "hours", "order-status",
+        "address", "spanish-line", "photo", "vip", "refund", "auto-replies", "weekend",
+        "after-hours", "everything-else",
     ]
     assert all(w.path == str(ROOT / "rules.yaml") for w in ruleset.warnings)
 

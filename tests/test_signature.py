@@ -468,3 +468,20 @@ def test_cross_check_non_ascii_urls_with_utf8_plivo(plivo_utf8):
     rng = random.Random(8675309)
     for _ in range(250):
         _check_against(validate_v3_signature, validate_signature, rng, *_case(rng, wide_url=True))
+
+
+def test_comma_stuffed_headers_are_cheap_and_still_rejected():
+    import time
+    url = "https://sms.example.com/message"
+    headers = {HEADER_V2: "," * 100000 + "x", HEADER_V2_NONCE: "1"}
+    started = time.perf_counter()
+    with pytest.raises(BadSignature):
+        verify(["tok"], "POST", url, headers)
+    assert time.perf_counter() - started < 0.05
+
+
+def test_the_good_signature_among_a_few_wrong_ones_still_counts():
+    url = "https://sms.example.com/message"
+    good = v2_signature("tok", url, "1")
+    headers = {HEADER_V2: ",".join(["bad"] * 5 + [good]), HEADER_V2_NONCE: "1"}
+    assert verify(["tok"], "POST", url, headers) == "V2"

@@ -281,7 +281,7 @@ def test_healthz(client):
 def test_readyz(client):
     r = client.get("/readyz")
     assert r.status_code == 200
-    assert r.json["status"] == "ready" and r.json["rules"] == 13
+    assert r.json["status"] == "ready" and r.json["rules"] == 15
 
 
 def test_not_ready_without_rules(tmp_path):
@@ -292,3 +292,25 @@ def test_not_ready_without_rules(tmp_path):
     assert "missing.yaml" in r.json["problems"][0]
     # Plivo retries a 503, so the message is not lost while the file is fixed.
     assert_short(send(client, sms("hours")), 503, "rules are not loaded")
+
+
+@pytest.mark.parametrize("field,value", [("From", "14155550123<14155550124"), ("To", "1415 555"),
+                                         ("From", "<script>"), ("To", "14155550100x")])
+def test_numbers_must_be_numbers(client, field, value):
+    # '<' joins several numbers in dst: a From carrying one would send the reply to others
+    assert_short(send(client, sms("hours", **{field: value})), 400, f"{field} is not a phone number")
+
+
+@pytest.mark.parametrize("method", ["HEAD", "OPTIONS"])
+def test_head_and_options_are_not_webhooks(client, method):
+    r = client.open("/message", method=method)
+    assert r.status_code == 405
+    assert r.data == (b"" if method == "HEAD" else b"method not allowed\n")  # HEAD answers carry no body
+    assert set(r.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
+
+
+def test_a_huge_forward_is_capped(tmp_path):
+    params = sms(" ".join(["word"] * 12000)[:60000])
+    app = make_app(tmp_path)
+    r = send(app.test_client(), params)
+    assert r.status_code == 200 and len(messages(r)) == 10
