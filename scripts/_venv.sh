@@ -12,6 +12,10 @@ ensure_venv() {
         exit 1
     fi
     if [ ! -x .venv/bin/python ]; then
+        if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
+            echo "error: $python cannot create a virtualenv; on Debian/Ubuntu: apt-get install python3-venv" >&2
+            exit 1
+        fi
         echo "creating .venv" >&2
         "$python" -m venv .venv
     fi
