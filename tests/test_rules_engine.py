@@ -747,3 +747,18 @@ def test_keyword_rule_stops_before_later_general_rule():
         """)
     assert decide(ruleset, msg("STOP"), MONDAY_10AM) == Decision(("general-first", "kw"), (reply("general-first", "a"),), ())
     assert decide(ruleset, msg("go"), MONDAY_10AM).matched == ("general-first", "general-last")
+
+
+def test_facts_derive_on_first_use_and_know_only_their_names():
+    from datetime import datetime, timezone
+    from zoneinfo import ZoneInfo
+
+    from app.inbound import Inbound
+    from app.rules.engine import Facts
+    facts = Facts(Inbound("+1 (415) 555-0123", "14155550100", "u", text="  Hours?!  now "),
+                  datetime(2026, 11, 23, 15, 30, tzinfo=timezone.utc), ZoneInfo("America/New_York"))
+    assert "keyword" not in vars(facts)
+    assert (facts.keyword, facts.normalized, facts.from_digits) == ("hours", "hours?! now", "14155550123")
+    assert (facts.weekday, facts.minute) == (0, 10 * 60 + 30)
+    assert "keyword" in vars(facts)
+    assert not hasattr(facts, "nonsense")

@@ -76,7 +76,10 @@ class Facts:
         self._tz = tz
 
     def __getattr__(self, name: str):
-        value = _DERIVED[name](self)
+        derive = _DERIVED.get(name)
+        if derive is None:
+            raise AttributeError(name)
+        value = derive(self)
         setattr(self, name, value)
         return value
 
