@@ -56,7 +56,7 @@ def _bool(name: str, value: Any) -> bool:
     raise ConfigError(f"{name} must be true or false, got {value!r}")
 
 
-def _int(name: str, value: Any, minimum: int) -> int:
+def whole_number(name: str, value: Any, minimum: int) -> int:
     try:
         number = int(str(value).strip())
     except ValueError:
@@ -110,9 +110,9 @@ def load(environ: Mapping[str, Any], *, require_token: bool = True) -> dict[str,
     out["RULES_PATH"] = _text("RULES_PATH", raw["RULES_PATH"]) or DEFAULTS["RULES_PATH"]
     out["DATABASE_URL"] = _text("DATABASE_URL", raw["DATABASE_URL"])
     out["PUBLIC_URL"] = _url("PUBLIC_URL", raw["PUBLIC_URL"])
-    out["TRUSTED_PROXIES"] = _int("TRUSTED_PROXIES", raw["TRUSTED_PROXIES"], 0)
+    out["TRUSTED_PROXIES"] = whole_number("TRUSTED_PROXIES", raw["TRUSTED_PROXIES"], 0)
     out["VERIFY_SIGNATURES"] = _bool("VERIFY_SIGNATURES", raw["VERIFY_SIGNATURES"])
-    out["MAX_CONTENT_LENGTH"] = _int("MAX_CONTENT_LENGTH", raw["MAX_CONTENT_LENGTH"], 1)
+    out["MAX_CONTENT_LENGTH"] = whole_number("MAX_CONTENT_LENGTH", raw["MAX_CONTENT_LENGTH"], 1)
     level = str(raw["LOG_LEVEL"]).strip().upper()
     if level not in _LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL must be one of {', '.join(sorted(_LOG_LEVELS))}, got {raw['LOG_LEVEL']!r}")

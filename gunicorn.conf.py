@@ -22,15 +22,12 @@ except _config.ConfigError as exc:
     sys.exit(f"error: {exc}")
 
 
-def _int_env(name: str, default: int, minimum: int = 1) -> int:
-    raw = os.environ.get(name, "").strip() or str(default)
+def _int_env(name: str, default: int) -> int:
+    """A whole-number setting (1 or more), checked like every other setting in config.py."""
     try:
-        value = int(raw)
-    except ValueError:
-        sys.exit(f"error: {name} must be a whole number, got {raw!r}")
-    if value < minimum:
-        sys.exit(f"error: {name} must be {minimum} or more, got {raw!r}")
-    return value
+        return _config.whole_number(name, os.environ.get(name, "").strip() or default, 1)
+    except _config.ConfigError as exc:
+        sys.exit(f"error: {exc}")
 
 
 wsgi_app = "wsgi:app"

@@ -51,8 +51,7 @@ HEADER_V3_NONCE = "X-Plivo-Signature-V3-Nonce"
 #: Every header verify() reads, in canonical order (also that of SignatureError.present).
 SIGNATURE_HEADERS = (HEADER_V3, HEADER_MA_V3, HEADER_V3_NONCE,
                      HEADER_V2, HEADER_MA_V2, HEADER_V2_NONCE)
-_ALL_HEADERS = SIGNATURE_HEADERS
-_BY_LOWER = {name.lower(): name for name in _ALL_HEADERS}
+_BY_LOWER = {name.lower(): name for name in SIGNATURE_HEADERS}
 _NONCES = (HEADER_V2_NONCE, HEADER_V3_NONCE)
 #: Signatures looked at per header (Plivo sends one or two while a token rotates);
 #: a header stuffed with thousands of commas must not cost thousands of HMAC compares.
@@ -183,7 +182,7 @@ def _collect(headers: Mapping) -> dict[str, str]:
     Repeated signature headers are joined with commas; for a repeated nonce the
     first one counts.
     """
-    found: dict[str, str] = {name: headers[name] for name in _ALL_HEADERS if name in headers}
+    found: dict[str, str] = {name: headers[name] for name in SIGNATURE_HEADERS if name in headers}
     if len(found) == len(headers):
         return found  # every key is a canonical signature header (what the web layer passes)
     found = {}
@@ -219,7 +218,7 @@ class _Present:
         self.found = found
 
     def __iter__(self):
-        return (name for name in _ALL_HEADERS if name in self.found)
+        return (name for name in SIGNATURE_HEADERS if name in self.found)
 
 
 def _keys(tokens) -> tuple:
