@@ -30,6 +30,7 @@ RUN pip install --no-cache-dir -r requirements.txt
 # The code stays owned by root (read-only for the service); only the instance
 # folder, where the SQLite database lives, belongs to the service user.
 COPY app/ ./app/
+COPY migrations/ ./migrations/
 COPY config.py wsgi.py gunicorn.conf.py rules.yaml ./
 RUN mkdir -p /app/instance \
     && chown app:app /app/instance \

@@ -26,7 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "PLIVO_AUTH_ID": None,
     "PLIVO_API_URL": "https://api.plivo.com",
     "RULES_PATH": "rules.yaml",
-    "DATABASE_URL": None,  # None: SQLite file in the instance folder (storage arrives later)
+    "DATABASE_URL": None,  # None: a SQLite file in the instance folder (see `database_url`)
     "PUBLIC_URL": None,
     "TRUSTED_PROXIES": 0,
     "VERIFY_SIGNATURES": True,
@@ -35,7 +35,20 @@ DEFAULTS: dict[str, Any] = {
     "LOG_FORMAT": "json",
     # Seconds between checks of the rules file for changes; 0 turns reloading off.
     "RULES_RELOAD_INTERVAL": 5.0,
+    # Messages, delivery reports and nonces older than this many days are deleted.
+    "RETENTION_DAYS": 90,
 }
+
+#: The SQLite file used when DATABASE_URL is not set, inside the instance folder.
+SQLITE_FILE = "responder.sqlite3"
+
+
+def database_url(value: str | None, instance_path: str) -> str:
+    """DATABASE_URL, or the default: a SQLite file in Flask's instance folder."""
+    if value:
+        return value
+    import os
+    return "sqlite:///" + os.path.join(os.path.abspath(instance_path), SQLITE_FILE)
 
 
 def _text(name: str, value: Any) -> str | None:
@@ -121,6 +134,7 @@ def load(environ: Mapping[str, Any], *, require_token: bool = True) -> dict[str,
     if fmt not in _LOG_FORMATS:
         raise ConfigError(f"LOG_FORMAT must be json or text, got {raw['LOG_FORMAT']!r}")
     out["LOG_FORMAT"] = fmt
+    out["RETENTION_DAYS"] = whole_number("RETENTION_DAYS", raw["RETENTION_DAYS"], 1)
     out["RULES_RELOAD_INTERVAL"] = _float("RULES_RELOAD_INTERVAL", raw["RULES_RELOAD_INTERVAL"])
     if require_token and out["VERIFY_SIGNATURES"] and not out["PLIVO_AUTH_TOKENS"]:
         raise ConfigError(

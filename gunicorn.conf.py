@@ -10,7 +10,8 @@ letting every worker die with a traceback.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
 
 import config as _config  # noqa: E402  (the project settings; gunicorn reads bare names as its own)
 
@@ -63,7 +64,11 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
 
 def on_starting(server):
-    """Refuse to start on a bad rules file, with `path:line: message` per problem.
+    """Refuse to start on a bad rules file or database; migrate the database.
+
+    A bad rules file gives `path:line: message` per problem; a DATABASE_URL that
+    is malformed or does not answer gives one line naming it. Then the schema is
+    brought up to date (`flask --app wsgi db upgrade`), before any worker forks.
 
     Only at start: after a HUP (or when a worker is replaced) the master must not
     exit over the file; workers that start while it is bad answer with the last
@@ -85,3 +90,25 @@ def on_starting(server):
         print(f"error: {settings['RULES_PATH']} has {len(problems)} problem(s); "
               "fix them (flask --app wsgi rules check) and start again", file=sys.stderr, flush=True)
         sys.exit(1)
+    _migrate(server, settings)
+
+
+def _migrate(server, settings):
+    """Check DATABASE_URL and apply the migrations; the engine is gone before the fork."""
+    from app.store import migrate
+    from app.store.db import DatabaseUrlError, check_connection, display, make_engine
+
+    url = _config.database_url(settings["DATABASE_URL"], os.path.join(_HERE, "instance"))
+    try:
+        engine = make_engine(url, pool_size=1)
+        check_connection(engine)
+    except DatabaseUrlError as exc:
+        sys.exit(f"error: {exc}")
+    try:
+        before, after = migrate.upgrade(engine)
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback from the master
+        sys.exit(f"error: DATABASE_URL: migrating {display(url)} failed: {type(exc).__name__}: {exc}")
+    finally:
+        engine.dispose()
+    if before != after:
+        server.log.info("database %s migrated from %s to %s", display(url), before or "empty", after)

@@ -13,8 +13,10 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 import config
 
 from . import cli, logs, web
+from .maintenance import Pruner
 from .rules import RulesHolder
 from .service import Responder
+from .store import DatabaseUrlError, Store
 
 log = logging.getLogger("app")
 
@@ -35,8 +37,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     for key in _HOOKS:
         if test_config and key in test_config:
             app.config[key] = test_config[key]
-    if not app.config["DATABASE_URL"]:
-        app.config["DATABASE_URL"] = "sqlite:///" + os.path.join(app.instance_path, "responder.sqlite3")
+    app.config["DATABASE_URL"] = config.database_url(app.config["DATABASE_URL"], app.instance_path)
 
     level = app.config["LOG_LEVEL"]
     if in_cli and level in ("DEBUG", "INFO"):
@@ -50,10 +51,20 @@ def create_app(test_config: dict | None = None) -> Flask:
                          keep_path=os.path.join(app.instance_path, "rules.last-good.yaml"))
     if not in_cli:
         holder.load()
+    try:
+        # Made here, in each gunicorn worker (the app is not preloaded), so no pool crosses a fork.
+        store = Store(app.config["DATABASE_URL"])
+    except DatabaseUrlError as exc:
+        raise config.ConfigError(str(exc)) from None
+    if ctx is not None and ctx.info_name == "run":
+        from .store import migrate  # `flask run` serves like gunicorn: bring the schema up first
+        migrate.upgrade(store.engine)
     app.extensions["responder"] = Responder(
         tokens=app.config["PLIVO_AUTH_TOKENS"], verify=app.config["VERIFY_SIGNATURES"],
-        public_url=app.config["PUBLIC_URL"], holder=holder, clock=app.config.get("CLOCK"),
+        public_url=app.config["PUBLIC_URL"], holder=holder, store=store, clock=app.config.get("CLOCK"),
     )
+    if not in_cli and not app.testing:
+        Pruner(store, app.config["RETENTION_DAYS"]).start()
 
     proxies = app.config["TRUSTED_PROXIES"]
     if proxies:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shlex
-from urllib.parse import urlencode
 import sys
 from datetime import datetime
+from urllib.parse import urlencode
 
 import click
 from flask import Flask, current_app
@@ -14,8 +15,12 @@ from flask.cli import AppGroup, with_appcontext
 from . import signature
 from .inbound import TYPES, Inbound
 from .rules import RuleSet, RulesError, load
+from .rules.engine import digits
+from .store import Store, StoreError, migrate
+from .store.db import display
 
 rules_cli = AppGroup("rules", help="Check reply rules files.")
+db_cli = AppGroup("db", help="The database (DATABASE_URL).")
 
 
 # -- plain functions -------------------------------------------------------------
@@ -40,6 +45,48 @@ def simulate_message(responder, ruleset: RuleSet, text: str, from_: str, to: str
 def signed_request(token: str, url: str, method: str, params: list[tuple[str, str]],
                    nonce: str | None) -> dict[str, str]:
     return signature.sign_headers(token, method, url, params, nonce)
+
+
+def number(value: str | None, what: str = "NUMBER") -> str | None:
+    """A phone number in any notation (`+1 (415) 555-0100`) as digits, or a usage error."""
+    if value is None:
+        return None
+    reduced = digits(value)
+    if not reduced or len(reduced) > 20 or any(c.isalpha() for c in value):
+        raise click.BadParameter(f"{value!r} is not a phone number", param_hint=what)
+    return reduced
+
+
+def messages_table(rows: list[dict]) -> list[str]:
+    """The message log as a readable table, one message per line and one per reply under it."""
+    if not rows:
+        return ["no messages"]
+    lines = [f"{'received (UTC)':<20}  {'from':<15}  {'to':<15}  {'type':<8}  {'n':>2}  {'rules / compliance':<24}  text"]
+    for m in rows:
+        decided = ", ".join(m["rules"]) or (m["compliance"] or "-")
+        flags = " [possible opt-out]" if m["possible_optout"] else ""
+        text = " ".join(m["text"].split())
+        if len(text) > 40:
+            text = text[:39] + "…"
+        lines.append(f"{m['received_at'][:19].replace('T', ' '):<20}  {m['from']:<15}  {m['to']:<15}  "
+                     f"{m['type']:<8}  {m['deliveries']:>2}  {decided[:24]:<24}  {text}{flags}")
+        for r in m["replies"]:
+            reply = " ".join(r["text"].split())
+            lines.append(f"{'':<20}  -> {r['dst']:<30}  {r['via']:<4} {r['status'] or '-':<11}  "
+                         f"{reply[:50] + ('…' if len(reply) > 50 else '')}")
+        for h in m["held"]:
+            lines.append(f"{'':<20}  !! {h['dst']:<30}  not sent: {h['reason']}")
+    return lines
+
+
+def _store() -> Store:
+    return current_app.extensions["responder"].store
+
+
+def _fail(exc: Exception) -> None:
+    click.echo(f"error: the database ({display(current_app.config['DATABASE_URL'])}) "
+               f"does not answer: {exc}", err=True)
+    sys.exit(1)
 
 
 # -- click wrappers ----------------------------------------------------------------
@@ -79,8 +126,12 @@ def simulate(text, from_, to, msg_type, media, intent, at, path):
             click.echo(line, err=True)
         sys.exit(1)
     responder = current_app.extensions["responder"]
-    decision, answer = simulate_message(responder, ruleset, text, from_, to, msg_type, tuple(media), intent, at)
-    click.echo(f"matched: {', '.join(decision.matched) or '(no rule)'}", err=True)
+    plan, decision, answer = simulate_message(responder, ruleset, text, from_, to, msg_type, tuple(media),
+                                              intent, at)
+    if plan.compliance is not None:
+        click.echo(f"compliance: {plan.compliance} (answered before any rule)", err=True)
+    else:
+        click.echo(f"matched: {', '.join(decision.matched) or '(no rule)'}", err=True)
     for error in decision.errors:
         click.echo(f"template error: {error}", err=True)
     click.echo(answer.body.decode("utf-8"))
@@ -126,7 +177,115 @@ def sign(url, token, nonce, method, data, curl):
     click.echo(" ".join(shlex.quote(p) for p in parts))
 
 
+@db_cli.command("upgrade")
+@with_appcontext
+def db_upgrade():
+    """Create or upgrade the schema to the newest migration."""
+    store = _store()
+    try:
+        before, after = migrate.upgrade(store.engine)
+    except Exception as exc:  # noqa: BLE001 - one line naming the database, not a traceback
+        click.echo(f"error: DATABASE_URL: migrating {display(store.url)} failed: "
+                   f"{str(getattr(exc, 'orig', None) or exc).strip().splitlines()[0]}", err=True)
+        sys.exit(1)
+    if before == after:
+        click.echo(f"{display(store.url)}: already at {after}")
+    else:
+        click.echo(f"{display(store.url)}: upgraded from {before or 'empty'} to {after}")
+
+
+@db_cli.command("prune")
+@click.option("--days", type=click.IntRange(min=1), help="Keep this many days (default: RETENTION_DAYS).")
+@with_appcontext
+def db_prune(days):
+    """Delete messages, delivery reports and nonces older than RETENTION_DAYS now (opt-outs stay)."""
+    days = days or current_app.config["RETENTION_DAYS"]
+    try:
+        counts = _store().prune(days)
+    except StoreError as exc:
+        _fail(exc)
+    click.echo(", ".join(f"{n} {name}" for name, n in counts.items()) + f" older than {days} days deleted")
+
+
+@click.command("messages")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, newest first.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--from", "from_", help="Only messages from this number.")
+@with_appcontext
+def messages_cmd(as_json, limit, from_):
+    """The message log: what came in, which rules matched, what went out."""
+    try:
+        rows = _store().list_messages(limit, number(from_, "--from"))
+    except StoreError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    for line in messages_table(rows):
+        click.echo(line)
+
+
+@click.group("optouts", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, newest first.")
+@click.pass_context
+@with_appcontext
+def optouts_cli(ctx, as_json):
+    """Numbers that get nothing from the service (list, add, remove)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    try:
+        rows = _store().list_optouts()
+    except StoreError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        click.echo("no opt-outs")
+        return
+    click.echo(f"{'number':<16}  {'applies to':<16}  {'since (UTC)':<20}  via")
+    for r in rows:
+        click.echo(f"{r['number']:<16}  {r['to'] or 'every number':<16}  "
+                   f"{r['since'][:19].replace('T', ' '):<20}  {r['via']}")
+
+
+@optouts_cli.command("add")
+@click.argument("number_", metavar="NUMBER")
+@click.option("--to", help="Only for this one of your numbers (default: every number).")
+@with_appcontext
+def optouts_add(number_, to):
+    """Opt NUMBER out: it gets no replies or sends of any kind."""
+    who, where = number(number_), number(to, "--to")
+    try:
+        added = _store().add_optout(who, where)
+    except StoreError as exc:
+        _fail(exc)
+    scope = f"from {where}" if where else "from every number"
+    click.echo(f"{who} opted out {scope}" if added else f"{who} was already opted out {scope}")
+
+
+@optouts_cli.command("remove")
+@click.argument("number_", metavar="NUMBER")
+@click.option("--to", help="The opt-out for this one of your numbers (default: the account-wide one).")
+@with_appcontext
+def optouts_remove(number_, to):
+    """Remove an opt-out of NUMBER."""
+    who, where = number(number_), number(to, "--to")
+    try:
+        removed = _store().remove_optout(who, where)
+    except StoreError as exc:
+        _fail(exc)
+    scope = f"for {where}" if where else "for every number"
+    if not removed:
+        click.echo(f"{who} had no opt-out {scope}", err=True)
+        sys.exit(1)
+    click.echo(f"{who} opted in again ({scope})")
+
+
 def register(app: Flask) -> None:
+    app.cli.add_command(db_cli)
+    app.cli.add_command(messages_cmd)
+    app.cli.add_command(optouts_cli)
     app.cli.add_command(rules_cli)
     app.cli.add_command(simulate)
     app.cli.add_command(sign)

@@ -1,8 +1,9 @@
-"""The request pipeline, without Flask: verify -> parse -> decide -> render.
+"""The request pipeline, without Flask: verify -> parse -> claim -> decide -> record -> answer.
 
 The web layer turns a Flask request into an `HttpRequest` and an `Answer`
 back into a response; everything between is here, so it can be called the
-same way from routes, CLI commands and tests.
+same way from routes, CLI commands and tests. State lives behind `app.store`,
+which this module calls with plain values.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
-from . import plivoxml, signature
+from . import plivoxml, policy, signature
 from .inbound import Inbound, InboundError, check_content_type, parse_form, parse_message
 from .rules import Decision, RuleSet, RulesHolder, decide
+from .store import Claim, Record, Replayed, Store, Stored, Unavailable, as_utc, utcnow
 
 log = logging.getLogger("app.service")
 
@@ -67,20 +69,23 @@ class Responder:
     """Answers inbound messages and delivery reports for one app."""
 
     def __init__(self, *, tokens: Sequence[str], verify: bool, public_url: str | None,
-                 holder: RulesHolder, clock: Callable[[], datetime] | None = None):
+                 holder: RulesHolder, store: Store | None = None,
+                 clock: Callable[[], datetime] | None = None):
         self.tokens = tuple(tokens)
         self.verify = verify
         self.public_url = public_url
         self.callback_url = f"{public_url}/status" if public_url else None
         self.holder = holder
+        self.store = store
         self.clock = clock
 
     # -- shared steps ------------------------------------------------------------
-    def _authentic(self, req: HttpRequest) -> tuple[list, list]:
-        """(query pairs, body pairs) of a well-formed request that Plivo signed.
+    def _authentic(self, req: HttpRequest) -> tuple[list, list, str | None]:
+        """(query pairs, body pairs, nonce) of a well-formed request that Plivo signed.
 
         Raises `Rejected` with the short answer otherwise: 400/413 for a malformed
-        request, 403 for a missing or wrong signature.
+        request, 403 for a missing or wrong signature. The nonce is that of the
+        signature that matched (None when signatures are not checked).
         """
         try:
             query = parse_form(req.query)
@@ -90,21 +95,30 @@ class Responder:
                 body = parse_form(req.body)
         except InboundError as exc:
             raise Rejected(text_answer(exc.status, str(exc))) from None
+        nonce = None
         if self.verify:
             try:
-                signature.verify(self.tokens, req.method, req.url, req.headers, body)
+                scheme = signature.verify(self.tokens, req.method, req.url, req.headers, body)
             except signature.SignatureError as exc:
                 hint = "" if self.public_url else "; if Plivo calls another URL, set PUBLIC_URL or TRUSTED_PROXIES"
                 log.warning("signature rejected: %s%s", exc.reason, hint,
                             extra={"checked_url": exc.url, "headers_present": list(exc.present)})
                 what = "missing" if isinstance(exc, signature.MissingSignature) else "invalid"
                 raise Rejected(text_answer(403, f"{what} Plivo signature")) from None
-        return query, body
+            nonce = req.headers.get(signature.HEADER_V3_NONCE if "V3" in scheme else signature.HEADER_V2_NONCE)
+        return query, body, nonce
+
+    def _now(self) -> tuple[datetime | None, datetime]:
+        """(the clock the rules see, None for the real one; now in UTC for the database)."""
+        if self.clock is None:
+            return None, utcnow()
+        local = self.clock()
+        return local, as_utc(local)
 
     # -- endpoints -----------------------------------------------------------------
     def handle_message(self, req: HttpRequest) -> Answer:
         try:
-            query, body = self._authentic(req)
+            query, body, nonce = self._authentic(req)
             msg = parse_message(body + query)  # body values win over the query's
         except Rejected as exc:
             return exc.answer
@@ -114,40 +128,150 @@ class Responder:
         if ruleset is None:
             log.error("message not answered: no rules loaded", extra={"uuid": msg.uuid})
             return text_answer(503, "rules are not loaded; try again")
-        return self.answer(msg, ruleset)[1]
+        if self.store is None:
+            return self.answer(msg, ruleset)[2]
+        try:
+            return self._recorded(msg, ruleset, nonce)
+        except Replayed:
+            log.warning("replayed signature refused", extra={"uuid": msg.uuid})
+            return text_answer(403, "replayed Plivo signature")
+        except Unavailable as exc:
+            log.error("message not recorded, answered 503 so Plivo retries: %s", exc, extra={"uuid": msg.uuid})
+            return text_answer(503, "the message could not be recorded; try again")
 
-    def answer(self, msg: Inbound, ruleset: RuleSet, now: datetime | None = None) -> tuple[Decision, Answer]:
-        """Decide and render the XML answer for one parsed message."""
-        if now is None and self.clock is not None:
-            now = self.clock()
-        decision = decide(ruleset, msg, now)
+    def _recorded(self, msg: Inbound, ruleset: RuleSet, nonce: str | None) -> Answer:
+        """Answer a message once: a known MessageUUID gets its stored answer, byte for byte."""
+        local, now = self._now()
+        stored = self.store.answered(msg.uuid, nonce, now)
+        if stored is not None:
+            log.info("message delivered again: stored answer sent", extra={"uuid": msg.uuid})
+            return _from_stored(stored)
+        kind, via, decision = self.decide(msg, ruleset, local)
+        limit = ruleset.limit
+        wants_limit = limit is not None and decision is not None and any(
+            o.kind == "reply" for o in decision.outgoing)
+        claim = Claim(uuid=msg.uuid, nonce=nonce, sender=msg.from_, to=msg.to, now=now,
+                      numbers=policy.numbers_to_check(msg, decision),
+                      limit_since=now - limit.per if wants_limit else None)
+
+        def finish(state):
+            plan, answer = self.render(msg, ruleset, kind, via, decision, state)
+            return _record(msg, decision, plan, answer, ruleset), _to_stored(answer)
+
+        stored, fresh = self.store.record(claim, finish)
+        if not fresh:
+            log.info("message delivered again: stored answer sent", extra={"uuid": msg.uuid})
+        return _from_stored(stored)
+
+    def decide(self, msg: Inbound, ruleset: RuleSet, now: datetime | None):
+        """(compliance kind, how it was said, the rules' decision); the rules are skipped for a keyword."""
+        kind, via = ruleset.compliance.classify(msg)
+        if kind is not None:
+            return kind, via, None
+        return None, None, decide(ruleset, msg, now)
+
+    def render(self, msg: Inbound, ruleset: RuleSet, kind, via, decision: Decision | None,
+               state: policy.State) -> tuple[policy.Plan, Answer]:
+        """What is sent, given the state, and the XML answer that says so."""
+        plan = policy.plan(msg, ruleset.compliance, ruleset.limit, kind, via, decision, state)
         if msg.type in XML_TYPES:
-            messages = [plivoxml.Message(o.src, o.dst, o.text, self.callback_url) for o in decision.outgoing]
-            body = plivoxml.render(messages)
+            body = plivoxml.render([plivoxml.Message(o.src, o.dst, o.text, self._callback(msg, i))
+                                    for i, o in enumerate(plan.outgoing)])
         else:
             body = plivoxml.EMPTY
-            if decision.outgoing:
+            if plan.outgoing:  # WhatsApp: Plivo takes no XML replies (the Message API comes later)
                 log.warning("%d message(s) not sent: %s replies need the Message API, not available yet",
-                            len(decision.outgoing), msg.type, extra={"uuid": msg.uuid})
+                            len(plan.outgoing), msg.type, extra={"uuid": msg.uuid})
+                plan.held.extend({"dst": "<".join(o.dst), "text": o.text, "reason": "needs the Message API"}
+                                 for o in plan.outgoing)
+                plan.outgoing = []
         if log.isEnabledFor(logging.INFO):
             log.info("message answered", extra={
-                "uuid": msg.uuid, "type": msg.type, "rules": list(decision.matched),
-                "messages": len(decision.outgoing) if msg.type in XML_TYPES else 0,
+                "uuid": msg.uuid, "type": msg.type, "rules": list(decision.matched) if decision else [],
+                "compliance": kind, "messages": len(plan.outgoing), "held": len(plan.held),
             })
-        return decision, Answer(200, body, plivoxml.CONTENT_TYPE)
+        return plan, Answer(200, body, plivoxml.CONTENT_TYPE)
+
+    def _callback(self, msg: Inbound, position: int) -> str | None:
+        """Where Plivo reports on the text at `position`: PUBLIC_URL/status?ref=<uuid>.<position>."""
+        if self.callback_url is None:
+            return None
+        return f"{self.callback_url}?ref={quote(msg.uuid, safe='')}.{position}"
+
+    def answer(self, msg: Inbound, ruleset: RuleSet, now: datetime | None = None,
+               state: policy.State | None = None) -> tuple[policy.Plan, Decision, Answer]:
+        """Decide and render the answer for one parsed message, without recording it.
+
+        (what is sent and why, the rules' decision, the answer); `state` defaults to a
+        service that has seen nothing (no opt-outs, no replies yet).
+        """
+        if now is None and self.clock is not None:
+            now = self.clock()
+        kind, via, decision = self.decide(msg, ruleset, now)
+        plan, answer = self.render(msg, ruleset, kind, via, decision, state or policy.FreshState())
+        return plan, decision or Decision(), answer
 
     def handle_status(self, req: HttpRequest) -> Answer:
-        """A delivery report: verified and logged (storing them arrives with the database)."""
+        """A delivery report: verified, stored, and linked to the reply it reports on."""
         try:
-            query, body = self._authentic(req)
+            query, body, nonce = self._authentic(req)
         except Rejected as exc:
             return exc.answer
-        params = dict(query)
-        params.update(body)
-        if not params.get("MessageUUID"):
+        params = dict(reversed(query))
+        params.update(reversed(body))  # body values win; the first of a repeated key
+        if not params.get("MessageUUID", "").strip():
             return text_answer(400, "missing MessageUUID")
+        ref = params.pop("ref", None)
+        if self.store is not None:
+            try:
+                reply_id = self.store.record_report(params, nonce, ref, self._now()[1])
+            except Replayed:
+                log.warning("replayed signature refused", extra={"uuid": params["MessageUUID"]})
+                return text_answer(403, "replayed Plivo signature")
+            except Unavailable as exc:
+                log.error("delivery report not recorded, answered 503: %s", exc,
+                          extra={"uuid": params["MessageUUID"]})
+                return text_answer(503, "the report could not be recorded; try again")
+        else:
+            reply_id = None
         log.info("delivery report", extra={
             "uuid": params.get("MessageUUID"), "status": params.get("Status", ""),
-            "error_code": params.get("ErrorCode", ""),
+            "error_code": params.get("ErrorCode", ""), "linked": reply_id is not None,
         })
         return text_answer(200, "ok")
+
+
+def _to_stored(answer: Answer) -> Stored:
+    return Stored(answer.status, answer.content_type, answer.body)
+
+
+def _from_stored(stored: Stored) -> Answer:
+    return Answer(stored.status, stored.body, stored.content_type)
+
+
+def _storable(text: str) -> str:
+    """Text as the database keeps it: PostgreSQL cannot hold U+0000, so it becomes U+FFFD."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def _record(msg: Inbound, decision: Decision | None, plan: policy.Plan, answer: Answer,
+            ruleset: RuleSet) -> Record:
+    """The rows that say what came, what was decided and what was sent."""
+    via = "xml" if msg.type in XML_TYPES else "api"
+    params = msg.params
+    if any("\x00" in k or "\x00" in v for k, v in params.items()):
+        params = {_storable(k): _storable(v) for k, v in params.items()}
+    return Record(
+        message={
+            "from_number": msg.from_, "to_number": msg.to, "type": msg.type, "text": _storable(msg.text),
+            "intent": msg.intent, "params": params,
+            "rules": list(decision.matched) if decision is not None else [],
+            "compliance": plan.compliance, "possible_optout": plan.possible_optout,
+            "held": [dict(h, text=_storable(h["text"])) for h in plan.held],
+        },
+        replies=[{
+            "position": i, "kind": o.kind, "rule": o.rule, "src": o.src, "dst": "<".join(o.dst),
+            "sender": msg.from_, "limited": o.kind == "reply", "text": _storable(o.text), "via": via,
+        } for i, o in enumerate(plan.outgoing)],
+        change=(plan.change[0], plan.change[1], ruleset.compliance.scope) if plan.change else None,
+    )

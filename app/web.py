@@ -106,11 +106,14 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    holder = current_app.extensions["responder"].holder
+    responder = current_app.extensions["responder"]
+    holder = responder.holder
     ruleset = holder.current()
     if ruleset is None:
         return jsonify(status="not ready", reason="rules not loaded",
                        problems=[str(p) for p in holder.error.problems[:20]] if holder.error else []), 503
+    if responder.store is not None and not responder.store.ping():
+        return jsonify(status="not ready", reason="database does not answer"), 503
     body = {"status": "ready", "rules": len(ruleset.rules), "digest": ruleset.digest}
     if holder.error is not None:
         body["reload_failed"] = [str(p) for p in holder.error.problems[:20]]

@@ -199,9 +199,13 @@ def rejected(status: int, body: str) -> dict:
 
 
 def catch_all(text: str, frm: str = SENDER, to: str = LINE, callback: str | None = None) -> list[dict]:
-    """The everything-else rule: two replies, then the forward to the team."""
-    return [msg(THANKS, frm, to, callback), msg(SOON, frm, to, callback),
-            msg(f"From {frm}: {text}", TEAM, to, callback)]
+    """The everything-else rule: two replies, then the forward to the team.
+
+    `callback`, when given, is the delivery report URL; each text adds `.N` (its place) to it.
+    """
+    cb = [f"{callback}.{i}" if callback else None for i in range(3)]
+    return [msg(THANKS, frm, to, cb[0]), msg(SOON, frm, to, cb[1]),
+            msg(f"From {frm}: {text}", TEAM, to, cb[2])]
 
 
 def pieces(text: str, limit: int) -> list[str]:
@@ -340,15 +344,15 @@ def build() -> dict[str, dict]:
 
     # MessageIntent ------------------------------------------------------------------------
     n = "intent-optout"
-    add(n, "'STOP' with MessageIntent=optout: silent, empty <Response/>",
-        p(n, "STOP", intent="optout"), xml())
+    add(n, "'STOP' with MessageIntent=optout: the built-in opt-out, confirmed once",
+        p(n, "STOP", intent="optout"), xml(msg("You are unsubscribed. Reply START to resubscribe.")))
 
     n = "intent-optin"
-    add(n, "'START' with MessageIntent=optin: silent, empty <Response/>",
-        p(n, "START", intent="optin"), xml())
+    add(n, "'START' with MessageIntent=optin: the built-in opt-in, confirmed",
+        p(n, "START", intent="optin"), xml(msg("You are resubscribed. Reply STOP to unsubscribe.")))
 
     n = "intent-help"
-    add(n, "'HELP' with MessageIntent=help: the help rule's reply",
+    add(n, "'HELP' with MessageIntent=help: the help reply of the rules' compliance section",
         p(n, "HELP", intent="help"),
         xml(msg("Acme support: help@acme.example or call 415-555-0100. Msg&data rates may apply.")))
 
@@ -388,7 +392,7 @@ def build() -> dict[str, dict]:
         settings={"TRUSTED_PROXIES": 1})
 
     n = "public-url-callbacks"
-    cb = f"{PUBLIC_URL}/status"
+    cb = f"{PUBLIC_URL}/status?ref={uuid_for(n, 'message')}"
     add(n, "PUBLIC_URL set (proxy headers not trusted): signatures checked against PUBLIC_URL + "
            "path, and every Message asks for delivery reports at PUBLIC_URL/status",
         p(n, "Do you ship to Canada?"), xml(*catch_all("Do you ship to Canada?", callback=cb)),

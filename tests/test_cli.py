@@ -12,7 +12,7 @@ from conftest import ROOT, TOKEN, make_app
 def test_rules_check_ok(runner):
     result = runner.invoke(args=["rules", "check"])
     assert result.exit_code == 0, result.output
-    assert "OK, 15 rule(s)" in result.output
+    assert "OK, 11 rule(s)" in result.output
     assert "warning: rule 'spanish-line': reply is UCS-2" in result.output
 
 
@@ -75,10 +75,10 @@ def flask_cmd(*args, **env):
 
 def test_real_command_checks_a_broken_file_without_a_token(tmp_path):
     bad = tmp_path / "rules.yaml"
-    bad.write_text("version: 1\ncompliance: {}\nrules: []\n")
+    bad.write_text("version: 1\ncompliance: {scope: galaxy}\nrules: []\n")
     result = flask_cmd("rules", "check", str(bad))
     assert result.returncode == 1
-    assert f"{bad}:2: 'compliance' is not available yet" in result.stderr
+    assert f"{bad}:2: 'scope' must be account or number, got 'galaxy'" in result.stderr
 
 
 def test_real_command_simulate(tmp_path):
@@ -104,9 +104,12 @@ def test_flask_run_needs_the_token_like_gunicorn():
     assert "PLIVO_AUTH_TOKEN is not set" in result.stderr
 
 
-def test_shipped_rules_stay_silent_on_stop_words_without_an_intent(runner):
-    for word in ("STOP", "stop", "Unsubscribe", "START"):
+def test_shipped_rules_answer_stop_start_help_with_the_built_in_compliance(runner):
+    for word in ("STOP", "stop", "Unsubscribe", "ＳＴＯＰ"):
         result = runner.invoke(args=["simulate", word, "--from", "14155550123", "--to", "14155550100"])
-        assert '<?xml version="1.0" encoding="UTF-8"?>\n<Response/>' in result.output, word
+        assert ">You are unsubscribed. Reply START to resubscribe.</Message>" in result.output, word
+        assert "compliance: optout" in result.output
+    result = runner.invoke(args=["simulate", "START", "--from", "14155550123", "--to", "14155550100"])
+    assert ">You are resubscribed. Reply STOP to unsubscribe.</Message>" in result.output
     result = runner.invoke(args=["simulate", "Help!", "--from", "14155550123", "--to", "14155550100"])
     assert "Acme support: help@acme.example" in result.output

@@ -192,22 +192,7 @@ def test_non_plain_key():
         """), 3, "a key must be a plain value")
 
 
-# -- parts not available yet -------------------------------------------------------
-def test_compliance_and_limits_are_not_available_yet():
-    found = problems(textwrap.dedent("""\
-        version: 1
-        compliance:
-          help: {keywords: [HELP], reply: "Help"}
-        limits:
-          replies_per_sender: {count: 5, per: 1h}
-        rules: []
-        """))
-    assert [str(p) for p in found] == [
-        "r.yaml:2: 'compliance' is not available yet",
-        "r.yaml:4: 'limits' is not available yet",
-    ]
-
-
+# -- parts not available yet (compliance and limits: tests/test_compliance.py) ----------
 def test_webhook_and_media_actions_are_not_available_yet():
     found = problems(doc("""\
         - name: hook
@@ -782,7 +767,7 @@ def test_several_problems_are_all_reported_sorted_by_line():
           - name: b
             when: {hours: '25:00-26:00', days: [someday]}
             silent: maybe
-        compliance: {}
+        compliance: {scope: galaxy}
         """))
     assert [p.line for p in found] == sorted(p.line for p in found)
     assert [(p.line, p.message.split(" ")[0]) for p in found] == [
@@ -795,7 +780,7 @@ def test_several_problems_are_all_reported_sorted_by_line():
         (11, "'hours':"),
         (11, "'days':"),
         (12, "'silent'"),
-        (13, "'compliance'"),
+        (13, "'scope'"),
     ]
 
 
@@ -1073,10 +1058,12 @@ def test_shipped_rules_load_without_shadowed_rules():
     assert shadow_warnings(ruleset) == []
     assert str(ruleset.tz) == "America/New_York"
     assert [r.name for r in ruleset.rules] == [
-        "opt-out-or-in", "opt-out-or-in-words", "help", "help-words", "hours", "order-status",
-        "address", "spanish-line", "photo", "vip", "refund", "auto-replies", "weekend",
-        "after-hours", "everything-else",
+        "hours", "order-status", "address", "spanish-line", "photo", "vip", "refund",
+        "auto-replies", "weekend", "after-hours", "everything-else",
     ]
+    assert ruleset.compliance.enabled and ruleset.compliance.scope == "account"
+    assert ruleset.compliance.help.reply.startswith("Acme support:")
+    assert ruleset.limit.count == 10 and ruleset.limit.per.total_seconds() == 3600
     assert all(w.path == str(ROOT / "rules.yaml") for w in ruleset.warnings)
 
 

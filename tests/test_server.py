@@ -41,6 +41,7 @@ class Server:
         self.rules = tmp / "rules.yaml"
         shutil.copy(ROOT / "rules.yaml", self.rules)
         settings.setdefault("WEB_CONCURRENCY", "2")
+        settings.setdefault("DATABASE_URL", f"sqlite:///{tmp}/responder.sqlite3")
         env = server_env(PLIVO_AUTH_TOKEN=TOKEN, PORT=str(self.port),
                          RULES_PATH=str(self.rules), RULES_RELOAD_INTERVAL="0.2",
                          MAX_CONTENT_LENGTH="4096", LOG_FORMAT="json", **settings)

@@ -12,6 +12,9 @@ import make_webhooks
 import webhooks
 from webhooks import load, make_app_for, parse_messages, replay
 
+#: Every test here runs on SQLite and on PostgreSQL (conftest.py).
+pytestmark = pytest.mark.usefixtures("database")
+
 PATHS = webhooks.paths()
 
 

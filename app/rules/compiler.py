@@ -12,9 +12,12 @@ import hashlib
 import re
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from datetime import timedelta
+
 from .. import smsenc
 from ..inbound import INTENTS, TYPES
 from . import source
+from .compliance import Compliance, Keywords, ReplyLimit, fold
 from .engine import (DEFAULT_FORWARD_TEXT, Check, Forward, Rule, RuleSet, digits,
                      first_keyword, normalize_text, normalize_word)
 from .source import Problem, RulesError, YList, YMap
@@ -27,11 +30,18 @@ RULE_KEYS = ("name", "when", "reply", "forward", "silent", "continue", "webhook"
 WHEN_KEYS = ("keyword", "text", "contains", "regex", "from", "to", "type", "intent", "media",
              "days", "hours", "not")
 FORWARD_KEYS = ("to", "text")
-#: Parts of the SPEC that need state or the Message API, which this release does not have yet.
-NOT_YET_TOP = frozenset({"compliance", "limits"})
+COMPLIANCE_KEYS = ("enabled", "scope", "opt_out", "opt_in", "help")
+KEYWORDS_KEYS = ("keywords", "reply")
+LIMITS_KEYS = ("replies_per_sender",)
+LIMIT_KEYS = ("count", "per")
+SCOPES = ("account", "number")
+#: Parts of the SPEC that need the Message API, which this release does not have yet.
+NOT_YET_TOP: frozenset[str] = frozenset()
 NOT_YET_RULE = frozenset({"webhook", "media"})
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
+_PER = re.compile(r"^\s*([0-9]+)\s*([smhd])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _HOURS = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 _NUMBER_CHARS = re.compile(r"^[0-9+\-.() ]+$")
 # Cheap conditions first, regexes last: a message fails fast on the cheap ones.
@@ -142,6 +152,8 @@ class _Compiler:
             self.error(data.value_line("version"),
                        f"unsupported version {_show(data['version'])}: this service reads version {VERSION}")
         tz = self.settings(data)
+        compliance = self.compliance(data)
+        limit = self.limits(data)
         rules: list[Rule] = []
         shapes: list[_Shape] = []
         if "rules" not in data:
@@ -159,7 +171,9 @@ class _Compiler:
         if self.errors:
             return None
         self.shadows(shapes)
-        return _index(self.path, digest, tz, rules, shapes, sorted(self.warnings, key=lambda p: p.line))
+        ruleset = _index(self.path, digest, tz, rules, shapes, sorted(self.warnings, key=lambda p: p.line))
+        ruleset.compliance, ruleset.limit = compliance, limit
+        return ruleset
 
     def settings(self, data: YMap):
         tz = ZoneInfo("UTC")
@@ -181,6 +195,108 @@ class _Compiler:
             except (ZoneInfoNotFoundError, ValueError, OSError):
                 self.error(line, f"unknown timezone {name!r} (an IANA name such as America/New_York)")
         return tz
+
+    def compliance(self, data: YMap) -> Compliance:
+        """`compliance:` (SPEC §4): on by default with the built-in keywords and replies."""
+        default = Compliance()
+        if "compliance" not in data:
+            return default
+        value = data["compliance"]
+        if not isinstance(value, YMap):
+            self.error(data.value_line("compliance"), f"'compliance' must be a mapping, got {_show(value)}")
+            return default
+        self.keys(value, COMPLIANCE_KEYS, "compliance")
+        enabled = self.boolean(value, "enabled") if "enabled" in value else True
+        scope = default.scope
+        if "scope" in value:
+            given = value["scope"]
+            if not isinstance(given, str) or given.strip().lower() not in SCOPES:
+                self.error(value.value_line("scope"),
+                           f"'scope' must be account or number, got {_show(given)}")
+            else:
+                scope = given.strip().lower()
+        seen: dict[str, tuple[str, int]] = {}
+        sections = {}
+        for key, fallback in (("opt_out", default.opt_out), ("opt_in", default.opt_in), ("help", default.help)):
+            sections[key] = self.keyword_section(value, key, fallback, seen)
+        return Compliance(enabled=enabled, scope=scope, opt_out=sections["opt_out"],
+                          opt_in=sections["opt_in"], help=sections["help"])
+
+    def keyword_section(self, compliance: YMap, key: str, fallback: Keywords,
+                        seen: dict[str, tuple[str, int]]) -> Keywords:
+        words, reply = fallback.words, fallback.reply
+        section = compliance.get(key)
+        if key in compliance and not isinstance(section, YMap):
+            self.error(compliance.value_line(key),
+                       f"'compliance.{key}' must be a mapping with 'keywords' and 'reply', got {_show(section)}")
+            section = None
+        if section is not None:
+            self.keys(section, KEYWORDS_KEYS, f"compliance.{key}")
+            if "keywords" in section:
+                chosen = set()
+                for word, line in self.values(section, "keywords", kinds=(str, int)):
+                    folded = fold(str(word))
+                    if not folded:
+                        self.error(line, f"compliance.{key}: keyword {word!r} has no letters or digits")
+                    elif folded in seen and seen[folded][0] != key:
+                        other, first = seen[folded]
+                        self.error(line, f"compliance.{key}: keyword {word!r} is already an "
+                                         f"{other} keyword (line {first})")
+                    else:
+                        seen.setdefault(folded, (key, line))
+                        chosen.add(folded)
+                words = frozenset(chosen)
+            if "reply" in section:
+                text, line = section["reply"], section.value_line("reply")
+                if not isinstance(text, str) or not text.strip():
+                    self.error(line, f"compliance.{key}: 'reply' must be a non-empty text, got {_show(text)}")
+                elif "{{" in text or "{%" in text:
+                    self.error(line, f"compliance.{key}: 'reply' is plain text, not a template")
+                else:
+                    reply = text
+        for word in words:
+            if word in seen and seen[word][0] != key:
+                continue  # reported above, at the keyword that collides
+            seen.setdefault(word, (key, compliance.key_line(key) if key in compliance else compliance.line))
+        return Keywords(words, reply)
+
+    def limits(self, data: YMap) -> ReplyLimit | None:
+        """`limits: {replies_per_sender: {count: N, per: 30s|10m|1h|1d}}` (SPEC §4, §6)."""
+        if "limits" not in data:
+            return None
+        value = data["limits"]
+        if not isinstance(value, YMap):
+            self.error(data.value_line("limits"), f"'limits' must be a mapping, got {_show(value)}")
+            return None
+        self.keys(value, LIMITS_KEYS, "limits")
+        if "replies_per_sender" not in value:
+            return None
+        spec = value["replies_per_sender"]
+        if not isinstance(spec, YMap):
+            self.error(value.value_line("replies_per_sender"),
+                       f"'replies_per_sender' must be a mapping like {{count: 5, per: 1h}}, got {_show(spec)}")
+            return None
+        self.keys(spec, LIMIT_KEYS, "replies_per_sender")
+        missing = [k for k in LIMIT_KEYS if k not in spec]
+        if missing:
+            self.error(spec.line, f"'replies_per_sender' needs {' and '.join(repr(k) for k in missing)}")
+            return None
+        count, per = spec["count"], spec["per"]
+        ok = True
+        if type(count) is not int or count < 1:
+            self.error(spec.value_line("count"), f"'count' must be a whole number, 1 or more, got {_show(count)}")
+            ok = False
+        m = _PER.match(per) if isinstance(per, str) else None
+        if not m or int(m.group(1)) == 0:
+            self.error(spec.value_line("per"),
+                       f"'per' must be a duration such as 30s, 10m, 1h or 1d, got {_show(per)}")
+            ok = False
+        elif int(m.group(1)) * _UNIT_SECONDS[m.group(2)] > 366 * 86400:
+            self.error(spec.value_line("per"), f"'per' is longer than a year: {per!r}")
+            ok = False
+        if not ok:
+            return None
+        return ReplyLimit(count, timedelta(seconds=int(m.group(1)) * _UNIT_SECONDS[m.group(2)]))
 
     def rule(self, item, index: int, line: int, seen: dict[str, int]):
         if not isinstance(item, YMap):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 
 from ..inbound import Inbound
+from .compliance import Compliance, ReplyLimit
 from .templates import Template
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,8 @@ class Rule:
 class Outgoing:
     """One text to send: a reply to the sender or a forward to other numbers."""
 
-    rule: str
-    kind: str  # "reply" or "forward"
+    rule: str | None  # None for a compliance reply
+    kind: str  # "reply" or "forward"; "optout", "optin" or "help" for compliance replies
     src: str
     dst: tuple[str, ...]
     text: str
@@ -147,6 +148,8 @@ class RuleSet:
     by_text: dict[str, tuple[int, ...]] = field(default_factory=dict)
     general: tuple[int, ...] = ()
     warnings: tuple = ()
+    compliance: Compliance = Compliance()
+    limit: ReplyLimit | None = None
 
     def candidates(self, facts: Facts):
         """Indexes of the rules that could match, in file order."""

@@ -1,0 +1,94 @@
+"""What the state allows: STOP/START/HELP compliance and reply limits (SPEC §4, §6). Pure.
+
+The rules engine decides what the rules would send; this module turns that,
+plus what the database knows of the numbers involved (`State`), into what is
+really sent (`Plan`): compliance keywords answer alone, an opted-out number
+gets nothing, and a sender over `limits.replies_per_sender` gets no more
+replies until the window slides. No I/O here: the store reads the state and
+writes the plan in one transaction around `plan()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .inbound import Inbound
+from .rules.compliance import HELP, OPTIN, OPTOUT, Compliance, ReplyLimit
+from .rules.engine import Decision, Outgoing
+
+__all__ = ["HELP", "OPTIN", "OPTOUT", "FreshState", "Plan", "State", "numbers_to_check", "plan"]
+
+
+class State(Protocol):
+    """What the database knows that matters to one message (the store reads it in the transaction)."""
+
+    opted_out: frozenset[str]  # numbers, of those asked about, that must get nothing from `to`
+    recent_replies: int        # limited replies to the sender within the limit's window
+
+
+@dataclass(frozen=True, slots=True)
+class FreshState:
+    """The state of a service that has seen nothing: for `simulate` and rule tests."""
+
+    opted_out: frozenset[str] = frozenset()
+    recent_replies: int = 0
+
+
+@dataclass(slots=True)
+class Plan:
+    """What is really sent for one message, and the opt-out change to record."""
+
+    outgoing: list[Outgoing] = field(default_factory=list)
+    held: list[dict] = field(default_factory=list)  # {"dst", "text", "reason"}: not sent, and why
+    compliance: str | None = None
+    change: tuple[str, str] | None = None  # ("out"|"in", via) for the sender
+    possible_optout: bool = False
+
+
+def numbers_to_check(msg: Inbound, decision: Decision | None) -> list[str]:
+    """Every number a message may send to: the sender and the forward destinations."""
+    numbers = {msg.from_}
+    if decision is not None:
+        for out in decision.outgoing:
+            numbers.update(out.dst)
+    return sorted(numbers)
+
+
+def plan(msg: Inbound, compliance: Compliance, limit: ReplyLimit | None,
+         kind: str | None, via: str | None, decision: Decision | None, state: State) -> Plan:
+    """Apply compliance, opt-outs and the reply limit to what the rules decided."""
+    sender = msg.from_
+    if kind is not None:  # a compliance keyword answers alone; the rules are not consulted
+        result = Plan(compliance=kind)
+        if kind == OPTOUT:
+            result.change = ("out", via)
+            if sender in state.opted_out:
+                return result  # the confirmation is sent once, not at every STOP
+        elif kind == OPTIN:
+            result.change = ("in", via)
+        result.outgoing.append(Outgoing(None, kind, msg.to, (sender,), compliance.reply(kind)))
+        return result
+
+    result = Plan(possible_optout=compliance.possible_optout(msg.text))
+    remaining = None if limit is None else max(limit.count - state.recent_replies, 0)
+    for out in decision.outgoing if decision is not None else ():
+        if out.kind == "reply":
+            if sender in state.opted_out:
+                result.held.append({"dst": sender, "text": out.text, "reason": "opted out"})
+            elif remaining is not None and remaining <= 0:
+                result.held.append({"dst": sender, "text": out.text, "reason": "reply limit"})
+            else:
+                result.outgoing.append(out)
+                if remaining is not None:
+                    remaining -= 1
+            continue
+        allowed = tuple(d for d in out.dst if d not in state.opted_out)
+        for dst in out.dst:
+            if dst in state.opted_out:
+                result.held.append({"dst": dst, "text": out.text, "reason": "opted out"})
+        if allowed == out.dst:
+            result.outgoing.append(out)
+        elif allowed:
+            result.outgoing.append(Outgoing(out.rule, out.kind, out.src, allowed, out.text))
+    return result

@@ -1,0 +1,411 @@
+"""State (SPEC §6) behind one small interface that takes and gives plain values.
+
+The pipeline calls `Store` with strings, numbers and small dataclasses; no
+SQLAlchemy object leaves this package. Every inbound message is one short
+transaction (`record`): check the signature nonce, read the state that
+matters to it, let the caller decide and render, then write the message, its
+replies and any opt-out change together. A MessageUUID is claimed by a unique
+index, so two deliveries at the same moment are decided once: the loser's
+work is rolled back and it answers with the winner's stored bytes.
+
+Statements are built once at import; SQLAlchemy caches their compiled form
+and psycopg prepares them on the server after a few uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from .db import DatabaseUrlError, check_connection, display, make_engine, parse_url
+from .schema import messages, metadata, nonces, optouts, replies, reports
+
+__all__ = ["Store", "StoreError", "Unavailable", "Replayed", "Stored", "Claim", "Record",
+           "DatabaseUrlError", "utcnow", "metadata", "display", "check_connection"]
+
+log = logging.getLogger("app.store")
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class Unavailable(StoreError):
+    """The database did not answer (down, locked too long, pool exhausted): answer 503."""
+
+
+class Replayed(StoreError):
+    """A signature nonce already used with another MessageUUID: answer 403."""
+
+
+def utcnow() -> datetime:
+    """Now as the database keeps times: naive UTC."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def as_utc(moment: datetime | None) -> datetime:
+    if moment is None:
+        return utcnow()
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """An answer as it left: status, content type and the exact bytes."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+@dataclass(slots=True)
+class Claim:
+    """What `record` needs before the caller decides: who, and which state to read."""
+
+    uuid: str
+    nonce: str | None
+    sender: str
+    to: str
+    now: datetime                     # naive UTC
+    numbers: Sequence[str] = ()       # opt-outs to look up (sender and forward destinations)
+    limit_since: datetime | None = None  # count limited replies to the sender since then
+
+
+@dataclass(slots=True)
+class Record:
+    """What the caller decided, to be written with the claim."""
+
+    message: dict                       # messages columns (see schema) except id, uuid, deliveries
+    replies: list[dict] = field(default_factory=list)  # replies columns except id, message_id, created_at
+    change: tuple[str, str, str] | None = None  # ("out"|"in", via, scope) for the sender
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    opted_out: frozenset[str]
+    recent_replies: int
+
+
+# -- statements, built once --------------------------------------------------------
+_b = sa.bindparam
+_FIND_MESSAGE = sa.select(messages.c.id).where(messages.c.uuid == _b("uuid"))
+_COUNT_DELIVERY = (messages.update().where(messages.c.uuid == _b("m_uuid"))
+                   .values(deliveries=messages.c.deliveries + 1))
+_ANSWER = (sa.select(messages.c.answer_status, messages.c.answer_type, messages.c.answer_body)
+           .where(messages.c.uuid == _b("uuid")))
+_NONCE_OWNER = sa.select(nonces.c.message_uuid).where(nonces.c.nonce == _b("nonce"))
+_OPTED_OUT = (sa.select(optouts.c.number)
+              .where(optouts.c.number.in_(_b("numbers", expanding=True)))
+              .where(optouts.c.to_number.in_(["", _b("to")])))
+_RECENT = (sa.select(sa.func.count()).select_from(replies)
+           .where(replies.c.sender == _b("sender"))
+           .where(replies.c.limited.is_(True))
+           .where(replies.c.created_at >= _b("since")))
+_INSERT_MESSAGE = messages.insert()
+_INSERT_REPLIES = replies.insert()
+_REMOVE_OPTOUTS = optouts.delete().where(optouts.c.number == _b("number"))
+_REMOVE_OPTOUT_FOR = (optouts.delete().where(optouts.c.number == _b("number"))
+                      .where(optouts.c.to_number.in_(["", _b("to")])))
+_REPLY_BY_REF = (sa.select(replies.c.id, replies.c.status_key, replies.c.plivo_uuid)
+                 .join(messages, messages.c.id == replies.c.message_id)
+                 .where(messages.c.uuid == _b("uuid")).where(replies.c.position == _b("position")))
+_REPLY_BY_PLIVO = (sa.select(replies.c.id, replies.c.status_key, replies.c.plivo_uuid)
+                   .where(replies.c.plivo_uuid.in_(_b("uuids", expanding=True)))
+                   .order_by(replies.c.id).limit(1))
+_SET_STATUS = (replies.update().where(replies.c.id == _b("reply_id"))
+               .values(status=_b("status"), status_key=_b("status_key"), status_at=_b("status_at")))
+_SET_PLIVO_UUID = (replies.update().where(replies.c.id == _b("reply_id"))
+                   .where(replies.c.plivo_uuid.is_(None)).values(plivo_uuid=_b("plivo_uuid")))
+
+#: Delivery statuses in the order they can follow each other; a final one is never
+#: replaced by one that is not (a late `sent` after `delivered`).
+_STATUS_RANK = {"queued": 0, "sent": 1, "delivered": 2, "undelivered": 2, "failed": 2,
+                "rejected": 2, "read": 3}
+
+
+def status_key(status: str, sequence: str, message_time: str) -> str:
+    """A text that sorts like Plivo's order of events for one message.
+
+    Rank first (queued < sent < final < read), then Plivo's `Sequence`, then `MessageTime`.
+    """
+    rank = _STATUS_RANK.get(status, 1)
+    seq = int(sequence) if sequence.isdigit() and len(sequence) <= 12 else 0
+    return f"{rank}|{seq:012d}|{message_time[:26]}"
+
+
+def _key64(text: str) -> int:
+    """A signed 64-bit key for pg_advisory_xact_lock."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+class Store:
+    """The database of one process. Thread-safe; make one per process, after fork."""
+
+    def __init__(self, url: str, *, pool_size: int = 8):
+        self.url = url
+        self.engine = make_engine(url, pool_size=pool_size)
+        self.dialect = self.engine.dialect.name
+        self.postgres = self.dialect == "postgresql"
+        # SQLite has one writer at a time: the threads of a process queue here instead of
+        # spinning in SQLite's busy handler; other processes wait in the busy timeout.
+        self._write_lock = threading.Lock() if not self.postgres else None
+        insert = pg_dialect.insert if self.postgres else sqlite_dialect.insert
+        self._insert_nonce = insert(nonces).on_conflict_do_nothing(index_elements=["nonce"])
+        self._insert_report = insert(reports).on_conflict_do_nothing(
+            index_elements=["message_uuid", "status", "sequence", "part"])
+        self._insert_optout = insert(optouts).on_conflict_do_nothing(index_elements=["number", "to_number"])
+
+    def __repr__(self) -> str:
+        return f"<Store {display(self.url)}>"
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- transactions ------------------------------------------------------------
+    @contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        """One short write transaction; database failures become `Unavailable`."""
+        with self._write_lock or nullcontext():
+            with self._errors(), self.engine.connect() as conn:
+                if not self.postgres:
+                    conn.execution_options(sqlite_immediate=True)
+                with conn.begin():
+                    yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        with self._errors(), self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (IntegrityError, StoreError):
+            raise
+        except (DBAPIError, PoolTimeout, SQLAlchemyError) as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            raise Unavailable(reason[0] if reason else type(exc).__name__) from exc
+
+    def ping(self) -> bool:
+        """True when the database answers a query now."""
+        try:
+            with self._read() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            return True
+        except Unavailable:
+            return False
+
+    # -- nonces ------------------------------------------------------------------
+    def _use_nonce(self, conn: sa.Connection, nonce: str | None, uuid: str, now: datetime) -> None:
+        """Remember `nonce` for `uuid`; `Replayed` when it came before with another uuid."""
+        if not nonce:
+            return
+        inserted = conn.execute(self._insert_nonce, {"nonce": nonce[:128], "message_uuid": uuid, "seen_at": now})
+        if inserted.rowcount == 1:
+            return
+        owner = conn.execute(_NONCE_OWNER, {"nonce": nonce[:128]}).scalar()
+        if owner is not None and owner != uuid:
+            raise Replayed(nonce)
+
+    # -- inbound messages --------------------------------------------------------
+    def answered(self, uuid: str, nonce: str | None, now: datetime | None = None) -> Stored | None:
+        """The stored answer for a MessageUUID already answered (and one more delivery counted).
+
+        None when the uuid is new. A nonce first seen with another uuid is `Replayed`.
+        """
+        with self._read() as conn:
+            found = conn.execute(_FIND_MESSAGE, {"uuid": uuid}).first()
+            conn.rollback()
+        if found is None:
+            return None
+        with self._write() as conn:
+            return self._redeliver(conn, uuid, nonce, as_utc(now))
+
+    def _redeliver(self, conn: sa.Connection, uuid: str, nonce: str | None, now: datetime) -> Stored | None:
+        self._use_nonce(conn, nonce, uuid, now)
+        conn.execute(_COUNT_DELIVERY, {"m_uuid": uuid})
+        row = conn.execute(_ANSWER, {"uuid": uuid}).first()
+        return None if row is None else Stored(row[0], row[1], bytes(row[2]))
+
+    def record(self, claim: Claim, decide: Callable[[State], tuple[Record, Stored]]) -> tuple[Stored, bool]:
+        """Claim `claim.uuid` and write what `decide(state)` returns, in one transaction.
+
+        Returns (the answer, True) when this call decided, or (the stored answer,
+        False) when another delivery of the same uuid had already been recorded.
+        `decide` runs inside the transaction, so it must be quick and pure.
+        """
+        try:
+            with self._write() as conn:
+                if self.postgres:  # one sender's messages are decided one after another (opt-outs, limits)
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_key64(claim.sender))))
+                self._use_nonce(conn, claim.nonce, claim.uuid, claim.now)
+                state = self._state(conn, claim)
+                record, answer = decide(state)
+                self._write_record(conn, claim, record, answer)
+                return answer, True
+        except IntegrityError:
+            pass  # the uuid was claimed meanwhile: answer as it was answered
+        with self._write() as conn:
+            stored = self._redeliver(conn, claim.uuid, claim.nonce, claim.now)
+        if stored is None:  # the unique violation was not the uuid's: a real fault
+            raise Unavailable("could not record the message")
+        return stored, False
+
+    def _state(self, conn: sa.Connection, claim: Claim) -> State:
+        opted = frozenset()
+        if claim.numbers:
+            opted = frozenset(conn.execute(_OPTED_OUT, {"numbers": list(claim.numbers), "to": claim.to}).scalars())
+        recent = 0
+        if claim.limit_since is not None:
+            recent = conn.execute(_RECENT, {"sender": claim.sender, "since": claim.limit_since}).scalar_one()
+        return State(opted, recent)
+
+    def _write_record(self, conn: sa.Connection, claim: Claim, record: Record, answer: Stored) -> None:
+        row = dict(record.message)
+        row.update(uuid=claim.uuid, deliveries=1, answer_status=answer.status,
+                   answer_type=answer.content_type, answer_body=answer.body)
+        row.setdefault("received_at", claim.now)
+        message_id = conn.execute(_INSERT_MESSAGE, row).inserted_primary_key[0]
+        if record.replies:
+            conn.execute(_INSERT_REPLIES, [dict(r, message_id=message_id, created_at=claim.now)
+                                           for r in record.replies])
+        if record.change is not None:
+            what, via, scope = record.change
+            to = "" if scope == "account" else claim.to
+            if what == "out":
+                conn.execute(self._insert_optout, {"number": claim.sender, "to_number": to,
+                                                   "since": claim.now, "via": via})
+            elif scope == "account":
+                conn.execute(_REMOVE_OPTOUTS, {"number": claim.sender})
+            else:
+                conn.execute(_REMOVE_OPTOUT_FOR, {"number": claim.sender, "to": claim.to})
+
+    # -- delivery reports ----------------------------------------------------------
+    def record_report(self, params: dict[str, str], nonce: str | None, ref: str | None,
+                      now: datetime | None = None) -> int | None:
+        """Store one delivery report and update the reply it reports on; the reply's id or None."""
+        now = as_utc(now)
+        uuid = params["MessageUUID"]
+        status = (params.get("Status") or "").strip().lower()
+        sequence = (params.get("Sequence") or "").strip()
+        parent = (params.get("ParentMessageUUID") or "").strip() or None
+        with self._write() as conn:
+            self._use_nonce(conn, nonce, uuid, now)
+            reply = self._find_reply(conn, ref, uuid, parent)
+            reply_id = reply[0] if reply is not None else None
+            conn.execute(self._insert_report, {
+                "received_at": now, "message_uuid": uuid, "parent_uuid": parent, "status": status or "unknown",
+                "sequence": sequence[:32], "part": (params.get("PartInfo") or "").strip()[:32],
+                "error_code": (params.get("ErrorCode") or "").strip()[:16] or None,
+                "reply_id": reply_id, "params": params,
+            })
+            if reply is None or not status:
+                return reply_id
+            if reply[2] is None:
+                conn.execute(_SET_PLIVO_UUID, {"reply_id": reply_id, "plivo_uuid": parent or uuid})
+            key = status_key(status, sequence, (params.get("MessageTime") or "").strip())
+            if reply[1] is None or key > reply[1]:
+                conn.execute(_SET_STATUS, {"reply_id": reply_id, "status": status[:16],
+                                           "status_key": key, "status_at": now})
+            return reply_id
+
+    def _find_reply(self, conn: sa.Connection, ref: str | None, uuid: str, parent: str | None):
+        if ref:
+            inbound, _, position = ref.rpartition(".")
+            if inbound and position.isdigit():
+                stmt = _REPLY_BY_REF.with_for_update() if self.postgres else _REPLY_BY_REF
+                row = conn.execute(stmt, {"uuid": inbound, "position": int(position)}).first()
+                if row is not None:
+                    return row
+        stmt = _REPLY_BY_PLIVO.with_for_update() if self.postgres else _REPLY_BY_PLIVO
+        return conn.execute(stmt, {"uuids": [u for u in (uuid, parent) if u]}).first()
+
+    # -- opt-outs --------------------------------------------------------------------
+    def add_optout(self, number: str, to: str | None = None, via: str = "manual",
+                   now: datetime | None = None) -> bool:
+        """Opt `number` out (of every number, or only of `to`); False if it already was."""
+        with self._write() as conn:
+            result = conn.execute(self._insert_optout, {"number": number, "to_number": to or "",
+                                                        "since": as_utc(now), "via": via})
+            return result.rowcount == 1
+
+    def remove_optout(self, number: str, to: str | None = None) -> int:
+        """Remove the opt-out of `number` (the account-wide one, or the one for `to`); how many went."""
+        with self._write() as conn:
+            stmt = optouts.delete().where(optouts.c.number == number).where(optouts.c.to_number == (to or ""))
+            return conn.execute(stmt).rowcount
+
+    def list_optouts(self) -> list[dict]:
+        with self._read() as conn:
+            rows = conn.execute(sa.select(optouts).order_by(optouts.c.since.desc(), optouts.c.id.desc())).mappings()
+            return [{"number": r["number"], "to": r["to_number"] or None, "since": _iso(r["since"]),
+                     "via": r["via"]} for r in rows]
+
+    # -- the message log ---------------------------------------------------------------
+    def list_messages(self, limit: int = 20, from_number: str | None = None) -> list[dict]:
+        """The newest messages first, with their replies (SPEC §7 `messages --json`)."""
+        stmt = sa.select(messages).order_by(messages.c.received_at.desc(), messages.c.id.desc()).limit(limit)
+        if from_number:
+            stmt = stmt.where(messages.c.from_number == from_number)
+        with self._read() as conn:
+            rows = list(conn.execute(stmt).mappings())
+            by_message: dict[int, list[dict]] = {r["id"]: [] for r in rows}
+            if by_message:
+                for r in conn.execute(sa.select(replies).where(replies.c.message_id.in_(list(by_message)))
+                                      .order_by(replies.c.message_id, replies.c.position)).mappings():
+                    by_message[r["message_id"]].append({
+                        "dst": r["dst"], "text": r["text"], "via": r["via"], "status": r["status"],
+                        "kind": r["kind"], "rule": r["rule"], "plivo_uuid": r["plivo_uuid"],
+                    })
+        return [{
+            "uuid": r["uuid"], "received_at": _iso(r["received_at"]), "from": r["from_number"],
+            "to": r["to_number"], "type": r["type"], "text": r["text"], "intent": r["intent"] or None,
+            "rules": list(r["rules"]), "deliveries": r["deliveries"], "replies": by_message[r["id"]],
+            "compliance": r["compliance"], "possible_optout": bool(r["possible_optout"]),
+            "held": list(r["held"]), "answer_status": r["answer_status"],
+        } for r in rows]
+
+    # -- retention -----------------------------------------------------------------------
+    def prune(self, days: int, now: datetime | None = None, batch: int = 1000) -> dict[str, int]:
+        """Delete messages (with their replies), reports and nonces older than `days`.
+
+        Opt-outs are never deleted. Works in small batches so no transaction is long.
+        """
+        cutoff = as_utc(now) - timedelta(days=days)
+        counts = {}
+        for name, table, key, when in (("messages", messages, messages.c.id, messages.c.received_at),
+                                       ("reports", reports, reports.c.id, reports.c.received_at),
+                                       ("nonces", nonces, nonces.c.nonce, nonces.c.seen_at)):
+            total = 0
+            while True:
+                with self._write() as conn:
+                    keys = list(conn.execute(sa.select(key).where(when < cutoff).limit(batch)).scalars())
+                    if keys:
+                        if table is messages:  # replies go with their message; reports keep a NULL link
+                            conn.execute(replies.delete().where(replies.c.message_id.in_(keys)))
+                        conn.execute(table.delete().where(key.in_(keys)))
+                total += len(keys)
+                if len(keys) < batch:
+                    break
+            counts[name] = total
+        return counts
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=timezone.utc).isoformat().replace("+00:00", "Z")

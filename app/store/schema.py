@@ -1,0 +1,103 @@
+"""The database schema (SPEC §6), as SQLAlchemy Core tables.
+
+The tables are the single description of the schema: Alembic's migrations in
+`migrations/` create and change them, and a test proves that the migrations,
+run from an empty database, reach exactly these tables on SQLite and PostgreSQL.
+
+Times are naive UTC `DateTime`s (the same on both databases); phone numbers are
+digits as Plivo sends them; a whole-account opt-out has `to_number = ''`
+(an empty string rather than NULL, so one unique index covers both kinds).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(naming_convention={
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+#: One row per inbound MessageUUID: what came, what was decided, the answer's bytes.
+messages = sa.Table(
+    "messages", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("uuid", sa.String(64), nullable=False, unique=True),
+    sa.Column("received_at", sa.DateTime, nullable=False, index=True),
+    sa.Column("from_number", sa.String(32), nullable=False),
+    sa.Column("to_number", sa.String(32), nullable=False),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("intent", sa.String(16), nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),        # every parameter Plivo sent
+    sa.Column("rules", sa.JSON, nullable=False),         # names of the rules that matched
+    sa.Column("compliance", sa.String(16)),              # optout, optin, help, or NULL
+    sa.Column("possible_optout", sa.Boolean, nullable=False),  # an opt-out word inside a longer text
+    sa.Column("held", sa.JSON, nullable=False),          # texts not sent: [{dst, text, reason}]
+    sa.Column("deliveries", sa.Integer, nullable=False),  # how many times Plivo delivered this uuid
+    sa.Column("answer_status", sa.Integer, nullable=False),
+    sa.Column("answer_type", sa.String(64), nullable=False),
+    sa.Column("answer_body", sa.LargeBinary, nullable=False),
+)
+sa.Index("ix_messages_from_number_received_at", messages.c.from_number, messages.c.received_at)
+
+#: One row per text the service sent (or asked Plivo to send) for a message.
+replies = sa.Table(
+    "replies", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("message_id", sa.Integer, sa.ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),   # order in the answer, from 0
+    sa.Column("kind", sa.String(16), nullable=False),    # reply, forward, optout, optin, help
+    sa.Column("rule", sa.String(200)),                   # the rule that made it (NULL: compliance)
+    sa.Column("src", sa.String(32), nullable=False),
+    sa.Column("dst", sa.String(400), nullable=False),    # numbers joined by '<'
+    sa.Column("sender", sa.String(32), nullable=False),  # the inbound sender (for reply limits)
+    sa.Column("limited", sa.Boolean, nullable=False),    # counts towards limits.replies_per_sender
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("via", sa.String(8), nullable=False),      # xml or api
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("status", sa.String(16)),                  # latest delivery report's Status
+    sa.Column("status_key", sa.String(64)),              # its place in Plivo's order (see store)
+    sa.Column("status_at", sa.DateTime),
+    sa.Column("plivo_uuid", sa.String(64)),              # Plivo's MessageUUID, once known
+    sa.UniqueConstraint("message_id", "position"),
+)
+sa.Index("ix_replies_sender_created_at", replies.c.sender, replies.c.created_at)
+sa.Index("ix_replies_plivo_uuid", replies.c.plivo_uuid)
+
+#: Every delivery report received on /status.
+reports = sa.Table(
+    "reports", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("received_at", sa.DateTime, nullable=False, index=True),
+    sa.Column("message_uuid", sa.String(64), nullable=False),   # Plivo's uuid of the sent message
+    sa.Column("parent_uuid", sa.String(64)),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("sequence", sa.String(32), nullable=False),       # Sequence, '' when absent
+    sa.Column("part", sa.String(32), nullable=False),           # PartInfo, '' when absent
+    sa.Column("error_code", sa.String(16)),
+    sa.Column("reply_id", sa.Integer, sa.ForeignKey("replies.id", ondelete="SET NULL"), index=True),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.UniqueConstraint("message_uuid", "status", "sequence", "part"),
+)
+
+#: Numbers that must get nothing. to_number '' = every number of the service.
+optouts = sa.Table(
+    "optouts", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("number", sa.String(32), nullable=False),
+    sa.Column("to_number", sa.String(32), nullable=False),
+    sa.Column("since", sa.DateTime, nullable=False),
+    sa.Column("via", sa.String(16), nullable=False),     # keyword, intent, manual
+    sa.UniqueConstraint("number", "to_number"),
+)
+
+#: Signature nonces seen, with the MessageUUID they came with (replay protection).
+nonces = sa.Table(
+    "nonces", metadata,
+    sa.Column("nonce", sa.String(128), primary_key=True),
+    sa.Column("message_uuid", sa.String(64), nullable=False),
+    sa.Column("seen_at", sa.DateTime, nullable=False, index=True),
+)
