@@ -33,7 +33,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     ctx = click.get_current_context(silent=True)
     in_cli = ctx is not None and ctx.info_name != "run"  # `flask run` serves: same rules as gunicorn
     environ = os.environ if test_config is None else test_config
-    app.config.update(config.load(environ, require_token=not in_cli))
+    try:
+        app.config.update(config.load(environ, require_token=not in_cli))
+    except config.ConfigError as exc:
+        _refuse(exc, ctx)
     for key in _HOOKS:
         if test_config and key in test_config:
             app.config[key] = test_config[key]
@@ -55,7 +58,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         # Made here, in each gunicorn worker (the app is not preloaded), so no pool crosses a fork.
         store = Store(app.config["DATABASE_URL"])
     except DatabaseUrlError as exc:
-        raise config.ConfigError(str(exc)) from None
+        _refuse(config.ConfigError(str(exc)), ctx)
     if ctx is not None and ctx.info_name == "run":
         from .store import migrate  # `flask run` serves like gunicorn: bring the schema up first
         migrate.upgrade(store.engine)
@@ -74,6 +77,13 @@ def create_app(test_config: dict | None = None) -> Flask:
     _register_errors(app)
     cli.register(app)
     return app
+
+
+def _refuse(exc: config.ConfigError, ctx) -> None:
+    """A bad setting: one line and exit 1 under the `flask` command, else the exception."""
+    if ctx is not None:
+        raise SystemExit(f"error: {exc}") from None
+    raise exc
 
 
 def _short(status: int, message: str, headers=None) -> Response:

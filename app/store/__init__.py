@@ -163,10 +163,13 @@ class Store:
         # spinning in SQLite's busy handler; other processes wait in the busy timeout.
         self._write_lock = threading.Lock() if not self.postgres else None
         insert = pg_dialect.insert if self.postgres else sqlite_dialect.insert
-        self._insert_nonce = insert(nonces).on_conflict_do_nothing(index_elements=["nonce"])
+        # RETURNING tells whether a row went in (psycopg gives no rowcount for these)
+        self._insert_nonce = (insert(nonces).on_conflict_do_nothing(index_elements=["nonce"])
+                              .returning(nonces.c.nonce))
         self._insert_report = insert(reports).on_conflict_do_nothing(
             index_elements=["message_uuid", "status", "sequence", "part"])
-        self._insert_optout = insert(optouts).on_conflict_do_nothing(index_elements=["number", "to_number"])
+        self._insert_optout = (insert(optouts).on_conflict_do_nothing(index_elements=["number", "to_number"])
+                               .returning(optouts.c.id))
 
     def __repr__(self) -> str:
         return f"<Store {display(self.url)}>"
@@ -215,7 +218,7 @@ class Store:
         if not nonce:
             return
         inserted = conn.execute(self._insert_nonce, {"nonce": nonce[:128], "message_uuid": uuid, "seen_at": now})
-        if inserted.rowcount == 1:
+        if inserted.first() is not None:
             return
         owner = conn.execute(_NONCE_OWNER, {"nonce": nonce[:128]}).scalar()
         if owner is not None and owner != uuid:
@@ -341,7 +344,7 @@ class Store:
         with self._write() as conn:
             result = conn.execute(self._insert_optout, {"number": number, "to_number": to or "",
                                                         "since": as_utc(now), "via": via})
-            return result.rowcount == 1
+            return result.first() is not None
 
     def remove_optout(self, number: str, to: str | None = None) -> int:
         """Remove the opt-out of `number` (the account-wide one, or the one for `to`); how many went."""

@@ -52,7 +52,11 @@ def make_engine(raw: str, *, pool_size: int = 8) -> sa.Engine:
     url = parse_url(raw)
     if url.get_backend_name() == "sqlite":
         directory = os.path.dirname(os.path.abspath(url.database))
-        os.makedirs(directory, exist_ok=True)
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseUrlError(f"DATABASE_URL: cannot make the folder {directory} for the SQLite file: "
+                                   f"{exc.strerror or exc}") from None
         engine = sa.create_engine(
             url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=BUSY_TIMEOUT_MS / 1000,
             connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},

@@ -1,0 +1,216 @@
+"""The database: migrations, DATABASE_URL checks, start-up refusals and the state commands (SPEC §6, §7)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from app.store import Store, migrate
+from app.store.db import DatabaseUrlError, make_engine, parse_url
+from app.store.schema import metadata
+from conftest import ROOT, TOKEN, make_app, postgres_database, send, sms
+from test_server import GUNICORN, free_port, server_env
+
+
+# -- migrations -------------------------------------------------------------------------------------
+def _diff(url: str) -> list:
+    engine = make_engine(url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            return compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
+    finally:
+        engine.dispose()
+
+
+def test_migrations_from_empty_reach_the_models_on_sqlite(tmp_path):
+    url = f"sqlite:///{tmp_path}/fresh.sqlite3"
+    engine = make_engine(url, pool_size=1)
+    assert migrate.upgrade(engine) == (None, migrate.head())
+    assert migrate.upgrade(engine) == (migrate.head(), migrate.head())  # idempotent
+    engine.dispose()
+    assert _diff(url) == []
+
+
+def test_migrations_from_empty_reach_the_models_on_postgresql():
+    url = postgres_database()  # made empty for this run and migrated by Alembic alone
+    assert _diff(url) == []
+    engine = make_engine(url, pool_size=1)
+    assert migrate.current(engine) == migrate.head()
+    engine.dispose()
+
+
+def test_downgrade_and_upgrade_again(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path}/d.sqlite3", pool_size=1)
+    migrate.upgrade(engine)
+    from alembic import command
+    with engine.connect() as conn:
+        command.downgrade(migrate._config(conn), "base")
+        conn.commit()
+    assert sa.inspect(engine).get_table_names() == ["alembic_version"]
+    migrate.upgrade(engine)
+    assert set(sa.inspect(engine).get_table_names()) >= {"messages", "replies", "reports", "optouts", "nonces"}
+    engine.dispose()
+
+
+# -- DATABASE_URL -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("url, driver", [
+    ("postgresql://u@h/db", "postgresql+psycopg"), ("postgres://u@h/db", "postgresql+psycopg"),
+    ("postgresql+psycopg://u@h/db", "postgresql+psycopg"), ("sqlite:////tmp/x.db", "sqlite+pysqlite"),
+])
+def test_urls(url, driver):
+    assert parse_url(url).drivername == driver
+
+
+@pytest.mark.parametrize("url, says", [
+    ("not a url", "DATABASE_URL is not a database URL"),
+    ("mysql://u@h/db", "DATABASE_URL: 'mysql' databases are not supported"),
+    ("postgresql+psycopg2://u@h/db", "DATABASE_URL: driver 'psycopg2' is not installed"),
+    ("sqlite://", "DATABASE_URL: SQLite needs a file"),
+    ("sqlite:///:memory:", "DATABASE_URL: SQLite needs a file"),
+])
+def test_bad_urls(url, says):
+    with pytest.raises(DatabaseUrlError) as info:
+        parse_url(url)
+    assert str(info.value).startswith(says)
+    assert "\n" not in str(info.value)
+
+
+def _start(tmp_path, **env):
+    port = free_port()
+    settings = server_env(PLIVO_AUTH_TOKEN=TOKEN, PORT=str(port), RULES_PATH=str(ROOT / "rules.yaml"), **env)
+    return subprocess.run(GUNICORN, cwd=ROOT, env=settings, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("url, says", [
+    ("nonsense", "error: DATABASE_URL is not a database URL"),
+    ("postgresql://postgres@127.0.0.1:1/none", "error: DATABASE_URL: cannot connect to the database: "),
+    ("sqlite:////proc/no/such/dir/x.sqlite3", "error: DATABASE_URL"),
+])
+def test_server_refuses_to_start_with_one_line(tmp_path, url, says):
+    result = _start(tmp_path, DATABASE_URL=url)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith(says), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_flask_command_with_bad_url_is_one_line(tmp_path):
+    env = server_env(DATABASE_URL="mysql://x@y/z")
+    result = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "messages"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "DATABASE_URL: 'mysql' databases are not supported" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- commands -----------------------------------------------------------------------------------------
+@pytest.fixture
+def app(tmp_path, database):
+    return make_app(tmp_path)
+
+
+def test_db_upgrade_command(tmp_path):
+    url = f"sqlite:///{tmp_path}/cmd.sqlite3"
+    env = server_env(DATABASE_URL=url)
+    run = [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"]
+    first = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert f"upgraded from empty to {migrate.head()}" in first.stdout
+    again = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert f"already at {migrate.head()}" in again.stdout
+
+
+def test_messages_command(app):
+    client = app.test_client()
+    send(client, sms("Hours?"))
+    params = sms("I want a refund", From="14155550555")
+    send(client, params)
+    send(client, params)
+    send(client, sms("please stop texting me"))
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["messages", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [m["text"] for m in rows] == ["please stop texting me", "I want a refund", "Hours?"]
+    for m in rows:
+        assert {"uuid", "received_at", "from", "to", "type", "text", "intent", "rules", "deliveries",
+                "replies"} <= set(m)
+        assert m["received_at"].endswith("Z")
+        for r in m["replies"]:
+            assert {"dst", "text", "via", "status"} <= set(r)
+    assert rows[1]["deliveries"] == 2 and rows[1]["rules"] == ["refund"]
+    assert rows[0]["possible_optout"] is True
+
+    only = json.loads(runner.invoke(args=["messages", "--json", "--from", "+1 (415) 555-0555"]).output)
+    assert [m["text"] for m in only] == ["I want a refund"]
+    assert len(json.loads(runner.invoke(args=["messages", "--json", "--limit", "1"]).output)) == 1
+
+    table = runner.invoke(args=["messages"]).output
+    assert "received (UTC)" in table and "Hours?" in table and "[possible opt-out]" in table
+    assert "-> 14155550999<14155550998" in table
+    bad = runner.invoke(args=["messages", "--from", "call me"])
+    assert bad.exit_code == 2 and "is not a phone number" in bad.output
+
+
+def test_empty_log(app):
+    assert app.test_cli_runner().invoke(args=["messages"]).output == "no messages\n"
+    assert app.test_cli_runner().invoke(args=["messages", "--json"]).output == "[]\n"
+
+
+def test_optouts_commands(app):
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["optouts"]).output == "no opt-outs\n"
+    result = runner.invoke(args=["optouts", "add", "+1 (415) 555-0100"])
+    assert result.exit_code == 0 and result.output == "14155550100 opted out from every number\n"
+    assert "already opted out" in runner.invoke(args=["optouts", "add", "14155550100"]).output
+    result = runner.invoke(args=["optouts", "add", "14155550101", "--to", "+1 415 555 0200"])
+    assert result.output == "14155550101 opted out from 14155550200\n"
+    send(app.test_client(), sms("STOP", From="14155550102"))
+    rows = json.loads(runner.invoke(args=["optouts", "--json"]).output)
+    assert sorted((r["number"], r["to"], r["via"]) for r in rows) == [
+        ("14155550100", None, "manual"), ("14155550101", "14155550200", "manual"),
+        ("14155550102", None, "keyword")]
+    assert all(r["since"].endswith("Z") for r in rows)
+    assert "every number" in runner.invoke(args=["optouts"]).output
+
+    # a manual opt-out holds for the service
+    assert send(app.test_client(), sms("hours", From="14155550100")).data.endswith(b"<Response/>")
+
+    result = runner.invoke(args=["optouts", "remove", "14155550101"])
+    assert result.exit_code == 1 and "had no opt-out for every number" in result.output
+    result = runner.invoke(args=["optouts", "remove", "14155550101", "--to", "14155550200"])
+    assert result.exit_code == 0 and "opted in again" in result.output
+    assert runner.invoke(args=["optouts", "remove", "1-415-555-0100"]).exit_code == 0
+    assert [r["number"] for r in json.loads(runner.invoke(args=["optouts", "--json"]).output)] == ["14155550102"]
+    assert runner.invoke(args=["optouts", "add", "abc"]).exit_code == 2
+
+
+def test_db_prune_command(app):
+    send(app.test_client(), sms("hours"))
+    result = app.test_cli_runner().invoke(args=["db", "prune", "--days", "30"])
+    assert result.exit_code == 0 and "0 messages" in result.output
+
+
+def test_store_survives_a_new_process(tmp_path, database):
+    """Opt-outs, limits and answers live in the database, not in the process."""
+    first = make_app(tmp_path)
+    params = sms("hours")
+    answer = send(first.test_client(), params).data
+    send(first.test_client(), sms("STOP", From="14155550111"))
+    first.extensions["responder"].store.dispose()
+    second = make_app(tmp_path)
+    assert send(second.test_client(), params).data == answer
+    assert send(second.test_client(), sms("hours", From="14155550111")).data.endswith(b"<Response/>")
+
+
+def test_store_repr_hides_the_password():
+    store = Store("postgresql://user:secret@127.0.0.1:1/db")
+    assert "secret" not in repr(store)
+    store.dispose()
