@@ -17,7 +17,7 @@ from urllib.parse import quote, urlsplit
 from . import plivoxml, policy, signature
 from .inbound import Inbound, InboundError, check_content_type, parse_form, parse_message
 from .rules import Decision, RuleSet, RulesHolder, decide
-from .store import Claim, Record, Replayed, Store, Stored, Unavailable, as_utc, utcnow
+from .store import Claim, Needs, Record, Replayed, Store, Stored, Unavailable, as_utc, utcnow
 
 log = logging.getLogger("app.service")
 
@@ -142,23 +142,23 @@ class Responder:
     def _recorded(self, msg: Inbound, ruleset: RuleSet, nonce: str | None) -> Answer:
         """Answer a message once: a known MessageUUID gets its stored answer, byte for byte."""
         local, now = self._now()
-        stored = self.store.answered(msg.uuid, nonce, now)
-        if stored is not None:
-            log.info("message delivered again: stored answer sent", extra={"uuid": msg.uuid})
-            return _from_stored(stored)
-        kind, via, decision = self.decide(msg, ruleset, local)
-        limit = ruleset.limit
-        wants_limit = limit is not None and decision is not None and any(
-            o.kind == "reply" for o in decision.outgoing)
-        claim = Claim(uuid=msg.uuid, nonce=nonce, sender=msg.from_, to=msg.to, now=now,
-                      numbers=policy.numbers_to_check(msg, decision),
-                      limit_since=now - limit.per if wants_limit else None)
+        decided = []
 
-        def finish(state):
+        def prepare() -> Needs:  # only for a MessageUUID not seen before
+            kind, via, decision = self.decide(msg, ruleset, local)
+            decided.append((kind, via, decision))
+            limit = ruleset.limit
+            wants_limit = limit is not None and decision is not None and any(
+                o.kind == "reply" for o in decision.outgoing)
+            return Needs(policy.numbers_to_check(msg, decision), now - limit.per if wants_limit else None)
+
+        def finish(state: policy.State) -> tuple[Record, Stored]:
+            kind, via, decision = decided[-1]
             plan, answer = self.render(msg, ruleset, kind, via, decision, state)
             return _record(msg, decision, plan, answer, ruleset), _to_stored(answer)
 
-        stored, fresh = self.store.record(claim, finish)
+        claim = Claim(uuid=msg.uuid, nonce=nonce, sender=msg.from_, to=msg.to, now=now)
+        stored, fresh = self.store.message(claim, prepare, finish)
         if not fresh:
             log.info("message delivered again: stored answer sent", extra={"uuid": msg.uuid})
         return _from_stored(stored)

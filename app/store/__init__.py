@@ -14,8 +14,10 @@ and psycopg prepares them on the server after a few uses.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -25,13 +27,14 @@ from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from .db import DatabaseUrlError, check_connection, display, make_engine, parse_url
+from .hot import MESSAGE_COLUMNS, Sql
 from .schema import messages, metadata, nonces, optouts, replies, reports
 
-__all__ = ["Store", "StoreError", "Unavailable", "Replayed", "Stored", "Claim", "Record",
+__all__ = ["Store", "StoreError", "Unavailable", "Replayed", "Stored", "Claim", "Needs", "Record", "State",
            "DatabaseUrlError", "utcnow", "metadata", "display", "check_connection"]
 
 log = logging.getLogger("app.store")
@@ -47,6 +50,10 @@ class Unavailable(StoreError):
 
 class Replayed(StoreError):
     """A signature nonce already used with another MessageUUID: answer 403."""
+
+
+class _Conflict(StoreError):
+    """A unique index refused a row (a MessageUUID claimed at the same moment)."""
 
 
 def utcnow() -> datetime:
@@ -80,7 +87,13 @@ class Claim:
     sender: str
     to: str
     now: datetime                     # naive UTC
-    numbers: Sequence[str] = ()       # opt-outs to look up (sender and forward destinations)
+
+
+@dataclass(slots=True)
+class Needs:
+    """The state a decision needs read, once the rules have run."""
+
+    numbers: Sequence[str] = ()          # opt-outs to look up (sender and forward destinations)
     limit_since: datetime | None = None  # count limited replies to the sender since then
 
 
@@ -101,24 +114,7 @@ class State:
 
 # -- statements, built once --------------------------------------------------------
 _b = sa.bindparam
-_FIND_MESSAGE = sa.select(messages.c.id).where(messages.c.uuid == _b("uuid"))
-_COUNT_DELIVERY = (messages.update().where(messages.c.uuid == _b("m_uuid"))
-                   .values(deliveries=messages.c.deliveries + 1))
-_ANSWER = (sa.select(messages.c.answer_status, messages.c.answer_type, messages.c.answer_body)
-           .where(messages.c.uuid == _b("uuid")))
 _NONCE_OWNER = sa.select(nonces.c.message_uuid).where(nonces.c.nonce == _b("nonce"))
-_OPTED_OUT = (sa.select(optouts.c.number)
-              .where(optouts.c.number.in_(_b("numbers", expanding=True)))
-              .where(optouts.c.to_number.in_(["", _b("to")])))
-_RECENT = (sa.select(sa.func.count()).select_from(replies)
-           .where(replies.c.sender == _b("sender"))
-           .where(replies.c.limited.is_(True))
-           .where(replies.c.created_at >= _b("since")))
-_INSERT_MESSAGE = messages.insert()
-_INSERT_REPLIES = replies.insert()
-_REMOVE_OPTOUTS = optouts.delete().where(optouts.c.number == _b("number"))
-_REMOVE_OPTOUT_FOR = (optouts.delete().where(optouts.c.number == _b("number"))
-                      .where(optouts.c.to_number.in_(["", _b("to")])))
 _REPLY_BY_REF = (sa.select(replies.c.id, replies.c.status_key, replies.c.plivo_uuid)
                  .join(messages, messages.c.id == replies.c.message_id)
                  .where(messages.c.uuid == _b("uuid")).where(replies.c.position == _b("position")))
@@ -159,9 +155,13 @@ class Store:
         self.engine = make_engine(url, pool_size=pool_size)
         self.dialect = self.engine.dialect.name
         self.postgres = self.dialect == "postgresql"
-        # SQLite has one writer at a time: the threads of a process queue here instead of
-        # spinning in SQLite's busy handler; other processes wait in the busy timeout.
-        self._write_lock = threading.Lock() if not self.postgres else None
+        self._sql = Sql(self.dialect)
+        self._dbapi = self.engine.dialect.dbapi
+        # SQLite has one writer at a time, and a writer that finds the lock taken sleeps in
+        # SQLite's busy handler (1, 2, 5, 10 ms...). Writers queue here instead: the threads
+        # of a process on a lock, the processes on an flock of a file beside the database,
+        # each woken the moment the lock is free.
+        self._writer = _SqliteWriter(self.engine.url.database) if not self.postgres else None
         insert = pg_dialect.insert if self.postgres else sqlite_dialect.insert
         # RETURNING tells whether a row went in (psycopg gives no rowcount for these)
         self._insert_nonce = (insert(nonces).on_conflict_do_nothing(index_elements=["nonce"])
@@ -176,12 +176,54 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._writer is not None:
+            self._writer.close()
 
     # -- transactions ------------------------------------------------------------
     @contextmanager
+    def _raw(self, write: bool) -> Iterator:
+        """A driver cursor in one transaction (SQLite reads: autocommit), committed at the end.
+
+        A unique violation becomes `_Conflict`; any other database error `Unavailable`,
+        after the connection is dropped from the pool if it was cut.
+        """
+        with self._writer if (write and self._writer is not None) else nullcontext():
+            try:
+                fairy = self.engine.raw_connection()
+            except (SQLAlchemyError, self._dbapi.Error) as exc:  # the pool passes the driver's own
+                raise Unavailable(_reason(exc)) from exc
+            conn = fairy.driver_connection
+            cur = None
+            try:
+                cur = conn.cursor()
+                if write and not self.postgres:
+                    cur.execute("BEGIN IMMEDIATE")
+                yield cur
+                if self.postgres:
+                    conn.commit()
+                elif write:
+                    cur.execute("COMMIT")
+            except BaseException as exc:
+                _rollback(conn)
+                if isinstance(exc, self._dbapi.IntegrityError):
+                    raise _Conflict(str(exc)) from exc
+                if isinstance(exc, self._dbapi.Error):
+                    if self.engine.dialect.is_disconnect(exc, conn, cur) or getattr(conn, "closed", False):
+                        fairy.invalidate(exc)
+                    raise Unavailable(_reason(exc)) from exc
+                raise
+            finally:
+                if cur is not None:
+                    try:
+                        cur.close()
+                    except Exception:  # noqa: BLE001 - a cut connection's cursor
+                        pass
+                fairy.close()
+
+    @contextmanager
     def _write(self) -> Iterator[sa.Connection]:
-        """One short write transaction; database failures become `Unavailable`."""
-        with self._write_lock or nullcontext():
+        """One short write transaction through SQLAlchemy; failures become `Unavailable`."""
+        with self._writer or nullcontext():
             with self._errors(), self.engine.connect() as conn:
                 if not self.postgres:
                     conn.execution_options(sqlite_immediate=True)
@@ -197,11 +239,10 @@ class Store:
     def _errors(self) -> Iterator[None]:
         try:
             yield
-        except (IntegrityError, StoreError):
+        except StoreError:
             raise
         except (DBAPIError, PoolTimeout, SQLAlchemyError) as exc:
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            raise Unavailable(reason[0] if reason else type(exc).__name__) from exc
+            raise Unavailable(_reason(exc)) from exc
 
     def ping(self) -> bool:
         """True when the database answers a query now."""
@@ -224,78 +265,105 @@ class Store:
         if owner is not None and owner != uuid:
             raise Replayed(nonce)
 
-    # -- inbound messages --------------------------------------------------------
-    def answered(self, uuid: str, nonce: str | None, now: datetime | None = None) -> Stored | None:
-        """The stored answer for a MessageUUID already answered (and one more delivery counted).
+    # -- inbound messages (the hot path: driver connections, see hot.py) ---------
+    def message(self, claim: Claim, prepare: Callable[[], Needs],
+                finish: Callable[[State], tuple[Record, Stored]]) -> tuple[Stored, bool]:
+        """Answer one delivery of a message: (the answer, True if this call decided it).
 
-        None when the uuid is new. A nonce first seen with another uuid is `Replayed`.
+        A MessageUUID already recorded gets its stored answer (one more delivery
+        counted) and neither callback runs. Otherwise `prepare()` runs the rules
+        and says which state to read, and `finish(state)` renders the answer;
+        the claim, the nonce, the message, its replies and any opt-out change are
+        written in one transaction. `finish` runs inside it: quick and pure.
+        A nonce first seen with another uuid raises `Replayed`; a database that
+        does not answer raises `Unavailable`.
         """
-        with self._read() as conn:
-            found = conn.execute(_FIND_MESSAGE, {"uuid": uuid}).first()
-            conn.rollback()
+        if self.postgres:
+            return self._message_postgres(claim, prepare, finish)
+        return self._message_sqlite(claim, prepare, finish)
+
+    def _message_sqlite(self, claim, prepare, finish):
+        # The rules run before the write lock is taken (one writer at a time): a plain
+        # read finds a retry without locking, and the unique claim settles a race.
+        with self._raw(write=False) as cur:
+            found = cur.execute(self._sql.find, (claim.uuid,)).fetchone()
         if found is None:
-            return None
-        with self._write() as conn:
-            return self._redeliver(conn, uuid, nonce, as_utc(now))
-
-    def _redeliver(self, conn: sa.Connection, uuid: str, nonce: str | None, now: datetime) -> Stored | None:
-        self._use_nonce(conn, nonce, uuid, now)
-        conn.execute(_COUNT_DELIVERY, {"m_uuid": uuid})
-        row = conn.execute(_ANSWER, {"uuid": uuid}).first()
-        return None if row is None else Stored(row[0], row[1], bytes(row[2]))
-
-    def record(self, claim: Claim, decide: Callable[[State], tuple[Record, Stored]]) -> tuple[Stored, bool]:
-        """Claim `claim.uuid` and write what `decide(state)` returns, in one transaction.
-
-        Returns (the answer, True) when this call decided, or (the stored answer,
-        False) when another delivery of the same uuid had already been recorded.
-        `decide` runs inside the transaction, so it must be quick and pure.
-        """
-        try:
-            with self._write() as conn:
-                if self.postgres:  # one sender's messages are decided one after another (opt-outs, limits)
-                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_key64(claim.sender))))
-                self._use_nonce(conn, claim.nonce, claim.uuid, claim.now)
-                state = self._state(conn, claim)
-                record, answer = decide(state)
-                self._write_record(conn, claim, record, answer)
+            needs = prepare()
+            try:
+                with self._raw(write=True) as cur:
+                    self._use_nonce_raw(cur, claim)
+                    answer = self._decide_and_insert(cur, claim, needs, finish)
                 return answer, True
-        except IntegrityError:
-            pass  # the uuid was claimed meanwhile: answer as it was answered
-        with self._write() as conn:
-            stored = self._redeliver(conn, claim.uuid, claim.nonce, claim.now)
-        if stored is None:  # the unique violation was not the uuid's: a real fault
+            except _Conflict:
+                pass  # claimed meanwhile by another worker: answer as it answered
+        with self._raw(write=True) as cur:
+            self._use_nonce_raw(cur, claim)
+            stored = self._redeliver_raw(cur, claim)
+        if stored is None:
             raise Unavailable("could not record the message")
         return stored, False
 
-    def _state(self, conn: sa.Connection, claim: Claim) -> State:
-        opted = frozenset()
-        if claim.numbers:
-            opted = frozenset(conn.execute(_OPTED_OUT, {"numbers": list(claim.numbers), "to": claim.to}).scalars())
-        recent = 0
-        if claim.limit_since is not None:
-            recent = conn.execute(_RECENT, {"sender": claim.sender, "since": claim.limit_since}).scalar_one()
-        return State(opted, recent)
+    def _message_postgres(self, claim, prepare, finish):
+        # One transaction, few round trips: one sender's messages are decided one after
+        # another (an advisory lock for the transaction), so opt-outs and limits hold exactly
+        # across workers and hosts, and a retry is found by the same UPDATE that counts it.
+        for _ in range(2):
+            try:
+                with self._raw(write=True) as cur:
+                    cur.execute(self._sql.lock, (_key64(claim.sender),))
+                    self._use_nonce_raw(cur, claim)
+                    stored = self._redeliver_raw(cur, claim)
+                    if stored is not None:
+                        return stored, False
+                    return self._decide_and_insert(cur, claim, prepare(), finish), True
+            except _Conflict:
+                continue  # the same uuid from another sender number, at the same moment
+        raise Unavailable("could not record the message")
 
-    def _write_record(self, conn: sa.Connection, claim: Claim, record: Record, answer: Stored) -> None:
+    def _use_nonce_raw(self, cur, claim: Claim) -> None:
+        if not claim.nonce:
+            return
+        nonce = claim.nonce[:128]
+        if cur.execute(self._sql.nonce, (nonce, claim.uuid, self._sql.time(claim.now))).fetchone() is not None:
+            return
+        owner = cur.execute(self._sql.nonce_owner, (nonce,)).fetchone()
+        if owner is not None and owner[0] != claim.uuid:
+            raise Replayed(nonce)
+
+    def _redeliver_raw(self, cur, claim: Claim) -> Stored | None:
+        row = cur.execute(self._sql.redeliver, (claim.uuid,)).fetchone()
+        return None if row is None else Stored(row[0], row[1], bytes(row[2]))
+
+    def _decide_and_insert(self, cur, claim: Claim, needs: Needs, finish) -> Stored:
+        sql = self._sql
+        opted: frozenset[str] = frozenset()
+        if needs.numbers:
+            opted = frozenset(r[0] for r in cur.execute(sql.opted_out(len(needs.numbers)),
+                                                        sql.opted_out_params(needs.numbers, claim.to)))
+        recent = 0
+        if needs.limit_since is not None:
+            recent = cur.execute(sql.recent, (claim.sender, sql.time(needs.limit_since))).fetchone()[0]
+        record, answer = finish(State(opted, recent))
         row = dict(record.message)
         row.update(uuid=claim.uuid, deliveries=1, answer_status=answer.status,
                    answer_type=answer.content_type, answer_body=answer.body)
         row.setdefault("received_at", claim.now)
-        message_id = conn.execute(_INSERT_MESSAGE, row).inserted_primary_key[0]
+        message_id = cur.execute(sql.insert_message, tuple(sql.value(c, row[c]) for c in MESSAGE_COLUMNS)).fetchone()[0]
         if record.replies:
-            conn.execute(_INSERT_REPLIES, [dict(r, message_id=message_id, created_at=claim.now)
-                                           for r in record.replies])
+            now = sql.time(claim.now)
+            cur.executemany(sql.insert_reply, [
+                (message_id, r["position"], r["kind"], r["rule"], r["src"], r["dst"], r["sender"],
+                 r["limited"], r["text"], r["via"], now) for r in record.replies])
         if record.change is not None:
             what, via, scope = record.change
-            to = "" if scope == "account" else claim.to
             if what == "out":
-                conn.execute(self._insert_optout, {"number": claim.sender, "to_number": to,
-                                                   "since": claim.now, "via": via})
+                cur.execute(sql.add_optout, (claim.sender, "" if scope == "account" else claim.to,
+                                             sql.time(claim.now), via))
             elif scope == "account":
-                conn.execute(_REMOVE_OPTOUTS, {"number": claim.sender})
+                cur.execute(sql.remove_optouts, (claim.sender,))
             else:
-                conn.execute(_REMOVE_OPTOUT_FOR, {"number": claim.sender, "to": claim.to})
+                cur.execute(sql.remove_optout_for, (claim.sender, claim.to))
+        return answer
 
     # -- delivery reports ----------------------------------------------------------
     def record_report(self, params: dict[str, str], nonce: str | None, ref: str | None,
@@ -406,6 +474,56 @@ class Store:
                     break
             counts[name] = total
         return counts
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of what the database (or the pool) said."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _rollback(conn) -> None:
+    try:
+        if getattr(conn, "in_transaction", True):
+            conn.rollback()
+    except Exception:  # noqa: BLE001 - a cut connection cannot roll back; the pool drops it
+        pass
+
+
+class _SqliteWriter:
+    """Mutual exclusion of SQLite writers: a thread lock, then an flock across processes."""
+
+    def __init__(self, database: str | None):
+        self._lock = threading.Lock()
+        self._path = os.path.abspath(database) + ".writer-lock" if database else None
+        self._fd: int | None = None
+
+    def __enter__(self):
+        self._lock.acquire()
+        try:
+            if self._path is not None:
+                if self._fd is None:
+                    self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # no lock file (a read-only folder): SQLite's own busy timeout still orders writers
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 def _iso(moment: datetime | None) -> str | None:
