@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import urlencode
@@ -16,68 +14,7 @@ import pytest
 import requests
 
 from conftest import FORM, ROOT, TOKEN, signed_headers, sms
-
-GUNICORN = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def server_env(**extra) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in (
-        "PLIVO_AUTH_TOKEN", "PUBLIC_URL", "TRUSTED_PROXIES", "VERIFY_SIGNATURES", "RULES_PATH",
-        "MAX_CONTENT_LENGTH", "DATABASE_URL", "LOG_LEVEL", "LOG_FORMAT", "PORT", "WEB_CONCURRENCY")}
-    env.update(extra)
-    return env
-
-
-class Server:
-    def __init__(self, tmp: Path, **settings):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.rules = tmp / "rules.yaml"
-        shutil.copy(ROOT / "rules.yaml", self.rules)
-        settings.setdefault("WEB_CONCURRENCY", "2")
-        settings.setdefault("DATABASE_URL", f"sqlite:///{tmp}/responder.sqlite3")
-        env = server_env(PLIVO_AUTH_TOKEN=TOKEN, PORT=str(self.port),
-                         RULES_PATH=str(self.rules), RULES_RELOAD_INTERVAL="0.2",
-                         MAX_CONTENT_LENGTH="4096", LOG_FORMAT="json", **settings)
-        self.log = open(tmp / "server.log", "wb")
-        self.proc = subprocess.Popen(GUNICORN, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited: {(tmp / 'server.log').read_text()}")
-            try:
-                ready = requests.get(self.base + "/readyz", timeout=1).status_code == 200
-            except requests.ConnectionError:
-                ready = False
-            if ready and len(self.workers()) == int(settings["WEB_CONCURRENCY"]):
-                return
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("gunicorn did not become ready in 30 s")
-
-    def workers(self) -> set[int]:
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-        return {int(pid) for pid in children}
-
-    def post(self, params, *, path="/message", token=TOKEN, headers=None, data=None):
-        url = self.base + path
-        all_headers = {**signed_headers(url, params, token=token), "Content-Type": FORM, **(headers or {})}
-        return requests.post(url, data=urlencode(params) if data is None else data, headers=all_headers, timeout=10)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
+from servers import GUNICORN, Server, free_port, server_env
 
 
 @pytest.fixture(scope="module")

@@ -209,7 +209,14 @@ class Store:
                     raise _Conflict(str(exc)) from exc
                 if isinstance(exc, self._dbapi.Error):
                     if self.engine.dialect.is_disconnect(exc, conn, cur) or getattr(conn, "closed", False):
-                        fairy.invalidate(exc)
+                        # As SQLAlchemy does on a lost connection: drop this one and mark every
+                        # older pooled one stale, so a database restart costs one 503, not one
+                        # per pooled connection. (Pool._invalidate: private, stable since 1.4.)
+                        invalidate = getattr(self.engine.pool, "_invalidate", None)
+                        if invalidate is not None:
+                            invalidate(fairy, exc)
+                        else:
+                            fairy.invalidate(exc)
                     raise Unavailable(_reason(exc)) from exc
                 raise
             finally:

@@ -1,0 +1,388 @@
+"""State (SPEC §6) against the real thing: gunicorn (gthread, 2 workers) over loopback HTTP.
+
+Retries, replays, two instances on one PostgreSQL database, a database outage and
+cut connections, a worker killed under load, and a restart. Every wait polls a
+condition with a deadline; every loop is bounded in count and in time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid as uuidlib
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlencode
+
+import pytest
+import requests
+import sqlalchemy as sa
+
+import conftest
+from app.plivoxml import EMPTY
+from app.store.db import parse_url
+from conftest import FORM, PG_ADMIN_URL, ROOT, empty_postgres, postgres_database, signed_headers, sms
+from servers import Server
+
+HOURS = b"We are open 9am-5pm, Monday to Friday (New York time)."
+OUR_NUMBER = "14155550100"
+
+
+def hours_reply(sender: str) -> bytes:
+    """The exact answer of the shipped rules to "hours" from `sender`."""
+    return (b'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Message src="' + OUR_NUMBER.encode()
+            + b'" dst="' + sender.encode() + b'" type="sms">' + HOURS + b"</Message></Response>")
+
+
+def post(srv: Server, params: dict, *, path: str = "/message", nonce: str | None = None,
+         session: requests.Session | None = None) -> requests.Response:
+    """A signed POST as Plivo sends it; a fresh nonce unless one is given."""
+    url = srv.base + path
+    headers = {**signed_headers(url, params, nonce=nonce), "Content-Type": FORM}
+    return (session or requests).post(url, data=urlencode(params), headers=headers, timeout=10)
+
+
+def new_nonce() -> str:
+    return uuidlib.uuid4().hex
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def logged(url: str) -> dict[str, tuple[int, bytes]]:
+    """uuid -> (deliveries, answer bytes) of every recorded message, read with SQL."""
+    engine = sa.create_engine(parse_url(url))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT uuid, deliveries, answer_body FROM messages"))
+            return {u: (d, bytes(body)) for u, d, body in rows}
+    finally:
+        engine.dispose()
+
+
+def flask_json(url: str, *args: str):
+    """`flask --app wsgi ARGS` on DATABASE_URL=url, its stdout parsed as JSON."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLIVO_", "RULES_", "DATABASE_URL"))}
+    env["DATABASE_URL"] = url
+    result = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def pg_url():
+    """This run's PostgreSQL database, emptied (skips when PostgreSQL does not answer)."""
+    url = postgres_database()
+    empty_postgres()
+    return url
+
+
+@pytest.fixture
+def start(tmp_path):
+    """start(url, **settings): a gunicorn on `url`, stopped at the end of the test."""
+    started: list[Server] = []
+
+    def start_server(url: str, **settings) -> Server:
+        folder = tmp_path / f"server{len(started)}"
+        folder.mkdir()
+        srv = Server(folder, DATABASE_URL=url, **settings)
+        started.append(srv)
+        return srv
+
+    yield start_server
+    for srv in started:
+        srv.stop()
+
+
+# -- 1. retries and replays ----------------------------------------------------------------
+
+def test_retries_and_replays(database, start):
+    srv = start(database)
+    sender = "12125550001"
+    first, nonce = sms("hours", From=sender), new_nonce()
+    answer = post(srv, first, nonce=nonce)
+    assert answer.status_code == 200 and answer.content == hours_reply(sender)
+    # The sender opts out: the answer decided now would be empty, so a retry that gets
+    # the reply proves it is the stored answer, not a new decision.
+    assert b"<Message" in post(srv, sms("STOP", From=sender)).content
+    assert post(srv, sms("hours", From=sender)).content == EMPTY
+
+    retry = post(srv, first)  # a new nonce, as Plivo's retries
+    assert retry.status_code == 200
+    assert retry.content == answer.content
+    assert retry.headers["Content-Type"] == answer.headers["Content-Type"]
+    rows = [m for m in flask_json(database, "messages", "--json", "--limit", "10000")
+            if m["uuid"] == first["MessageUUID"]]
+    assert len(rows) == 1 and rows[0]["deliveries"] == 2, rows
+
+    # The same nonce with another MessageUUID: a replay, refused and not recorded.
+    other = sms("hours", From="12125550002")
+    replayed = post(srv, other, nonce=nonce)
+    assert (replayed.status_code, replayed.content) == (403, b"replayed Plivo signature\n")
+    report = {"MessageUUID": str(uuidlib.uuid4()), "Status": "delivered", "Sequence": "1",
+              "From": OUR_NUMBER, "To": "12125550002", "Units": "1", "MessageTime": "2026-11-23 15:00:00"}
+    replayed = post(srv, report, path="/status", nonce=nonce)
+    assert (replayed.status_code, replayed.content) == (403, b"replayed Plivo signature\n")
+    # The same on /status with a report's own nonce: its exact repeat is a retry.
+    report_nonce = new_nonce()
+    for _ in range(2):
+        ok = post(srv, report, path="/status", nonce=report_nonce)
+        assert (ok.status_code, ok.content) == (200, b"ok\n")
+    replayed = post(srv, dict(report, MessageUUID=str(uuidlib.uuid4())), path="/status", nonce=report_nonce)
+    assert (replayed.status_code, replayed.content) == (403, b"replayed Plivo signature\n")
+    replayed = post(srv, sms("hours", From="12125550003"), nonce=report_nonce)
+    assert (replayed.status_code, replayed.content) == (403, b"replayed Plivo signature\n")
+
+    # The first request repeated exactly (same nonce, same MessageUUID): the stored answer.
+    again = post(srv, first, nonce=nonce)
+    assert again.status_code == 200 and again.content == answer.content
+    log = logged(database)
+    assert log[first["MessageUUID"]] == (3, answer.content)
+    assert other["MessageUUID"] not in log
+    assert len(log) == 3  # hours, STOP, hours (opted out): nothing else was recorded
+
+
+# -- 2. two instances, one PostgreSQL database -----------------------------------------------
+
+def test_two_instances_on_one_postgresql_decide_each_message_once(pg_url, start):
+    a, b = start(pg_url), start(pg_url)
+    count, deliveries = 300, 4  # each uuid twice to each instance, all four at the same moment
+    messages = [sms("hours", From=f"1313{i:07d}") for i in range(count)]
+    jobs = [(params, (a, b)[j % 2]) for params in messages for j in range(deliveries)]
+    local, sessions = threading.local(), []
+
+    def deliver(job):
+        params, srv = job
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+            sessions.append(local.session)
+        r = post(srv, params, session=local.session)
+        return params["MessageUUID"], r.status_code, r.content
+
+    try:
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            results = list(pool.map(deliver, jobs))
+    finally:
+        for s in sessions:
+            s.close()
+
+    bad = [(u, status, body[:100]) for u, status, body in results if status != 200]
+    assert not bad, f"{len(bad)} deliveries not answered 200, e.g. {bad[:3]}"
+    bodies: dict[str, set[bytes]] = {}
+    for u, _, body in results:
+        bodies.setdefault(u, set()).add(body)
+    for params in messages:
+        assert bodies[params["MessageUUID"]] == {hours_reply(params["From"])}
+
+    log = logged(pg_url)
+    assert set(log) == {p["MessageUUID"] for p in messages}, "every MessageUUID recorded exactly once"
+    wrong = {u: d for u, (d, _) in log.items() if d != deliveries}
+    assert not wrong, f"deliveries counted wrong for {len(wrong)} uuids, e.g. {list(wrong.items())[:3]}"
+    assert all(body == next(iter(bodies[u])) for u, (_, body) in log.items())
+    engine = sa.create_engine(parse_url(pg_url))
+    try:
+        with engine.connect() as conn:
+            sends = conn.execute(sa.text("SELECT count(*), count(DISTINCT message_id) FROM replies")).one()
+    finally:
+        engine.dispose()
+    assert tuple(sends) == (count, count), "one reply per message, never a second send"
+
+
+# -- 3. PostgreSQL outage ----------------------------------------------------------------------
+
+@pytest.fixture
+def pg_admin(pg_url):
+    """(an AUTOCOMMIT engine on the `test` database, the name of this run's database).
+
+    Connections cut in a test include the conftest's own; its pool is emptied afterwards.
+    """
+    admin = sa.create_engine(parse_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT",
+                             connect_args={"connect_timeout": 3})
+    yield admin, sa.engine.make_url(pg_url).database
+    admin.dispose()
+    conftest._state["pg"]["engine"].dispose()
+
+
+def cut_connections(admin: sa.Engine, name: str) -> int:
+    """End every connection to database `name` (as a restart or failover does); how many."""
+    query = "FROM pg_stat_activity WHERE datname = :name AND pid <> pg_backend_pid()"
+    with admin.connect() as conn:
+        cut = conn.execute(sa.text(f"SELECT count(pg_terminate_backend(pid)) {query}"), {"name": name}).scalar_one()
+
+    def gone() -> bool:
+        with admin.connect() as conn:
+            return conn.execute(sa.text(f"SELECT count(*) {query}"), {"name": name}).scalar_one() == 0
+
+    wait_for(gone, 10, f"the connections to {name} to end")
+    return cut
+
+
+def until_normal(srv: Server, senders, answered: dict[str, bytes], timeout: float = 10) -> list[int]:
+    """Send "hours" one message at a time until 8 in a row are answered 200; the statuses."""
+    deadline, statuses = time.monotonic() + timeout, []
+    while statuses[-8:] != [200] * 8:
+        assert time.monotonic() < deadline, f"no normal answers within {timeout} s: {statuses}"
+        params = sms("hours", From=next(senders))
+        r = post(srv, params)
+        assert r.status_code in (200, 503), (r.status_code, r.text)
+        statuses.append(r.status_code)
+        if r.status_code == 200:
+            assert r.content == hours_reply(params["From"])
+            answered[params["MessageUUID"]] = r.content
+        else:
+            time.sleep(0.05)
+    return statuses
+
+
+def test_postgresql_outage_answers_503_then_recovers(pg_url, pg_admin, start):
+    admin, name = pg_admin
+    srv = start(pg_url)
+    senders = (f"1414{i:07d}" for i in range(100000))
+    answered: dict[str, bytes] = {}
+    recorded = sms("hours", From=next(senders))
+    r = post(srv, recorded)
+    assert r.status_code == 200
+    answered[recorded["MessageUUID"]] = r.content
+    workers = srv.workers()
+    assert len(workers) == 2
+
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        cut_connections(admin, name)
+        # New messages and a retry of a recorded one, several at once (both workers):
+        # each a 503, never an unrecorded 200.
+        during = [sms("hours", From=next(senders)) for _ in range(24)] + [recorded]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(lambda params: post(srv, params), during))
+        assert [(a.status_code, b"<Response" in a.content) for a in answers] == [(503, False)] * len(during), \
+            [(a.status_code, a.text[:80]) for a in answers]
+        ready = requests.get(srv.base + "/readyz", timeout=10)
+        assert ready.status_code == 503, ready.text
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+
+    until_normal(srv, senders, answered)  # back within a few seconds
+    assert requests.get(srv.base + "/readyz", timeout=10).status_code == 200
+    retry = post(srv, recorded)
+    assert retry.status_code == 200 and retry.content == answered[recorded["MessageUUID"]]
+    assert srv.workers() == workers, "a worker died during the outage"
+    log = logged(pg_url)
+    assert all(log[u][1] == body for u, body in answered.items())
+    assert all(p["MessageUUID"] not in log for p in during[:-1])
+
+
+def test_postgresql_cutting_every_connection_costs_at_most_one_503_per_worker(pg_url, pg_admin, start):
+    """A PostgreSQL restart or failover cuts every pooled connection while the database is
+    up again at once: the first cut connection a worker meets may cost a 503, but then
+    the worker must drop the rest of its pool, not answer 503 once per pooled connection
+    (up to 8 per worker, each message then waiting for a Plivo retry)."""
+    admin, name = pg_admin
+    srv = start(pg_url)
+    workers = srv.workers()
+    with ThreadPoolExecutor(max_workers=16) as pool:  # several pooled connections in each worker
+        warm = list(pool.map(lambda i: post(srv, sms("hours", From=f"1717{i:07d}")).status_code, range(320)))
+    assert set(warm) == {200}
+    cut = cut_connections(admin, name)
+    statuses = until_normal(srv, (f"1818{i:07d}" for i in range(100000)), {})
+    assert statuses.count(503) <= len(workers), (
+        f"{cut} connections cut, then {statuses.count(503)} messages answered 503 while PostgreSQL "
+        f"was up: {statuses}")
+    assert srv.workers() == workers
+
+
+# -- 4. a worker killed under load --------------------------------------------------------------
+
+def test_worker_killed_under_load_loses_no_answered_message(database, start):
+    srv = start(database)
+    stop = threading.Event()
+    lock = threading.Lock()
+    answered: dict[str, bytes] = {}
+    statuses: list[int] = []
+    errors: list[str] = []
+
+    def sender(t: int) -> None:
+        with requests.Session() as session:
+            for i in range(400):  # bounded even if the main thread never says stop
+                if stop.is_set():
+                    return
+                params = sms("hours", From=f"1515{t:02d}{i:05d}")
+                try:
+                    r = post(srv, params, session=session)
+                except requests.RequestException as exc:  # the killed worker's connections
+                    errors.append(type(exc).__name__)
+                    continue
+                with lock:
+                    statuses.append(r.status_code)
+                    if r.status_code == 200:
+                        answered[params["MessageUUID"]] = r.content
+
+    threads = [threading.Thread(target=sender, args=(t,), daemon=True) for t in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: len(answered) >= 40, 30, "40 answers before the kill")
+        victim = min(srv.workers())
+        os.kill(victim, signal.SIGKILL)
+        at_kill = len(answered)
+        wait_for(lambda: len(answered) >= at_kill + 60, 30, "60 more answers after the kill")
+        wait_for(lambda: len(srv.workers()) == 2 and victim not in srv.workers(), 30,
+                 "the killed worker to be replaced")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=20)
+    assert not any(t.is_alive() for t in threads)
+    assert set(statuses) <= {200, 503}, sorted(set(statuses))
+
+    log = logged(database)
+    missing = [u for u in answered if u not in log]
+    assert not missing, f"{len(missing)} of {len(answered)} messages answered 200 are not recorded"
+    assert all(log[u][1] == body for u, body in answered.items())
+
+
+# -- 5. a restart ---------------------------------------------------------------------------------
+
+def test_optouts_limits_and_answers_survive_a_restart(database, start):
+    srv = start(database)
+    out, limited = "12125550301", "12125550302"
+    before_stop = sms("hours", From=out)
+    kept = post(srv, before_stop)
+    assert kept.content == hours_reply(out)
+    assert b"<Message" in post(srv, sms("STOP", From=out)).content
+    assert post(srv, sms("hours", From=out)).content == EMPTY
+
+    tenth, tenth_answer, nonce = None, None, None
+    for _ in range(10):
+        tenth, nonce = sms("hours", From=limited), new_nonce()
+        tenth_answer = post(srv, tenth, nonce=nonce)
+        assert tenth_answer.content == hours_reply(limited)
+    held = post(srv, sms("hours", From=limited))
+    assert held.status_code == 200 and held.content == EMPTY
+    srv.stop()
+
+    srv = start(database)
+    r = post(srv, sms("hours", From=out))
+    assert (r.status_code, r.content) == (200, EMPTY), "the opt-out was forgotten"
+    r = post(srv, sms("hours", From=limited))
+    assert (r.status_code, r.content) == (200, EMPTY), "the reply count was forgotten"
+    # Retries get what was answered then, though the same text would now get nothing.
+    assert post(srv, before_stop).content == kept.content
+    assert post(srv, tenth).content == tenth_answer.content
+    assert post(srv, tenth, nonce=nonce).content == tenth_answer.content  # the exact request
+    replayed = post(srv, sms("hours", From="12125550303"), nonce=nonce)
+    assert (replayed.status_code, replayed.content) == (403, b"replayed Plivo signature\n")
+    assert [o["number"] for o in flask_json(database, "optouts", "--json")] == [out]
+    log = logged(database)
+    assert log[before_stop["MessageUUID"]][0] == 2 and log[tenth["MessageUUID"]][0] == 3
