@@ -1,27 +1,39 @@
-"""Helpers for bench/run (standard library only, plus app.signature for signing).
+"""Helpers for bench/run (standard library, plus app.signature for signing and
+app.store.db / psycopg for the bench databases).
 
 Subcommands:
   free-ports N                       print N distinct free loopback TCP ports
   wait URL [--method M] [--timeout S] [--pid PID]
                                      poll URL until it answers 2xx (fail if PID dies)
-  request --port P --token T --out DIR [--unsigned]
-                                     build the signed Plivo-style POST for
-                                     http://127.0.0.1:P/message; write DIR/request.json
-                                     and DIR/request.lua (the wrk script)
-  verify --request F --port P [--bare]
-                                     send that request once with urllib; check the
-                                     answer is the expected Message XML (and, for the
-                                     service, that a bad signature gets 403)
-  report DIR                         read DIR/*.wrk runs; print the table
+  cpu PID                            CPU seconds used so far by the children of PID
+  dbcpu DBNAME                       CPU seconds used so far by the PostgreSQL backends
+                                     serving database DBNAME
+  pool --port P --token T --out DIR --pool NAME:COUNT ...
+                                     write DIR/request.lua (the wrk script), DIR/template.json
+                                     and, per pool, DIR/pool-NAME.txt: COUNT distinct, signed
+                                     Plivo-style inbound SMS for http://127.0.0.1:P/message
+  verify --template F --token T --port P [--bare] [--out F]
+                                     send fresh requests built like the pool's, byte for byte,
+                                     and check the answers (service: the Message XML, the
+                                     retry, a forged signature and a replayed nonce)
+  pg-create ADMIN_URL NAME           create database NAME; print its URL (exit 3: no server)
+  pg-drop ADMIN_URL NAME             drop database NAME if it exists
+  count DATABASE_URL                 print how many messages the database recorded
+  check FILE                         fail if a wrk output shows errors, non-2xx answers
+                                     or a request pool that ran out
+  recorded DIR DATABASE_URL          check every 200 answer of DIR's service runs was recorded
+  report DIR [--title T]             read DIR/round*.wrk; print the table, write summary.json
+  summary DIR [SECTION ...]          the ratios of DIR/SECTION/summary.json (default: all), one table
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
+import http.client
 import json
 import os
 import re
+import secrets
 import socket
 import statistics
 import sys
@@ -29,22 +41,28 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The bench message: an SMS "hours please" from 14155550123 to our number 14155550100.
-SENDER = "14155550123"
+# The bench message: an SMS "hours please" to our number 14155550100, from a
+# different sender for each request (1415 and 7 digits).
 OUR_NUMBER = "14155550100"
 TEXT = "hours please"
 EXPECTED_REPLY = "We are open 9am-5pm, Monday to Friday."
-MESSAGE_UUID = "8f2c7a4e-5b1d-11ef-9c7a-0242ac120002"
+BARE_SENDER = "14155550123"  # the bare app's fixed answer is addressed to this one
+
+# Fields that change per request, in the order of a pool line. Their widths are
+# fixed, so every request has the same length (one Content-Length in the template).
+FIELDS = ("from", "uuid", "nonce", "v2", "v3")
+WIDTHS = {"from": 11, "uuid": 36, "nonce": 20, "v2": 44, "v3": 44}
 
 
-def fail(msg: str) -> None:
+def fail(msg: str, code: int = 1) -> None:
     print(f"bench: {msg}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(code)
 
 
 # ---------------------------------------------------------------- free-ports
@@ -101,10 +119,8 @@ def cmd_wait(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------- cpu
 
 
-def worker_cpu_seconds(master: int) -> float:
-    """User + system CPU seconds used so far by the children (workers) of `master`."""
-    hz = os.sysconf("SC_CLK_TCK")
-    total = 0
+def _proc_stats():
+    """(pid, ppid, utime + stime in ticks) of every process we can read."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -114,26 +130,52 @@ def worker_cpu_seconds(master: int) -> float:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[1]) == master:  # ppid
-            total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total / hz
+        yield int(entry), int(fields[1]), int(fields[11]) + int(fields[12])
+
+
+def worker_cpu_seconds(master: int) -> float:
+    """User + system CPU seconds used so far by the children (workers) of `master`."""
+    hz = os.sysconf("SC_CLK_TCK")
+    return sum(ticks for _, ppid, ticks in _proc_stats() if ppid == master) / hz
 
 
 def cmd_cpu(args: argparse.Namespace) -> None:
     print(f"{worker_cpu_seconds(args.pid):.2f}")
 
 
-# ------------------------------------------------------------------- request
+def cmd_dbcpu(args: argparse.Namespace) -> None:
+    """CPU of the PostgreSQL backends of one database (their title names it)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    total = 0
+    needle = f" {args.dbname} ".encode()
+    for pid, _, ticks in _proc_stats():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                title = f.read().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if title.startswith(b"postgres: ") and needle in title:
+            total += ticks
+    print(f"{total / hz:.2f}")
 
 
-def plivo_form() -> list[tuple[str, str]]:
+# ---------------------------------------------------------------------- pool
+#
+# wrk's LuaJIT has no HMAC, so the signed requests are made here. A pool line
+# holds only what changes ("FROM UUID NONCE V2 V3"); the Lua script formats it
+# into a raw HTTP request with one template, the same for every request. The
+# template is a Lua string.format pattern that Python's % operator reads the
+# same way (%s and %% only), so `verify` sends exactly the bytes wrk sends.
+
+
+def plivo_form(sender: str, message_uuid: str) -> list[tuple[str, str]]:
     """The form fields of an inbound SMS, in the order Plivo sends them."""
     return [
-        ("From", SENDER),
+        ("From", sender),
         ("To", OUR_NUMBER),
         ("Type", "sms"),
         ("Text", TEXT),
-        ("MessageUUID", MESSAGE_UUID),
+        ("MessageUUID", message_uuid),
         ("Units", "1"),
         ("TotalRate", "0.00000"),
         ("TotalAmount", "0.00000"),
@@ -141,6 +183,88 @@ def plivo_form() -> list[tuple[str, str]]:
         ("PowerpackUUID", ""),
         ("MediaCount", "0"),
     ]
+
+
+def _signer():
+    sys.path.insert(0, str(ROOT))
+    try:
+        from app.signature import sign_headers
+    except ImportError as exc:
+        fail(f"cannot import app.signature.sign_headers: {exc}")
+    return sign_headers
+
+
+class Generator:
+    """Distinct signed requests: a random run id, then a counter.
+
+    MessageUUID = the run id (64 bits) and the counter as one 128-bit UUID; nonce =
+    8 random digits and the counter (20 digits, like Plivo's); sender = 1415 and
+    the counter's last 7 digits. So no uuid or nonce repeats within a run, nor
+    (but for a 1e-8 chance) between runs on the same database.
+    """
+
+    def __init__(self, token: str, url: str):
+        self.token = token
+        self.url = url
+        self.sign = _signer()
+        self.run_uuid = secrets.randbits(64)
+        self.run_nonce = secrets.randbelow(10 ** 8)
+        self.counter = 0
+
+    def next(self) -> dict[str, str]:
+        n = self.counter
+        self.counter += 1
+        f = {
+            "from": f"1415{n % 10 ** 7:07d}",
+            "uuid": str(uuid.UUID(int=(self.run_uuid << 64) | n)),
+            "nonce": f"{self.run_nonce:08d}{n:012d}",
+        }
+        signed = self.sign(self.token, "POST", self.url, params=plivo_form(f["from"], f["uuid"]),
+                           nonce=f["nonce"])
+        f["v2"] = signed["X-Plivo-Signature-V2"]
+        f["v3"] = signed["X-Plivo-Signature-V3"]
+        for k, width in WIDTHS.items():
+            if len(f[k]) != width or " " in f[k]:
+                fail(f"pool: {k} {f[k]!r} is not {width} characters")
+        return f
+
+
+def make_template(token: str, url: str) -> dict:
+    """The raw request as a %s template, and which field goes in each %s, in order."""
+    parts = urllib.parse.urlsplit(url)
+    marks = {k: f"\x01{k}\x01" for k in FIELDS}
+    sample = Generator(token, url).next()
+    # The header names and their order come from sign_headers itself.
+    signed = _signer()(token, "POST", url, params=plivo_form(sample["from"], sample["uuid"]),
+                       nonce=sample["nonce"])
+    per_header = {
+        "X-Plivo-Signature-V2": "v2", "X-Plivo-Signature-Ma-V2": "v2",
+        "X-Plivo-Signature-V3": "v3", "X-Plivo-Signature-Ma-V3": "v3",
+        "X-Plivo-Signature-V2-Nonce": "nonce", "X-Plivo-Signature-V3-Nonce": "nonce",
+    }
+    if set(signed) != set(per_header):
+        fail(f"pool: sign_headers gave headers {sorted(signed)}, expected {sorted(per_header)}")
+    body = urllib.parse.urlencode(plivo_form(marks["from"], marks["uuid"]), safe="\x01")
+    sample_body = urllib.parse.urlencode(plivo_form(sample["from"], sample["uuid"]))
+    headers = [("Host", parts.netloc),
+               ("Content-Type", "application/x-www-form-urlencoded"),
+               ("Content-Length", str(len(sample_body.encode())))]  # the same for every request
+    headers += [(name, marks[per_header[name]]) for name in signed]
+    raw = f"POST {parts.path} HTTP/1.1\r\n"
+    raw += "".join(f"{k}: {v}\r\n" for k, v in headers)
+    raw += "\r\n" + body
+    raw = raw.replace("%", "%%")
+    order = [m.group(1) for m in re.finditer("\x01([a-z0-9]+)\x01", raw)]
+    template = {"url": url, "template": re.sub("\x01[a-z0-9]+\x01", "%s", raw), "order": order}
+    # The varying fields need no escaping, so the template gives exactly the signed form.
+    if format_request(template, sample).decode().partition("\r\n\r\n")[2] != sample_body:
+        fail("pool: the request template does not reproduce the signed form")
+    return template
+
+
+def format_request(template: dict, f: dict[str, str]) -> bytes:
+    """The raw request for one pool entry: what the Lua script sends for its line."""
+    return (template["template"] % tuple(f[k] for k in template["order"])).encode("utf-8")
 
 
 def _lua_str(value: str) -> str:
@@ -157,35 +281,77 @@ def _lua_str(value: str) -> str:
 
 
 LUA_TEMPLATE = """\
--- Generated by bench/harness.py: one signed Plivo-style inbound SMS, sent as is.
-wrk.method = {method}
-wrk.body = {body}
-{headers}
+-- Generated by bench/harness.py pool: distinct signed Plivo-style inbound SMS.
+-- wrk -s request.lua URL -- POOL_FILE THREADS
+-- Each wrk thread takes every THREADS-th line of POOL_FILE ("FROM UUID NONCE V2 V3")
+-- and sends each once. A pool that runs out stops the thread and is reported
+-- (BENCH_JSON "exhausted"): a request sent twice would be a Plivo retry, answered
+-- from the database without being decided or recorded again.
+local TEMPLATE = {template}
+local PATTERN = "^(%S+) (%S+) (%S+) (%S+) (%S+)$"
 
--- Count answers outside 2xx (wrk itself only counts status >= 400).
 local threads = {{}}
 function setup(thread)
+  thread:set("thread_index", #threads)
   table.insert(threads, thread)
 end
+
 function init(args)
-  non2xx = 0
+  local path, nthreads = args[1], tonumber(args[2])
+  if path == nil or nthreads == nil then
+    error("usage: wrk -s request.lua URL -- POOL_FILE THREADS")
+  end
+  pool = {{}}
+  local k = 0
+  for line in io.lines(path) do
+    if k % nthreads == thread_index then
+      pool[#pool + 1] = line
+    end
+    k = k + 1
+  end
+  if #pool == 0 then
+    error("empty request pool " .. path)
+  end
+  taken, pool_size, exhausted, non2xx, ok200 = 0, #pool, 0, 0, 0
 end
+
+function request()
+  taken = taken + 1
+  local line = pool[taken]
+  if line == nil then
+    exhausted = exhausted + 1
+    wrk.thread:stop()
+    line = pool[pool_size]
+  end
+  local {names} = line:match(PATTERN)
+  return string.format(TEMPLATE, {args})
+end
+
+-- Count answers outside 2xx (wrk itself only counts status >= 400) and exact 200s.
 function response(status, headers, body)
-  if status < 200 or status > 299 then
+  if status == 200 then
+    ok200 = ok200 + 1
+  elseif status < 200 or status > 299 then
     non2xx = non2xx + 1
   end
 end
+
 function done(summary, latency, requests)
-  local bad = 0
+  local bad, ok, ex, used, size = 0, 0, 0, 0, 0
   for _, t in ipairs(threads) do
     bad = bad + (t:get("non2xx") or 0)
+    ok = ok + (t:get("ok200") or 0)
+    ex = ex + (t:get("exhausted") or 0)
+    used = used + (t:get("taken") or 0)
+    size = size + (t:get("pool_size") or 0)
   end
   local e = summary.errors
   io.write(string.format(
-    'BENCH_JSON {{"requests": %d, "duration_us": %d, "non2xx": %d, ' ..
+    'BENCH_JSON {{"requests": %d, "duration_us": %d, "non2xx": %d, "ok200": %d, ' ..
+    '"exhausted": %d, "pool_used": %d, "pool_size": %d, ' ..
     '"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d, ' ..
     '"p50_us": %d, "p90_us": %d, "p99_us": %d, "mean_us": %.1f, "max_us": %d}}\\n',
-    summary.requests, summary.duration, bad,
+    summary.requests, summary.duration, bad, ok, ex, used, size,
     e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99),
     latency.mean, latency.max))
@@ -193,52 +359,62 @@ end
 """
 
 
-def cmd_request(args: argparse.Namespace) -> None:
+def cmd_pool(args: argparse.Namespace) -> None:
     url = f"http://127.0.0.1:{args.port}/message"
-    form = plivo_form()
-    body = urllib.parse.urlencode(form)
-    headers = {"Content-Type": "application/x-www-form-urlencoded"}
-    if not args.unsigned:
-        sys.path.insert(0, str(ROOT))
-        try:
-            from app.signature import sign_headers
-        except ImportError as exc:
-            fail(f"cannot import app.signature.sign_headers: {exc}")
-        signed = sign_headers(args.token, "POST", url, params=form)
-        headers.update({str(k): str(v) for k, v in signed.items()})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "request.json").write_text(
-        json.dumps({"method": "POST", "url": url, "headers": headers, "body": body}, indent=2)
-        + "\n",
-        encoding="utf-8",
-    )
-    lua_headers = "\n".join(
-        f"wrk.headers[{_lua_str(k)}] = {_lua_str(v)}" for k, v in headers.items()
-    )
+    template = make_template(args.token, url)
+    (out / "template.json").write_text(json.dumps(template, indent=2) + "\n", encoding="utf-8")
+    names = ", ".join(f"f_{k}" for k in FIELDS)
     (out / "request.lua").write_text(
-        LUA_TEMPLATE.format(method=_lua_str("POST"), body=_lua_str(body), headers=lua_headers),
+        LUA_TEMPLATE.format(template=_lua_str(template["template"]), names=names,
+                            args=", ".join(f"f_{k}" for k in template["order"])),
         encoding="utf-8",
     )
+    gen = Generator(args.token, url)
+    first = None
+    total = 0
+    started = time.monotonic()
+    for spec in args.pool:
+        name, _, count = spec.partition(":")
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or not count.isdigit() or int(count) < 1:
+            fail(f"pool: bad --pool {spec!r}, expected NAME:COUNT")
+        with open(out / f"pool-{name}.txt", "w", encoding="ascii") as fh:
+            for _ in range(int(count)):
+                f = gen.next()
+                first = first or f
+                fh.write(" ".join(f[k] for k in FIELDS) + "\n")
+        total += int(count)
+    # One request written out in full, for the record (the first of the first pool).
+    raw = format_request(template, first).decode("utf-8")
+    head, _, body = raw.partition("\r\n\r\n")
+    (out / "request.json").write_text(json.dumps({
+        "method": "POST", "url": url,
+        "headers": dict(line.split(": ", 1) for line in head.split("\r\n")[1:]),
+        "body": body,
+        "varies_per_request": ["From", "MessageUUID", "nonces", "signatures"],
+    }, indent=2) + "\n", encoding="utf-8")
+    print(f"bench: {total} signed requests in {len(args.pool)} pools, "
+          f"{time.monotonic() - started:.1f}s", file=sys.stderr)
 
 
 # -------------------------------------------------------------------- verify
 
 
-def _send(url: str, body: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-    req = urllib.request.Request(url, data=body.encode("utf-8"), headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, dict(resp.headers.items()), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers.items()), exc.read()
+def _send_raw(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw request bytes on a fresh connection, the way wrk sends them."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(raw)
+        resp = http.client.HTTPResponse(sock, method="POST")
+        resp.begin()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
 
 
-def _check_xml(label: str, status: int, headers: dict[str, str], raw: bytes) -> None:
+def _check_xml(label: str, status: int, headers: dict[str, str], raw: bytes, dst: str) -> None:
     shown = raw.decode("utf-8", "replace")[:500]
     if status != 200:
         fail(f"{label}: expected 200, got {status}: {shown}")
-    ctype = {k.lower(): v for k, v in headers.items()}.get("content-type", "")
+    ctype = headers.get("content-type", "")
     if not ctype.lower().startswith(("application/xml", "text/xml")):
         fail(f"{label}: Content-Type {ctype!r}, expected application/xml")
     if not raw.lstrip().startswith(b"<?xml"):
@@ -251,7 +427,7 @@ def _check_xml(label: str, status: int, headers: dict[str, str], raw: bytes) -> 
     if root.tag != "Response" or len(messages) != 1 or messages[0].tag != "Message":
         fail(f"{label}: expected <Response> with one <Message>: {shown}")
     msg = messages[0]
-    want = {"src": OUR_NUMBER, "dst": SENDER, "type": "sms"}
+    want = {"src": OUR_NUMBER, "dst": dst, "type": "sms"}
     got = {k: msg.get(k) for k in want}
     if got != want:
         fail(f"{label}: Message attributes {got}, expected {want}: {shown}")
@@ -260,62 +436,177 @@ def _check_xml(label: str, status: int, headers: dict[str, str], raw: bytes) -> 
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
-    request = json.loads(Path(args.request).read_text(encoding="utf-8"))
-    url = f"http://127.0.0.1:{args.port}/message"
-    status, headers, raw = _send(url, request["body"], request["headers"])
+    template = json.loads(Path(args.template).read_text(encoding="utf-8"))
+    gen = Generator(args.token, template["url"])  # its own run id: fresh uuids and nonces
     label = "bare app" if args.bare else "service"
-    _check_xml(label, status, headers, raw)
+    first, second = gen.next(), gen.next()
+    status, headers, raw = _send_raw(args.port, format_request(template, first))
+    _check_xml(label, status, headers, raw, BARE_SENDER if args.bare else first["from"])
     print(f"verified {label}: {status} {raw.decode('utf-8')!r}")
     if args.bare:
         return
+    recorded = 1
+    status, headers, raw2 = _send_raw(args.port, format_request(template, second))
+    _check_xml(label, status, headers, raw2, second["from"])
+    recorded += 1
+    print(f"verified service: a second fresh request (sender {second['from']}) answered the same way")
+    # The very same request again is a Plivo retry: the stored answer, byte for byte.
+    status, _, again = _send_raw(args.port, format_request(template, first))
+    if status != 200 or again != raw:
+        fail(f"service: a retry got {status} {again[:200]!r}, expected the first answer again")
+    print("verified service: a retry (same MessageUUID and nonce) gets the stored answer")
     # The bench must measure a service that checks signatures: a forged one is refused.
-    wrong = base64.b64encode(bytes(32)).decode("ascii")  # well-formed, never valid
-    forged = {
-        k: (wrong if k.lower().startswith("x-plivo-signature") and "nonce" not in k.lower() else v)
-        for k, v in request["headers"].items()
-    }
-    status, _, raw = _send(url, request["body"], forged)
+    forged = dict(gen.next(), v2="A" * 43 + "=", v3="A" * 43 + "=")
+    status, _, raw = _send_raw(args.port, format_request(template, forged))
     if status != 403:
         fail(f"service: a forged signature got {status}, expected 403 "
              "(is VERIFY_SIGNATURES off?): " + raw.decode("utf-8", "replace")[:200])
     print("verified service: forged signature refused with 403")
+    # ... and remembers nonces: the first nonce with another MessageUUID is a replay.
+    replay = dict(first, uuid=gen.next()["uuid"])
+    signed = gen.sign(args.token, "POST", template["url"],
+                      params=plivo_form(replay["from"], replay["uuid"]), nonce=replay["nonce"])
+    replay.update(v2=signed["X-Plivo-Signature-V2"], v3=signed["X-Plivo-Signature-V3"])
+    status, _, raw = _send_raw(args.port, format_request(template, replay))
+    if status != 403 or b"replayed" not in raw:
+        fail(f"service: a nonce reused with another MessageUUID got {status} "
+             f"{raw.decode('utf-8', 'replace')[:200]!r}, expected 403 replayed Plivo signature")
+    print("verified service: a nonce reused with another MessageUUID refused with 403 "
+          f"{raw.decode().strip()!r}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"recorded": recorded}) + "\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------- databases
+
+
+def cmd_pg_create(args: argparse.Namespace) -> None:
+    import psycopg
+    from psycopg import sql
+    from sqlalchemy.engine import make_url
+
+    try:
+        conn = psycopg.connect(args.admin_url, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()
+        fail(f"no PostgreSQL server answers at {args.admin_url}: "
+             f"{reason[0] if reason else type(exc).__name__}", code=3)
+    with conn:
+        _pg_drop(conn, args.name)  # a leftover of a bench that was killed hard
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(args.name)))
+    url = make_url(args.admin_url).set(drivername="postgresql", database=args.name)
+    print(url.render_as_string(hide_password=False))
+
+
+def _pg_drop(conn, name: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    try:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    except psycopg.errors.SyntaxError:  # before PostgreSQL 13: end the sessions, then drop
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def cmd_pg_drop(args: argparse.Namespace) -> None:
+    import psycopg
+
+    try:
+        with psycopg.connect(args.admin_url, autocommit=True, connect_timeout=3) as conn:
+            _pg_drop(conn, args.name)
+    except psycopg.Error as exc:
+        fail(f"could not drop database {args.name}: {str(exc).strip()}")
+
+
+def count_messages(url: str) -> int:
+    sys.path.insert(0, str(ROOT))
+    import sqlalchemy as sa
+    from app.store.db import make_engine
+
+    engine = make_engine(url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT count(*) FROM messages")).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def cmd_count(args: argparse.Namespace) -> None:
+    print(count_messages(args.url))
 
 
 # -------------------------------------------------------------------- report
+
+
+def _bench_json(path: Path) -> dict:
+    text = path.read_text(encoding="utf-8")
+    match = re.search(r"^BENCH_JSON (\{.*\})$", text, re.M)
+    if not match:
+        fail(f"{path}: no BENCH_JSON line (wrk failed?)\n{text}")
+    data = json.loads(match.group(1))
+    for key, pattern in (("cpu_s", r"^BENCH_CPU ([0-9.]+)$"), ("dbcpu_s", r"^BENCH_DBCPU ([0-9.]+)$")):
+        found = re.search(pattern, text, re.M)
+        data[key] = float(found.group(1)) if found else None
+    return data
 
 
 def _runs(directory: Path) -> dict[str, list[dict]]:
     runs: dict[str, list[dict]] = {}
     for path in sorted(directory.glob("round*-*.wrk")):
         target = path.stem.split("-", 1)[1]
-        match = re.search(r"^BENCH_JSON (\{.*\})$", path.read_text(encoding="utf-8"), re.M)
-        if not match:
-            fail(f"{path}: no BENCH_JSON line (wrk failed?)")
-        data = json.loads(match.group(1))
+        data = _bench_json(path)
         data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
-        cpu = re.search(r"^BENCH_CPU ([0-9.]+)$", path.read_text(encoding="utf-8"), re.M)
-        data["cpu_us"] = float(cpu.group(1)) * 1e6 / data["requests"] if cpu else None
+        data["cpu_us"] = data["cpu_s"] * 1e6 / data["requests"] if data["cpu_s"] is not None else None
+        data["dbcpu_us"] = (data["dbcpu_s"] * 1e6 / data["requests"]
+                            if data["dbcpu_s"] is not None else None)
         data["file"] = path.name
         runs.setdefault(target, []).append(data)
     return runs
 
 
 def cmd_check(args: argparse.Namespace) -> None:
-    """Fail if the given wrk output shows any error or non-2xx answer."""
-    text = Path(args.file).read_text(encoding="utf-8")
-    match = re.search(r"^BENCH_JSON (\{.*\})$", text, re.M)
-    if not match:
-        fail(f"{args.file}: no BENCH_JSON line (wrk failed?)\n{text}")
-    d = json.loads(match.group(1))
+    """Fail if the given wrk output shows any error, non-2xx answer or an exhausted pool."""
+    path = Path(args.file)
+    d = _bench_json(path)
+    text = path.read_text(encoding="utf-8")
+    if d["exhausted"]:
+        fail(f"{args.file}: the pool of {d['pool_size']} signed requests ran out "
+             f"({d['requests']} requests answered): a request sent twice would be a retry, "
+             "so this run does not count; raise BENCH_MAX_RATE\n" + text)
     errors = {k: d[k] for k in ("non2xx", "connect", "read", "write", "status", "timeout") if d[k]}
     if d["requests"] == 0:
         fail(f"{args.file}: no request completed\n{text}")
     if errors:
         fail(f"{args.file}: {d['requests']} requests with errors {errors}\n{text}")
+    if d["ok200"] != d["requests"]:
+        fail(f"{args.file}: {d['requests']} answers but {d['ok200']} with status 200\n{text}")
+
+
+def cmd_recorded(args: argparse.Namespace) -> None:
+    """Every message answered 200 (wrk's count, plus the verification's) is in the database."""
+    directory = Path(args.dir)
+    answered = sum(_bench_json(p)["ok200"] for p in sorted(directory.glob("*service*.wrk")))
+    verify = directory / "verify.json"
+    verified = json.loads(verify.read_text(encoding="utf-8"))["recorded"] if verify.exists() else 0
+    stored = count_messages(args.url)
+    line = (f"recorded: {stored} messages in the database; {answered} answers 200 counted by wrk "
+            f"+ {verified} verification messages = {answered + verified}")
+    if stored < answered + verified:
+        fail(line + ": some answered messages were NOT recorded")
+    extra = stored - answered - verified
+    print(line + (f" (+{extra} answered after wrk stopped counting)" if extra else " (exactly)"))
+    (directory / "recorded.json").write_text(json.dumps(
+        {"messages": stored, "wrk_200": answered, "verification": verified}) + "\n", encoding="utf-8")
 
 
 def _ms(us: float) -> str:
     return f"{us / 1000:.2f} ms"
+
+
+def _median(values):
+    values = list(values)
+    return statistics.median(values) if values and all(v is not None for v in values) else None
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -331,30 +622,35 @@ def cmd_report(args: argparse.Namespace) -> None:
             "p99": statistics.median(r["p99_us"] for r in runs[n]),
             "each": [r["rps"] for r in runs[n]],
             "requests": sum(r["requests"] for r in runs[n]),
-            "cpu": (statistics.median(r["cpu_us"] for r in runs[n])
-                    if all(r["cpu_us"] is not None for r in runs[n]) else None),
+            "cpu": _median(r["cpu_us"] for r in runs[n]),
+            "dbcpu": _median(r["dbcpu_us"] for r in runs[n]) if n == "service" else None,
         }
         for n in names
     }
     ratio = med["service"]["rps"] / med["bare"]["rps"]
-    lines = [
-        "",
-        f"{'':10} {'req/s (median)':>15} {'p50':>10} {'p99':>10} {'worker CPU/req':>15}"
-        "   req/s per round",
-    ]
+    with_db = med["service"]["dbcpu"] is not None
+    lines = [""]
+    if args.title:
+        lines.append(args.title)
+    lines.append(f"{'':10} {'req/s (median)':>15} {'p50':>10} {'p99':>10} {'worker CPU/req':>15}"
+                 + (f" {'db CPU/req':>11}" if with_db else "") + "   req/s per round")
     for n in names:
         m = med[n]
         each = ", ".join(f"{x:.0f}" for x in m["each"])
         cpu = f"{m['cpu']:.0f} us" if m["cpu"] is not None else "?"
+        db = (f" {m['dbcpu']:>8.0f} us" if m["dbcpu"] is not None else f" {'':>11}") if with_db else ""
         lines.append(
-            f"{n:10} {m['rps']:>15.0f} {_ms(m['p50']):>10} {_ms(m['p99']):>10} {cpu:>15}   {each}"
+            f"{n:10} {m['rps']:>15.0f} {_ms(m['p50']):>10} {_ms(m['p99']):>10} {cpu:>15}{db}   {each}"
         )
     lines.append("")
     lines.append(f"ratio service/bare throughput: {ratio:.3f}")
+    cpu_ratio = None
     if med["service"]["cpu"] and med["bare"]["cpu"]:
         cpu_ratio = med["bare"]["cpu"] / med["service"]["cpu"]
         lines.append(f"ratio bare/service worker CPU per request: {cpu_ratio:.3f}"
                      "  (steadier on a busy machine)")
+    if with_db:
+        lines.append("(db CPU/req: the PostgreSQL backends of the bench database, on top of the workers')")
     noisy = [n for n in names
              if len(med[n]["each"]) > 1
              and (max(med[n]["each"]) - min(med[n]["each"])) / med[n]["rps"] > 0.15]
@@ -364,7 +660,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     lines.append(
         f"(p50/p99: median over rounds of each round's percentile; "
         f"{med['service']['requests']} + {med['bare']['requests']} requests timed, "
-        "all 2xx, no socket errors)"
+        "all 200, no socket errors, each request sent once)"
     )
     summary = {
         n: {"rps": round(med[n]["rps"], 1), "p50_us": med[n]["p50"], "p99_us": med[n]["p99"],
@@ -372,8 +668,31 @@ def cmd_report(args: argparse.Namespace) -> None:
             "rps_rounds": [round(x, 1) for x in med[n]["each"]]}
         for n in names
     }
+    if with_db:
+        summary["service"]["db_cpu_us_per_request"] = round(med["service"]["dbcpu"], 1)
     summary["ratio"] = round(ratio, 4)
+    summary["cpu_ratio"] = cpu_ratio and round(cpu_ratio, 4)
+    summary["noisy"] = noisy
     (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    directory = Path(args.dir)
+    rows = {}
+    for name in args.sections or sorted(p.parent.name for p in directory.glob("*/summary.json")):
+        rows[name] = json.loads((directory / name / "summary.json").read_text(encoding="utf-8"))
+    if not rows:
+        fail(f"{directory}: no */summary.json")
+    lines = ["", f"{'database':12} {'service req/s':>14} {'bare req/s':>11} {'service p50':>12} "
+             f"{'service p99':>12} {'ratio':>7} {'CPU ratio':>10}"]
+    for name, s in rows.items():
+        cpu = f"{s['cpu_ratio']:.3f}" if s.get("cpu_ratio") else "?"
+        lines.append(f"{name:12} {s['service']['rps']:>14.0f} {s['bare']['rps']:>11.0f} "
+                     f"{_ms(s['service']['p50_us']):>12} {_ms(s['service']['p99_us']):>12} "
+                     f"{s['ratio']:>7.3f} {cpu:>10}"
+                     + ("  (noisy)" if s.get("noisy") else ""))
+    (directory / "summary.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     print("\n".join(lines))
 
 
@@ -400,26 +719,57 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("pid", type=int)
     p.set_defaults(func=cmd_cpu)
 
-    p = sub.add_parser("request")
+    p = sub.add_parser("dbcpu")
+    p.add_argument("dbname")
+    p.set_defaults(func=cmd_dbcpu)
+
+    p = sub.add_parser("pool")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--token", default="")
+    p.add_argument("--token", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--unsigned", action="store_true")
-    p.set_defaults(func=cmd_request)
+    p.add_argument("--pool", action="append", required=True, metavar="NAME:COUNT")
+    p.set_defaults(func=cmd_pool)
 
     p = sub.add_parser("verify")
-    p.add_argument("--request", required=True)
+    p.add_argument("--template", required=True)
+    p.add_argument("--token", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--bare", action="store_true")
+    p.add_argument("--out")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("pg-create")
+    p.add_argument("admin_url")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_pg_create)
+
+    p = sub.add_parser("pg-drop")
+    p.add_argument("admin_url")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_pg_drop)
+
+    p = sub.add_parser("count")
+    p.add_argument("url")
+    p.set_defaults(func=cmd_count)
 
     p = sub.add_parser("check")
     p.add_argument("file")
     p.set_defaults(func=cmd_check)
 
+    p = sub.add_parser("recorded")
+    p.add_argument("dir")
+    p.add_argument("url")
+    p.set_defaults(func=cmd_recorded)
+
     p = sub.add_parser("report")
     p.add_argument("dir")
+    p.add_argument("--title")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("summary")
+    p.add_argument("dir")
+    p.add_argument("sections", nargs="*")
+    p.set_defaults(func=cmd_summary)
 
     args = parser.parse_args(argv)
     args.func(args)
