@@ -142,26 +142,42 @@ class Responder:
     def _recorded(self, msg: Inbound, ruleset: RuleSet, nonce: str | None) -> Answer:
         """Answer a message once: a known MessageUUID gets its stored answer, byte for byte."""
         local, now = self._now()
-        decided = []
+        work: dict = {}
 
         def prepare() -> Needs:  # only for a MessageUUID not seen before
             kind, via, decision = self.decide(msg, ruleset, local)
-            decided.append((kind, via, decision))
             limit = ruleset.limit
-            wants_limit = limit is not None and decision is not None and any(
-                o.kind == "reply" for o in decision.outgoing)
-            return Needs(policy.numbers_to_check(msg, decision), now - limit.per if wants_limit else None)
+            replies = 0 if decision is None else sum(o.kind == "reply" for o in decision.outgoing)
+            # Rendered now, as for a sender with no opt-out and no replies yet: inside the
+            # transaction this answer is used as it is unless the state says otherwise.
+            work.update(kind=kind, via=via, decision=decision, replies=replies,
+                        fresh=self.render(msg, ruleset, kind, via, decision, policy.FreshState()))
+            return Needs(policy.numbers_to_check(msg, decision),
+                         now - limit.per if (limit is not None and replies) else None)
 
         def finish(state: policy.State) -> tuple[Record, Stored]:
-            kind, via, decision = decided[-1]
-            plan, answer = self.render(msg, ruleset, kind, via, decision, state)
-            return _record(msg, decision, plan, answer, ruleset), _to_stored(answer)
+            limit = ruleset.limit
+            if not state.opted_out and (limit is None or state.recent_replies + work["replies"] <= limit.count):
+                plan, answer = work["fresh"]
+            else:
+                plan, answer = self.render(msg, ruleset, work["kind"], work["via"], work["decision"], state)
+            work["plan"] = plan
+            return _record(msg, work["decision"], plan, answer, ruleset), _to_stored(answer)
 
         claim = Claim(uuid=msg.uuid, nonce=nonce, sender=msg.from_, to=msg.to, now=now)
         stored, fresh = self.store.message(claim, prepare, finish)
-        if not fresh:
+        if fresh:
+            self._log_answered(msg, work["kind"], work["decision"], work["plan"])
+        else:
             log.info("message delivered again: stored answer sent", extra={"uuid": msg.uuid})
         return _from_stored(stored)
+
+    def _log_answered(self, msg: Inbound, kind, decision: Decision | None, plan: policy.Plan) -> None:
+        if log.isEnabledFor(logging.INFO):
+            log.info("message answered", extra={
+                "uuid": msg.uuid, "type": msg.type, "rules": list(decision.matched) if decision else [],
+                "compliance": kind, "messages": len(plan.outgoing), "held": len(plan.held),
+            })
 
     def decide(self, msg: Inbound, ruleset: RuleSet, now: datetime | None):
         """(compliance kind, how it was said, the rules' decision); the rules are skipped for a keyword."""
@@ -185,11 +201,6 @@ class Responder:
                 plan.held.extend({"dst": "<".join(o.dst), "text": o.text, "reason": "needs the Message API"}
                                  for o in plan.outgoing)
                 plan.outgoing = []
-        if log.isEnabledFor(logging.INFO):
-            log.info("message answered", extra={
-                "uuid": msg.uuid, "type": msg.type, "rules": list(decision.matched) if decision else [],
-                "compliance": kind, "messages": len(plan.outgoing), "held": len(plan.held),
-            })
         return plan, Answer(200, body, plivoxml.CONTENT_TYPE)
 
     def _callback(self, msg: Inbound, position: int) -> str | None:
@@ -209,6 +220,7 @@ class Responder:
             now = self.clock()
         kind, via, decision = self.decide(msg, ruleset, now)
         plan, answer = self.render(msg, ruleset, kind, via, decision, state or policy.FreshState())
+        self._log_answered(msg, kind, decision, plan)
         return plan, decision or Decision(), answer
 
     def handle_status(self, req: HttpRequest) -> Answer:

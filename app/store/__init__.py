@@ -175,9 +175,9 @@ class Store:
         return f"<Store {display(self.url)}>"
 
     def dispose(self) -> None:
-        self.engine.dispose()
         if self._writer is not None:
             self._writer.close()
+        self.engine.dispose()
 
     # -- transactions ------------------------------------------------------------
     @contextmanager
@@ -187,9 +187,12 @@ class Store:
         A unique violation becomes `_Conflict`; any other database error `Unavailable`,
         after the connection is dropped from the pool if it was cut.
         """
-        with self._writer if (write and self._writer is not None) else nullcontext():
+        sqlite_write = write and self._writer is not None
+        with self._writer if sqlite_write else nullcontext():
             try:
-                fairy = self.engine.raw_connection()
+                # SQLite writes are one at a time per process anyway: they keep one connection,
+                # which saves the pool round and rereading pages another connection changed.
+                fairy = self._writer.connection(self.engine) if sqlite_write else self.engine.raw_connection()
             except (SQLAlchemyError, self._dbapi.Error) as exc:  # the pool passes the driver's own
                 raise Unavailable(_reason(exc)) from exc
             conn = fairy.driver_connection
@@ -217,6 +220,8 @@ class Store:
                             invalidate(fairy, exc)
                         else:
                             fairy.invalidate(exc)
+                        if sqlite_write:
+                            self._writer.forget()
                     raise Unavailable(_reason(exc)) from exc
                 raise
             finally:
@@ -225,7 +230,8 @@ class Store:
                         cur.close()
                     except Exception:  # noqa: BLE001 - a cut connection's cursor
                         pass
-                fairy.close()
+                if not sqlite_write:
+                    fairy.close()
 
     @contextmanager
     def _write(self) -> Iterator[sa.Connection]:
@@ -504,6 +510,13 @@ class _SqliteWriter:
         self._lock = threading.Lock()
         self._path = os.path.abspath(database) + ".writer-lock" if database else None
         self._fd: int | None = None
+        self._fairy = None
+
+    def connection(self, engine: sa.Engine):
+        """The process's writing connection (taken from the pool once; call under the lock)."""
+        if self._fairy is None:
+            self._fairy = engine.raw_connection()
+        return self._fairy
 
     def __enter__(self):
         self._lock.acquire()
@@ -526,8 +539,15 @@ class _SqliteWriter:
         finally:
             self._lock.release()
 
+    def forget(self) -> None:
+        """The writing connection was dropped: the next write takes a new one."""
+        self._fairy = None
+
     def close(self) -> None:
         with self._lock:
+            if self._fairy is not None:
+                self._fairy.close()
+                self._fairy = None
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
