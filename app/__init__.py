@@ -61,7 +61,12 @@ def create_app(test_config: dict | None = None) -> Flask:
         _refuse(config.ConfigError(str(exc)), ctx)
     if ctx is not None and ctx.info_name == "run":
         from .store import migrate  # `flask run` serves like gunicorn: bring the schema up first
-        migrate.upgrade(store.engine)
+        from .store.db import check_connection
+        try:
+            check_connection(store.engine)
+            migrate.upgrade(store.engine)
+        except DatabaseUrlError as exc:
+            _refuse(config.ConfigError(str(exc)), ctx)
     app.extensions["responder"] = Responder(
         tokens=app.config["PLIVO_AUTH_TOKENS"], verify=app.config["VERIFY_SIGNATURES"],
         public_url=app.config["PUBLIC_URL"], holder=holder, store=store, clock=app.config.get("CLOCK"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import sys
 from datetime import datetime
@@ -47,13 +48,21 @@ def signed_request(token: str, url: str, method: str, params: list[tuple[str, st
     return signature.sign_headers(token, method, url, params, nonce)
 
 
+_NUMBER_FORM = re.compile(r"^[0-9+\-.() ]+$")
+
+
 def number(value: str | None, what: str = "NUMBER") -> str | None:
-    """A phone number in any notation (`+1 (415) 555-0100`) as digits, or a usage error."""
+    """A phone number written as in rules (`+1 (415) 555-0100`) as digits, or a usage error.
+
+    Only digits, + - . ( ) and spaces are accepted, so a typo never opts out another number.
+    """
     if value is None:
         return None
-    reduced = digits(value)
-    if not reduced or len(reduced) > 20 or any(c.isalpha() for c in value):
-        raise click.BadParameter(f"{value!r} is not a phone number", param_hint=what)
+    text = value.strip()
+    reduced = digits(text) if _NUMBER_FORM.match(text) and text.isascii() else ""
+    if not 3 <= len(reduced) <= 20:
+        raise click.BadParameter(f"{value!r} is not a phone number (digits, with + - . ( ) "
+                                 "and spaces allowed)", param_hint=what)
     return reduced
 
 
@@ -84,8 +93,11 @@ def _store() -> Store:
 
 
 def _fail(exc: Exception) -> None:
+    hint = ""
+    if "no such table" in str(exc) or "does not exist" in str(exc):
+        hint = "; create the schema with: flask --app wsgi db upgrade"
     click.echo(f"error: the database ({display(current_app.config['DATABASE_URL'])}) "
-               f"does not answer: {exc}", err=True)
+               f"does not answer: {exc}{hint}", err=True)
     sys.exit(1)
 
 
@@ -209,7 +221,7 @@ def db_prune(days):
 
 @click.command("messages")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array, newest first.")
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 100_000), default=20, show_default=True)
 @click.option("--from", "from_", help="Only messages from this number.")
 @with_appcontext
 def messages_cmd(as_json, limit, from_):

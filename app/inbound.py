@@ -14,12 +14,15 @@ from urllib.parse import unquote
 
 #: More fields than this is not a Plivo webhook (it sends about 20).
 MAX_FIELDS = 500
+#: Plivo's MessageUUIDs are 36 characters; a longer one cannot be kept (and is not Plivo's).
+MAX_UUID = 64
 
 FORM_TYPE = "application/x-www-form-urlencoded"
 
 TYPES = ("sms", "mms", "whatsapp")
 INTENTS = ("optout", "optin", "help")
 
+_OTHER_TYPE = re.compile(r"[^a-z0-9_-]")
 _MEDIA_KEY = re.compile(r"Media([1-9][0-9]{0,2})\Z")
 #: Plivo sends numbers as digits with the country code (a short code is digits too).
 #: Anything else, '<' above all, would change where a reply goes.
@@ -125,19 +128,25 @@ def parse_message(pairs: list[tuple[str, str]]) -> Inbound:
     for name in ("From", "To"):
         if not _NUMBER.match(params[name].strip()):
             raise InboundError(f"{name} is not a phone number")
+    uuid = params["MessageUUID"].strip()
+    if len(uuid) > MAX_UUID or not uuid.isprintable():
+        raise InboundError(f"MessageUUID is not an id (printable, at most {MAX_UUID} characters)")
     msg_type = (params.get("Type") or "sms").strip().lower()
+    if msg_type not in TYPES:
+        msg_type = _OTHER_TYPE.sub("", msg_type)[:16] or "sms"  # a new type Plivo adds: kept, bounded
+    intent = (params.get("MessageIntent") or "").strip().lower()
     if msg_type == "sms":
         text = params.get("Text") or params.get("Body") or ""
     else:
         text = params.get("Body") or params.get("Text") or ""
     media, count = _media(params)
     return Inbound(
-        from_=params["From"].strip(),
-        to=params["To"].strip(),
-        uuid=params["MessageUUID"].strip(),
+        from_=params["From"].strip().lstrip("+"),  # digits, as Plivo sends them and opt-outs are kept
+        to=params["To"].strip().lstrip("+"),
+        uuid=uuid,
         type=msg_type,
         text=text,
-        intent=(params.get("MessageIntent") or "").strip().lower(),
+        intent=intent if intent in INTENTS else "",
         media=media,
         media_count=count,
         params=params,

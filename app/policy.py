@@ -59,6 +59,8 @@ def plan(msg: Inbound, compliance: Compliance, limit: ReplyLimit | None,
          kind: str | None, via: str | None, decision: Decision | None, state: State) -> Plan:
     """Apply compliance, opt-outs and the reply limit to what the rules decided."""
     sender = msg.from_
+    if kind == OPTIN and sender not in state.opted_out and decision is not None:
+        kind = via = None  # START/YES from a subscribed sender: an ordinary message for the rules
     if kind is not None:  # a compliance keyword answers alone; the rules are not consulted
         result = Plan(compliance=kind)
         if kind == OPTOUT:

@@ -81,11 +81,12 @@ class Responder:
 
     # -- shared steps ------------------------------------------------------------
     def _authentic(self, req: HttpRequest) -> tuple[list, list, str | None]:
-        """(query pairs, body pairs, nonce) of a well-formed request that Plivo signed.
+        """(query pairs, body pairs, nonces) of a well-formed request that Plivo signed.
 
         Raises `Rejected` with the short answer otherwise: 400/413 for a malformed
-        request, 403 for a missing or wrong signature. The nonce is that of the
-        signature that matched (None when signatures are not checked).
+        request, 403 for a missing or wrong signature. The nonces are every
+        signature nonce the request carries (V2 and V3 may differ): each is claimed, so
+        no header set can be replayed with another body (empty when not checked).
         """
         try:
             query = parse_form(req.query)
@@ -95,18 +96,19 @@ class Responder:
                 body = parse_form(req.body)
         except InboundError as exc:
             raise Rejected(text_answer(exc.status, str(exc))) from None
-        nonce = None
+        nonces: tuple[str, ...] = ()
         if self.verify:
             try:
-                scheme = signature.verify(self.tokens, req.method, req.url, req.headers, body)
+                signature.verify(self.tokens, req.method, req.url, req.headers, body)
             except signature.SignatureError as exc:
                 hint = "" if self.public_url else "; if Plivo calls another URL, set PUBLIC_URL or TRUSTED_PROXIES"
                 log.warning("signature rejected: %s%s", exc.reason, hint,
                             extra={"checked_url": exc.url, "headers_present": list(exc.present)})
                 what = "missing" if isinstance(exc, signature.MissingSignature) else "invalid"
                 raise Rejected(text_answer(403, f"{what} Plivo signature")) from None
-            nonce = req.headers.get(signature.HEADER_V3_NONCE if "V3" in scheme else signature.HEADER_V2_NONCE)
-        return query, body, nonce
+            nonces = tuple(dict.fromkeys(n for n in (req.headers.get(signature.HEADER_V3_NONCE),
+                                                     req.headers.get(signature.HEADER_V2_NONCE)) if n))
+        return query, body, nonces
 
     def _now(self) -> tuple[datetime | None, datetime]:
         """(the clock the rules see, None for the real one; now in UTC for the database)."""
@@ -118,7 +120,7 @@ class Responder:
     # -- endpoints -----------------------------------------------------------------
     def handle_message(self, req: HttpRequest) -> Answer:
         try:
-            query, body, nonce = self._authentic(req)
+            query, body, nonces = self._authentic(req)
             msg = parse_message(body + query)  # body values win over the query's
         except Rejected as exc:
             return exc.answer
@@ -131,7 +133,7 @@ class Responder:
         if self.store is None:
             return self.answer(msg, ruleset)[2]
         try:
-            return self._recorded(msg, ruleset, nonce)
+            return self._recorded(msg, ruleset, nonces)
         except Replayed:
             log.warning("replayed signature refused", extra={"uuid": msg.uuid})
             return text_answer(403, "replayed Plivo signature")
@@ -139,7 +141,7 @@ class Responder:
             log.error("message not recorded, answered 503 so Plivo retries: %s", exc, extra={"uuid": msg.uuid})
             return text_answer(503, "the message could not be recorded; try again")
 
-    def _recorded(self, msg: Inbound, ruleset: RuleSet, nonce: str | None) -> Answer:
+    def _recorded(self, msg: Inbound, ruleset: RuleSet, nonces: tuple[str, ...]) -> Answer:
         """Answer a message once: a known MessageUUID gets its stored answer, byte for byte."""
         local, now = self._now()
         work: dict = {}
@@ -164,27 +166,32 @@ class Responder:
             work["plan"] = plan
             return _record(msg, work["decision"], plan, answer, ruleset), _to_stored(answer)
 
-        claim = Claim(uuid=msg.uuid, nonce=nonce, sender=msg.from_, to=msg.to, now=now)
+        claim = Claim(uuid=msg.uuid, nonces=nonces, sender=msg.from_, to=msg.to, now=now)
         stored, fresh = self.store.message(claim, prepare, finish)
         if fresh:
-            self._log_answered(msg, work["kind"], work["decision"], work["plan"])
+            self._log_answered(msg, work["decision"], work["plan"])
         else:
             log.info("message delivered again: stored answer sent", extra={"uuid": msg.uuid})
         return _from_stored(stored)
 
-    def _log_answered(self, msg: Inbound, kind, decision: Decision | None, plan: policy.Plan) -> None:
+    def _log_answered(self, msg: Inbound, decision: Decision | None, plan: policy.Plan) -> None:
         if log.isEnabledFor(logging.INFO):
             log.info("message answered", extra={
-                "uuid": msg.uuid, "type": msg.type, "rules": list(decision.matched) if decision else [],
-                "compliance": kind, "messages": len(plan.outgoing), "held": len(plan.held),
+                "uuid": msg.uuid, "type": msg.type, "rules": _rules(decision, plan),
+                "compliance": plan.compliance, "messages": len(plan.outgoing), "held": len(plan.held),
             })
 
     def decide(self, msg: Inbound, ruleset: RuleSet, now: datetime | None):
-        """(compliance kind, how it was said, the rules' decision); the rules are skipped for a keyword."""
+        """(compliance kind, how it was said, the rules' decision).
+
+        The rules are not run for an opt-out or help keyword. An opt-in keyword only acts
+        for a sender who opted out (the state decides, later), so the rules' answer is kept
+        ready for everyone else: "Yes" is an ordinary answer from a subscribed customer.
+        """
         kind, via = ruleset.compliance.classify(msg)
-        if kind is not None:
+        if kind is not None and kind != policy.OPTIN:
             return kind, via, None
-        return None, None, decide(ruleset, msg, now)
+        return kind, via, decide(ruleset, msg, now)
 
     def render(self, msg: Inbound, ruleset: RuleSet, kind, via, decision: Decision | None,
                state: policy.State) -> tuple[policy.Plan, Answer]:
@@ -220,13 +227,13 @@ class Responder:
             now = self.clock()
         kind, via, decision = self.decide(msg, ruleset, now)
         plan, answer = self.render(msg, ruleset, kind, via, decision, state or policy.FreshState())
-        self._log_answered(msg, kind, decision, plan)
+        self._log_answered(msg, decision, plan)
         return plan, decision or Decision(), answer
 
     def handle_status(self, req: HttpRequest) -> Answer:
         """A delivery report: verified, stored, and linked to the reply it reports on."""
         try:
-            query, body, nonce = self._authentic(req)
+            query, body, nonces = self._authentic(req)
         except Rejected as exc:
             return exc.answer
         params = dict(reversed(query))
@@ -236,7 +243,7 @@ class Responder:
         ref = params.pop("ref", None)
         if self.store is not None:
             try:
-                reply_id = self.store.record_report(params, nonce, ref, self._now()[1])
+                reply_id = self.store.record_report(params, nonces, ref, self._now()[1])
             except Replayed:
                 log.warning("replayed signature refused", extra={"uuid": params["MessageUUID"]})
                 return text_answer(403, "replayed Plivo signature")
@@ -251,6 +258,11 @@ class Responder:
             "error_code": params.get("ErrorCode", ""), "linked": reply_id is not None,
         })
         return text_answer(200, "ok")
+
+
+def _rules(decision: Decision | None, plan: policy.Plan) -> list[str]:
+    """The rules that acted: none when a compliance keyword answered."""
+    return list(decision.matched) if decision is not None and plan.compliance is None else []
 
 
 def _to_stored(answer: Answer) -> Stored:
@@ -277,7 +289,7 @@ def _record(msg: Inbound, decision: Decision | None, plan: policy.Plan, answer: 
         message={
             "from_number": msg.from_, "to_number": msg.to, "type": msg.type, "text": _storable(msg.text),
             "intent": msg.intent, "params": params,
-            "rules": list(decision.matched) if decision is not None else [],
+            "rules": _rules(decision, plan),
             "compliance": plan.compliance, "possible_optout": plan.possible_optout,
             "held": [dict(h, text=_storable(h["text"])) for h in plan.held],
         },

@@ -348,8 +348,9 @@ def build() -> dict[str, dict]:
         p(n, "STOP", intent="optout"), xml(msg("You are unsubscribed. Reply START to resubscribe.")))
 
     n = "intent-optin"
-    add(n, "'START' with MessageIntent=optin: the built-in opt-in, confirmed",
-        p(n, "START", intent="optin"), xml(msg("You are resubscribed. Reply STOP to unsubscribe.")))
+    add(n, "'START' with MessageIntent=optin from a sender who never opted out: an ordinary "
+           "message for the rules (the built-in opt-in acts only after an opt-out)",
+        p(n, "START", intent="optin"), xml(*catch_all("START")))
 
     n = "intent-help"
     add(n, "'HELP' with MessageIntent=help: the help reply of the rules' compliance section",

@@ -408,3 +408,111 @@ def test_prune_deletes_old_rows_but_never_opt_outs(tmp_path):
     assert len(rows(app, "SELECT id FROM replies")) == 1
     assert [o["number"] for o in store.list_optouts()] == ["14155550111"]
     assert store.prune(30, now=clock.now) == {"messages": 0, "reports": 0, "nonces": 0}
+
+
+# -- odd input never costs a message (review findings) ------------------------------------------
+@pytest.mark.parametrize("uuid", ["x" * 65, "abc\x00def", "tab\there"])
+def test_message_uuid_that_cannot_be_kept_is_a_400(client, uuid):
+    r = send(client, sms("hours", MessageUUID=uuid))
+    assert r.status_code == 400 and r.get_data(as_text=True).startswith("MessageUUID is not an id")
+
+
+def test_odd_type_and_intent_are_recorded(app, client):
+    r = send(client, sms("hours", Type="RCS-Business-Messaging-v2-extra\x00", MessageIntent="x" * 40))
+    assert r.status_code == 200
+    [m] = messages(app)
+    assert m["type"] == "rcs-business-messaging-v2-extra"[:16] and m["intent"] is None
+
+
+def test_long_forwards_and_rule_names_are_recorded(tmp_path):
+    numbers = ", ".join(f'"1415555{i:04d}"' for i in range(40))
+    app = make_app(tmp_path, f"""\
+        version: 1
+        rules:
+          - name: "{'n' * 250}"
+            forward: {{to: [{numbers}]}}
+        """)
+    r = send(app.test_client(), sms("hello"))
+    assert r.status_code == 200
+    [m] = messages(app)
+    assert m["replies"][0]["dst"].count("<") == 39 and len(m["replies"][0]["rule"]) == 250
+
+
+@pytest.mark.parametrize("report", [
+    {"MessageUUID": "u" * 200, "Status": "delivered"},
+    {"MessageUUID": "u-1", "Status": "s" * 40, "ParentMessageUUID": "p" * 100},
+    {"MessageUUID": "u\x00-2", "Status": "deli\x00vered", "ErrorCode": "9" * 50, "Sequence": "9" * 80},
+])
+def test_odd_reports_are_stored(app, client, report):
+    assert send(client, report, path="/status").status_code == 200
+
+
+def test_report_with_an_absurd_reference_is_stored_unlinked(app, client):
+    r = send(client, {"MessageUUID": "u-1", "Status": "sent"}, path="/status", query="ref=abc.99999999999999999999999")
+    assert r.status_code == 200
+    assert rows(app, "SELECT reply_id FROM reports") == [(None,)]
+
+
+def test_every_nonce_of_a_request_is_claimed(app, client):
+    """V2 and V3 headers with different nonces: neither can be replayed with another body."""
+    url = "http://localhost/message"
+    first = sms("hours")
+    v3 = {k: v for k, v in signed_headers(url, first, nonce="2222").items() if "V3" in k}
+    v2 = {k: v for k, v in signed_headers(url, first, nonce="1111").items() if "V2" in k}
+    assert _post(client, first, {**v2, **v3}).status_code == 200
+    forged = sms("I want my money back", From="14155550999")
+    r = _post(client, forged, v2)  # the V2 headers alone (V2 does not sign the body)
+    assert (r.status_code, r.get_data(as_text=True)) == (403, "replayed Plivo signature\n")
+
+
+def test_long_nonces_are_told_apart(app, client):
+    url = "http://localhost/message"
+    prefix = "n" * 200
+    for tail in ("a", "b"):
+        params = sms("hours")
+        assert _post(client, params, signed_headers(url, params, nonce=prefix + tail)).status_code == 200
+    params = sms("hours")
+    r = _post(client, params, signed_headers(url, params, nonce=prefix + "a"))
+    assert r.status_code == 403
+
+
+def test_opt_in_words_from_a_subscribed_sender_go_to_the_rules(app, client):
+    assert texts(send(client, sms("yes"))) == ["Thanks, we got your message.", "A person will answer soon.",
+                                              f"From {SENDER}: yes"]
+    assert messages(app)[0]["compliance"] is None
+    send(client, sms("STOP"))
+    assert texts(send(client, sms("Yes"))) == [OPTED_IN]
+    newest = messages(app)[0]
+    assert newest["compliance"] == "optin" and newest["rules"] == []
+    assert texts(send(client, sms("yes"))) == ["Thanks, we got your message.", "A person will answer soon.",
+                                              f"From {SENDER}: yes"]
+
+
+def test_leading_plus_in_numbers_is_dropped(app, client):
+    send(client, sms("STOP", From="+14155550123"))
+    assert app.extensions["responder"].store.list_optouts()[0]["number"] == SENDER
+    assert texts(send(client, sms("hours"))) == []
+
+
+def test_sqlite_writer_waits_at_most_the_limit(tmp_path, database, monkeypatch):
+    """Another process holding SQLite's write turn: 503 within the limit, never a hang past 8 s."""
+    if not database.startswith("sqlite"):
+        pytest.skip("the write turn is SQLite's")
+    import fcntl
+    import os
+    import time
+
+    import app.store as store_module
+    monkeypatch.setattr(store_module, "WRITER_WAIT_S", 0.5)
+    app = make_app(tmp_path)
+    path = database[len("sqlite:///"):] + ".writer-lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another open file: excludes the app as another process would
+        started = time.monotonic()
+        r = send(app.test_client(), sms("hours"))
+        assert r.status_code == 503 and time.monotonic() - started < 3
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    assert send(app.test_client(), sms("hours")).status_code == 200

@@ -74,6 +74,7 @@ def test_urls(url, driver):
     ("postgresql+psycopg2://u@h/db", "DATABASE_URL: driver 'psycopg2' is not installed"),
     ("sqlite://", "DATABASE_URL: SQLite needs a file"),
     ("sqlite:///:memory:", "DATABASE_URL: SQLite needs a file"),
+    ("sqlite:////tmp/x.db?mode=ro", "DATABASE_URL: SQLite takes no options here"),
 ])
 def test_bad_urls(url, says):
     with pytest.raises(DatabaseUrlError) as info:
@@ -157,6 +158,7 @@ def test_messages_command(app):
     assert "-> 14155550999<14155550998" in table
     bad = runner.invoke(args=["messages", "--from", "call me"])
     assert bad.exit_code == 2 and "is not a phone number" in bad.output
+    assert runner.invoke(args=["messages", "--limit", "99999999999999999999"]).exit_code == 2
 
 
 def test_empty_log(app):
@@ -189,7 +191,8 @@ def test_optouts_commands(app):
     assert result.exit_code == 0 and "opted in again" in result.output
     assert runner.invoke(args=["optouts", "remove", "1-415-555-0100"]).exit_code == 0
     assert [r["number"] for r in json.loads(runner.invoke(args=["optouts", "--json"]).output)] == ["14155550102"]
-    assert runner.invoke(args=["optouts", "add", "abc"]).exit_code == 2
+    for bad in ("abc", "1415555010\uff10", "1\x012", "0", "12"):
+        assert runner.invoke(args=["optouts", "add", bad]).exit_code == 2, bad
 
 
 def test_db_prune_command(app):

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -38,6 +39,9 @@ __all__ = ["Store", "StoreError", "Unavailable", "Replayed", "Stored", "Claim", 
            "DatabaseUrlError", "utcnow", "metadata", "display", "check_connection"]
 
 log = logging.getLogger("app.store")
+
+#: Longest wait for a SQLite write turn before the message gets 503 (Plivo waits 8 s).
+WRITER_WAIT_S = 5.0
 
 
 class StoreError(Exception):
@@ -83,7 +87,7 @@ class Claim:
     """What `record` needs before the caller decides: who, and which state to read."""
 
     uuid: str
-    nonce: str | None
+    nonces: Sequence[str]             # every signature nonce of the request
     sender: str
     to: str
     now: datetime                     # naive UTC
@@ -140,6 +144,21 @@ def status_key(status: str, sequence: str, message_time: str) -> str:
     rank = _STATUS_RANK.get(status, 1)
     seq = int(sequence) if sequence.isdigit() and len(sequence) <= 12 else 0
     return f"{rank}|{seq:012d}|{message_time[:26]}"
+
+
+def _field(params: dict[str, str], name: str, limit: int) -> str:
+    """A report's parameter as a column keeps it: trimmed, no NUL, at most `limit` characters."""
+    value = (params.get(name) or "").strip()
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    return value[:limit]
+
+
+def nonce_key(nonce: str) -> str:
+    """A nonce as kept: itself when short and printable, else a SHA-256 of it (no two collide)."""
+    if len(nonce) <= 64 and nonce.isprintable():
+        return nonce
+    return "sha256:" + hashlib.sha256(nonce.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _key64(text: str) -> int:
@@ -267,16 +286,14 @@ class Store:
             return False
 
     # -- nonces ------------------------------------------------------------------
-    def _use_nonce(self, conn: sa.Connection, nonce: str | None, uuid: str, now: datetime) -> None:
-        """Remember `nonce` for `uuid`; `Replayed` when it came before with another uuid."""
-        if not nonce:
-            return
-        inserted = conn.execute(self._insert_nonce, {"nonce": nonce[:128], "message_uuid": uuid, "seen_at": now})
-        if inserted.first() is not None:
-            return
-        owner = conn.execute(_NONCE_OWNER, {"nonce": nonce[:128]}).scalar()
-        if owner is not None and owner != uuid:
-            raise Replayed(nonce)
+    def _use_nonces(self, conn: sa.Connection, given: Sequence[str], uuid: str, now: datetime) -> None:
+        """Remember each nonce for `uuid`; `Replayed` when one came before with another uuid."""
+        for nonce in map(nonce_key, given):
+            inserted = conn.execute(self._insert_nonce, {"nonce": nonce, "message_uuid": uuid, "seen_at": now})
+            if inserted.first() is None:
+                owner = conn.execute(_NONCE_OWNER, {"nonce": nonce}).scalar()
+                if owner is not None and owner != uuid:
+                    raise Replayed(nonce)
 
     # -- inbound messages (the hot path: driver connections, see hot.py) ---------
     def message(self, claim: Claim, prepare: Callable[[], Needs],
@@ -334,14 +351,13 @@ class Store:
         raise Unavailable("could not record the message")
 
     def _use_nonce_raw(self, cur, claim: Claim) -> None:
-        if not claim.nonce:
-            return
-        nonce = claim.nonce[:128]
-        if cur.execute(self._sql.nonce, (nonce, claim.uuid, self._sql.time(claim.now))).fetchone() is not None:
-            return
-        owner = cur.execute(self._sql.nonce_owner, (nonce,)).fetchone()
-        if owner is not None and owner[0] != claim.uuid:
-            raise Replayed(nonce)
+        sql = self._sql
+        for nonce in map(nonce_key, claim.nonces):
+            if cur.execute(sql.nonce, (nonce, claim.uuid, sql.time(claim.now))).fetchone() is not None:
+                continue
+            owner = cur.execute(sql.nonce_owner, (nonce,)).fetchone()
+            if owner is not None and owner[0] != claim.uuid:
+                raise Replayed(nonce)
 
     def _redeliver_raw(self, cur, claim: Claim) -> Stored | None:
         row = cur.execute(self._sql.redeliver, (claim.uuid,)).fetchone()
@@ -379,38 +395,38 @@ class Store:
         return answer
 
     # -- delivery reports ----------------------------------------------------------
-    def record_report(self, params: dict[str, str], nonce: str | None, ref: str | None,
+    def record_report(self, params: dict[str, str], nonces: Sequence[str], ref: str | None,
                       now: datetime | None = None) -> int | None:
         """Store one delivery report and update the reply it reports on; the reply's id or None."""
         now = as_utc(now)
-        uuid = params["MessageUUID"]
-        status = (params.get("Status") or "").strip().lower()
-        sequence = (params.get("Sequence") or "").strip()
-        parent = (params.get("ParentMessageUUID") or "").strip() or None
+        uuid = _field(params, "MessageUUID", 64)
+        status = _field(params, "Status", 16).lower()
+        sequence = _field(params, "Sequence", 32)
+        parent = _field(params, "ParentMessageUUID", 64) or None
         with self._write() as conn:
-            self._use_nonce(conn, nonce, uuid, now)
+            self._use_nonces(conn, nonces, uuid, now)
             reply = self._find_reply(conn, ref, uuid, parent)
             reply_id = reply[0] if reply is not None else None
             conn.execute(self._insert_report, {
                 "received_at": now, "message_uuid": uuid, "parent_uuid": parent, "status": status or "unknown",
-                "sequence": sequence[:32], "part": (params.get("PartInfo") or "").strip()[:32],
-                "error_code": (params.get("ErrorCode") or "").strip()[:16] or None,
+                "sequence": sequence, "part": _field(params, "PartInfo", 32),
+                "error_code": _field(params, "ErrorCode", 16) or None,
                 "reply_id": reply_id, "params": params,
             })
             if reply is None or not status:
                 return reply_id
             if reply[2] is None:
                 conn.execute(_SET_PLIVO_UUID, {"reply_id": reply_id, "plivo_uuid": parent or uuid})
-            key = status_key(status, sequence, (params.get("MessageTime") or "").strip())
+            key = status_key(status, sequence, _field(params, "MessageTime", 26))
             if reply[1] is None or key > reply[1]:
-                conn.execute(_SET_STATUS, {"reply_id": reply_id, "status": status[:16],
+                conn.execute(_SET_STATUS, {"reply_id": reply_id, "status": status,
                                            "status_key": key, "status_at": now})
             return reply_id
 
     def _find_reply(self, conn: sa.Connection, ref: str | None, uuid: str, parent: str | None):
         if ref:
             inbound, _, position = ref.rpartition(".")
-            if inbound and position.isdigit():
+            if inbound and position.isdigit() and len(position) <= 6 and len(inbound) <= 64:
                 stmt = _REPLY_BY_REF.with_for_update() if self.postgres else _REPLY_BY_REF
                 row = conn.execute(stmt, {"uuid": inbound, "position": int(position)}).first()
                 if row is not None:
@@ -519,18 +535,34 @@ class _SqliteWriter:
         return self._fairy
 
     def __enter__(self):
-        self._lock.acquire()
+        deadline = time.monotonic() + WRITER_WAIT_S
+        if not self._lock.acquire(timeout=WRITER_WAIT_S):
+            raise Unavailable(f"the database is busy: no write turn within {WRITER_WAIT_S:g} s")
         try:
             if self._path is not None:
                 if self._fd is None:
                     self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                self._flock(deadline)
         except OSError:
             pass  # no lock file (a read-only folder): SQLite's own busy timeout still orders writers
         except BaseException:
             self._lock.release()
             raise
         return self
+
+    def _flock(self, deadline: float) -> None:
+        """The cross-process lock, by the deadline: at once when free, else polled (50 µs .. 2 ms)."""
+        delay = 0.00005
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise Unavailable(f"the database is busy: another process held the write "
+                                      f"lock for {WRITER_WAIT_S:g} s") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.002)
 
     def __exit__(self, *exc):
         try:

@@ -43,6 +43,9 @@ def parse_url(raw: str) -> URL:
         if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
             raise DatabaseUrlError("DATABASE_URL: SQLite needs a file (sqlite:////path/to/file.sqlite3), "
                                    "shared by every worker; an in-memory database is not")
+        if url.query:
+            raise DatabaseUrlError(f"DATABASE_URL: SQLite takes no options here (got ?{'&'.join(url.query)}); "
+                                   "the service sets what it needs")
         return url.set(drivername="sqlite+pysqlite")
     raise DatabaseUrlError(f"DATABASE_URL: {backend!r} databases are not supported; use sqlite or postgresql")
 

@@ -43,6 +43,10 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> tuple[str | None, str]
     with engine.connect() as conn:
         postgres = conn.dialect.name == "postgresql"
         if postgres:
+            # A migration may take longer than the 5 s a message's statements get, and so may
+            # waiting for another host's migration: no time limits on this connection.
+            conn.exec_driver_sql("SET statement_timeout = 0")
+            conn.exec_driver_sql("SET lock_timeout = 0")
             conn.exec_driver_sql(f"SELECT pg_advisory_lock({_LOCK_KEY})")
             conn.commit()
         try:
@@ -55,5 +59,7 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> tuple[str | None, str]
         finally:
             if postgres:
                 conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_LOCK_KEY})")
+                conn.exec_driver_sql("RESET statement_timeout")  # back to the pool's defaults
+                conn.exec_driver_sql("RESET lock_timeout")
                 conn.commit()
     return before, after

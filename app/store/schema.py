@@ -50,9 +50,9 @@ replies = sa.Table(
     sa.Column("message_id", sa.Integer, sa.ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
     sa.Column("position", sa.Integer, nullable=False),   # order in the answer, from 0
     sa.Column("kind", sa.String(16), nullable=False),    # reply, forward, optout, optin, help
-    sa.Column("rule", sa.String(200)),                   # the rule that made it (NULL: compliance)
+    sa.Column("rule", sa.Text),                          # the rule that made it (NULL: compliance)
     sa.Column("src", sa.String(32), nullable=False),
-    sa.Column("dst", sa.String(400), nullable=False),    # numbers joined by '<'
+    sa.Column("dst", sa.Text, nullable=False),           # numbers joined by '<'
     sa.Column("sender", sa.String(32), nullable=False),  # the inbound sender (for reply limits)
     sa.Column("limited", sa.Boolean, nullable=False),    # counts towards limits.replies_per_sender
     sa.Column("text", sa.Text, nullable=False),
