@@ -492,27 +492,3 @@ def test_leading_plus_in_numbers_is_dropped(app, client):
     send(client, sms("STOP", From="+14155550123"))
     assert app.extensions["responder"].store.list_optouts()[0]["number"] == SENDER
     assert texts(send(client, sms("hours"))) == []
-
-
-def test_sqlite_writer_turn_after_the_deadline_is_a_503(tmp_path, database, monkeypatch):
-    """Another process holding SQLite's write turn too long: 503, not an answer after 8 s."""
-    if not database.startswith("sqlite"):
-        pytest.skip("the write turn is SQLite's")
-    import fcntl
-    import os
-    import threading
-    import time
-
-    import app.store as store_module
-    monkeypatch.setattr(store_module, "WRITER_WAIT_S", 0.3)
-    app = make_app(tmp_path)
-    path = database[len("sqlite:///"):] + ".writer-lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT)
-    fcntl.flock(fd, fcntl.LOCK_EX)  # another open file: excludes the app as another process would
-    release = threading.Timer(1.0, lambda: (fcntl.flock(fd, fcntl.LOCK_UN), os.close(fd)))
-    release.start()
-    started = time.monotonic()
-    r = send(app.test_client(), sms("hours"))
-    release.join()
-    assert r.status_code == 503 and 0.9 < time.monotonic() - started < 3
-    assert send(app.test_client(), sms("hours")).status_code == 200

@@ -217,3 +217,25 @@ def test_store_repr_hides_the_password():
     store = Store("postgresql://user:secret@127.0.0.1:1/db")
     assert "secret" not in repr(store)
     store.dispose()
+
+
+def test_sqlite_writer_turn_after_the_deadline_is_a_503(tmp_path, monkeypatch):
+    """Another process holding SQLite's write turn too long: 503, not an answer after 8 s."""
+    import fcntl
+    import os
+    import threading
+    import time
+
+    import app.store as store_module
+    monkeypatch.setattr(store_module, "WRITER_WAIT_S", 0.3)
+    app = make_app(tmp_path)  # a fresh SQLite file
+    path = app.config["DATABASE_URL"][len("sqlite:///"):] + ".writer-lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another open file: excludes the app as another process would
+    release = threading.Timer(1.0, lambda: (fcntl.flock(fd, fcntl.LOCK_UN), os.close(fd)))
+    release.start()
+    started = time.monotonic()
+    r = send(app.test_client(), sms("hours"))
+    release.join()
+    assert r.status_code == 503 and 0.9 < time.monotonic() - started < 3
+    assert send(app.test_client(), sms("hours")).status_code == 200
