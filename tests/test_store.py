@@ -239,3 +239,17 @@ def test_sqlite_writer_turn_after_the_deadline_is_a_503(tmp_path, monkeypatch):
     release.join()
     assert r.status_code == 503 and 0.9 < time.monotonic() - started < 3
     assert send(app.test_client(), sms("hours")).status_code == 200
+
+
+def test_migrations_run_without_the_request_timeouts_and_give_them_back():
+    url = postgres_database()
+    store = Store(url, pool_size=1)
+    try:
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == "5s"
+        migrate.upgrade(store.engine)  # would fail past 5 s otherwise; then the pool's defaults again
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == "5s"
+            assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == "5s"
+    finally:
+        store.dispose()
