@@ -22,6 +22,8 @@ from .store import Claim, Needs, Record, Replayed, Store, Stored, Unavailable, a
 log = logging.getLogger("app.service")
 
 TEXT = "text/plain; charset=utf-8"
+NEEDS_API = "needs the Message API"
+_V2_HEADERS = frozenset({signature.HEADER_V2, signature.HEADER_MA_V2, signature.HEADER_V2_NONCE})
 #: Plivo accepts XML replies to these; WhatsApp (and anything new) needs the Message API.
 XML_TYPES = frozenset({"sms", "mms"})
 
@@ -99,16 +101,33 @@ class Responder:
         nonces: tuple[str, ...] = ()
         if self.verify:
             try:
-                signature.verify(self.tokens, req.method, req.url, req.headers, body)
+                scheme = signature.verify(self.tokens, req.method, req.url, req.headers, body)
             except signature.SignatureError as exc:
                 hint = "" if self.public_url else "; if Plivo calls another URL, set PUBLIC_URL or TRUSTED_PROXIES"
                 log.warning("signature rejected: %s%s", exc.reason, hint,
                             extra={"checked_url": exc.url, "headers_present": list(exc.present)})
                 what = "missing" if isinstance(exc, signature.MissingSignature) else "invalid"
                 raise Rejected(text_answer(403, f"{what} Plivo signature")) from None
-            nonces = tuple(dict.fromkeys(n for n in (req.headers.get(signature.HEADER_V3_NONCE),
-                                                     req.headers.get(signature.HEADER_V2_NONCE)) if n))
+            nonces = self._verified_nonces(req, body, scheme)
         return query, body, nonces
+
+    def _verified_nonces(self, req: HttpRequest, body: list, scheme: str) -> tuple[str, ...]:
+        """The nonce of the scheme that matched, and the V2 nonce too when V2 headers that
+        also verify came with a V3 signature under another nonce: a request whose V2 headers
+        were valid must not be replayable by sending those alone with another body. A nonce
+        no signature covers is not kept."""
+        if "V2" in scheme:
+            return (req.headers[signature.HEADER_V2_NONCE],)
+        v3 = req.headers[signature.HEADER_V3_NONCE]
+        v2 = req.headers.get(signature.HEADER_V2_NONCE)
+        if not v2 or v2 == v3:
+            return (v3,)
+        only_v2 = {k: v for k, v in req.headers.items() if k in _V2_HEADERS}
+        try:
+            signature.verify(self.tokens, req.method, req.url, only_v2, body)
+        except signature.SignatureError:
+            return (v3,)
+        return (v3, v2)
 
     def _now(self) -> tuple[datetime | None, datetime]:
         """(the clock the rules see, None for the real one; now in UTC for the database)."""
@@ -175,6 +194,10 @@ class Responder:
         return _from_stored(stored)
 
     def _log_answered(self, msg: Inbound, decision: Decision | None, plan: policy.Plan) -> None:
+        waiting = sum(h["reason"] == NEEDS_API for h in plan.held)
+        if waiting:
+            log.warning("%d message(s) not sent: %s replies need the Message API, not available yet",
+                        waiting, msg.type, extra={"uuid": msg.uuid})
         if log.isEnabledFor(logging.INFO):
             log.info("message answered", extra={
                 "uuid": msg.uuid, "type": msg.type, "rules": _rules(decision, plan),
@@ -203,9 +226,7 @@ class Responder:
         else:
             body = plivoxml.EMPTY
             if plan.outgoing:  # WhatsApp: Plivo takes no XML replies (the Message API comes later)
-                log.warning("%d message(s) not sent: %s replies need the Message API, not available yet",
-                            len(plan.outgoing), msg.type, extra={"uuid": msg.uuid})
-                plan.held.extend({"dst": "<".join(o.dst), "text": o.text, "reason": "needs the Message API"}
+                plan.held.extend({"dst": "<".join(o.dst), "text": o.text, "reason": NEEDS_API}
                                  for o in plan.outgoing)
                 plan.outgoing = []
         return plan, Answer(200, body, plivoxml.CONTENT_TYPE)

@@ -492,3 +492,19 @@ def test_leading_plus_in_numbers_is_dropped(app, client):
     send(client, sms("STOP", From="+14155550123"))
     assert app.extensions["responder"].store.list_optouts()[0]["number"] == SENDER
     assert texts(send(client, sms("hours"))) == []
+
+
+def test_a_nonce_no_signature_covers_is_not_kept(app, client):
+    """V3 decides; a V2 nonce header whose V2 signature does not match is not claimed."""
+    url = "http://localhost/message"
+    params = sms("hours")
+    v3 = {k: v for k, v in signed_headers(url, params, nonce="3333").items() if "V3" in k}
+    for made_up in ("a1", "a2", "a3"):
+        headers = {**v3, "X-Plivo-Signature-V2": "bogus", "X-Plivo-Signature-V2-Nonce": made_up}
+        assert _post(client, params, headers).status_code == 200
+    assert rows(app, "SELECT nonce FROM nonces") == [("3333",)]
+
+
+def test_report_with_a_nul_in_its_reference_is_stored(app, client):
+    r = send(client, {"MessageUUID": "u-1", "Status": "sent"}, path="/status", query="ref=ab%00c.1")
+    assert r.status_code == 200
