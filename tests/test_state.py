@@ -51,16 +51,6 @@ class Clock:
         self.now += timedelta(**kw)
 
 
-@pytest.fixture
-def app(tmp_path):
-    return make_app(tmp_path)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
 # -- the message log ----------------------------------------------------------------------
 def test_message_is_recorded_with_rules_replies_and_answer(app, client):
     params = sms("Hours?")
