@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 import shlex
 import sys
 from datetime import datetime
@@ -92,13 +93,18 @@ def _store() -> Store:
     return current_app.extensions["responder"].store
 
 
-def _fail(exc: Exception) -> None:
-    hint = ""
-    if "no such table" in str(exc) or "does not exist" in str(exc):
-        hint = "; create the schema with: flask --app wsgi db upgrade"
-    click.echo(f"error: the database ({display(current_app.config['DATABASE_URL'])}) "
-               f"does not answer: {exc}{hint}", err=True)
-    sys.exit(1)
+@contextmanager
+def _database():
+    """Run a command's database work; a database that does not answer is one line and exit 1."""
+    try:
+        yield _store()
+    except StoreError as exc:
+        hint = ""
+        if "no such table" in str(exc) or "does not exist" in str(exc):
+            hint = "; create the schema with: flask --app wsgi db upgrade"
+        click.echo(f"error: the database ({display(current_app.config['DATABASE_URL'])}) "
+                   f"does not answer: {exc}{hint}", err=True)
+        sys.exit(1)
 
 
 # -- click wrappers ----------------------------------------------------------------
@@ -212,10 +218,8 @@ def db_upgrade():
 def db_prune(days):
     """Delete messages, delivery reports and nonces older than RETENTION_DAYS now (opt-outs stay)."""
     days = days or current_app.config["RETENTION_DAYS"]
-    try:
-        counts = _store().prune(days)
-    except StoreError as exc:
-        _fail(exc)
+    with _database() as store:
+        counts = store.prune(days)
     click.echo(", ".join(f"{n} {name}" for name, n in counts.items()) + f" older than {days} days deleted")
 
 
@@ -226,10 +230,8 @@ def db_prune(days):
 @with_appcontext
 def messages_cmd(as_json, limit, from_):
     """The message log: what came in, which rules matched, what went out."""
-    try:
-        rows = _store().list_messages(limit, number(from_, "--from"))
-    except StoreError as exc:
-        _fail(exc)
+    with _database() as store:
+        rows = store.list_messages(limit, number(from_, "--from"))
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
@@ -245,10 +247,8 @@ def optouts_cli(ctx, as_json):
     """Numbers that get nothing from the service (list, add, remove)."""
     if ctx.invoked_subcommand is not None:
         return
-    try:
-        rows = _store().list_optouts()
-    except StoreError as exc:
-        _fail(exc)
+    with _database() as store:
+        rows = store.list_optouts()
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
@@ -268,10 +268,8 @@ def optouts_cli(ctx, as_json):
 def optouts_add(number_, to):
     """Opt NUMBER out: it gets no replies or sends of any kind."""
     who, where = number(number_), number(to, "--to")
-    try:
-        added = _store().add_optout(who, where)
-    except StoreError as exc:
-        _fail(exc)
+    with _database() as store:
+        added = store.add_optout(who, where)
     scope = f"from {where}" if where else "from every number"
     click.echo(f"{who} opted out {scope}" if added else f"{who} was already opted out {scope}")
 
@@ -283,10 +281,8 @@ def optouts_add(number_, to):
 def optouts_remove(number_, to):
     """Remove an opt-out of NUMBER."""
     who, where = number(number_), number(to, "--to")
-    try:
-        removed = _store().remove_optout(who, where)
-    except StoreError as exc:
-        _fail(exc)
+    with _database() as store:
+        removed = store.remove_optout(who, where)
     scope = f"for {where}" if where else "for every number"
     if not removed:
         click.echo(f"{who} had no opt-out {scope}", err=True)

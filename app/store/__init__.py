@@ -2,7 +2,7 @@
 
 The pipeline calls `Store` with strings, numbers and small dataclasses; no
 SQLAlchemy object leaves this package. Every inbound message is one short
-transaction (`record`): check the signature nonce, read the state that
+transaction (`message`): check the signature nonces, read the state that
 matters to it, let the caller decide and render, then write the message, its
 replies and any opt-out change together. A MessageUUID is claimed by a unique
 index, so two deliveries at the same moment are decided once: the loser's
@@ -118,7 +118,6 @@ class State:
 
 # -- statements, built once --------------------------------------------------------
 _b = sa.bindparam
-_NONCE_OWNER = sa.select(nonces.c.message_uuid).where(nonces.c.nonce == _b("nonce"))
 _REPLY_BY_REF = (sa.select(replies.c.id, replies.c.status_key, replies.c.plivo_uuid)
                  .join(messages, messages.c.id == replies.c.message_id)
                  .where(messages.c.uuid == _b("uuid")).where(replies.c.position == _b("position")))
@@ -183,8 +182,6 @@ class Store:
         self._writer = _SqliteWriter(self.engine.url.database) if not self.postgres else None
         insert = pg_dialect.insert if self.postgres else sqlite_dialect.insert
         # RETURNING tells whether a row went in (psycopg gives no rowcount for these)
-        self._insert_nonce = (insert(nonces).on_conflict_do_nothing(index_elements=["nonce"])
-                              .returning(nonces.c.nonce))
         self._insert_report = insert(reports).on_conflict_do_nothing(
             index_elements=["message_uuid", "status", "sequence", "part"])
         self._insert_optout = (insert(optouts).on_conflict_do_nothing(index_elements=["number", "to_number"])
@@ -286,14 +283,19 @@ class Store:
             return False
 
     # -- nonces ------------------------------------------------------------------
-    def _use_nonces(self, conn: sa.Connection, given: Sequence[str], uuid: str, now: datetime) -> None:
-        """Remember each nonce for `uuid`; `Replayed` when one came before with another uuid."""
+    def _claim_nonces(self, fetch, given: Sequence[str], uuid: str, now: datetime) -> None:
+        """Remember each nonce for `uuid`; `Replayed` when one came before with another uuid.
+
+        `fetch(sql, params)` runs one of the driver-level statements and returns its first
+        row: the hot path passes its cursor, the Core paths their connection.
+        """
+        sql = self._sql
         for nonce in sorted(set(map(nonce_key, given))):  # one order everywhere: no deadlock
-            inserted = conn.execute(self._insert_nonce, {"nonce": nonce, "message_uuid": uuid, "seen_at": now})
-            if inserted.first() is None:
-                owner = conn.execute(_NONCE_OWNER, {"nonce": nonce}).scalar()
-                if owner is not None and owner != uuid:
-                    raise Replayed(nonce)
+            if fetch(sql.nonce, (nonce, uuid, sql.time(now))) is not None:
+                continue
+            owner = fetch(sql.nonce_owner, (nonce,))
+            if owner is not None and owner[0] != uuid:
+                raise Replayed(nonce)
 
     # -- inbound messages (the hot path: driver connections, see hot.py) ---------
     def message(self, claim: Claim, prepare: Callable[[], Needs],
@@ -351,13 +353,7 @@ class Store:
         raise Unavailable("could not record the message")
 
     def _use_nonce_raw(self, cur, claim: Claim) -> None:
-        sql = self._sql
-        for nonce in sorted(set(map(nonce_key, claim.nonces))):  # one order everywhere: no deadlock
-            if cur.execute(sql.nonce, (nonce, claim.uuid, sql.time(claim.now))).fetchone() is not None:
-                continue
-            owner = cur.execute(sql.nonce_owner, (nonce,)).fetchone()
-            if owner is not None and owner[0] != claim.uuid:
-                raise Replayed(nonce)
+        self._claim_nonces(lambda q, p: cur.execute(q, p).fetchone(), claim.nonces, claim.uuid, claim.now)
 
     def _redeliver_raw(self, cur, claim: Claim) -> Stored | None:
         row = cur.execute(self._sql.redeliver, (claim.uuid,)).fetchone()
@@ -404,7 +400,7 @@ class Store:
         sequence = _field(params, "Sequence", 32)
         parent = _field(params, "ParentMessageUUID", 64) or None
         with self._write() as conn:
-            self._use_nonces(conn, nonces, uuid, now)
+            self._claim_nonces(lambda q, p: conn.exec_driver_sql(q, p).first(), nonces, uuid, now)
             reply = self._find_reply(conn, ref, uuid, parent)
             reply_id = reply[0] if reply is not None else None
             conn.execute(self._insert_report, {
