@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from app.inbound import Inbound, parse_message
-from app.rules import Decision, Outgoing, RulesError, compile_text, decide
+from app.rules import Decision, Outgoing, RulesError, Webhook, compile_text, decide
 
 NY = ZoneInfo("America/New_York")
 #: Monday 23 November 2026, 10:00 in New York.
@@ -517,6 +517,151 @@ def test_nothing_matched_is_an_empty_decision():
     assert decide(ruleset, msg("bye"), MONDAY_10AM) == Decision()
     assert Decision() == Decision((), (), ())
     assert decide(compile_text("version: 1\nrules: []\n"), msg("x"), MONDAY_10AM) == Decision()
+
+
+# -- media and webhook -----------------------------------------------------------------
+PIC = "https://m.example/a.png"
+PIC2 = "https://m.example/b.png"
+
+
+def test_media_goes_with_the_first_reply_only():
+    ruleset = rules(f"""\
+        - name: r
+          reply: ["one", "two"]
+          media: [{PIC}, {PIC2}]
+          forward: {{to: "14155550999", text: "fwd"}}
+        """)
+    assert decide(ruleset, msg("x"), MONDAY_10AM).outgoing == (
+        Outgoing("r", "reply", OURS, (SENDER,), "one", (PIC, PIC2)),
+        reply("r", "two"),
+        Outgoing("r", "forward", OURS, ("14155550999",), "fwd"),
+    )
+
+
+def test_media_goes_with_the_first_reply_that_is_sent():
+    ruleset = rules(f"""\
+        - name: r
+          when: {{regex: '^x(?P<n>\\d+)?'}}
+          reply: ["{{{{ match.n }}}}", "second", "third"]
+          media: {PIC}
+        """)
+    d = decide(ruleset, msg("x"), MONDAY_10AM)
+    assert d.outgoing == (Outgoing("r", "reply", OURS, (SENDER,), "second", (PIC,)), reply("r", "third"))
+
+
+def test_media_only_rule_sends_the_picture_without_text():
+    ruleset = rules(f"""\
+        - name: logo
+          when: {{keyword: logo}}
+          media: {PIC}
+          forward: {{to: "14155550999", text: "asked for the logo"}}
+        """)
+    assert decide(ruleset, msg("logo please"), MONDAY_10AM) == Decision(
+        ("logo",),
+        (Outgoing("logo", "reply", OURS, (SENDER,), "", (PIC,)),
+         Outgoing("logo", "forward", OURS, ("14155550999",), "asked for the logo")),
+        ())
+
+
+def test_media_alone_when_every_reply_renders_empty():
+    ruleset = rules(f"""\
+        - name: r
+          when: {{regex: '^x(?P<n>\\d+)?'}}
+          reply: ["{{{{ match.n }}}}", "  "]
+          media: {PIC}
+        """)
+    assert decide(ruleset, msg("x"), MONDAY_10AM).outgoing == (Outgoing("r", "reply", OURS, (SENDER,), "", (PIC,)),)
+    assert decide(ruleset, msg("x7"), MONDAY_10AM).outgoing == (Outgoing("r", "reply", OURS, (SENDER,), "7", (PIC,)),)
+
+
+def test_media_of_each_rule_goes_with_its_own_first_reply():
+    ruleset = rules(f"""\
+        - name: a
+          reply: A
+          media: {PIC}
+          continue: true
+        - name: b
+          reply: [B1, B2]
+        - name: c
+          reply: C
+          media: {PIC2}
+        """)
+    assert decide(ruleset, msg("x"), MONDAY_10AM).outgoing == (
+        Outgoing("a", "reply", OURS, (SENDER,), "A", (PIC,)), reply("b", "B1"), reply("b", "B2"))
+
+
+def test_reply_without_media_has_no_media():
+    ruleset = rules("""\
+        - name: r
+          reply: hi
+        """)
+    [out] = decide(ruleset, msg("x"), MONDAY_10AM).outgoing
+    assert out.media == ()
+
+
+def test_webhooks_are_collected_in_rule_order_from_silent_and_continue_rules():
+    ruleset = rules("""\
+        - name: log-all
+          webhook: https://hooks.example/all
+          continue: true
+        - name: not-this
+          when: {keyword: nope}
+          webhook: https://hooks.example/never
+          continue: true
+        - name: crm
+          reply: "Thanks"
+          webhook: {url: "https://crm.example/in", method: put}
+          continue: true
+        - name: quiet
+          silent: true
+          webhook: {url: "https://hooks.example/quiet", method: PATCH}
+        - name: after-stop
+          webhook: https://hooks.example/never
+        """)
+    d = decide(ruleset, msg("hello"), MONDAY_10AM)
+    assert d == Decision(
+        ("log-all", "crm", "quiet"),
+        (reply("crm", "Thanks"),),
+        (),
+        (("log-all", Webhook("https://hooks.example/all", "POST")),
+         ("crm", Webhook("https://crm.example/in", "PUT")),
+         ("quiet", Webhook("https://hooks.example/quiet", "PATCH"))),
+    )
+
+
+def test_webhook_only_rule_matches_and_sends_nothing_to_the_sender():
+    ruleset = rules("""\
+        - name: tell
+          when: {keyword: order}
+          webhook: https://hooks.example/orders
+        - name: fallback
+          reply: "?"
+        """)
+    assert decide(ruleset, msg("order 42"), MONDAY_10AM) == Decision(
+        ("tell",), (), (), (("tell", Webhook("https://hooks.example/orders")),))
+    assert decide(ruleset, msg("hi"), MONDAY_10AM) == Decision(("fallback",), (reply("fallback", "?"),), ())
+
+
+def test_webhook_not_collected_when_the_rule_does_not_match():
+    ruleset = rules("""\
+        - name: tell
+          when: {keyword: order, type: whatsapp}
+          webhook: https://hooks.example/orders
+        """)
+    assert decide(ruleset, msg("order 42"), MONDAY_10AM) == Decision()
+    assert decide(ruleset, msg("order 42", type="whatsapp"), MONDAY_10AM).webhooks == (
+        ("tell", Webhook("https://hooks.example/orders")),)
+
+
+def test_webhook_collected_even_when_a_template_fails():
+    ruleset = rules("""\
+        - name: r
+          reply: "{{ media[5] }}"
+          webhook: https://hooks.example/r
+        """)
+    d = decide(ruleset, msg("x"), MONDAY_10AM)
+    assert d.outgoing == () and len(d.errors) == 1
+    assert d.webhooks == (("r", Webhook("https://hooks.example/r")),)
 
 
 # -- templates -------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import time
 import pytest
 
 import app.rules.holder as holder_module
-from app.rules import RuleSet, RulesError, RulesHolder
+from app.rules import Outbound, RuleSet, RulesError, RulesHolder
 
 GOOD_A = """\
 version: 1
@@ -267,3 +267,60 @@ def test_no_kept_copy_means_no_rules(tmp_path):
     path.write_text("version: 2\n")
     holder = RulesHolder(str(path), keep_path=str(tmp_path / "missing.yaml"))
     assert holder.load() is False and holder.current() is None
+
+
+# -- the service's settings (`outbound`) are checked on every compile -------------------------
+WITH_HOOK = """\
+version: 1
+rules:
+  - name: a
+    reply: "A"
+  - name: hook
+    webhook: https://hooks.example/in
+"""
+NO_SECRET = Outbound(api=True, webhook_secret=False)
+
+
+def test_reload_that_gains_a_webhook_without_the_secret_is_bad(rules_file):
+    holder = RulesHolder(str(rules_file), 0.02, outbound=NO_SECRET)
+    assert holder.outbound == NO_SECRET
+    assert holder.load() is True
+    first = holder.current()
+    write(rules_file, WITH_HOOK)
+    settle(0.02)
+    assert holder.current() is first                  # keeps the rules in use
+    assert [str(p) for p in holder.error.problems] == [
+        f"{rules_file}:6: rule 'hook': 'webhook' needs WEBHOOK_SECRET to be set "
+        "(the key that signs each call, X-Responder-Signature)"]
+
+
+def test_the_same_reload_is_good_with_the_secret_or_without_outbound(rules_file):
+    write(rules_file, WITH_HOOK)
+    for outbound in (Outbound(api=False, webhook_secret=True), None):
+        holder = RulesHolder(str(rules_file), outbound=outbound)
+        assert holder.load() is True and holder.error is None
+        assert names(holder.current()) == ["a", "hook"]
+
+
+def test_bad_reload_for_the_settings_is_logged(rules_file, caplog):
+    holder = RulesHolder(str(rules_file), outbound=NO_SECRET)
+    holder.load()
+    write(rules_file, WITH_HOOK)
+    with caplog.at_level("ERROR", logger="app.rules"):
+        assert holder.load() is False
+    [record] = [r for r in caplog.records if "keeping the rules in use" in r.getMessage()]
+    assert any("needs WEBHOOK_SECRET" in p for p in record.problems)
+
+
+def test_kept_copy_is_compiled_with_the_settings_too(tmp_path):
+    path = tmp_path / "rules.yaml"
+    keep = tmp_path / "instance" / "rules.last-good.yaml"
+    path.write_text(WITH_HOOK)
+    assert RulesHolder(str(path), keep_path=str(keep)).load() is True      # kept without the settings
+    path.write_text("version: 1\nrules:\n  - {name: a, when: {regex: '('}, reply: two}\n")
+    strict = RulesHolder(str(path), keep_path=str(keep), outbound=NO_SECRET)
+    assert strict.load() is False
+    assert strict.current() is None                   # the kept copy needs the secret as well
+    lenient = RulesHolder(str(path), keep_path=str(keep), outbound=Outbound(api=True, webhook_secret=True))
+    assert lenient.load() is False
+    assert names(lenient.current()) == ["a", "hook"]

@@ -1,9 +1,9 @@
 """Reply rules (SPEC §4): load and check a YAML file, then decide per message."""
 
-from .compiler import compile_text, load
-from .engine import Decision, Outgoing, RuleSet, decide
+from .compiler import Outbound, compile_text, load
+from .engine import Decision, Outgoing, RuleSet, Webhook, decide
 from .holder import RulesHolder
 from .source import Problem, RulesError
 
-__all__ = ["compile_text", "load", "decide", "Decision", "Outgoing", "RuleSet", "RulesHolder",
-           "Problem", "RulesError"]
+__all__ = ["compile_text", "load", "decide", "Decision", "Outgoing", "Outbound", "RuleSet", "RulesHolder",
+           "Problem", "RulesError", "Webhook"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from datetime import timedelta
@@ -18,7 +20,7 @@ from .. import smsenc
 from ..inbound import INTENTS, TYPES
 from . import source
 from .compliance import Compliance, Keywords, ReplyLimit, fold
-from .engine import (DEFAULT_FORWARD_TEXT, Check, Forward, Rule, RuleSet, digits,
+from .engine import (DEFAULT_FORWARD_TEXT, Check, Forward, Rule, RuleSet, Webhook, digits,
                      first_keyword, normalize_text, normalize_word)
 from .source import Problem, RulesError, YList, YMap
 from .templates import TemplateProblem, compile_template
@@ -30,14 +32,18 @@ RULE_KEYS = ("name", "when", "reply", "forward", "silent", "continue", "webhook"
 WHEN_KEYS = ("keyword", "text", "contains", "regex", "from", "to", "type", "intent", "media",
              "days", "hours", "not")
 FORWARD_KEYS = ("to", "text")
+WEBHOOK_KEYS = ("url", "method")
+WEBHOOK_METHODS = ("POST", "PUT", "PATCH")
+MEDIA_MAX = 10  # Plivo takes at most 10 media URLs in one message
+URL_MAX = 2000
 COMPLIANCE_KEYS = ("enabled", "scope", "opt_out", "opt_in", "help")
 KEYWORDS_KEYS = ("keywords", "reply")
 LIMITS_KEYS = ("replies_per_sender",)
 LIMIT_KEYS = ("count", "per")
 SCOPES = ("account", "number")
-#: Parts of the SPEC that need the Message API, which this release does not have yet.
+#: Keys of the SPEC that this release does not have yet (none now; kept for the next ones).
 NOT_YET_TOP: frozenset[str] = frozenset()
-NOT_YET_RULE = frozenset({"webhook", "media"})
+NOT_YET_RULE: frozenset[str] = frozenset()
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 _PER = re.compile(r"^\s*([0-9]+)\s*([smhd])\s*$")
@@ -49,21 +55,31 @@ _COST = {"type": 0, "intent": 0, "media": 0, "keyword": 1, "text": 1, "from": 1,
          "days": 1, "hours": 1, "contains": 2, "not": 3, "regex": 4}
 
 
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """What the service can send besides the XML answer, for the checks that depend on it."""
+
+    api: bool  # PLIVO_AUTH_ID is set: the Message API can be used (media, WhatsApp replies)
+    webhook_secret: bool  # WEBHOOK_SECRET is set: webhook calls can be signed
+
+
 class _Shape:
-    """What the shadow analysis needs to know of a rule."""
+    """What the shadow analysis (and `answers_whatsapp`) needs to know of a rule."""
 
-    __slots__ = ("name", "line", "has_when", "when_keys", "keywords", "texts", "stops")
+    __slots__ = ("name", "line", "has_when", "when_keys", "keywords", "texts", "stops", "whatsapp")
 
-    def __init__(self, name, line, when, keywords, texts, stops):
+    def __init__(self, name, line, when, keywords, texts, stops, whatsapp=False):
         self.name, self.line, self.stops = name, line, stops
         self.has_when = bool(when)  # `when: {}` matches everything, like no `when`
         self.when_keys = frozenset(when) if isinstance(when, dict) else frozenset()
         self.keywords, self.texts = keywords, texts
+        self.whatsapp = whatsapp  # it can send text or media to a WhatsApp sender
 
 
 class _Compiler:
-    def __init__(self, path: str):
+    def __init__(self, path: str, outbound: Outbound | None = None):
         self.path = path
+        self.outbound = outbound  # None: the service's settings are not checked
         self.errors: list[Problem] = []
         self.warnings: list[Problem] = []
         self.templates: dict = {}
@@ -173,6 +189,7 @@ class _Compiler:
         self.shadows(shapes)
         ruleset = _index(self.path, digest, tz, rules, shapes, sorted(self.warnings, key=lambda p: p.line))
         ruleset.compliance, ruleset.limit = compliance, limit
+        ruleset.answers_whatsapp = compliance.enabled or any(s.whatsapp for s in shapes)
         return ruleset
 
     def settings(self, data: YMap):
@@ -320,14 +337,14 @@ class _Compiler:
 
         checks: list[tuple[int, Check]] = []
         groups = None
-        keywords = texts = None
+        keywords = texts = types = None
         when = item.get("when")
         if "when" in item:
             if not isinstance(when, YMap):
                 self.error(item.value_line("when"), f"'when' must be a mapping of conditions, got {_show(when)}")
                 when = None
             else:
-                checks, groups, keywords, texts = self.when(when)
+                checks, groups, keywords, texts, types = self.when(when)
 
         replies = []
         if "reply" in item:
@@ -344,13 +361,20 @@ class _Compiler:
         forward = None
         if "forward" in item:
             forward = self.forward(item, groups)
+        media = self.media(item) if "media" in item else ()
+        webhook = self.webhook(item) if "webhook" in item else None
 
         silent = self.boolean(item, "silent") if "silent" in item else False
         cont = self.boolean(item, "continue") if "continue" in item else False
-        if silent and (replies or forward is not None):
-            self.error(item.key_line("silent"), "'silent: true' cannot go with 'reply' or 'forward'")
-        if len(self.errors) == before and not (replies or "forward" in item or silent or NOT_YET_RULE & set(item)):
-            self.error(item.line, f"rule {name!r} does nothing: give it 'reply', 'forward' or 'silent: true'")
+        if silent and (replies or forward is not None or media):
+            self.error(item.key_line("silent"), "'silent: true' cannot go with 'reply', 'forward' or 'media'")
+        if len(self.errors) == before and not (replies or "forward" in item or media or "webhook" in item
+                                               or silent or NOT_YET_RULE & set(item)):
+            self.error(item.line, f"rule {name!r} does nothing: give it 'reply', 'forward', 'media', "
+                                  "'webhook' or 'silent: true'")
+        only_whatsapp = types == frozenset({"whatsapp"})
+        if self.outbound is not None:
+            self.needs_settings(item, name, webhook, media, only_whatsapp and bool(replies or forward))
         if len(self.errors) > before:
             return None
 
@@ -363,9 +387,101 @@ class _Compiler:
         compiled = Rule(
             name=name, index=index, line=line, checks=tuple(c for _, c in checks),
             replies=tuple(replies), forward=forward, silent=silent, cont=cont,
+            media=media, webhook=webhook,
             needs_context=any(t.constant is None for t in templates),
         )
-        return compiled, _Shape(name, line, when, keywords, texts, stops=not cont)
+        # A `type` condition that does not list whatsapp keeps this rule away from WhatsApp
+        # senders; `not` is not looked into (answers_whatsapp only makes the service warn).
+        whatsapp = bool(replies or forward or media) and (types is None or "whatsapp" in types)
+        return compiled, _Shape(name, line, when, keywords, texts, stops=not cont, whatsapp=whatsapp)
+
+    def needs_settings(self, item: YMap, name: str, webhook, media, answers_whatsapp: bool) -> None:
+        """The actions that cannot work with the service's settings (`outbound`)."""
+        if webhook is not None and not self.outbound.webhook_secret:
+            self.error(item.key_line("webhook"), f"rule {name!r}: 'webhook' needs WEBHOOK_SECRET to be set "
+                                                 "(the key that signs each call, X-Responder-Signature)")
+        if media and not self.outbound.api:
+            self.error(item.key_line("media"), f"rule {name!r}: 'media' is sent through Plivo's Message API, "
+                                               "which needs PLIVO_AUTH_ID to be set")
+        if answers_whatsapp and not self.outbound.api:
+            key = "reply" if "reply" in item else "forward"
+            self.error(item.key_line(key), f"rule {name!r}: replies to WhatsApp go through Plivo's Message API, "
+                                           "which needs PLIVO_AUTH_ID to be set")
+
+    def url(self, value, line: int, what: str) -> str | None:
+        """An http(s) URL with a host, as given (not a template), or None after an error."""
+        if not isinstance(value, str) or not value:
+            self.error(line, f"{what}, got {_show(value)}")
+            return None
+        if "{{" in value or "{%" in value:
+            self.error(line, f"{what}, not templates: got {_show(value)}")
+            return None
+        if len(value) > URL_MAX:
+            self.error(line, f"{what} of at most {URL_MAX:,} characters, got one of {len(value):,}")
+            return None
+        if any(ch.isspace() or not ch.isprintable() for ch in value):
+            self.error(line, f"{what} without spaces or control characters, got {_show(value)}")
+            return None
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+            ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            ok = False
+        if not ok:
+            self.error(line, f"{what}, got {_show(value)}")
+            return None
+        return value
+
+    def media(self, item: YMap) -> tuple[str, ...]:
+        """`media`: one URL or a list of 1..10, sent with the rule's first reply."""
+        value = item["media"]
+        if isinstance(value, YList):
+            if not value:
+                self.error(item.value_line("media"), f"'media' needs at least one URL (at most {MEDIA_MAX})")
+                return ()
+            if len(value) > MEDIA_MAX:
+                self.error(value.item_line(MEDIA_MAX),
+                           f"'media' takes at most {MEDIA_MAX} URLs, got {len(value)}")
+                return ()
+            entries = [(v, value.item_line(i)) for i, v in enumerate(value)]
+        elif isinstance(value, YMap):
+            self.error(item.value_line("media"), f"'media' takes one http(s) URL or a list of them, got {_show(value)}")
+            return ()
+        else:
+            entries = [(value, item.value_line("media"))]
+        urls = [self.url(v, line, "'media' takes http(s) URLs") for v, line in entries]
+        if None in urls:
+            return ()
+        return tuple(urls)
+
+    def webhook(self, item: YMap) -> Webhook | None:
+        """`webhook: URL` or `webhook: {url: URL, method: POST|PUT|PATCH}`."""
+        value = item["webhook"]
+        if isinstance(value, str):
+            url = self.url(value, item.value_line("webhook"), "'webhook' takes an http(s) URL")
+            return None if url is None else Webhook(url)
+        if not isinstance(value, YMap):
+            self.error(item.value_line("webhook"),
+                       f"'webhook' must be a URL or a mapping with 'url' and 'method', got {_show(value)}")
+            return None
+        self.keys(value, WEBHOOK_KEYS, "webhook")
+        method = "POST"
+        if "method" in value:
+            given = value["method"]
+            if not isinstance(given, str) or given.strip().upper() not in WEBHOOK_METHODS:
+                self.error(value.value_line("method"),
+                           f"'webhook.method' must be POST, PUT or PATCH, got {_show(given)}")
+                method = None
+            else:
+                method = given.strip().upper()
+        if "url" not in value:
+            self.error(value.line, "'webhook' needs 'url'")
+            return None
+        url = self.url(value["url"], value.value_line("url"), "'webhook.url' takes an http(s) URL")
+        if url is None or method is None:
+            return None
+        return Webhook(url, method)
 
     def forward(self, item: YMap, groups):
         value = item["forward"]
@@ -400,10 +516,10 @@ class _Compiler:
 
     # -- conditions ----------------------------------------------------------------
     def when(self, when: YMap):
-        """Compile one `when` mapping: (checks with cost, regex groups, keywords, texts)."""
+        """Compile one `when` mapping: (checks with cost, regex groups, keywords, texts, types)."""
         self.keys(when, WHEN_KEYS, "'when'")
         checks: list[tuple[int, Check]] = []
-        groups = keywords = texts = None
+        groups = keywords = texts = types = None
         for key in when:
             if key not in WHEN_KEYS:
                 continue
@@ -432,7 +548,8 @@ class _Compiler:
                 exact, prefixes = self.numbers(when, key)
                 check = _number(key + "_digits", frozenset(exact), tuple(prefixes))
             elif key == "type":
-                check = _msg_attr("type", self.choices(when, key, TYPES))
+                types = self.choices(when, key, TYPES)
+                check = _msg_attr("type", types)
             elif key == "intent":
                 check = _msg_attr("intent", self.choices(when, key, INTENTS))
             elif key == "media":
@@ -450,12 +567,12 @@ class _Compiler:
                 elif not inner:
                     self.error(when.value_line(key), "'not' needs at least one condition")
                 else:
-                    sub, _, _, _ = self.when(inner)
+                    sub, _, _, _, _ = self.when(inner)
                     sub.sort(key=lambda pair: pair[0])
                     check = _negate(tuple(c for _, c in sub))
             if check is not None:
                 checks.append((_COST[key], check))
-        return checks, groups, keywords, texts
+        return checks, groups, keywords, texts, types
 
     def choices(self, when: YMap, key: str, allowed: tuple[str, ...]) -> frozenset[str]:
         chosen = set()
@@ -613,10 +730,14 @@ def _index(path, digest, tz, rules, shapes, warnings) -> RuleSet:
     )
 
 
-def compile_text(text: str, path: str = "rules.yaml") -> RuleSet:
-    """Compile rules from text; raise `RulesError` listing every problem."""
+def compile_text(text: str, path: str = "rules.yaml", *, outbound: Outbound | None = None) -> RuleSet:
+    """Compile rules from text; raise `RulesError` listing every problem.
+
+    With `outbound` (the service's settings) the actions that cannot work with
+    them are errors too; None checks the file alone.
+    """
     data, problems = source.parse(text, path)
-    compiler = _Compiler(path)
+    compiler = _Compiler(path, outbound)
     compiler.errors.extend(problems)
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
     ruleset = compiler.document(data, digest)
@@ -639,9 +760,9 @@ def read(path: str) -> str:
         raise RulesError([Problem(path, line, "the rules file is not valid UTF-8")]) from None
 
 
-def load(path: str) -> RuleSet:
-    """Read and compile a rules file."""
-    return compile_text(read(path), path)
+def load(path: str, *, outbound: Outbound | None = None) -> RuleSet:
+    """Read and compile a rules file (`outbound` as for `compile_text`)."""
+    return compile_text(read(path), path, outbound=outbound)
 
 
 def _kind_names(kinds) -> str:

@@ -108,6 +108,14 @@ class Forward:
 
 
 @dataclass(frozen=True, slots=True)
+class Webhook:
+    """A rule's `webhook` action: the message as JSON to another system (SPEC §9)."""
+
+    url: str
+    method: str = "POST"
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     name: str
     index: int
@@ -117,6 +125,8 @@ class Rule:
     forward: Forward | None = None
     silent: bool = False
     cont: bool = False
+    media: tuple[str, ...] = ()       # URLs sent with the rule's first reply (Message API)
+    webhook: Webhook | None = None
     needs_context: bool = False  # some template is not a constant
 
 
@@ -129,6 +139,7 @@ class Outgoing:
     src: str
     dst: tuple[str, ...]
     text: str
+    media: tuple[str, ...] = ()  # URLs: this text goes through the Message API as MMS/WhatsApp media
 
 
 @dataclass(slots=True)
@@ -136,6 +147,7 @@ class Decision:
     matched: tuple[str, ...] = ()
     outgoing: tuple[Outgoing, ...] = ()
     errors: tuple[str, ...] = ()
+    webhooks: tuple[tuple[str, Webhook], ...] = ()  # (rule name, its webhook) of the rules that matched
 
 
 @dataclass(slots=True)
@@ -150,6 +162,7 @@ class RuleSet:
     warnings: tuple = ()
     compliance: Compliance = Compliance()
     limit: ReplyLimit | None = None
+    answers_whatsapp: bool = False  # a WhatsApp message could get text or media back (Message API)
 
     def candidates(self, facts: Facts):
         """Indexes of the rules that could match, in file order."""
@@ -189,6 +202,7 @@ def decide(ruleset: RuleSet, msg: Inbound, now: datetime | None = None) -> Decis
     matched: list[str] = []
     outgoing: list[Outgoing] = []
     errors: list[str] = []
+    webhooks: list = []
     sender = (msg.from_,)
     for index in ruleset.candidates(facts):
         rule = rules[index]
@@ -198,16 +212,22 @@ def decide(ruleset: RuleSet, msg: Inbound, now: datetime | None = None) -> Decis
                 break
         else:
             matched.append(rule.name)
+            if rule.webhook is not None:  # silent too: it answers nobody, it tells another system
+                webhooks.append((rule.name, rule.webhook))
             if not rule.silent:
                 ctx = _context(msg, facts, rule, groups) if rule.needs_context else None
+                media = rule.media  # goes with the rule's first reply only
                 for template in rule.replies:
                     text = _render(template, rule, ctx, errors)
                     if text and not text.isspace():
-                        outgoing.append(Outgoing(rule.name, "reply", msg.to, sender, text))
+                        outgoing.append(Outgoing(rule.name, "reply", msg.to, sender, text, media))
+                        media = ()
+                if media:  # no reply, or every one rendered empty: the picture alone
+                    outgoing.append(Outgoing(rule.name, "reply", msg.to, sender, "", media))
                 if rule.forward is not None:
                     text = _render(rule.forward.text, rule, ctx, errors)
                     if text and not text.isspace():
                         outgoing.append(Outgoing(rule.name, "forward", msg.to, rule.forward.to, text))
             if not rule.cont:
                 break
-    return Decision(tuple(matched), tuple(outgoing), tuple(errors))
+    return Decision(tuple(matched), tuple(outgoing), tuple(errors), tuple(webhooks))

@@ -17,7 +17,7 @@ import os
 import threading
 import time
 
-from .compiler import compile_text, read
+from .compiler import Outbound, compile_text, read
 from .engine import RuleSet
 from .source import Problem, RulesError
 
@@ -25,10 +25,12 @@ log = logging.getLogger("app.rules")
 
 
 class RulesHolder:
-    def __init__(self, path: str, interval: float = 0.0, keep_path: str | None = None):
+    def __init__(self, path: str, interval: float = 0.0, keep_path: str | None = None, *,
+                 outbound: Outbound | None = None):
         self.path = path
         self.interval = interval
         self.keep_path = keep_path
+        self.outbound = outbound  # the service's settings, checked on every compile (None: not checked)
         self.ruleset: RuleSet | None = None
         self.error: RulesError | None = None  # the last failed load, if the file is bad now
         self._seen: tuple | None = None
@@ -47,7 +49,7 @@ class RulesHolder:
         seen = self._signature()
         try:
             text = read(self.path)
-            ruleset = compile_text(text, self.path)
+            ruleset = compile_text(text, self.path, outbound=self.outbound)
         except Exception as exc:  # noqa: BLE001 - whatever went wrong, a bad file must not cost the rules in use
             if not isinstance(exc, RulesError):
                 log.exception("rules file could not be compiled")
@@ -96,7 +98,7 @@ class RulesHolder:
         if not self.keep_path or not os.path.exists(self.keep_path):
             return None
         try:
-            ruleset = compile_text(read(self.keep_path), self.path)
+            ruleset = compile_text(read(self.keep_path), self.path, outbound=self.outbound)
         except Exception:  # noqa: BLE001 - a damaged copy is no copy
             log.exception("the kept copy of the last good rules cannot be used either")
             return None
