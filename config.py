@@ -20,6 +20,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 _LOG_FORMATS = {"json", "text"}
+_OUTBOX_SENDERS = {"web", "off"}
 
 DEFAULTS: dict[str, Any] = {
     "PLIVO_AUTH_TOKEN": None,
@@ -35,8 +36,16 @@ DEFAULTS: dict[str, Any] = {
     "LOG_FORMAT": "json",
     # Seconds between checks of the rules file for changes; 0 turns reloading off.
     "RULES_RELOAD_INTERVAL": 5.0,
-    # Messages, delivery reports and nonces older than this many days are deleted.
+    # Messages, delivery reports, nonces and finished outbox items older than this many days are deleted.
     "RETENTION_DAYS": 90,
+    # Outbound (SPEC §9): who sends the outbox, how fast, and the webhook action's key.
+    "OUTBOX_SENDER": "web",
+    "PLIVO_API_RATE": 5.0,
+    "WEBHOOK_SECRET": None,
+    # Seconds a sender may hold an item it claimed; after that its outcome is looked up.
+    "OUTBOX_LEASE": 60.0,
+    # The longest wait, in seconds, between two tries of an item that failed for a while.
+    "OUTBOX_MAX_DELAY": 300.0,
 }
 
 #: The SQLite file used when DATABASE_URL is not set, inside the instance folder.
@@ -89,6 +98,17 @@ def _float(name: str, value: Any) -> float:
     return number
 
 
+def _positive(name: str, value: Any, unit: str, low: float, high: float) -> float:
+    """A finite number of `unit` between `low` and `high`."""
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of {unit}, got {value!r}") from None
+    if not low <= number <= high:  # also refuses nan and inf
+        raise ConfigError(f"{name} must be a number of {unit} from {low:g} to {high:g}, got {value!r}")
+    return number
+
+
 def _url(name: str, value: Any) -> str | None:
     text = _text(name, value)
     if text is None:
@@ -136,6 +156,14 @@ def load(environ: Mapping[str, Any], *, require_token: bool = True) -> dict[str,
     out["LOG_FORMAT"] = fmt
     out["RETENTION_DAYS"] = whole_number("RETENTION_DAYS", raw["RETENTION_DAYS"], 1)
     out["RULES_RELOAD_INTERVAL"] = _float("RULES_RELOAD_INTERVAL", raw["RULES_RELOAD_INTERVAL"])
+    sender = str(raw["OUTBOX_SENDER"]).strip().lower()
+    if sender not in _OUTBOX_SENDERS:
+        raise ConfigError(f"OUTBOX_SENDER must be web or off, got {raw['OUTBOX_SENDER']!r}")
+    out["OUTBOX_SENDER"] = sender
+    out["PLIVO_API_RATE"] = _positive("PLIVO_API_RATE", raw["PLIVO_API_RATE"], "requests per second", 0.01, 1000)
+    out["WEBHOOK_SECRET"] = _text("WEBHOOK_SECRET", raw["WEBHOOK_SECRET"])
+    out["OUTBOX_LEASE"] = _positive("OUTBOX_LEASE", raw["OUTBOX_LEASE"], "seconds", 3, 3600)
+    out["OUTBOX_MAX_DELAY"] = _positive("OUTBOX_MAX_DELAY", raw["OUTBOX_MAX_DELAY"], "seconds", 1, 86400)
     if require_token and out["VERIFY_SIGNATURES"] and not out["PLIVO_AUTH_TOKENS"]:
         raise ConfigError(
             "PLIVO_AUTH_TOKEN is not set: set it to your Plivo auth token "

@@ -74,6 +74,7 @@ def on_starting(server):
     exit over the file; workers that start while it is bad answer with the last
     good rules, kept in the instance folder, and /readyz lists the problems.
     """
+    from app import outbound_settings
     from app.rules import RulesError, load
 
     settings = _settings
@@ -81,7 +82,7 @@ def on_starting(server):
         print("warning: VERIFY_SIGNATURES=false: requests are answered without checking that "
               "Plivo sent them; use this only for local experiments", file=sys.stderr, flush=True)
     try:
-        load(settings["RULES_PATH"])
+        load(settings["RULES_PATH"], outbound=outbound_settings(settings))
     except Exception as exc:  # noqa: BLE001 - any failure to load refuses the start, in one place
         problems = exc.problems if isinstance(exc, RulesError) else [
             f"{settings['RULES_PATH']}: cannot load: {type(exc).__name__}: {exc}"]
@@ -91,6 +92,13 @@ def on_starting(server):
               "fix them (flask --app wsgi rules check) and start again", file=sys.stderr, flush=True)
         sys.exit(1)
     _migrate(server, settings)
+
+
+def worker_exit(server, worker):
+    """Stop this worker's outbox sender: the request in flight ends (or its lease runs out)."""
+    from app.outbound.sender import stop_all
+
+    stop_all(timeout=max(1.0, graceful_timeout - 5))
 
 
 def _migrate(server, settings):

@@ -14,7 +14,8 @@ import config
 
 from . import cli, logs, web
 from .maintenance import Pruner
-from .rules import RulesHolder
+from .outbound.sender import build_sender
+from .rules import Outbound, RulesHolder
 from .service import Responder
 from .store import DatabaseUrlError, Store
 
@@ -51,7 +52,8 @@ def create_app(test_config: dict | None = None) -> Flask:
                     "them; use this only for local experiments")
 
     holder = RulesHolder(app.config["RULES_PATH"], app.config["RULES_RELOAD_INTERVAL"],
-                         keep_path=os.path.join(app.instance_path, "rules.last-good.yaml"))
+                         keep_path=os.path.join(app.instance_path, "rules.last-good.yaml"),
+                         outbound=outbound_settings(app.config))
     if not in_cli:
         holder.load()
     try:
@@ -67,12 +69,24 @@ def create_app(test_config: dict | None = None) -> Flask:
             migrate.upgrade(store.engine)
         except DatabaseUrlError as exc:
             _refuse(config.ConfigError(str(exc)), ctx)
+    api = bool(app.config["PLIVO_AUTH_ID"] and app.config["PLIVO_AUTH_TOKENS"])
+    sender = None
+    if not in_cli and not app.testing:
+        Pruner(store, app.config["RETENTION_DAYS"]).start()
+        if app.config["OUTBOX_SENDER"] == "web":
+            # One sender thread per worker, started here, after the fork (the app is not preloaded).
+            sender = build_sender(store, app.config)
+            sender.start()
+        if not api and holder.ruleset is not None and holder.ruleset.answers_whatsapp:
+            log.warning("PLIVO_AUTH_ID is not set: WhatsApp messages will be recorded but get no replies "
+                        "(Plivo takes WhatsApp replies only through its Message API)")
+    app.extensions["outbox_sender"] = sender
     app.extensions["responder"] = Responder(
         tokens=app.config["PLIVO_AUTH_TOKENS"], verify=app.config["VERIFY_SIGNATURES"],
         public_url=app.config["PUBLIC_URL"], holder=holder, store=store, clock=app.config.get("CLOCK"),
+        api=api, webhooks=bool(app.config["WEBHOOK_SECRET"]),
+        on_queued=sender.wake if sender is not None else None,
     )
-    if not in_cli and not app.testing:
-        Pruner(store, app.config["RETENTION_DAYS"]).start()
 
     proxies = app.config["TRUSTED_PROXIES"]
     if proxies:
@@ -82,6 +96,12 @@ def create_app(test_config: dict | None = None) -> Flask:
     _register_errors(app)
     cli.register(app)
     return app
+
+
+def outbound_settings(settings) -> Outbound:
+    """What the rules may use, given the settings: the Message API, signed webhook calls."""
+    return Outbound(api=bool(settings.get("PLIVO_AUTH_ID") and settings.get("PLIVO_AUTH_TOKENS")),
+                    webhook_secret=bool(settings.get("WEBHOOK_SECRET")))
 
 
 def _refuse(exc: config.ConfigError, ctx) -> None:

@@ -23,13 +23,16 @@ from .store.db import display
 
 rules_cli = AppGroup("rules", help="Check reply rules files.")
 db_cli = AppGroup("db", help="The database (DATABASE_URL).")
+outbox_cli = AppGroup("outbox", help="Messages and webhook calls sent after the answer (Message API).")
 
 
 # -- plain functions -------------------------------------------------------------
-def check_rules(path: str) -> tuple[RuleSet | None, list[str], list[str]]:
-    """(ruleset or None, error lines, warning lines) for a rules file."""
+def check_rules(path: str, outbound=None) -> tuple[RuleSet | None, list[str], list[str]]:
+    """(ruleset or None, error lines, warning lines) for a rules file.
+
+    With `outbound` (what the settings allow), rules that need a missing setting are errors."""
     try:
-        ruleset = load(path)
+        ruleset = load(path, outbound=outbound)
     except RulesError as exc:
         return None, [str(p) for p in exc.problems], []
     return ruleset, [], [f"{w.path}:{w.line}: warning: {w.message}" for w in ruleset.warnings]
@@ -89,6 +92,38 @@ def messages_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def outbox_rows(items) -> list[dict]:
+    """Outbox items as `outbox list --json` prints them (SPEC §7 keys first)."""
+    return [{
+        "id": i.id, "kind": i.kind, "dst": i.dst, "status": i.status, "attempts": i.attempts,
+        "message_uuid": i.message_uuid, "error": i.error,
+        "role": i.role, "type": i.type if i.kind == "message" else None, "src": i.src, "rule": i.rule,
+        "created_at": _iso(i.created_at), "due_at": _iso(i.due_at) if i.status == "pending" else None,
+        "attempted_at": _iso(i.attempted_at),
+    } for i in items]
+
+
+def outbox_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return ["the outbox is empty"]
+    lines = [f"{'id':>6}  {'status':<9}  {'kind':<8}  {'tries':>5}  {'created (UTC)':<19}  {'to':<28}  error / Plivo uuid"]
+    for r in rows:
+        what = r["type"] or "webhook"
+        dst = r["dst"] if len(r["dst"]) <= 28 else r["dst"][:27] + "…"
+        note = r["error"] or r["message_uuid"] or ""
+        if r["status"] == "pending" and r["due_at"]:
+            note = f"next try {r['due_at'][11:19]}" + (f" after: {r['error']}" if r["error"] else "")
+        lines.append(f"{r['id']:>6}  {r['status']:<9}  {what:<8}  {r['attempts']:>5}  "
+                     f"{r['created_at'][:19].replace('T', ' '):<19}  {dst:<28}  {note}")
+    return lines
+
+
+def _iso(moment) -> str | None:
+    if moment is None:
+        return None
+    return moment.isoformat(timespec="seconds") + "Z"
+
+
 def _store() -> Store:
     return current_app.extensions["responder"].store
 
@@ -112,8 +147,9 @@ def _database():
 @click.argument("path", required=False)
 def rules_check(path: str | None) -> None:
     """Check a rules file (default: RULES_PATH). Exit 1 if it has errors."""
+    from . import outbound_settings
     path = path or current_app.config["RULES_PATH"]
-    ruleset, errors, warnings = check_rules(path)
+    ruleset, errors, warnings = check_rules(path, outbound_settings(current_app.config))
     for line in errors:
         click.echo(line, err=True)
     for line in warnings:
@@ -152,6 +188,14 @@ def simulate(text, from_, to, msg_type, media, intent, at, path):
         click.echo(f"matched: {', '.join(decision.matched) or '(no rule)'}", err=True)
     for error in decision.errors:
         click.echo(f"template error: {error}", err=True)
+    for out, via in zip(plan.outgoing, plan.via):
+        if via == "api":
+            media = f" with {len(out.media)} media" if out.media else ""
+            click.echo(f"through the Message API{media} to {'<'.join(out.dst)}: {out.text}", err=True)
+    for rule, hook in plan.webhooks:
+        click.echo(f"webhook ({rule}): {hook.method} {hook.url}", err=True)
+    for held in plan.held:
+        click.echo(f"not sent to {held['dst']}: {held['reason']}", err=True)
     click.echo(answer.body.decode("utf-8"))
 
 
@@ -290,8 +334,94 @@ def optouts_remove(number_, to):
     click.echo(f"{who} opted in again ({scope})")
 
 
+@outbox_cli.command("run")
+@click.option("--once", is_flag=True, help="Stop when nothing is left to send (for cron or a test).")
+@with_appcontext
+def outbox_run(once):
+    """Send the outbox (when OUTBOX_SENDER=off, or in addition to the web workers).
+
+    Runs until stopped with Ctrl-C or SIGTERM; the attempt in flight is finished first.
+    """
+    import signal
+
+    from .outbound.sender import build_sender
+
+    with _database() as store:
+        sender = build_sender(store, current_app.config)
+        if not sender.kinds:
+            click.echo("error: nothing to send with: set PLIVO_AUTH_ID (and PLIVO_AUTH_TOKEN) for the "
+                       "Message API and/or WEBHOOK_SECRET for webhook calls", err=True)
+            sys.exit(1)
+
+        def stop(signum, frame):
+            sender.stop(timeout=0)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        click.echo(f"sending the outbox of {display(current_app.config['DATABASE_URL'])} "
+                   f"({', '.join(sender.kinds)}; at most {current_app.config['PLIVO_API_RATE']:g} "
+                   "Message API requests a second)", err=True)
+        sender.run(until_idle=once)
+        counts = store.outbox_counts()
+    click.echo(", ".join(f"{n} {status}" for status, n in counts.items() if n) or "the outbox is empty", err=True)
+
+
+@outbox_cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, newest first.")
+@click.option("--status", type=click.Choice(["pending", "sending", "sent", "failed", "unknown", "cancelled"]),
+              help="Only items in this status.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@with_appcontext
+def outbox_list(as_json, status, limit):
+    """The outbox, newest first: what was sent through the Message API or to webhooks, and what waits."""
+    with _database() as store:
+        rows = outbox_rows(store.list_outbox(limit, status))
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    for line in outbox_table(rows):
+        click.echo(line)
+
+
+@outbox_cli.command("retry")
+@click.argument("item_id", metavar="ID", type=click.IntRange(min=1))
+@with_appcontext
+def outbox_retry(item_id):
+    """Send a failed or cancelled item again (it starts afresh: due now, a new day to succeed)."""
+    from .store import utcnow
+    with _database() as store:
+        item = store.retry_item(item_id, utcnow())
+    if item is None:
+        click.echo(f"error: no outbox item {item_id}", err=True)
+        sys.exit(1)
+    if item.status != "pending":
+        click.echo(f"error: item {item_id} is {item.status}: only failed or cancelled items can be retried", err=True)
+        sys.exit(1)
+    click.echo(f"item {item_id} will be sent again")
+
+
+@outbox_cli.command("cancel")
+@click.argument("item_id", metavar="ID", type=click.IntRange(min=1))
+@with_appcontext
+def outbox_cancel(item_id):
+    """Never send an item that has not gone (pending, failed or unknown)."""
+    from .store import utcnow
+    with _database() as store:
+        item = store.cancel_item(item_id, utcnow())
+    if item is None:
+        click.echo(f"error: no outbox item {item_id}", err=True)
+        sys.exit(1)
+    if item.status != "cancelled" or item.error != "cancelled by an operator":
+        why = " (being sent right now; try again in a minute)" if item.status == "sending" else ""
+        click.echo(f"error: item {item_id} is {item.status}{why}: only pending, failed or unknown items "
+                   "can be cancelled", err=True)
+        sys.exit(1)
+    click.echo(f"item {item_id} cancelled")
+
+
 def register(app: Flask) -> None:
     app.cli.add_command(db_cli)
+    app.cli.add_command(outbox_cli)
     app.cli.add_command(messages_cmd)
     app.cli.add_command(optouts_cli)
     app.cli.add_command(rules_cli)

@@ -44,6 +44,8 @@ class Plan:
     compliance: str | None = None
     change: tuple[str, str] | None = None  # ("out"|"in", via) for the sender
     possible_optout: bool = False
+    via: list[str] = field(default_factory=list)   # per outgoing text: "xml" or "api" (set by the service)
+    webhooks: list = field(default_factory=list)   # (rule name, Webhook) calls to make
 
 
 def numbers_to_check(msg: Inbound, decision: Decision | None) -> list[str]:

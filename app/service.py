@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from urllib.parse import quote, urlsplit
 
-from . import plivoxml, policy, signature
+from . import plivoxml, policy, signature, smsenc
+from .outbound import webhook as webhook_body
 from .inbound import Inbound, InboundError, check_content_type, parse_form, parse_message
 from .rules import Decision, RuleSet, RulesHolder, decide
 from .store import Claim, Needs, Record, Replayed, Store, Stored, Unavailable, as_utc, utcnow
@@ -22,7 +23,11 @@ from .store import Claim, Needs, Record, Replayed, Store, Stored, Unavailable, a
 log = logging.getLogger("app.service")
 
 TEXT = "text/plain; charset=utf-8"
-NEEDS_API = "needs the Message API"
+#: Why a text that needs the Message API (WhatsApp, media) was not queued.
+NO_API = "PLIVO_AUTH_ID is not set (the Message API is needed)"
+NO_WEBHOOK_SECRET = "WEBHOOK_SECRET is not set"
+#: Longest WhatsApp text Plivo takes in one message.
+MAX_WHATSAPP = 4096
 _V2_HEADERS = frozenset({signature.HEADER_V2, signature.HEADER_MA_V2, signature.HEADER_V2_NONCE})
 #: Plivo accepts XML replies to these; WhatsApp (and anything new) needs the Message API.
 XML_TYPES = frozenset({"sms", "mms"})
@@ -72,7 +77,8 @@ class Responder:
 
     def __init__(self, *, tokens: Sequence[str], verify: bool, public_url: str | None,
                  holder: RulesHolder, store: Store | None = None,
-                 clock: Callable[[], datetime] | None = None):
+                 clock: Callable[[], datetime] | None = None, api: bool = False,
+                 webhooks: bool = False, on_queued: Callable[[], None] | None = None):
         self.tokens = tuple(tokens)
         self.verify = verify
         self.public_url = public_url
@@ -80,6 +86,9 @@ class Responder:
         self.holder = holder
         self.store = store
         self.clock = clock
+        self.api = api                # PLIVO_AUTH_ID is set: WhatsApp and media replies are queued
+        self.webhooks = webhooks      # WEBHOOK_SECRET is set: webhook calls are queued
+        self.on_queued = on_queued    # wakes this process's outbox sender
 
     # -- shared steps ------------------------------------------------------------
     def _authentic(self, req: HttpRequest) -> tuple[list, list, str | None]:
@@ -183,25 +192,31 @@ class Responder:
             else:
                 plan, answer = self.render(msg, ruleset, work["kind"], work["via"], work["decision"], state)
             work["plan"] = plan
-            return _record(msg, work["decision"], plan, answer, ruleset), _to_stored(answer)
+            record = _record(msg, work["decision"], plan, answer, ruleset, now)
+            work["queued"] = len(record.outbox)
+            return record, _to_stored(answer)
 
         claim = Claim(uuid=msg.uuid, nonces=nonces, sender=msg.from_, to=msg.to, now=now)
         stored, fresh = self.store.message(claim, prepare, finish)
         if fresh:
             self._log_answered(msg, work["decision"], work["plan"])
+            if work["queued"] and self.on_queued is not None:
+                self.on_queued()
         else:
             log.info("message delivered again: stored answer sent", extra={"uuid": msg.uuid})
         return _from_stored(stored)
 
     def _log_answered(self, msg: Inbound, decision: Decision | None, plan: policy.Plan) -> None:
-        waiting = sum(h["reason"] == NEEDS_API for h in plan.held)
-        if waiting:
-            log.warning("%d message(s) not sent: %s replies need the Message API, not available yet",
-                        waiting, msg.type, extra={"uuid": msg.uuid})
+        unsent = sum(h["reason"] in (NO_API, NO_WEBHOOK_SECRET) for h in plan.held)
+        if unsent:
+            log.warning("%d message(s) or call(s) not sent: %s", unsent,
+                        "; ".join(sorted({h["reason"] for h in plan.held if h["reason"] in (NO_API, NO_WEBHOOK_SECRET)})),
+                        extra={"uuid": msg.uuid})
         if log.isEnabledFor(logging.INFO):
             log.info("message answered", extra={
                 "uuid": msg.uuid, "type": msg.type, "rules": _rules(decision, plan),
-                "compliance": plan.compliance, "messages": len(plan.outgoing), "held": len(plan.held),
+                "compliance": plan.compliance, "messages": len(plan.outgoing),
+                "api": sum(v == "api" for v in plan.via), "webhooks": len(plan.webhooks), "held": len(plan.held),
             })
 
     def decide(self, msg: Inbound, ruleset: RuleSet, now: datetime | None):
@@ -220,16 +235,36 @@ class Responder:
                state: policy.State) -> tuple[policy.Plan, Answer]:
         """What is sent, given the state, and the XML answer that says so."""
         plan = policy.plan(msg, ruleset.compliance, ruleset.limit, kind, via, decision, state)
-        if msg.type in XML_TYPES:
+        self._route(msg, plan, decision)
+        if msg.type in XML_TYPES and "xml" in plan.via:
             body = plivoxml.render([plivoxml.Message(o.src, o.dst, o.text, self._callback(msg, i))
-                                    for i, o in enumerate(plan.outgoing)])
+                                    for i, (o, v) in enumerate(zip(plan.outgoing, plan.via)) if v == "xml"])
         else:
-            body = plivoxml.EMPTY
-            if plan.outgoing:  # WhatsApp: Plivo takes no XML replies (the Message API comes later)
-                plan.held.extend({"dst": "<".join(o.dst), "text": o.text, "reason": NEEDS_API}
-                                 for o in plan.outgoing)
-                plan.outgoing = []
+            body = plivoxml.EMPTY  # WhatsApp: Plivo takes no XML replies; all goes through the API
         return plan, Answer(200, body, plivoxml.CONTENT_TYPE)
+
+    def _route(self, msg: Inbound, plan: policy.Plan, decision: Decision | None) -> None:
+        """How each text goes (`plan.via`): in the XML answer, or through the Message API for
+        WhatsApp and for texts with media; and which webhook calls are made. What needs a
+        setting that is missing is held, with the reason."""
+        xml = msg.type in XML_TYPES
+        outgoing, via = [], []
+        for out in plan.outgoing:
+            if xml and not out.media:
+                outgoing.append(out)
+                via.append("xml")
+            elif self.api:
+                outgoing.append(out)
+                via.append("api")
+            else:
+                plan.held.extend({"dst": d, "text": out.text, "reason": NO_API} for d in out.dst)
+        plan.outgoing, plan.via = outgoing, via
+        if decision is not None and decision.webhooks and plan.compliance is None:
+            if self.webhooks:
+                plan.webhooks = list(decision.webhooks)
+            else:
+                plan.held.extend({"dst": hook.url, "text": "", "reason": NO_WEBHOOK_SECRET}
+                                 for _, hook in decision.webhooks)
 
     def _callback(self, msg: Inbound, position: int) -> str | None:
         """Where Plivo reports on the text at `position`: PUBLIC_URL/status?ref=<uuid>.<position>."""
@@ -300,9 +335,8 @@ def _storable(text: str) -> str:
 
 
 def _record(msg: Inbound, decision: Decision | None, plan: policy.Plan, answer: Answer,
-            ruleset: RuleSet) -> Record:
-    """The rows that say what came, what was decided and what was sent."""
-    via = "xml" if msg.type in XML_TYPES else "api"
+            ruleset: RuleSet, now: datetime) -> Record:
+    """The rows that say what came, what was decided and what was sent or queued."""
     params = msg.params
     if any("\x00" in k or "\x00" in v for k, v in params.items()):
         params = {_storable(k): _storable(v) for k, v in params.items()}
@@ -317,6 +351,44 @@ def _record(msg: Inbound, decision: Decision | None, plan: policy.Plan, answer: 
         replies=[{
             "position": i, "kind": o.kind, "rule": o.rule, "src": o.src, "dst": "<".join(o.dst),
             "sender": msg.from_, "limited": o.kind == "reply", "text": _storable(o.text), "via": via,
-        } for i, o in enumerate(plan.outgoing)],
+        } for i, (o, via) in enumerate(zip(plan.outgoing, plan.via))],
+        outbox=_outbox(msg, plan, now),
         change=(plan.change[0], plan.change[1], ruleset.compliance.scope) if plan.change else None,
     )
+
+
+def _outbox(msg: Inbound, plan: policy.Plan, now: datetime) -> list[dict]:
+    """Outbox rows: one Message API request per destination and piece of text, and one
+    call per webhook. A reply to a WhatsApp sender goes as WhatsApp (media one file per
+    message, the text with the first); a forward of it, to a person's phone, as SMS; a
+    text with media to an SMS/MMS sender as MMS. Long SMS texts are split as in the XML."""
+    rows: list[dict] = []
+    whatsapp = msg.type not in XML_TYPES
+    for position, (out, via) in enumerate(zip(plan.outgoing, plan.via)):
+        if via != "api":
+            continue
+        text = _storable(out.text)
+        if whatsapp and out.kind != "forward":
+            kind = "whatsapp"
+            pieces = [text[i:i + MAX_WHATSAPP] for i in range(0, len(text), MAX_WHATSAPP)] or [""]
+            media = [[url] for url in out.media] or [[]]
+            sends = [(pieces[0], media[0])] + [("", m) for m in media[1:]] + [(p, []) for p in pieces[1:]]
+        elif out.media:
+            kind, sends = "mms", [(text, list(out.media))]
+        else:
+            kind, sends = "sms", [(piece, []) for piece in smsenc.split(text)]
+        for dst in out.dst:
+            for piece, media in sends:
+                if piece or media:
+                    rows.append({"kind": "message", "role": out.kind, "position": position, "rule": out.rule,
+                                 "src": out.src, "dst": dst, "type": kind, "text": piece, "media": media})
+    if plan.webhooks:
+        received_at = now.replace(tzinfo=timezone.utc).isoformat().replace("+00:00", "Z")
+        for rule, hook in plan.webhooks:
+            body = webhook_body.body({
+                "uuid": msg.uuid, "from": msg.from_, "to": msg.to, "type": msg.type, "text": msg.text,
+                "media": list(msg.media), "intent": msg.intent or None, "rule": rule, "received_at": received_at,
+            })
+            rows.append({"kind": "webhook", "role": "webhook", "rule": rule, "dst": hook.url, "type": "json",
+                         "method": hook.method, "text": _storable(body.decode("utf-8"))})
+    return rows

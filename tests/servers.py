@@ -29,24 +29,29 @@ def free_port() -> int:
 
 def server_env(**extra) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in (
-        "PLIVO_AUTH_TOKEN", "PUBLIC_URL", "TRUSTED_PROXIES", "VERIFY_SIGNATURES", "RULES_PATH",
-        "MAX_CONTENT_LENGTH", "DATABASE_URL", "LOG_LEVEL", "LOG_FORMAT", "PORT", "WEB_CONCURRENCY")}
+        "PUBLIC_URL", "TRUSTED_PROXIES", "VERIFY_SIGNATURES", "RULES_PATH",
+        "MAX_CONTENT_LENGTH", "DATABASE_URL", "LOG_LEVEL", "LOG_FORMAT", "PORT", "WEB_CONCURRENCY")
+        and not k.startswith(("PLIVO_", "OUTBOX_", "WEBHOOK_", "RECORD_"))}
     env.update(extra)
     return env
 
 
 class Server:
-    def __init__(self, tmp: Path, **settings):
+    def __init__(self, tmp: Path, *, rules: str | None = None, log_name: str = "server.log", **settings):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.rules = tmp / "rules.yaml"
-        shutil.copy(ROOT / "rules.yaml", self.rules)
+        if rules is None:
+            shutil.copy(ROOT / "rules.yaml", self.rules)
+        else:
+            self.rules.write_text(rules, encoding="utf-8")
         settings.setdefault("WEB_CONCURRENCY", "2")
         settings.setdefault("DATABASE_URL", f"sqlite:///{tmp}/responder.sqlite3")
         env = server_env(PLIVO_AUTH_TOKEN=TOKEN, PORT=str(self.port),
                          RULES_PATH=str(self.rules), RULES_RELOAD_INTERVAL="0.2",
                          MAX_CONTENT_LENGTH="4096", LOG_FORMAT="json", **settings)
-        self.log = open(tmp / "server.log", "wb")
+        self.log_path = tmp / log_name
+        self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(GUNICORN, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         try:
             self._wait_ready(tmp, int(settings["WEB_CONCURRENCY"]))
@@ -58,7 +63,7 @@ class Server:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited: {(tmp / 'server.log').read_text()}")
+                raise RuntimeError(f"gunicorn exited: {self.log_path.read_text()}")
             try:
                 ready = requests.get(self.base + "/readyz", timeout=1).status_code == 200
             except requests.RequestException:  # not listening yet, or a worker still booting (slow)

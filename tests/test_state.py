@@ -91,12 +91,13 @@ def test_rejected_requests_are_not_recorded(app, client):
     assert messages(app) == []
 
 
-def test_whatsapp_is_recorded_with_its_replies_held_until_the_message_api(app, client):
+def test_whatsapp_without_plivo_auth_id_is_recorded_with_its_replies_held_and_why(app, client):
     r = send(client, sms("hours", Type="whatsapp", Text=None, Body="hours"))
     assert r.data == EMPTY
     [m] = messages(app)
     assert m["type"] == "whatsapp" and m["replies"] == []
-    assert m["held"] == [{"dst": SENDER, "text": HOURS, "reason": "needs the Message API"}]
+    assert m["held"] == [{"dst": SENDER, "text": HOURS,
+                          "reason": "PLIVO_AUTH_ID is not set (the Message API is needed)"}]
 
 
 def test_nul_characters_are_kept_as_replacement_characters(app, client):
@@ -393,11 +394,11 @@ def test_prune_deletes_old_rows_but_never_opt_outs(tmp_path):
     clock.advance(days=40)
     send(client, sms("hours"))
     counts = store.prune(30, now=clock.now)
-    assert counts == {"messages": 2, "reports": 1, "nonces": 3}
+    assert counts == {"outbox": 0, "messages": 2, "reports": 1, "nonces": 3}
     assert [m["text"] for m in messages(app)] == ["hours"]
     assert len(rows(app, "SELECT id FROM replies")) == 1
     assert [o["number"] for o in store.list_optouts()] == ["14155550111"]
-    assert store.prune(30, now=clock.now) == {"messages": 0, "reports": 0, "nonces": 0}
+    assert store.prune(30, now=clock.now) == {"outbox": 0, "messages": 0, "reports": 0, "nonces": 0}
 
 
 # -- odd input never costs a message (review findings) ------------------------------------------

@@ -32,10 +32,12 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from .db import DatabaseUrlError, check_connection, display, make_engine, parse_url
-from .hot import MESSAGE_COLUMNS, Sql
-from .schema import messages, metadata, nonces, optouts, replies, reports
+from .hot import MESSAGE_COLUMNS, OUTBOX_COLUMNS, Sql
+from .outbox import Claimed, Item, OutboxStore
+from .schema import api_slots, messages, metadata, nonces, optouts, outbox, replies, reports
 
 __all__ = ["Store", "StoreError", "Unavailable", "Replayed", "Stored", "Claim", "Needs", "Record", "State",
+           "Item", "Claimed",
            "DatabaseUrlError", "utcnow", "metadata", "display", "check_connection"]
 
 log = logging.getLogger("app.store")
@@ -107,6 +109,7 @@ class Record:
 
     message: dict                       # messages columns (see schema) except id, uuid, deliveries
     replies: list[dict] = field(default_factory=list)  # replies columns except id, message_id, created_at
+    outbox: list[dict] = field(default_factory=list)   # outbox rows to send afterwards (see OUTBOX_COLUMNS)
     change: tuple[str, str, str] | None = None  # ("out"|"in", via, scope) for the sender
 
 
@@ -145,6 +148,14 @@ def status_key(status: str, sequence: str, message_time: str) -> str:
     return f"{rank}|{seq:012d}|{message_time[:26]}"
 
 
+#: Plivo's delivery ErrorCode for "the destination opted out (STOP) of this number".
+OPTED_OUT_ERROR = "200"
+
+
+def _digits(number: str) -> str:
+    return "".join(ch for ch in number if ch.isdigit())
+
+
 def _field(params: dict[str, str], name: str, limit: int) -> str:
     """A report's parameter as a column keeps it: trimmed, no NUL, at most `limit` characters."""
     value = (params.get(name) or "").strip()
@@ -165,7 +176,7 @@ def _key64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)
 
 
-class Store:
+class Store(OutboxStore):
     """The database of one process. Thread-safe; make one per process, after fork."""
 
     def __init__(self, url: str, *, pool_size: int = 8):
@@ -184,6 +195,7 @@ class Store:
         # RETURNING tells whether a row went in (psycopg gives no rowcount for these)
         self._insert_report = insert(reports).on_conflict_do_nothing(
             index_elements=["message_uuid", "status", "sequence", "part"])
+        self._slot_upsert = insert(api_slots)
         self._insert_optout = (insert(optouts).on_conflict_do_nothing(index_elements=["number", "to_number"])
                                .returning(optouts.c.id))
 
@@ -379,6 +391,12 @@ class Store:
             cur.executemany(sql.insert_reply, [
                 (message_id, r["position"], r["kind"], r["rule"], r["src"], r["dst"], r["sender"],
                  r["limited"], r["text"], r["via"], now) for r in record.replies])
+        if record.outbox:
+            base = {"created_at": claim.now, "message_id": message_id, "status": "pending", "attempts": 0,
+                    "due_at": claim.now, "method": None, "media": [], "rule": None, "position": None}
+            cur.executemany(sql.insert_outbox, [
+                tuple(sql.value(c, v) for c, v in ((c, {**base, **row}[c]) for c in OUTBOX_COLUMNS))
+                for row in record.outbox])
         if record.change is not None:
             what, via, scope = record.change
             if what == "out":
@@ -403,10 +421,18 @@ class Store:
             self._claim_nonces(lambda q, p: conn.exec_driver_sql(q, p).first(), nonces, uuid, now)
             reply = self._find_reply(conn, ref, uuid, parent)
             reply_id = reply[0] if reply is not None else None
+            error_code = _field(params, "ErrorCode", 16)
+            if error_code == OPTED_OUT_ERROR and reply is not None:
+                # Plivo refused to send because the number sent STOP to it: remember that here,
+                # so nothing else is even tried (SPEC §9).
+                dst, src = _digits(_field(params, "To", 32)), _digits(_field(params, "From", 32))
+                if dst:
+                    conn.execute(self._insert_optout, {"number": dst, "to_number": src, "since": now,
+                                                       "via": "plivo"})
             conn.execute(self._insert_report, {
                 "received_at": now, "message_uuid": uuid, "parent_uuid": parent, "status": status or "unknown",
                 "sequence": sequence, "part": _field(params, "PartInfo", 32),
-                "error_code": _field(params, "ErrorCode", 16) or None,
+                "error_code": error_code or None,
                 "reply_id": reply_id, "params": params,
             })
             if reply is None or not status:
@@ -461,36 +487,59 @@ class Store:
         with self._read() as conn:
             rows = list(conn.execute(stmt).mappings())
             by_message: dict[int, list[dict]] = {r["id"]: [] for r in rows}
+            calls = {}
             if by_message:
+                sent: dict[tuple, list[dict]] = {}
+                calls: dict[int, list[dict]] = {}
+                for o in conn.execute(sa.select(outbox.c.id, outbox.c.message_id, outbox.c.position,
+                                                outbox.c.kind, outbox.c.dst, outbox.c.status, outbox.c.attempts,
+                                                outbox.c.error, outbox.c.message_uuid)
+                                      .where(outbox.c.message_id.in_(list(by_message)))
+                                      .order_by(outbox.c.id)).mappings():
+                    entry = {"id": o["id"], "status": o["status"], "attempts": o["attempts"], "error": o["error"]}
+                    if o["kind"] == "webhook":
+                        calls.setdefault(o["message_id"], []).append({"url": o["dst"], **entry})
+                    else:
+                        sent.setdefault((o["message_id"], o["position"]), []).append(
+                            {"dst": o["dst"], "message_uuid": o["message_uuid"], **entry})
                 for r in conn.execute(sa.select(replies).where(replies.c.message_id.in_(list(by_message)))
                                       .order_by(replies.c.message_id, replies.c.position)).mappings():
-                    by_message[r["message_id"]].append({
+                    reply = {
                         "dst": r["dst"], "text": r["text"], "via": r["via"], "status": r["status"],
                         "kind": r["kind"], "rule": r["rule"], "plivo_uuid": r["plivo_uuid"],
-                    })
+                    }
+                    if r["via"] == "api":
+                        reply["outbox"] = sent.get((r["message_id"], r["position"]), [])
+                    by_message[r["message_id"]].append(reply)
         return [{
             "uuid": r["uuid"], "received_at": _iso(r["received_at"]), "from": r["from_number"],
             "to": r["to_number"], "type": r["type"], "text": r["text"], "intent": r["intent"] or None,
             "rules": list(r["rules"]), "deliveries": r["deliveries"], "replies": by_message[r["id"]],
             "compliance": r["compliance"], "possible_optout": bool(r["possible_optout"]),
             "held": list(r["held"]), "answer_status": r["answer_status"],
+            "webhooks": calls.get(r["id"], []) if by_message else [],
         } for r in rows]
 
     # -- retention -----------------------------------------------------------------------
     def prune(self, days: int, now: datetime | None = None, batch: int = 1000) -> dict[str, int]:
-        """Delete messages (with their replies), reports and nonces older than `days`.
+        """Delete finished outbox items, messages (with their replies), reports and nonces
+        older than `days`.
 
-        Opt-outs are never deleted. Works in small batches so no transaction is long.
+        Opt-outs are never deleted, nor outbox items still to send. Works in small batches
+        so no transaction is long.
         """
         cutoff = as_utc(now) - timedelta(days=days)
         counts = {}
-        for name, table, key, when in (("messages", messages, messages.c.id, messages.c.received_at),
-                                       ("reports", reports, reports.c.id, reports.c.received_at),
-                                       ("nonces", nonces, nonces.c.nonce, nonces.c.seen_at)):
+        finished = outbox.c.status.in_(("sent", "failed", "cancelled"))
+        for name, table, key, old in (
+                ("outbox", outbox, outbox.c.id, sa.and_(finished, outbox.c.finished_at < cutoff)),
+                ("messages", messages, messages.c.id, messages.c.received_at < cutoff),
+                ("reports", reports, reports.c.id, reports.c.received_at < cutoff),
+                ("nonces", nonces, nonces.c.nonce, nonces.c.seen_at < cutoff)):
             total = 0
             while True:
                 with self._write() as conn:
-                    keys = list(conn.execute(sa.select(key).where(when < cutoff).limit(batch)).scalars())
+                    keys = list(conn.execute(sa.select(key).where(old).limit(batch)).scalars())
                     if keys:
                         if table is messages:  # replies go with their message; reports keep a NULL link
                             conn.execute(replies.delete().where(replies.c.message_id.in_(keys)))

@@ -19,7 +19,9 @@ MESSAGE_COLUMNS = ("uuid", "received_at", "from_number", "to_number", "type", "t
                    "answer_type", "answer_body")
 REPLY_COLUMNS = ("message_id", "position", "kind", "rule", "src", "dst", "sender", "limited", "text", "via",
                  "created_at")
-JSON_COLUMNS = frozenset({"params", "rules", "held"})
+OUTBOX_COLUMNS = ("created_at", "kind", "role", "message_id", "position", "rule", "src", "dst", "type", "method",
+                  "text", "media", "status", "attempts", "due_at")
+JSON_COLUMNS = frozenset({"params", "rules", "held", "media"})
 
 
 class Sql:
@@ -42,6 +44,8 @@ class Sql:
                                f"VALUES ({', '.join([p] * len(MESSAGE_COLUMNS))}) RETURNING id")
         self.insert_reply = (f"INSERT INTO replies ({', '.join(REPLY_COLUMNS)}) "
                              f"VALUES ({', '.join([p] * len(REPLY_COLUMNS))})")
+        self.insert_outbox = (f"INSERT INTO outbox ({', '.join(OUTBOX_COLUMNS)}) "
+                              f"VALUES ({', '.join([p] * len(OUTBOX_COLUMNS))})")
         self.add_optout = (f"INSERT INTO optouts (number, to_number, since, via) VALUES ({p}, {p}, {p}, {p}) "
                            "ON CONFLICT (number, to_number) DO NOTHING")
         self.remove_optouts = f"DELETE FROM optouts WHERE number = {p}"

@@ -101,3 +101,41 @@ nonces = sa.Table(
     sa.Column("message_uuid", sa.String(64), nullable=False),
     sa.Column("seen_at", sa.DateTime, nullable=False, index=True),
 )
+
+#: Messages and webhook calls to send after the answer (SPEC §9), written in the same
+#: transaction as the inbound message and taken by a sender (a web worker's thread or
+#: `flask outbox run`). status: pending -> sending -> sent | failed | unknown | cancelled.
+outbox = sa.Table(
+    "outbox", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),     # message or webhook
+    sa.Column("role", sa.String(16), nullable=False),     # reply, forward, optout, optin, help, webhook
+    sa.Column("message_id", sa.Integer, sa.ForeignKey("messages.id", ondelete="SET NULL"), index=True),
+    sa.Column("position", sa.Integer),                    # the reply's position in its message
+    sa.Column("rule", sa.Text),                           # the rule that made it (NULL: compliance)
+    sa.Column("src", sa.String(32)),                      # our number (messages)
+    sa.Column("dst", sa.Text, nullable=False),            # one number, or the webhook URL
+    sa.Column("type", sa.String(16), nullable=False),     # sms, mms, whatsapp; webhook: json
+    sa.Column("method", sa.String(8)),                    # webhook: POST, PUT, PATCH
+    sa.Column("text", sa.Text, nullable=False),           # the message text; webhook: the JSON body
+    sa.Column("media", sa.JSON, nullable=False),          # media URLs
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("due_at", sa.DateTime, nullable=False),     # not tried before this
+    sa.Column("lease_until", sa.DateTime),                # sending: the sender's claim runs out then
+    sa.Column("attempted_at", sa.DateTime),               # when the latest attempt left
+    sa.Column("finished_at", sa.DateTime),
+    sa.Column("message_uuid", sa.String(64)),             # what Plivo answered
+    sa.Column("error", sa.Text),                          # the last error, short and safe to show
+)
+sa.Index("ix_outbox_status_due_at", outbox.c.status, outbox.c.due_at)
+sa.Index("ix_outbox_message_uuid", outbox.c.message_uuid)
+
+#: The Message API's request schedule, shared by every sender on the database:
+#: each request takes the next free slot, PLIVO_API_RATE slots a second.
+api_slots = sa.Table(
+    "api_slots", metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("next_at", sa.Float, nullable=False),       # unix seconds of the next free slot
+)

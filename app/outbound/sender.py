@@ -1,0 +1,266 @@
+"""The outbox sender (SPEC §9): takes due items from the database and sends them, once.
+
+One `Sender` runs in each web worker (a thread, `OUTBOX_SENDER=web`) or in
+`flask outbox run`; any number of them share one database. Each loop:
+
+1. every few seconds, claims whose lease ran out are looked at: a message's
+   outcome is `unknown` (its sender died, or lost the answer), and unknown
+   items are looked up in Plivo's message list: found, they are `sent` with
+   that uuid; still not found a safe delay after the attempt, sent again;
+2. the next due item is claimed (with the next slot of the shared request
+   schedule for Message API requests: `PLIVO_API_RATE` a second in all),
+   sent when its slot comes, and its outcome written back: `sent`, `failed`
+   (a 4xx other than 429; kept with Plivo's error), `pending` again after a
+   growing, jittered delay (connection errors, timeouts before sending, 429
+   with its Retry-After, 5xx), or `unknown`.
+
+It knows nothing of Flask or rules: it gets a `Store`, the two HTTP clients,
+and numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import weakref
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit
+
+from ..store import Item, Store, StoreError, utcnow
+from . import FAILED, RETRY, SENT, UNKNOWN, Result
+
+log = logging.getLogger("app.outbox")
+
+#: An item still not sent this long after it was queued is given up (failed): a reply a day
+#: late does more harm than good. An operator can retry it (`flask outbox retry ID`).
+GIVE_UP_S = 86400.0
+#: Unknown items are looked up from this long before their attempt (clocks differ a little).
+LOOKUP_MARGIN_S = 60.0
+
+_running: "weakref.WeakSet[Sender]" = weakref.WeakSet()
+
+
+def stop_all(timeout: float = 10.0) -> None:
+    """Stop every sender thread of this process (gunicorn's worker_exit, atexit)."""
+    deadline = time.monotonic() + timeout
+    for sender in list(_running):
+        sender.stop(max(0.0, deadline - time.monotonic()))
+
+
+def backoff(attempts: int, max_delay: float, hint: float | None = None) -> float:
+    """Seconds before the next try: 1, 2, 4 ... up to `max_delay`, each between half and all
+    of that (jitter, so items that failed together do not come back together); a server's
+    Retry-After is honoured as the least wait."""
+    ceiling = min(max_delay, 2.0 ** max(0, attempts - 1))
+    delay = ceiling * random.uniform(0.5, 1.0)
+    if hint is not None:
+        delay = max(delay, hint + random.uniform(0.0, 0.25))
+    return delay
+
+
+def show_dst(item: Item) -> str:
+    """A destination as logs show it: a number's last four digits, a URL's host."""
+    if item.kind == "webhook":
+        return urlsplit(item.dst).hostname or "?"
+    return "…" + item.dst[-4:]
+
+
+class Sender:
+    def __init__(self, store: Store, *, api=None, webhooks=None, rate: float = 5.0, lease: float = 60.0,
+                 max_delay: float = 300.0, callback_url: str | None = None, poll: float = 1.0,
+                 reconcile_every: float = 5.0, give_up: float = GIVE_UP_S):
+        self.store = store
+        self.api = api                # plivo.MessageApi, or None without PLIVO_AUTH_ID
+        self.webhooks = webhooks      # webhook.WebhookClient, or None without WEBHOOK_SECRET
+        self.interval = 1.0 / rate
+        self.lease = timedelta(seconds=lease)
+        self.max_delay = max_delay
+        self.callback_url = callback_url
+        self.poll = poll
+        self.reconcile_every = reconcile_every
+        self.give_up = timedelta(seconds=give_up)
+        #: After this long without finding it, an unknown item is sent again.
+        self.safe_delay = timedelta(seconds=2 * lease)
+        self.kinds = tuple(k for k, client in (("message", api), ("webhook", webhooks)) if client is not None)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_reconcile = 0.0
+
+    # -- the thread ------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="responder-outbox", daemon=True)
+        _running.add(self)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Something was queued: look now instead of at the next poll."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the attempt in flight (bounded by the HTTP timeouts), then return."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        _running.discard(self)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self, until_idle: bool = False) -> None:
+        """Send until stopped (or, with `until_idle`, until nothing is due or unresolved)."""
+        if not self.kinds:
+            log.warning("outbox sender has nothing to send with: set PLIVO_AUTH_ID and/or WEBHOOK_SECRET")
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once()
+                failures = 0
+            except StoreError as exc:
+                failures += 1
+                log.warning("outbox: the database did not answer, trying again: %s", exc)
+                busy = False
+            except Exception:  # noqa: BLE001 - the sender must outlive any one item
+                failures += 1
+                log.exception("outbox: unexpected error")
+                busy = False
+            if busy:
+                continue
+            if until_idle and failures == 0 and not self._open_work():
+                return
+            self._wake.wait(self.poll * min(2 ** failures, 30))
+            self._wake.clear()
+
+    def _open_work(self) -> bool:
+        counts = self.store.outbox_counts()
+        return bool(counts["pending"] or counts["sending"] or (counts["unknown"] and self.api is not None))
+
+    # -- one step ----------------------------------------------------------------------
+    def run_once(self) -> bool:
+        """Reconcile if it is time, then claim and send one due item; True if one was handled."""
+        if time.monotonic() >= self._next_reconcile:
+            self._next_reconcile = time.monotonic() + self.reconcile_every
+            self.reconcile()
+        if not self.kinds:
+            return False
+        now = utcnow()
+        if not self.store.outbox_due(now, self.kinds):
+            return False
+        claimed = self.store.claim(now, self.lease, self.interval, self.kinds)
+        if claimed is None:
+            return False
+        item = claimed.item
+        wait = claimed.not_before - time.time()
+        if wait > 0 and self._stop.wait(wait):
+            self.store.release(item, utcnow())  # stopping before the request left: not an attempt
+            return False
+        self.record(item, self.attempt(item))
+        return True
+
+    def attempt(self, item: Item) -> Result:
+        if item.kind == "webhook":
+            return self.webhooks.call(item.dst, item.method or "POST", item.text.encode("utf-8"), item_id=item.id)
+        return self.api.send(src=item.src, dst=item.dst, text=item.text, type=item.type,
+                             media_urls=item.media, callback_url=self.callback_url)
+
+    def record(self, item: Item, result: Result) -> None:
+        """Write down one attempt's outcome."""
+        now = utcnow()
+        outcome = result.outcome
+        if outcome == UNKNOWN and item.kind == "webhook":
+            outcome = RETRY  # webhooks are delivered at least once; receivers drop duplicates
+        if outcome == SENT:
+            done = self.store.mark_sent(item, result.message_uuids, now)
+        elif outcome == FAILED:
+            done = self.store.mark_failed(item, result.error, now, opt_out=result.opted_out)
+            if done and result.opted_out:
+                log.warning("outbox: Plivo says the number opted out; recorded as an opt-out",
+                            extra=self._fields(item))
+        elif outcome == UNKNOWN:
+            done = self.store.mark_unknown(item, result.error)
+        elif now - item.created_at >= self.give_up:
+            outcome = FAILED
+            done = self.store.mark_failed(
+                item, f"gave up after {item.attempts} attempts in {self.give_up.total_seconds() / 3600:g} h: "
+                      f"{result.error}", now)
+        else:
+            delay = backoff(item.attempts, self.max_delay, result.delay)
+            done = self.store.mark_retry(item, now + timedelta(seconds=delay), result.error)
+            outcome = f"retry in {delay:.1f} s"
+        fields = self._fields(item, status=result.status, error=result.error, message_uuid=result.message_uuid)
+        if not done:
+            log.warning("outbox: outcome of a late attempt not recorded (the item changed meanwhile)",
+                        extra={**fields, "outcome": outcome})
+        elif outcome == SENT:
+            log.info("outbox item sent", extra=fields)
+        else:
+            log.warning("outbox item not sent: %s", outcome, extra=fields)
+
+    @staticmethod
+    def _fields(item: Item, **more) -> dict:
+        fields = {"item": item.id, "kind": item.kind, "role": item.role, "attempts": item.attempts,
+                  "dst": show_dst(item)}
+        fields.update((k, v) for k, v in more.items() if v is not None)
+        return fields
+
+    # -- items whose outcome is unknown ----------------------------------------------
+    def reconcile(self) -> None:
+        """Expired leases become unknown; unknown items are looked up in Plivo's message list."""
+        now = utcnow()
+        expired, hooks = self.store.expire_leases(now)
+        if expired or hooks:
+            log.warning("outbox: %d claim(s) ran out without an outcome", expired + hooks)
+        if self.api is None:
+            return
+        for item in self.store.unknown_items():
+            if self._stop.is_set():
+                return
+            self._look_up(item)
+
+    def _look_up(self, item: Item) -> None:
+        slot = self.store.take_slot(self.interval)
+        if slot > time.time() and self._stop.wait(slot - time.time()):
+            return
+        since = (item.attempted_at or item.created_at) - timedelta(seconds=LOOKUP_MARGIN_S)
+        found = self.api.find(src=item.src, dst=item.dst, since=since)
+        if not found.ok:
+            log.warning("outbox: message list lookup failed, will try again", extra=self._fields(item, error=found.error))
+            return
+        candidates = [m["uuid"] for m in sorted(found.messages, key=lambda m: m.get("time") or "")
+                      if not m.get("type") or m["type"] == item.type]
+        now = utcnow()
+        uuid = self.store.resolve_found(item, candidates, now) if candidates else None
+        if uuid is not None:
+            log.info("outbox item found in Plivo's message list: it was sent", extra=self._fields(item, message_uuid=uuid))
+        elif now - (item.attempted_at or item.created_at) >= self.safe_delay:
+            if self.store.mark_retry(item, now, "not in Plivo's message list: sending again"):
+                log.warning("outbox item not in Plivo's message list: sending it again", extra=self._fields(item))
+
+
+def timeouts(lease: float) -> tuple[float, float]:
+    """(connect, read) timeouts that end every request well inside its lease."""
+    return min(5.0, lease / 6), min(15.0, lease / 3)
+
+
+def build_sender(store: Store, settings) -> Sender:
+    """A sender from the app's settings (`config.load`): the clients it can use, and its pace."""
+    from .plivo import MessageApi
+    from .webhook import WebhookClient
+
+    connect, read = timeouts(settings["OUTBOX_LEASE"])
+    tokens = settings.get("PLIVO_AUTH_TOKENS") or ()
+    api = None
+    if settings.get("PLIVO_AUTH_ID") and tokens:
+        api = MessageApi(settings["PLIVO_API_URL"], settings["PLIVO_AUTH_ID"], tokens[0],
+                         connect_timeout=connect, read_timeout=read)
+    webhooks = None
+    if settings.get("WEBHOOK_SECRET"):
+        webhooks = WebhookClient(settings["WEBHOOK_SECRET"], connect_timeout=connect, read_timeout=read)
+    public = settings.get("PUBLIC_URL")
+    return Sender(store, api=api, webhooks=webhooks, rate=settings["PLIVO_API_RATE"],
+                  lease=settings["OUTBOX_LEASE"], max_delay=settings["OUTBOX_MAX_DELAY"],
+                  callback_url=f"{public}/status" if public else None)
