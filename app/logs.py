@@ -58,3 +58,6 @@ def configure(level: str, fmt: str) -> None:
         logger.addHandler(handler)
     handler.setFormatter(formatter(fmt))
     logger.propagate = False
+    # urllib3 (under requests) logs each request line at DEBUG, query string included, and a
+    # webhook URL's query can hold the receiver's token: its lines stop at INFO whatever LOG_LEVEL.
+    logging.getLogger("urllib3").setLevel(max(logging.INFO, logging.getLevelName(level)))

@@ -392,8 +392,9 @@ class Store(OutboxStore):
                 (message_id, r["position"], r["kind"], r["rule"], r["src"], r["dst"], r["sender"],
                  r["limited"], r["text"], r["via"], now) for r in record.replies])
         if record.outbox:
-            base = {"created_at": claim.now, "message_id": message_id, "status": "pending", "attempts": 0,
-                    "due_at": claim.now, "method": None, "media": [], "rule": None, "position": None}
+            queued = utcnow()  # the sender's clock, the real one (claim.now may be a test's clock)
+            base = {"created_at": queued, "message_id": message_id, "status": "pending", "attempts": 0,
+                    "due_at": queued, "method": None, "media": [], "rule": None, "position": None, "src": None}
             cur.executemany(sql.insert_outbox, [
                 tuple(sql.value(c, v) for c, v in ((c, {**base, **row}[c]) for c in OUTBOX_COLUMNS))
                 for row in record.outbox])

@@ -1,0 +1,440 @@
+"""The outbox (SPEC §9) end to end in one process: a signed webhook in, the sender out,
+against the loopback stand-in of Plivo's API (tests/plivo_standin.py), on SQLite and
+PostgreSQL. Nothing is mocked: the app writes rows, a real `Sender` claims them and
+sends over HTTP, the stand-in records what it received.
+
+The sender runs with short leases and delays here (OUTBOX_LEASE=3, OUTBOX_MAX_DELAY
+0.2 s); every run is bounded by a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import sqlalchemy as sa
+
+from app.outbound import webhook
+from app.outbound.sender import build_sender
+from app.plivoxml import EMPTY
+from conftest import TOKEN, make_app, send, sms
+from plivo_standin import Answer, PlivoStandin
+
+pytestmark = pytest.mark.usefixtures("database")
+
+SENDER = "14155550123"
+OUR = "14155550100"
+HOURS = "We are open 9am-5pm, Monday to Friday (New York time)."
+SECRET = "whsec_outbox_test_secret"
+
+
+@pytest.fixture
+def standin():
+    with PlivoStandin(token=TOKEN) as s:
+        yield s
+
+
+def outbox_app(tmp_path, standin, rules=None, **settings):
+    config = {"PLIVO_AUTH_ID": standin.auth_id, "PLIVO_API_URL": standin.url, "OUTBOX_LEASE": 3,
+              "OUTBOX_MAX_DELAY": 0.2, "PLIVO_API_RATE": 200}
+    config.update(settings)
+    return make_app(tmp_path, rules, **config)
+
+
+def drain(app, timeout: float = 30.0, **overrides):
+    """Run a sender until nothing is left to send (or fail after `timeout`)."""
+    sender = build_sender(app.extensions["responder"].store, {**app.config, **overrides})
+    sender.poll, sender.reconcile_every = 0.02, 0.05
+    thread = threading.Thread(target=sender.run, kwargs={"until_idle": True}, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        sender.stop(5)
+        raise AssertionError(f"the outbox was not drained in {timeout} s: {items(app)}")
+    return sender
+
+
+def items(app) -> list:
+    return sorted(app.extensions["responder"].store.list_outbox(1000), key=lambda i: i.id)
+
+
+def whatsapp(text: str, **extra) -> dict:
+    return sms(text, Type="whatsapp", Text=None, Body=text, **extra)
+
+
+def messages(app) -> list[dict]:
+    return app.extensions["responder"].store.list_messages(limit=100)
+
+
+# -- WhatsApp --------------------------------------------------------------------------------
+def test_whatsapp_is_answered_through_the_api_once_and_its_retry_sends_nothing_more(tmp_path, standin):
+    app = outbox_app(tmp_path, standin, PUBLIC_URL="http://sms.example.com")
+    client = app.test_client()
+    params = whatsapp("hours")
+    first = send(client, params, host="sms.example.com")
+    assert first.status_code == 200 and first.data == EMPTY
+    [item] = items(app)
+    assert (item.kind, item.status, item.type, item.dst, item.src) == ("message", "pending", "whatsapp", SENDER, OUR)
+    drain(app)
+    [call] = standin.sends
+    assert call.json == {"src": OUR, "dst": SENDER, "text": HOURS, "type": "whatsapp",
+                         "url": "http://sms.example.com/status", "method": "POST"}
+    assert send(client, params, host="sms.example.com").data == EMPTY  # Plivo's retry of the same MessageUUID
+    drain(app)
+    assert len(standin.sends) == 1 and len(items(app)) == 1
+    [m] = messages(app)
+    assert m["deliveries"] == 2
+    [reply] = m["replies"]
+    assert reply["via"] == "api" and reply["plivo_uuid"] == call.message_uuid
+    assert [(o["status"], o["message_uuid"]) for o in reply["outbox"]] == [("sent", call.message_uuid)]
+    # Plivo's delivery report for the API send updates the reply's status in the log.
+    report = {"MessageUUID": call.message_uuid, "Status": "delivered", "To": SENDER, "From": OUR}
+    assert send(client, report, path="/status", host="sms.example.com").status_code == 200
+    assert messages(app)[0]["replies"][0]["status"] == "delivered"
+
+
+def test_a_report_that_beats_the_202_is_linked_when_the_uuid_arrives(tmp_path, standin):
+    app = outbox_app(tmp_path, standin)
+    client = app.test_client()
+    send(client, whatsapp("hours"))
+    standin.script(Answer(delay=0.5))
+    sender = build_sender(app.extensions["responder"].store, app.config)
+    result = []
+    thread = threading.Thread(target=lambda: result.append(sender.run_once()))
+    thread.start()
+    assert standin.wait_for_sends(1, 10)
+    report = {"MessageUUID": standin.sends[0].message_uuid, "Status": "sent", "To": SENDER, "From": OUR}
+    assert send(client, report, path="/status").status_code == 200
+    thread.join(10)
+    assert result == [True]
+    assert messages(app)[0]["replies"][0]["status"] == "sent"
+
+
+def test_stop_from_whatsapp_is_confirmed_through_the_api(tmp_path, standin):
+    app = outbox_app(tmp_path, standin)
+    send(app.test_client(), whatsapp("STOP"))
+    drain(app)
+    [call] = standin.sends
+    assert call.json["type"] == "whatsapp" and "unsubscribed" in call.json["text"]
+    assert [o["number"] for o in app.extensions["responder"].store.list_optouts()] == [SENDER]
+
+
+def test_without_plivo_auth_id_whatsapp_replies_are_held_with_the_reason(tmp_path, standin):
+    app = make_app(tmp_path)
+    send(app.test_client(), whatsapp("hours"))
+    assert items(app) == []
+    assert messages(app)[0]["held"][0]["reason"].startswith("PLIVO_AUTH_ID is not set")
+
+
+# -- what the API answers --------------------------------------------------------------
+def test_a_run_of_5xx_answers_is_tried_again_and_sent_once(tmp_path, standin):
+    app = outbox_app(tmp_path, standin)
+    send(app.test_client(), whatsapp("hours"))
+    standin.script(Answer(status=503), Answer(status=500), Answer(status=502))
+    drain(app)
+    assert len(standin.sends) == 1
+    [item] = items(app)
+    assert item.status == "sent" and item.attempts == 4 and item.error is None
+
+
+def test_429_waits_for_retry_after_then_sends_once(tmp_path, standin):
+    app = outbox_app(tmp_path, standin)
+    send(app.test_client(), whatsapp("hours"))
+    standin.script(Answer(status=429, retry_after="1"))
+    drain(app)
+    posts = [c for c in standin.calls if c.method == "POST"]
+    assert [c.answered_status for c in posts] == [429, 202]
+    assert posts[1].time - posts[0].time >= 1.0
+    assert len(standin.sends) == 1 and items(app)[0].status == "sent"
+
+
+def test_400_fails_at_once_keeps_the_error_and_an_operator_can_retry(tmp_path, standin):
+    app = outbox_app(tmp_path, standin)
+    send(app.test_client(), whatsapp("hours"))
+    standin.script(Answer(status=400, error="invalid dst number"))
+    drain(app)
+    [item] = items(app)
+    assert item.status == "failed" and item.attempts == 1 and "invalid dst number" in item.error
+    assert standin.sends == []
+    runner = app.test_cli_runner()
+    listed = json.loads(runner.invoke(args=["outbox", "list", "--json"]).output)
+    assert {k: listed[0][k] for k in ("id", "kind", "dst", "status", "attempts", "message_uuid")} == {
+        "id": item.id, "kind": "message", "dst": SENDER, "status": "failed", "attempts": 1, "message_uuid": None}
+    assert "invalid dst number" in listed[0]["error"]
+    retried = runner.invoke(args=["outbox", "retry", str(item.id)])
+    assert retried.exit_code == 0, retried.output
+    drain(app)
+    assert len(standin.sends) == 1 and items(app)[0].status == "sent"
+    again = runner.invoke(args=["outbox", "retry", str(item.id)])
+    assert again.exit_code == 1 and "only failed or cancelled" in again.output
+
+
+def test_plivo_saying_the_number_opted_out_becomes_a_local_opt_out(tmp_path, standin):
+    app = outbox_app(tmp_path, standin)
+    client = app.test_client()
+    send(client, whatsapp("hours"))
+    standin.script(Answer(status=400, error="destination number has opted out (STOP)"))
+    drain(app)
+    assert items(app)[0].status == "failed"
+    [optout] = app.extensions["responder"].store.list_optouts()
+    assert (optout["number"], optout["to"], optout["via"]) == (SENDER, OUR, "plivo")
+    send(client, whatsapp("hours"))  # the next message from that number: recorded, nothing queued
+    assert len(items(app)) == 1
+    assert messages(app)[0]["held"][0]["reason"] == "opted out"
+
+
+def test_a_delivery_report_with_plivos_opt_out_error_becomes_a_local_opt_out(tmp_path, standin):
+    app = outbox_app(tmp_path, standin)
+    client = app.test_client()
+    send(client, whatsapp("hours"))
+    drain(app)
+    report = {"MessageUUID": standin.sends[0].message_uuid, "Status": "failed", "ErrorCode": "200",
+              "To": SENDER, "From": OUR}
+    assert send(client, report, path="/status").status_code == 200
+    [optout] = app.extensions["responder"].store.list_optouts()
+    assert (optout["number"], optout["via"]) == (SENDER, "plivo")
+
+
+def test_nothing_is_sent_to_a_number_that_opted_out_after_it_was_queued(tmp_path, standin):
+    app = outbox_app(tmp_path, standin)
+    send(app.test_client(), whatsapp("hours"))
+    app.extensions["responder"].store.add_optout(SENDER)
+    drain(app)
+    assert standin.sends == []
+    [item] = items(app)
+    assert item.status == "cancelled" and "opted out" in item.error
+
+
+def test_the_api_down_leaves_items_pending_until_it_is_back(tmp_path, standin):
+    app = outbox_app(tmp_path, standin)
+    client = app.test_client()
+    for n in range(3):
+        send(client, whatsapp("hours", From=f"1415555020{n}"))
+    standin.stop_listening()
+    sender = build_sender(app.extensions["responder"].store, app.config)
+    for _ in range(3):
+        assert sender.run_once()
+    assert {i.status for i in items(app)} == {"pending"}
+    assert all("connection refused" in i.error for i in items(app))
+    standin.start_listening()
+    drain(app)
+    assert sorted(c.json["dst"] for c in standin.sends) == [f"1415555020{n}" for n in range(3)]
+
+
+# -- outcomes that are not known ------------------------------------------------------------
+def test_an_answer_lost_after_the_send_is_found_in_the_message_list_not_sent_again(tmp_path, standin):
+    app = outbox_app(tmp_path, standin)
+    send(app.test_client(), whatsapp("hours"))
+    standin.script(Answer(drop=True))  # Plivo made the message, the answer never came
+    drain(app)
+    [item] = items(app)
+    assert item.status == "sent" and item.message_uuid == standin.sends[0].message_uuid
+    assert len(standin.sends) == 1
+    assert any(c.method == "GET" for c in standin.calls)  # it was looked up, not sent again
+
+
+def test_an_unknown_outcome_not_in_the_list_is_sent_again_after_the_safe_delay(tmp_path, standin):
+    app = outbox_app(tmp_path, standin)
+    send(app.test_client(), whatsapp("hours"))
+    standin.script(Answer(status=503, drop=True))  # the connection died and nothing was made
+    started = time.monotonic()
+    drain(app)
+    assert len(standin.sends) == 1 and items(app)[0].status == "sent"
+    assert time.monotonic() - started >= 2 * 3 - 1  # not before 2 x OUTBOX_LEASE after the attempt
+
+
+def test_a_claim_whose_sender_died_is_looked_up_after_its_lease(tmp_path, standin):
+    app = outbox_app(tmp_path, standin)
+    send(app.test_client(), whatsapp("hours"))
+    store = app.extensions["responder"].store
+    from app.store import utcnow
+    from datetime import timedelta
+    claimed = store.claim(utcnow(), timedelta(seconds=3), 0.0)
+    assert claimed is not None and items(app)[0].status == "sending"
+    # ... and the process that claimed it died before sending: after the lease, another
+    # sender finds nothing in Plivo's list and, after the safe delay, sends it.
+    drain(app)
+    assert len(standin.sends) == 1 and items(app)[0].status == "sent"
+
+
+# -- pace and order ----------------------------------------------------------------------------
+def test_plivo_api_rate_is_held(tmp_path, standin):
+    app = outbox_app(tmp_path, standin, PLIVO_API_RATE=5)
+    client = app.test_client()
+    for n in range(12):
+        send(client, whatsapp("hours", From=f"14155551{n:03d}"))
+    drain(app, timeout=60)
+    times = sorted(c.time for c in standin.sends)
+    assert len(times) == 12
+    # no 1 s window holds more than 5 requests (a little slack for the loopback's jitter)
+    assert all(times[i + 5] - times[i] >= 0.97 for i in range(len(times) - 5)), times
+
+
+def test_texts_of_one_message_go_in_order_even_when_the_first_is_retried(tmp_path, standin):
+    rules = """
+        version: 1
+        rules:
+          - name: two
+            when: {keyword: two}
+            reply: ["first", "second"]
+    """
+    app = outbox_app(tmp_path, standin, rules)
+    send(app.test_client(), whatsapp("two"))
+    standin.script(Answer(status=503), Answer(status=503))
+    drain(app)
+    assert [c.json["text"] for c in standin.sends] == ["first", "second"]
+
+
+def test_an_operator_can_cancel_a_pending_item(tmp_path, standin):
+    app = outbox_app(tmp_path, standin)
+    send(app.test_client(), whatsapp("hours"))
+    [item] = items(app)
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["outbox", "cancel", str(item.id)])
+    assert result.exit_code == 0 and "cancelled" in result.output
+    drain(app)
+    assert standin.sends == [] and items(app)[0].status == "cancelled"
+    assert runner.invoke(args=["outbox", "cancel", "999"]).exit_code == 1
+    table = runner.invoke(args=["outbox", "list"])
+    assert table.exit_code == 0 and "cancelled" in table.output
+
+
+# -- media and webhooks ---------------------------------------------------------------------
+MEDIA_RULES = """
+    version: 1
+    rules:
+      - name: menu
+        when: {keyword: menu}
+        reply: ["Here is our menu.", "Order by replying with a number."]
+        media: [https://cdn.example.com/menu.jpg, https://cdn.example.com/drinks.jpg]
+"""
+
+
+def test_a_rule_with_media_sends_its_first_reply_as_mms_and_the_rest_in_the_xml(tmp_path, standin):
+    app = outbox_app(tmp_path, standin, MEDIA_RULES)
+    r = send(app.test_client(), sms("menu"))
+    assert b"Order by replying" in r.data and b"Here is our menu" not in r.data
+    drain(app)
+    [call] = standin.sends
+    assert call.json == {"src": OUR, "dst": SENDER, "text": "Here is our menu.", "type": "mms",
+                         "media_urls": ["https://cdn.example.com/menu.jpg", "https://cdn.example.com/drinks.jpg"]}
+    assert [(r["via"], r["text"]) for r in messages(app)[0]["replies"]] == [
+        ("api", "Here is our menu."), ("xml", "Order by replying with a number.")]
+
+
+def test_media_to_whatsapp_goes_one_file_a_message_with_the_text_first(tmp_path, standin):
+    app = outbox_app(tmp_path, standin, MEDIA_RULES)
+    send(app.test_client(), whatsapp("menu"))
+    drain(app)
+    assert [(c.json["type"], c.json["text"], c.json.get("media_urls")) for c in standin.sends] == [
+        ("whatsapp", "Here is our menu.", ["https://cdn.example.com/menu.jpg"]),
+        ("whatsapp", "", ["https://cdn.example.com/drinks.jpg"]),
+        ("whatsapp", "Order by replying with a number.", None),
+    ]
+
+
+class Receiver:
+    """Another system's endpoint on loopback: records each call; answers from a script."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+        self.answers: list[int] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                receiver.calls.append({"headers": dict(self.headers), "body": body, "method": self.command})
+                status = receiver.answers.pop(0) if receiver.answers else 204
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_PUT = do_POST
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/sms?token=crm-secret"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_webhook_action_posts_signed_json_retried_like_any_item(tmp_path, standin):
+    receiver = Receiver()
+    try:
+        rules = f"""
+            version: 1
+            rules:
+              - name: lead
+                when: {{keyword: quote}}
+                reply: "Thanks, we will call you."
+                webhook: {{url: "{receiver.url}", method: PUT}}
+        """
+        app = outbox_app(tmp_path, standin, rules, WEBHOOK_SECRET=SECRET)
+        params = sms("quote for 3 windows")
+        send(app.test_client(), params)
+        receiver.answers = [500]
+        drain(app)
+        assert len(receiver.calls) == 2 and {c["method"] for c in receiver.calls} == {"PUT"}
+        call = receiver.calls[-1]
+        payload = json.loads(call["body"])
+        assert payload == {"uuid": params["MessageUUID"], "from": SENDER, "to": OUR, "type": "sms",
+                           "text": "quote for 3 windows", "media": [], "intent": None, "rule": "lead",
+                           "received_at": payload["received_at"]}
+        assert payload["received_at"].endswith("Z")
+        headers = {k.lower(): v for k, v in call["headers"].items()}
+        webhook.verify(SECRET, headers["x-responder-signature"], call["body"])
+        assert headers["x-responder-delivery"] == str(items(app)[0].id)
+        [m] = messages(app)
+        assert [(w["status"], w["attempts"]) for w in m["webhooks"]] == [("sent", 2)]
+        assert standin.sends == []  # the reply itself went in the XML
+    finally:
+        receiver.close()
+
+
+def test_rules_with_webhook_are_refused_at_load_without_webhook_secret(tmp_path, standin):
+    rules = """
+        version: 1
+        rules:
+          - name: lead
+            webhook: https://crm.example.com/hook
+    """
+    app = outbox_app(tmp_path, standin, rules)
+    assert app.extensions["responder"].holder.ruleset is None
+    result = app.test_cli_runner().invoke(args=["rules", "check", str(tmp_path / "rules.yaml")])
+    assert result.exit_code == 1 and "WEBHOOK_SECRET" in result.output and "rules.yaml:5:" in result.output
+
+
+# -- privacy ------------------------------------------------------------------------------------
+def test_no_token_secret_or_message_text_in_any_log_line(tmp_path, standin, caplog):
+    receiver = Receiver()
+    try:
+        rules = f"""
+            version: 1
+            rules:
+              - name: lead
+                reply: "Private answer words"
+                webhook: "{receiver.url}"
+        """
+        app = outbox_app(tmp_path, standin, rules, WEBHOOK_SECRET=SECRET)
+        caplog.set_level(logging.DEBUG)
+        client = app.test_client()
+        send(client, whatsapp("my secret PIN is 4321"))
+        send(client, sms("another private sentence"))
+        receiver.answers = [503]
+        standin.script(Answer(status=400, error="Private answer words rejected"), Answer(drop=True))
+        drain(app)
+        logged = caplog.text
+        for secret in (TOKEN, SECRET, "my secret PIN", "private sentence", "Private answer", "crm-secret"):
+            assert secret not in logged, secret
+    finally:
+        receiver.close()
