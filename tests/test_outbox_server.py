@@ -1,0 +1,177 @@
+"""The outbox against the real thing: gunicorn (each worker with its sender thread) and the
+loopback stand-in of Plivo's API, through outages, restarts, SIGKILL and two instances.
+
+Every wait polls a condition with a deadline; the stand-in counts what it received,
+so "sent once" is what Plivo would have seen.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import sqlalchemy as sa
+
+from app.outbound import webhook
+from app.plivoxml import EMPTY
+from app.store.db import parse_url
+from conftest import TOKEN, empty_postgres, postgres_database, sms
+from plivo_standin import Answer, PlivoStandin
+from servers import Server
+from test_outbox import Receiver
+
+SECRET = "whsec_server_test_secret"
+
+
+@pytest.fixture
+def standin():
+    with PlivoStandin(token=TOKEN) as s:
+        yield s
+
+
+@pytest.fixture
+def start(tmp_path, standin):
+    """start(url, **settings): a gunicorn on `url` sending to the stand-in, stopped at the end."""
+    started: list[Server] = []
+
+    def start_server(url: str, **settings) -> Server:
+        folder = tmp_path / f"server{len(started)}"
+        folder.mkdir()
+        env = {"PLIVO_AUTH_ID": standin.auth_id, "PLIVO_API_URL": standin.url, "OUTBOX_LEASE": "6",
+               "OUTBOX_MAX_DELAY": "0.5", "PLIVO_API_RATE": "50", **settings}
+        srv = Server(folder, DATABASE_URL=url, **env)
+        started.append(srv)
+        return srv
+
+    yield start_server
+    for srv in started:
+        srv.stop()
+
+
+def whatsapp(text: str, **extra) -> dict:
+    return sms(text, Type="whatsapp", Text=None, Body=text, **extra)
+
+
+def outbox_status(url: str) -> Counter:
+    engine = sa.create_engine(parse_url(url))
+    try:
+        with engine.connect() as conn:
+            return Counter(dict(conn.execute(sa.text("SELECT status, count(*) FROM outbox GROUP BY status")).all()))
+    finally:
+        engine.dispose()
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def deliver(srv: Server, messages: list[dict]) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(srv.post, messages))
+    assert [(r.status_code, r.content) for r in answers] == [(200, EMPTY)] * len(messages)
+
+
+def sent_once_each(standin: PlivoStandin, messages: list[dict]) -> None:
+    received = Counter(c.json["dst"] for c in standin.sends)
+    assert received == Counter(m["From"] for m in messages), received
+
+
+def kill_all(srv: Server) -> None:
+    """SIGKILL the master and every worker at once: nobody gets to finish anything."""
+    for pid in [*srv.workers(), srv.proc.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    srv.proc.wait(10)
+
+
+def test_whatsapp_answered_through_the_api_once_and_no_secret_or_text_in_the_logs(database, start, standin):
+    receiver = Receiver()
+    try:
+        rules = f"""version: 1
+rules:
+  - name: lead
+    when: {{keyword: quote}}
+    reply: "Thanks, we will call you back today."
+    webhook: "{receiver.url}"
+"""
+        srv = start(database, rules=rules, WEBHOOK_SECRET=SECRET, LOG_LEVEL="DEBUG")
+        params = whatsapp("quote for my secret garden project")
+        assert srv.post(params).content == EMPTY
+        assert standin.wait_for_sends(1, 20)
+        wait_for(lambda: len(receiver.calls) == 1, 20, "the webhook call")
+        assert srv.post(params).content == EMPTY  # Plivo's retry
+        wait_for(lambda: outbox_status(database) == Counter(sent=2), 20, "both items sent")
+        [call] = standin.sends
+        assert call.json["type"] == "whatsapp" and call.json["text"] == "Thanks, we will call you back today."
+        assert len(receiver.calls) == 1
+        headers = {k.lower(): v for k, v in receiver.calls[0]["headers"].items()}
+        webhook.verify(SECRET, headers["x-responder-signature"], receiver.calls[0]["body"])
+    finally:
+        receiver.close()
+    srv.stop()
+    log = srv.log_path.read_text()
+    assert "outbox item sent" in log
+    for secret in (TOKEN, SECRET, "secret garden", "call you back", "crm-secret", params["From"]):
+        assert secret not in log, secret
+
+
+def test_api_down_while_20_messages_arrive_then_a_restart_each_sent_once_when_it_is_back(database, start, standin):
+    standin.stop_listening()
+    srv = start(database)
+    messages = [whatsapp("hours", From=f"1646555{n:04d}") for n in range(20)]
+    deliver(srv, messages)
+    wait_for(lambda: sum(outbox_status(database).values()) == 20, 20, "20 items queued")
+    assert outbox_status(database)["sent"] == 0
+    srv.stop()  # a restart with the backlog in the database
+    again = start(database)
+    standin.start_listening()
+    assert standin.wait_for_sends(20, 60)
+    wait_for(lambda: outbox_status(database) == Counter(sent=20), 30, "all 20 sent")
+    sent_once_each(standin, messages)
+    again.stop()
+
+
+def test_sigkill_while_sends_are_in_flight_then_restart_every_item_sent_none_twice(database, start, standin):
+    standin.default = Answer(delay=2.0)  # a slow API: requests are in flight when the kill comes
+    srv = start(database, PLIVO_API_RATE="20")
+    messages = [whatsapp("hours", From=f"1718555{n:04d}") for n in range(6)]
+    deliver(srv, messages)
+    assert standin.wait_for_sends(2, 20)  # two workers, each waiting on an answer
+    kill_all(srv)
+    in_flight = len(standin.sends)
+    standin.default = Answer()
+    start(database)
+    wait_for(lambda: outbox_status(database) == Counter(sent=6), 60, "all 6 sent")
+    sent_once_each(standin, messages)
+    assert in_flight >= 2
+    # the in-flight ones were found in Plivo's message list, not sent again
+    assert any(c.method == "GET" for c in standin.calls)
+
+
+def test_two_instances_on_one_postgresql_drain_one_outbox_once_and_share_the_rate(start, standin):
+    url = postgres_database()
+    empty_postgres()
+    standin.stop_listening()  # let the backlog build so both instances drain it together
+    a, b = start(url, PLIVO_API_RATE="10"), start(url, PLIVO_API_RATE="10")
+    messages = [whatsapp("hours", From=f"1202555{n:04d}") for n in range(30)]
+    deliver(a, messages[::2])
+    deliver(b, messages[1::2])
+    wait_for(lambda: sum(outbox_status(url).values()) == 30, 20, "30 items queued")
+    assert outbox_status(url)["sent"] == 0
+    standin.start_listening()
+    assert standin.wait_for_sends(30, 60)
+    wait_for(lambda: outbox_status(url) == Counter(sent=30), 30, "all 30 sent")
+    sent_once_each(standin, messages)
+    posts = sorted(c.time for c in standin.calls if c.method == "POST" and c.answered_status == 202)
+    assert all(posts[i + 10] - posts[i] >= 0.97 for i in range(len(posts) - 10)), posts
