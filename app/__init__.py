@@ -76,7 +76,10 @@ def create_app(test_config: dict | None = None) -> Flask:
         if app.config["OUTBOX_SENDER"] == "web":
             # One sender thread per worker, started here, after the fork (the app is not preloaded).
             sender = build_sender(store, app.config)
-            sender.start()
+            if sender.kinds:  # nothing to send with (no PLIVO_AUTH_ID, no WEBHOOK_SECRET): no thread
+                sender.start()
+            else:
+                sender = None
         if not api and holder.ruleset is not None and holder.ruleset.answers_whatsapp:
             log.warning("PLIVO_AUTH_ID is not set: WhatsApp messages will be recorded but get no replies "
                         "(Plivo takes WhatsApp replies only through its Message API)")

@@ -404,7 +404,7 @@ def outbox_retry(item_id):
 @click.argument("item_id", metavar="ID", type=click.IntRange(min=1))
 @with_appcontext
 def outbox_cancel(item_id):
-    """Never send an item that has not gone (pending, failed or unknown)."""
+    """Never send an item that has not gone (pending or failed)."""
     from .store import utcnow
     with _database() as store:
         item = store.cancel_item(item_id, utcnow())
@@ -412,9 +412,10 @@ def outbox_cancel(item_id):
         click.echo(f"error: no outbox item {item_id}", err=True)
         sys.exit(1)
     if item.status != "cancelled" or item.error != "cancelled by an operator":
-        why = " (being sent right now; try again in a minute)" if item.status == "sending" else ""
-        click.echo(f"error: item {item_id} is {item.status}{why}: only pending, failed or unknown items "
-                   "can be cancelled", err=True)
+        why = {"sending": " (being sent right now)",
+               "unknown": " (it may have been sent; it is being looked up in Plivo's message list)"}.get(item.status, "")
+        click.echo(f"error: item {item_id} is {item.status}{why}: only pending or failed items can be cancelled",
+                   err=True)
         sys.exit(1)
     click.echo(f"item {item_id} cancelled")
 

@@ -438,3 +438,50 @@ def test_no_token_secret_or_message_text_in_any_log_line(tmp_path, standin, capl
             assert secret not in logged, secret
     finally:
         receiver.close()
+
+
+# -- what the review found ------------------------------------------------------------------------
+def test_texts_to_one_number_wait_for_an_unknown_one_so_a_lookup_cannot_take_the_wrong_message(tmp_path, standin):
+    app = outbox_app(tmp_path, standin)
+    client = app.test_client()
+    send(client, whatsapp("hours"))
+    send(client, whatsapp("hours?"))  # a second message from the same sender, queued behind it
+    standin.script(Answer(drop=True))  # the first reaches Plivo, its answer is lost
+    drain(app)
+    first, second = items(app)
+    assert [c.message_uuid for c in standin.sends] == [first.message_uuid, second.message_uuid]
+    assert first.status == second.status == "sent" and len(standin.sends) == 2
+    posts = [c for c in standin.calls if c.method == "POST"]
+    lookup = next(c for c in standin.calls if c.method == "GET")
+    assert posts[1].time > lookup.time  # the second went only once the first was settled
+
+
+def test_an_unknown_item_cannot_be_cancelled_it_may_have_gone(tmp_path, standin):
+    app = outbox_app(tmp_path, standin)
+    send(app.test_client(), whatsapp("hours"))
+    store = app.extensions["responder"].store
+    from app.store import utcnow
+    claimed = store.claim(utcnow(), __import__("datetime").timedelta(seconds=3), 0.0)
+    store.mark_unknown(claimed.item, "no answer", utcnow())
+    result = app.test_cli_runner().invoke(args=["outbox", "cancel", str(claimed.item.id)])
+    assert result.exit_code == 1 and "may have been sent" in result.output
+
+
+def test_an_item_that_waited_longer_than_a_day_is_given_up_not_sent_late(tmp_path, standin):
+    app = outbox_app(tmp_path, standin)
+    send(app.test_client(), whatsapp("hours"))
+    sender = build_sender(app.extensions["responder"].store, app.config)
+    sender.give_up = __import__("datetime").timedelta(seconds=0)
+    assert not sender.run_once()
+    [item] = items(app)
+    assert item.status == "failed" and item.error.startswith("gave up: not sent within")
+    assert standin.sends == []
+
+
+def test_a_signed_report_with_plivos_opt_out_code_opts_out_even_before_the_202_is_recorded(tmp_path, standin):
+    app = outbox_app(tmp_path, standin)
+    report = {"MessageUUID": "11111111-2222-3333-4444-555555555555", "Status": "failed", "ErrorCode": "200",
+              "To": "14155550177", "From": OUR}
+    assert send(app.test_client(), report, path="/status").status_code == 200
+    [optout] = app.extensions["responder"].store.list_optouts()
+    assert (optout["number"], optout["to"], optout["via"]) == ("14155550177", OUR, "plivo")

@@ -154,12 +154,21 @@ def test_400_fails_with_plivos_error(standin, api):
 
 @pytest.mark.parametrize("error", [
     "dst number has opted out", "Destination is Opted-Out", "OPTOUT: message blocked",
-    "the recipient unsubscribed", "destination blocked by STOP keyword",
+    "destination blocked by STOP keyword",
 ])
 def test_opted_out_destination(standin, api, error):
     standin.script(Answer(status=400, error=error))
     result = send(api)
     assert result.outcome == FAILED and result.opted_out
+
+
+@pytest.mark.parametrize("error", ["text 'Reply STOP to end' rejected", "the recipient unsubscribed from a list",
+                                   "invalid dst"])
+def test_an_error_that_only_mentions_stop_is_not_an_opt_out(standin, api, error):
+    # a wrong match would opt a customer out; Plivo's real signal is ErrorCode 200 in a report
+    standin.script(Answer(status=400, error=error))
+    result = send(api)
+    assert result.outcome == FAILED and not result.opted_out
 
 
 def test_a_2xx_without_message_uuid_is_unknown_and_a_single_uuid_is_tolerated(standin, api):

@@ -54,7 +54,10 @@ MAX_DELAY_S = 3600.0
 #: Longest `error` text.
 MAX_ERROR = 200
 
-_OPTED_OUT = re.compile(r"opt(?:ed)?[\s_-]?out|unsubscri|\bstop\b", re.IGNORECASE)
+#: Plivo's words for a destination that opted out. Deliberately narrow: a wrong match opts a
+#: customer out, and Plivo's usual signal is a delivery report with ErrorCode 200 (the store
+#: handles that); "stop" alone could be an echo of the message text.
+_OPTED_OUT = re.compile(r"opt(?:ed)?[\s_-]?out|blocked by stop", re.IGNORECASE)
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\uffff]+|[\u2028\u2029\ud800-\udfff]+")
 _SPACES = re.compile(r"\s+")
 _NOT_DIGIT = re.compile(r"\D")

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 import weakref
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
 from ..store import Item, Store, StoreError, utcnow
@@ -36,8 +37,14 @@ log = logging.getLogger("app.outbox")
 #: An item still not sent this long after it was queued is given up (failed): a reply a day
 #: late does more harm than good. An operator can retry it (`flask outbox retry ID`).
 GIVE_UP_S = 86400.0
-#: Unknown items are looked up from this long before their attempt (clocks differ a little).
+#: Plivo's list is asked from this long before an attempt: its `message_time__gte` might be read in
+#: the account's time zone rather than UTC (the docs do not say), and no zone is further from UTC.
+LOOKUP_SINCE_S = 15 * 3600.0
+#: A message found in the list counts only within this margin of the attempt (clock skew).
 LOOKUP_MARGIN_S = 60.0
+#: Unknown items looked up per round, so a few that cannot be settled do not starve the rest.
+LOOKUPS_PER_ROUND = 5
+_LONG_NUMBER = re.compile(r"\d{5,}")
 
 _running: "weakref.WeakSet[Sender]" = weakref.WeakSet()
 
@@ -58,6 +65,27 @@ def backoff(attempts: int, max_delay: float, hint: float | None = None) -> float
     if hint is not None:
         delay = max(delay, hint + random.uniform(0.0, 0.25))
     return delay
+
+
+def masked(text: str | None) -> str | None:
+    """An error as logs show it: any run of digits long enough to be a number cut to its last four."""
+    if not text:
+        return text
+    return _LONG_NUMBER.sub(lambda m: "…" + m.group()[-4:], text)
+
+
+def plivo_time(value: str | None) -> datetime | None:
+    """A `message_time` from Plivo's list as naive UTC, or None if it cannot be read."""
+    if not value:
+        return None
+    text = re.sub(r"([+-]\d{2})(\d{2})$", r"\1:\2", value.strip())
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment
 
 
 def show_dst(item: Item) -> str:
@@ -83,6 +111,8 @@ class Sender:
         self.give_up = timedelta(seconds=give_up)
         #: After this long without finding it, an unknown item is sent again.
         self.safe_delay = timedelta(seconds=2 * lease)
+        #: How often an unknown item is looked up until it is found or the safe delay is over.
+        self.lookup_every = timedelta(seconds=min(30.0, max(2.0, lease / 4)))
         self.kinds = tuple(k for k, client in (("message", api), ("webhook", webhooks)) if client is not None)
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -150,7 +180,7 @@ class Sender:
         now = utcnow()
         if not self.store.outbox_due(now, self.kinds):
             return False
-        claimed = self.store.claim(now, self.lease, self.interval, self.kinds)
+        claimed = self.store.claim(now, self.lease, self.interval, self.kinds, self.give_up)
         if claimed is None:
             return False
         item = claimed.item
@@ -174,14 +204,14 @@ class Sender:
         if outcome == UNKNOWN and item.kind == "webhook":
             outcome = RETRY  # webhooks are delivered at least once; receivers drop duplicates
         if outcome == SENT:
-            done = self.store.mark_sent(item, result.message_uuids, now)
+            done = self._keep_sent(item, result, now)
         elif outcome == FAILED:
             done = self.store.mark_failed(item, result.error, now, opt_out=result.opted_out)
             if done and result.opted_out:
                 log.warning("outbox: Plivo says the number opted out; recorded as an opt-out",
                             extra=self._fields(item))
         elif outcome == UNKNOWN:
-            done = self.store.mark_unknown(item, result.error)
+            done = self.store.mark_unknown(item, result.error, now)
         elif now - item.created_at >= self.give_up:
             outcome = FAILED
             done = self.store.mark_failed(
@@ -191,7 +221,8 @@ class Sender:
             delay = backoff(item.attempts, self.max_delay, result.delay)
             done = self.store.mark_retry(item, now + timedelta(seconds=delay), result.error)
             outcome = f"retry in {delay:.1f} s"
-        fields = self._fields(item, status=result.status, error=result.error, message_uuid=result.message_uuid)
+        fields = self._fields(item, status=result.status, error=masked(result.error),
+                              message_uuid=result.message_uuid)
         if not done:
             log.warning("outbox: outcome of a late attempt not recorded (the item changed meanwhile)",
                         extra={**fields, "outcome": outcome})
@@ -199,6 +230,19 @@ class Sender:
             log.info("outbox item sent", extra=fields)
         else:
             log.warning("outbox item not sent: %s", outcome, extra=fields)
+
+    def _keep_sent(self, item: Item, result: Result, now: datetime) -> bool:
+        """Write down a 202: tried a few times, since losing it means a lookup (or a resend)."""
+        for attempt in range(3):
+            try:
+                return self.store.mark_sent(item, result.message_uuids, now)
+            except StoreError as exc:
+                if attempt == 2:
+                    log.error("outbox: sent, but the database did not take it; it will be looked up: %s", exc,
+                              extra=self._fields(item, message_uuid=result.message_uuid))
+                    raise
+                self._stop.wait(0.5 * (attempt + 1))
+        return False
 
     @staticmethod
     def _fields(item: Item, **more) -> dict:
@@ -216,30 +260,49 @@ class Sender:
             log.warning("outbox: %d claim(s) ran out without an outcome", expired + hooks)
         if self.api is None:
             return
-        for item in self.store.unknown_items():
+        for item in self.store.unknown_items(now, LOOKUPS_PER_ROUND):
             if self._stop.is_set():
                 return
             self._look_up(item)
 
     def _look_up(self, item: Item) -> None:
+        now = utcnow()
+        if now - item.created_at >= self.give_up:
+            self.store.mark_failed(item, f"gave up: its outcome is unknown and it was not found in Plivo's "
+                                         f"message list within {self.give_up.total_seconds() / 3600:g} h", now)
+            log.error("outbox: gave up on an item whose outcome is unknown", extra=self._fields(item))
+            return
         slot = self.store.take_slot(self.interval)
         if slot > time.time() and self._stop.wait(slot - time.time()):
             return
-        since = (item.attempted_at or item.created_at) - timedelta(seconds=LOOKUP_MARGIN_S)
-        found = self.api.find(src=item.src, dst=item.dst, since=since)
-        if not found.ok:
-            log.warning("outbox: message list lookup failed, will try again", extra=self._fields(item, error=found.error))
-            return
-        candidates = [m["uuid"] for m in sorted(found.messages, key=lambda m: m.get("time") or "")
-                      if not m.get("type") or m["type"] == item.type]
+        attempted = item.attempted_at or item.created_at
+        found = self.api.find(src=item.src, dst=item.dst, since=attempted - timedelta(seconds=LOOKUP_SINCE_S))
         now = utcnow()
+        if not found.ok and not found.messages:
+            wait = max(self.lookup_every.total_seconds(), found.delay or 0.0)
+            self.store.next_lookup(item, now + timedelta(seconds=wait))
+            log.warning("outbox: message list lookup failed, will try again",
+                        extra=self._fields(item, error=masked(found.error)))
+            return
+        # Only a message of the same type sent while this attempt could have been in flight.
+        earliest = attempted - timedelta(seconds=LOOKUP_MARGIN_S)
+        latest = attempted + self.lease + timedelta(seconds=LOOKUP_MARGIN_S)
+        candidates = []
+        for m in sorted(found.messages, key=lambda m: m.get("time") or ""):
+            if m.get("type") and m["type"] != item.type:
+                continue
+            sent_at = plivo_time(m.get("time"))
+            if sent_at is not None and not earliest <= sent_at <= latest:
+                continue
+            candidates.append(m["uuid"])
         uuid = self.store.resolve_found(item, candidates, now) if candidates else None
         if uuid is not None:
             log.info("outbox item found in Plivo's message list: it was sent", extra=self._fields(item, message_uuid=uuid))
-        elif now - (item.attempted_at or item.created_at) >= self.safe_delay:
+        elif now - attempted >= self.safe_delay and found.ok:
             if self.store.mark_retry(item, now, "not in Plivo's message list: sending again"):
                 log.warning("outbox item not in Plivo's message list: sending it again", extra=self._fields(item))
-
+        else:
+            self.store.next_lookup(item, now + self.lookup_every)
 
 def timeouts(lease: float) -> tuple[float, float]:
     """(connect, read) timeouts that end every request well inside its lease."""

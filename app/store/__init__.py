@@ -423,9 +423,10 @@ class Store(OutboxStore):
             reply = self._find_reply(conn, ref, uuid, parent)
             reply_id = reply[0] if reply is not None else None
             error_code = _field(params, "ErrorCode", 16)
-            if error_code == OPTED_OUT_ERROR and reply is not None:
+            if error_code == OPTED_OUT_ERROR:
                 # Plivo refused to send because the number sent STOP to it: remember that here,
-                # so nothing else is even tried (SPEC §9).
+                # so nothing else is even tried (SPEC §9). Plivo signed this report, linked to
+                # one of our texts or not (the 202 of an API send may not be recorded yet).
                 dst, src = _digits(_field(params, "To", 32)), _digits(_field(params, "From", 32))
                 if dst:
                     conn.execute(self._insert_optout, {"number": dst, "to_number": src, "since": now,

@@ -27,8 +27,8 @@ KINDS = ("message", "webhook")
 STATUSES = (PENDING, SENDING, SENT, FAILED, UNKNOWN, CANCELLED)
 #: Statuses an item can still leave by itself; the rest are final (an operator may retry them).
 OPEN = (PENDING, SENDING, UNKNOWN)
-#: Compliance confirmations go to a number that just opted out (the opt-out reply itself).
-COMPLIANCE_ROLES = frozenset({"optout", "optin", "help"})
+#: The one text that goes to a number that just opted out: the confirmation of that opt-out.
+TO_OPTED_OUT_ROLES = frozenset({"optout"})
 #: The row of api_slots that schedules Plivo Message API requests.
 PLIVO_SLOTS = "plivo"
 
@@ -77,18 +77,22 @@ def _item(row) -> Item:
     return Item(**values)
 
 
-def _open_earlier_sibling():
-    """An earlier message item of the same inbound message that is not finished: texts of
-    one message go out in order, so a later one waits for it."""
+def _earlier_to_same_number():
+    """An earlier message item from the same number to the same number that is not finished.
+
+    Texts to one number go out one at a time and in order: so one inbound message's replies
+    arrive in their order, and no two of our items to one number are ever in flight or
+    `unknown` together, so a lookup in Plivo's message list cannot mistake one for the other.
+    """
     earlier = outbox.alias("earlier")
     return sa.exists().where(
-        earlier.c.message_id == outbox.c.message_id, earlier.c.kind == "message",
+        earlier.c.dst == outbox.c.dst, earlier.c.src == outbox.c.src, earlier.c.kind == "message",
         earlier.c.id < outbox.c.id, earlier.c.status.in_(OPEN))
 
 
 _DUE = (sa.select(outbox.c.id).where(outbox.c.status == PENDING, outbox.c.due_at <= _b("now"))
         .where(outbox.c.kind.in_(_b("kinds", expanding=True)))
-        .where(sa.or_(outbox.c.kind != "message", outbox.c.message_id.is_(None), ~_open_earlier_sibling()))
+        .where(sa.or_(outbox.c.kind != "message", ~_earlier_to_same_number()))
         .order_by(outbox.c.due_at, outbox.c.id).limit(1))
 _ANY_DUE = (sa.select(outbox.c.id).where(outbox.c.status == PENDING, outbox.c.due_at <= _b("now"))
             .where(outbox.c.kind.in_(_b("kinds", expanding=True))).limit(1))
@@ -113,13 +117,14 @@ class OutboxStore:
             return conn.execute(_ANY_DUE, {"now": now, "kinds": list(kinds)}).first() is not None
 
     def claim(self, now: datetime, lease: timedelta, interval: float,
-              kinds: Sequence[str] = KINDS) -> Claimed | None:
+              kinds: Sequence[str] = KINDS, give_up: timedelta | None = None) -> Claimed | None:
         """Take the next due item for one attempt, or None when nothing is due.
 
         In the same transaction: a message to a number that has opted out since it was
         queued is cancelled instead (and the next item looked at), and a Message API
         request takes the next slot of the shared schedule (`interval` seconds apart,
         across every sender on this database), so the caller waits until `not_before`.
+        An item older than `give_up` (queued while nothing could send it) fails instead.
         """
         due = _DUE.with_for_update(skip_locked=True) if self.postgres else _DUE
         for _ in range(20):
@@ -128,10 +133,16 @@ class OutboxStore:
                 if row is None:
                     return None
                 item = _item(conn.execute(_GET, {"id": row[0]}).first())
-                if (item.kind == "message" and item.role not in COMPLIANCE_ROLES
+                if (item.kind == "message" and item.role not in TO_OPTED_OUT_ROLES
                         and conn.execute(_OPTED_OUT, {"dst": item.dst, "src": item.src or ""}).first()):
                     conn.execute(_attempt(item.id, item.attempts, PENDING).values(
                         status=CANCELLED, finished_at=now, error="the number opted out before it was sent"))
+                    continue
+                if give_up is not None and now - item.created_at >= give_up:
+                    conn.execute(_attempt(item.id, item.attempts, PENDING).values(
+                        status=FAILED, finished_at=now,
+                        error=f"gave up: not sent within {give_up.total_seconds() / 3600:g} h"
+                              + (f" (last error: {item.error})" if item.error else "")))
                     continue
                 not_before = time.time()
                 if item.kind == "message":
@@ -218,10 +229,16 @@ class OutboxStore:
                                                    "since": now, "via": "plivo"})
             return bool(done)
 
-    def mark_unknown(self, item: Item, error: str | None) -> bool:
+    def mark_unknown(self, item: Item, error: str | None, look_up_at: datetime) -> bool:
         with self._write() as conn:
             return bool(conn.execute(_attempt(item.id, item.attempts, SENDING).values(
-                status=UNKNOWN, lease_until=None, error=error)).rowcount)
+                status=UNKNOWN, lease_until=None, error=error, due_at=look_up_at)).rowcount)
+
+    def next_lookup(self, item: Item, at: datetime, error: str | None = None) -> bool:
+        """An unknown item not settled by this lookup: the next one at `at`."""
+        with self._write() as conn:
+            values = {"due_at": at} if error is None else {"due_at": at, "error": error}
+            return bool(conn.execute(_attempt(item.id, item.attempts, UNKNOWN).values(**values)).rowcount)
 
     # -- items whose sender went away ------------------------------------------------
     def expire_leases(self, now: datetime) -> tuple[int, int]:
@@ -231,17 +248,18 @@ class OutboxStore:
         expired = sa.and_(outbox.c.status == SENDING, outbox.c.lease_until < now)
         with self._write() as conn:
             messages = conn.execute(outbox.update().where(expired, outbox.c.kind == "message").values(
-                status=UNKNOWN, lease_until=None,
+                status=UNKNOWN, lease_until=None, due_at=now,
                 error="the sender stopped before the outcome was known")).rowcount
             hooks = conn.execute(outbox.update().where(expired, outbox.c.kind != "message").values(
                 status=PENDING, due_at=now, lease_until=None,
                 error="the sender stopped before the outcome was known")).rowcount
         return messages, hooks
 
-    def unknown_items(self, limit: int = 20) -> list[Item]:
+    def unknown_items(self, now: datetime, limit: int = 5) -> list[Item]:
+        """Unknown items whose next lookup is due (`due_at`), the longest waiting first."""
         with self._read() as conn:
-            rows = conn.execute(sa.select(*_COLUMNS).where(outbox.c.status == UNKNOWN)
-                                .order_by(outbox.c.attempted_at, outbox.c.id).limit(limit)).all()
+            rows = conn.execute(sa.select(*_COLUMNS).where(outbox.c.status == UNKNOWN, outbox.c.due_at <= now)
+                                .order_by(outbox.c.due_at, outbox.c.id).limit(limit)).all()
         return [_item(r) for r in rows]
 
     def resolve_found(self, item: Item, candidates: Sequence[str], now: datetime) -> str | None:
@@ -253,8 +271,15 @@ class OutboxStore:
         with self._write() as conn:
             if self.postgres:
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(k)s)", {"k": _dst_key(item.dst)})
+            wanted = list(candidates)
             taken = set(conn.execute(sa.select(outbox.c.message_uuid)
-                                     .where(outbox.c.message_uuid.in_(list(candidates)))).scalars())
+                                     .where(outbox.c.message_uuid.in_(wanted))).scalars())
+            # ... nor is it a text we know came another way (an XML reply Plivo reported on)
+            taken.update(conn.execute(sa.select(replies.c.plivo_uuid)
+                                      .where(replies.c.plivo_uuid.in_(wanted))).scalars())
+            taken.update(conn.execute(sa.select(reports.c.message_uuid)
+                                      .where(reports.c.message_uuid.in_(wanted), reports.c.reply_id.isnot(None))
+                                      ).scalars())
             free = [u for u in candidates if u not in taken]
             if not free:
                 return None
@@ -289,10 +314,11 @@ class OutboxStore:
         return None if row is None else _item(row)
 
     def cancel_item(self, item_id: int, now: datetime) -> Item | None:
-        """An operator's cancel of an item that has not gone (pending, failed, unknown)."""
+        """An operator's cancel of an item that has not gone (pending or failed). An unknown
+        one may have gone: it is left to the lookup, which settles it either way."""
         with self._write() as conn:
             conn.execute(outbox.update().where(outbox.c.id == item_id,
-                                               outbox.c.status.in_((PENDING, FAILED, UNKNOWN)))
+                                               outbox.c.status.in_((PENDING, FAILED)))
                          .values(status=CANCELLED, finished_at=now, lease_until=None,
                                  error="cancelled by an operator"))
             row = conn.execute(_GET, {"id": item_id}).first()

@@ -131,6 +131,7 @@ outbox = sa.Table(
 )
 sa.Index("ix_outbox_status_due_at", outbox.c.status, outbox.c.due_at)
 sa.Index("ix_outbox_message_uuid", outbox.c.message_uuid)
+sa.Index("ix_outbox_dst_src", outbox.c.dst, outbox.c.src)
 
 #: The Message API's request schedule, shared by every sender on the database:
 #: each request takes the next free slot, PLIVO_API_RATE slots a second.

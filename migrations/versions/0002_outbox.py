@@ -42,6 +42,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_outbox'))
     )
     with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.create_index('ix_outbox_dst_src', ['dst', 'src'], unique=False)
         batch_op.create_index('ix_outbox_message_uuid', ['message_uuid'], unique=False)
         batch_op.create_index('ix_outbox_status_due_at', ['status', 'due_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_outbox_message_id'), ['message_id'], unique=False)
@@ -59,5 +60,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_outbox_message_id'))
         batch_op.drop_index('ix_outbox_status_due_at')
         batch_op.drop_index('ix_outbox_message_uuid')
+        batch_op.drop_index('ix_outbox_dst_src')
 
     op.drop_table('outbox')
