@@ -85,10 +85,15 @@ def messages_table(rows: list[dict]) -> list[str]:
                      f"{m['type']:<8}  {m['deliveries']:>2}  {decided[:24]:<24}  {text}{flags}")
         for r in m["replies"]:
             reply = " ".join(r["text"].split())
-            lines.append(f"{'':<20}  -> {r['dst']:<30}  {r['via']:<4} {r['status'] or '-':<11}  "
+            status = r["status"]
+            if status is None and r.get("outbox"):  # no delivery report yet: where the send stands
+                status = "/".join(sorted({o["status"] for o in r["outbox"]}))
+            lines.append(f"{'':<20}  -> {r['dst']:<30}  {r['via']:<4} {status or '-':<11}  "
                          f"{reply[:50] + ('…' if len(reply) > 50 else '')}")
         for h in m["held"]:
             lines.append(f"{'':<20}  !! {h['dst']:<30}  not sent: {h['reason']}")
+        for w in m.get("webhooks", ()):
+            lines.append(f"{'':<20}  => webhook {w['url'][:40]:<31} {w['status']}")
     return lines
 
 

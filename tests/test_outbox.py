@@ -485,3 +485,12 @@ def test_a_signed_report_with_plivos_opt_out_code_opts_out_even_before_the_202_i
     assert send(app.test_client(), report, path="/status").status_code == 200
     [optout] = app.extensions["responder"].store.list_optouts()
     assert (optout["number"], optout["to"], optout["via"]) == ("14155550177", OUR, "plivo")
+
+
+def test_the_message_log_table_shows_where_api_sends_stand(tmp_path, standin):
+    app = outbox_app(tmp_path, standin)
+    send(app.test_client(), whatsapp("hours"))
+    runner = app.test_cli_runner()
+    assert "api  pending" in runner.invoke(args=["messages"]).output
+    drain(app)
+    assert "api  sent" in runner.invoke(args=["messages"]).output

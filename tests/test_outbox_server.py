@@ -175,3 +175,18 @@ def test_two_instances_on_one_postgresql_drain_one_outbox_once_and_share_the_rat
     sent_once_each(standin, messages)
     posts = sorted(c.time for c in standin.calls if c.method == "POST" and c.answered_status == 202)
     assert all(posts[i + 10] - posts[i] >= 0.97 for i in range(len(posts) - 10)), posts
+
+
+def test_without_plivo_auth_id_the_start_warns_and_rules_that_need_the_api_are_refused(tmp_path, database):
+    srv = Server(tmp_path, DATABASE_URL=database)  # the shipped rules, no PLIVO_AUTH_ID
+    try:
+        assert srv.post(whatsapp("hours")).content == EMPTY
+    finally:
+        srv.stop()
+    assert "PLIVO_AUTH_ID is not set: WhatsApp messages will be recorded but get no replies" in srv.log_path.read_text()
+
+    rules = "version: 1\nrules:\n  - name: menu\n    reply: Our menu\n    media: https://cdn.example.com/menu.jpg\n"
+    with pytest.raises(RuntimeError) as refused:
+        Server(tmp_path, rules=rules, DATABASE_URL=database, log_name="refused.log")
+    assert ("rules.yaml:5: rule 'menu': 'media' is sent through Plivo's Message API, which needs "
+            "PLIVO_AUTH_ID to be set") in str(refused.value)

@@ -50,7 +50,7 @@ _running: "weakref.WeakSet[Sender]" = weakref.WeakSet()
 
 
 def stop_all(timeout: float = 10.0) -> None:
-    """Stop every sender thread of this process (gunicorn's worker_exit, atexit)."""
+    """Stop every sender thread of this process (gunicorn's worker_exit hook calls this)."""
     deadline = time.monotonic() + timeout
     for sender in list(_running):
         sender.stop(max(0.0, deadline - time.monotonic()))
