@@ -190,3 +190,39 @@ def test_without_plivo_auth_id_the_start_warns_and_rules_that_need_the_api_are_r
         Server(tmp_path, rules=rules, DATABASE_URL=database, log_name="refused.log")
     assert ("rules.yaml:5: rule 'menu': 'media' is sent through Plivo's Message API, which needs "
             "PLIVO_AUTH_ID to be set") in str(refused.value)
+
+
+def test_outbox_sender_off_leaves_sending_to_flask_outbox_run(database, start, standin):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from servers import server_env
+
+    srv = start(database, OUTBOX_SENDER="off")
+    messages = [whatsapp("hours", From=f"1305555{n:04d}") for n in range(3)]
+    deliver(srv, messages)
+    assert outbox_status(database) == Counter(pending=3) and standin.sends == []
+    env = server_env(DATABASE_URL=database, PLIVO_AUTH_TOKEN=TOKEN, PLIVO_AUTH_ID=standin.auth_id,
+                     PLIVO_API_URL=standin.url, RULES_PATH=str(srv.rules))
+    done = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "outbox", "run", "--once"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "3 sent" in done.stderr
+    sent_once_each(standin, messages)
+    assert outbox_status(database) == Counter(sent=3)
+    # ... and as a long-running process: it sends what comes, and stops cleanly on SIGTERM.
+    runner = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "outbox", "run"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        more = [whatsapp("hours", From=f"1305556{n:04d}") for n in range(2)]
+        deliver(srv, more)
+        assert standin.wait_for_sends(5, 30)
+        wait_for(lambda: outbox_status(database) == Counter(sent=5), 20, "all 5 sent")
+        runner.terminate()
+        assert runner.wait(20) == 0
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        runner.communicate(timeout=10)
+    sent_once_each(standin, messages + more)
