@@ -69,7 +69,9 @@ def create_app(test_config: dict | None = None) -> Flask:
             migrate.upgrade(store.engine)
         except DatabaseUrlError as exc:
             _refuse(config.ConfigError(str(exc)), ctx)
-    api = bool(app.config["PLIVO_AUTH_ID"] and app.config["PLIVO_AUTH_TOKENS"])
+    # Serving, the API needs the id and a token; a command (simulate) shows what a service
+    # with this PLIVO_AUTH_ID would do, since commands need no token.
+    api = bool(app.config["PLIVO_AUTH_ID"] and (app.config["PLIVO_AUTH_TOKENS"] or in_cli))
     sender = None
     if not in_cli and not app.testing:
         Pruner(store, app.config["RETENTION_DAYS"]).start()

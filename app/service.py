@@ -206,9 +206,10 @@ class Responder:
             log.info("message delivered again: stored answer sent", extra={"uuid": msg.uuid})
         return _from_stored(stored)
 
-    def _log_answered(self, msg: Inbound, decision: Decision | None, plan: policy.Plan) -> None:
+    def _log_answered(self, msg: Inbound, decision: Decision | None, plan: policy.Plan,
+                      warn: bool = True) -> None:
         unsent = sum(h["reason"] in (NO_API, NO_WEBHOOK_SECRET) for h in plan.held)
-        if unsent:
+        if unsent and warn:
             log.warning("%d message(s) or call(s) not sent: %s", unsent,
                         "; ".join(sorted({h["reason"] for h in plan.held if h["reason"] in (NO_API, NO_WEBHOOK_SECRET)})),
                         extra={"uuid": msg.uuid})
@@ -283,7 +284,7 @@ class Responder:
             now = self.clock()
         kind, via, decision = self.decide(msg, ruleset, now)
         plan, answer = self.render(msg, ruleset, kind, via, decision, state or policy.FreshState())
-        self._log_answered(msg, decision, plan)
+        self._log_answered(msg, decision, plan, warn=False)  # simulate prints what was held itself
         return plan, decision or Decision(), answer
 
     def handle_status(self, req: HttpRequest) -> Answer:

@@ -494,3 +494,20 @@ def test_the_message_log_table_shows_where_api_sends_stand(tmp_path, standin):
     assert "api  pending" in runner.invoke(args=["messages"]).output
     drain(app)
     assert "api  sent" in runner.invoke(args=["messages"]).output
+
+
+def test_simulate_says_what_goes_through_the_api_and_to_webhooks(tmp_path, standin):
+    rules = MEDIA_RULES + """
+      - name: lead
+        when: {keyword: quote}
+        silent: true
+        webhook: https://crm.example.com/hook
+    """
+    app = outbox_app(tmp_path, standin, rules, WEBHOOK_SECRET=SECRET)
+    runner = app.test_cli_runner()
+    menu = runner.invoke(args=["simulate", "menu", "--from", SENDER, "--to", OUR, "--type", "whatsapp"])
+    assert menu.exit_code == 0
+    assert f"through the Message API with 2 media to {SENDER}: Here is our menu." in menu.output
+    quote = runner.invoke(args=["simulate", "quote", "--from", SENDER, "--to", OUR])
+    assert "webhook (lead): POST https://crm.example.com/hook" in quote.output
+    assert items(app) == []  # simulate records and queues nothing
