@@ -395,9 +395,10 @@ class Store(OutboxStore):
             queued = utcnow()  # the sender's clock, the real one (claim.now may be a test's clock)
             base = {"created_at": queued, "message_id": message_id, "status": "pending", "attempts": 0,
                     "due_at": queued, "method": None, "media": [], "rule": None, "position": None, "src": None}
+            value = sql.value
             cur.executemany(sql.insert_outbox, [
-                tuple(sql.value(c, v) for c, v in ((c, {**base, **row}[c]) for c in OUTBOX_COLUMNS))
-                for row in record.outbox])
+                tuple([value(c, merged[c]) for c in OUTBOX_COLUMNS])
+                for merged in ({**base, **row} for row in record.outbox)])
         if record.change is not None:
             what, via, scope = record.change
             if what == "out":
