@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -32,7 +33,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from .db import DatabaseUrlError, check_connection, display, make_engine, parse_url
-from .hot import MESSAGE_COLUMNS, OUTBOX_COLUMNS, Sql
+from .hot import MESSAGE_COLUMNS, Sql
 from .outbox import Claimed, Item, OutboxStore
 from .schema import api_slots, messages, metadata, nonces, optouts, outbox, replies, reports
 
@@ -386,19 +387,18 @@ class Store(OutboxStore):
                    answer_type=answer.content_type, answer_body=answer.body)
         row.setdefault("received_at", claim.now)
         message_id = cur.execute(sql.insert_message, tuple(sql.value(c, row[c]) for c in MESSAGE_COLUMNS)).fetchone()[0]
-        if record.replies:
+        if record.replies or record.outbox:
             now = sql.time(claim.now)
-            cur.executemany(sql.insert_reply, [
-                (message_id, r["position"], r["kind"], r["rule"], r["src"], r["dst"], r["sender"],
-                 r["limited"], r["text"], r["via"], now) for r in record.replies])
-        if record.outbox:
-            queued = utcnow()  # the sender's clock, the real one (claim.now may be a test's clock)
-            base = {"created_at": queued, "message_id": message_id, "status": "pending", "attempts": 0,
-                    "due_at": queued, "method": None, "media": [], "rule": None, "position": None, "src": None}
-            value = sql.value
-            cur.executemany(sql.insert_outbox, [
-                tuple([value(c, merged[c]) for c in OUTBOX_COLUMNS])
-                for merged in ({**base, **row} for row in record.outbox)])
+            reply_rows = [(message_id, r["position"], r["kind"], r["rule"], r["src"], r["dst"], r["sender"],
+                           r["limited"], r["text"], r["via"], now) for r in record.replies]
+            outbox_rows = self._outbox_rows(message_id, record.outbox)
+            # PostgreSQL: both inserts in one round trip (psycopg's pipeline mode).
+            with cur.connection.pipeline() if self.postgres and outbox_rows else nullcontext():
+                for statement, rows in ((sql.insert_reply, reply_rows), (sql.insert_outbox, outbox_rows)):
+                    if len(rows) == 1:
+                        cur.execute(statement, rows[0])
+                    elif rows:
+                        cur.executemany(statement, rows)
         if record.change is not None:
             what, via, scope = record.change
             if what == "out":
@@ -409,6 +409,16 @@ class Store(OutboxStore):
             else:
                 cur.execute(sql.remove_optout_for, (claim.sender, claim.to))
         return answer
+
+    def _outbox_rows(self, message_id: int, items: list[dict]) -> list[tuple]:
+        """Outbox rows in OUTBOX_COLUMNS order, due now by the real clock (the sender's; a
+        test's rules clock may be another)."""
+        if not items:
+            return []
+        queued = self._sql.time(utcnow())
+        return [(queued, r["kind"], r["role"], message_id, r.get("position"), r.get("rule"), r.get("src"),
+                 r["dst"], r["type"], r.get("method"), r["text"], json.dumps(r.get("media") or []), "pending", 0,
+                 queued) for r in items]
 
     # -- delivery reports ----------------------------------------------------------
     def record_report(self, params: dict[str, str], nonces: Sequence[str], ref: str | None,

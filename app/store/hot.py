@@ -19,6 +19,7 @@ MESSAGE_COLUMNS = ("uuid", "received_at", "from_number", "to_number", "type", "t
                    "answer_type", "answer_body")
 REPLY_COLUMNS = ("message_id", "position", "kind", "rule", "src", "dst", "sender", "limited", "text", "via",
                  "created_at")
+#: Columns of an outbox row written with its message (Store._outbox_rows builds them in this order).
 OUTBOX_COLUMNS = ("created_at", "kind", "role", "message_id", "position", "rule", "src", "dst", "type", "method",
                   "text", "media", "status", "attempts", "due_at")
 JSON_COLUMNS = frozenset({"params", "rules", "held", "media"})

@@ -130,7 +130,9 @@ outbox = sa.Table(
     sa.Column("error", sa.Text),                          # the last error, short and safe to show
 )
 sa.Index("ix_outbox_status_due_at", outbox.c.status, outbox.c.due_at)
-sa.Index("ix_outbox_message_uuid", outbox.c.message_uuid)
+# Only rows Plivo answered for (most are NULL while queued: no index entry at insert).
+sa.Index("ix_outbox_message_uuid", outbox.c.message_uuid, sqlite_where=outbox.c.message_uuid.isnot(None),
+         postgresql_where=outbox.c.message_uuid.isnot(None))
 sa.Index("ix_outbox_dst_src", outbox.c.dst, outbox.c.src)
 
 #: The Message API's request schedule, shared by every sender on the database:

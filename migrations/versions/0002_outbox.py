@@ -43,7 +43,9 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.create_index('ix_outbox_dst_src', ['dst', 'src'], unique=False)
-        batch_op.create_index('ix_outbox_message_uuid', ['message_uuid'], unique=False)
+        batch_op.create_index('ix_outbox_message_uuid', ['message_uuid'], unique=False,
+                              sqlite_where=sa.text('message_uuid IS NOT NULL'),
+                              postgresql_where=sa.text('message_uuid IS NOT NULL'))
         batch_op.create_index('ix_outbox_status_due_at', ['status', 'due_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_outbox_message_id'), ['message_id'], unique=False)
 
