@@ -6,22 +6,32 @@ Subcommands:
   wait URL [--method M] [--timeout S] [--pid PID]
                                      poll URL until it answers 2xx (fail if PID dies)
   cpu PID                            CPU seconds used so far by the children of PID
-  dbcpu DBNAME                       CPU seconds used so far by the PostgreSQL backends
-                                     serving database DBNAME
-  pool --port P --token T --out DIR --pool NAME:COUNT ...
+  dbcpu DBNAME [--save F | --since F]
+                                     CPU seconds used so far by the PostgreSQL backends
+                                     serving database DBNAME (--since: since --save F)
+  pool --port P --token T --out DIR [--type sms|whatsapp] --pool NAME:COUNT ...
                                      write DIR/request.lua (the wrk script), DIR/template.json
                                      and, per pool, DIR/pool-NAME.txt: COUNT distinct, signed
-                                     Plivo-style inbound SMS for http://127.0.0.1:P/message
-  verify --template F --token T --port P [--bare] [--out F]
+                                     Plivo-style inbound SMS (or WhatsApp messages) for
+                                     http://127.0.0.1:P/message
+  verify --template F --token T --port P [--bare] [--out F] [--standin URL --auth-id ID]
                                      send fresh requests built like the pool's, byte for byte,
-                                     and check the answers (service: the Message XML, the
-                                     retry, a forged signature and a replayed nonce)
+                                     and check the answers (service: the Message XML, or for
+                                     WhatsApp the empty <Response/> and the reply reaching the
+                                     Plivo stand-in; the retry, a forged signature and a
+                                     replayed nonce)
   pg-create ADMIN_URL NAME           create database NAME; print its URL (exit 3: no server)
   pg-drop ADMIN_URL NAME             drop database NAME if it exists
   count DATABASE_URL                 print how many messages the database recorded
+  standin-count URL --auth-id ID --token T [--wait S]
+                                     print how many messages the Plivo stand-in has accepted
+                                     (its message list); --wait: until it answers
   check FILE                         fail if a wrk output shows errors, non-2xx answers
                                      or a request pool that ran out
-  recorded DIR DATABASE_URL          check every 200 answer of DIR's service runs was recorded
+  recorded DIR DATABASE_URL [--sends N]
+                                     check every 200 answer of DIR's service runs was recorded
+                                     (and, with WhatsApp runs, that each WhatsApp message has
+                                     its reply in the outbox; N: sends the stand-in received)
   report DIR [--title T]             read DIR/round*.wrk; print the table, write summary.json
   summary DIR [SECTION ...]          the ratios of DIR/SECTION/summary.json (default: all), one table
 """
@@ -29,6 +39,7 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import json
 import os
@@ -48,11 +59,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # The bench message: an SMS "hours please" to our number 14155550100, from a
-# different sender for each request (1415 and 7 digits).
+# different sender for each request (1415 and 7 digits). A WhatsApp bench message
+# is the same with Type=whatsapp and the text in Body (Plivo's WhatsApp webhook has
+# no Text), from senders 1416 and 7 digits (so no sender is shared with the SMS runs);
+# its answer is an empty <Response/> and the reply goes through the outbox.
 OUR_NUMBER = "14155550100"
 TEXT = "hours please"
 EXPECTED_REPLY = "We are open 9am-5pm, Monday to Friday."
 BARE_SENDER = "14155550123"  # the bare app's fixed answer is addressed to this one
+TYPES = ("sms", "whatsapp")
+SENDER_PREFIX = {"sms": "1415", "whatsapp": "1416"}
 
 # Fields that change per request, in the order of a pool line. Their widths are
 # fixed, so every request has the same length (one Content-Length in the template).
@@ -144,9 +160,15 @@ def cmd_cpu(args: argparse.Namespace) -> None:
 
 
 def cmd_dbcpu(args: argparse.Namespace) -> None:
-    """CPU of the PostgreSQL backends of one database (their title names it)."""
+    """CPU of the PostgreSQL backends of one database (their title names it).
+
+    With --save FILE the backends' own figures are kept; with --since FILE only the CPU
+    used since then is printed: a backend that started meanwhile counts from zero, and
+    one that exited meanwhile (a connection the pool closed) drops out instead of taking
+    its whole past off the sum, so the figure is a slight undercount, never negative.
+    """
     hz = os.sysconf("SC_CLK_TCK")
-    total = 0
+    now: dict[str, int] = {}
     needle = f" {args.dbname} ".encode()
     for pid, _, ticks in _proc_stats():
         try:
@@ -155,7 +177,14 @@ def cmd_dbcpu(args: argparse.Namespace) -> None:
         except OSError:
             continue
         if title.startswith(b"postgres: ") and needle in title:
-            total += ticks
+            now[str(pid)] = ticks
+    if args.save:
+        Path(args.save).write_text(json.dumps(now), encoding="utf-8")
+    if args.since:
+        then = json.loads(Path(args.since).read_text(encoding="utf-8"))
+        total = sum(max(0, ticks - then.get(pid, 0)) for pid, ticks in now.items())
+    else:
+        total = sum(now.values())
     print(f"{total / hz:.2f}")
 
 
@@ -168,13 +197,14 @@ def cmd_dbcpu(args: argparse.Namespace) -> None:
 # same way (%s and %% only), so `verify` sends exactly the bytes wrk sends.
 
 
-def plivo_form(sender: str, message_uuid: str) -> list[tuple[str, str]]:
-    """The form fields of an inbound SMS, in the order Plivo sends them."""
+def plivo_form(sender: str, message_uuid: str, type_: str = "sms") -> list[tuple[str, str]]:
+    """The form fields of an inbound SMS (or WhatsApp message: its text is in Body),
+    in the order Plivo sends them."""
     return [
         ("From", sender),
         ("To", OUR_NUMBER),
-        ("Type", "sms"),
-        ("Text", TEXT),
+        ("Type", type_),
+        ("Body" if type_ == "whatsapp" else "Text", TEXT),
         ("MessageUUID", message_uuid),
         ("Units", "1"),
         ("TotalRate", "0.00000"),
@@ -198,14 +228,16 @@ class Generator:
     """Distinct signed requests: a random run id, then a counter.
 
     MessageUUID = the run id (64 bits) and the counter as one 128-bit UUID; nonce =
-    8 random digits and the counter (20 digits, like Plivo's); sender = 1415 and
-    the counter's last 7 digits. So no uuid or nonce repeats within a run, nor
+    8 random digits and the counter (20 digits, like Plivo's); sender = 1415 (WhatsApp:
+    1416) and the counter's last 7 digits. So no uuid or nonce repeats within a run, nor
     (but for a 1e-8 chance) between runs on the same database.
     """
 
-    def __init__(self, token: str, url: str):
+    def __init__(self, token: str, url: str, type_: str = "sms"):
         self.token = token
         self.url = url
+        self.type = type_
+        self.prefix = SENDER_PREFIX[type_]
         self.sign = _signer()
         self.run_uuid = secrets.randbits(64)
         self.run_nonce = secrets.randbelow(10 ** 8)
@@ -215,11 +247,11 @@ class Generator:
         n = self.counter
         self.counter += 1
         f = {
-            "from": f"1415{n % 10 ** 7:07d}",
+            "from": f"{self.prefix}{n % 10 ** 7:07d}",
             "uuid": str(uuid.UUID(int=(self.run_uuid << 64) | n)),
             "nonce": f"{self.run_nonce:08d}{n:012d}",
         }
-        signed = self.sign(self.token, "POST", self.url, params=plivo_form(f["from"], f["uuid"]),
+        signed = self.sign(self.token, "POST", self.url, params=plivo_form(f["from"], f["uuid"], self.type),
                            nonce=f["nonce"])
         f["v2"] = signed["X-Plivo-Signature-V2"]
         f["v3"] = signed["X-Plivo-Signature-V3"]
@@ -229,13 +261,13 @@ class Generator:
         return f
 
 
-def make_template(token: str, url: str) -> dict:
+def make_template(token: str, url: str, type_: str = "sms") -> dict:
     """The raw request as a %s template, and which field goes in each %s, in order."""
     parts = urllib.parse.urlsplit(url)
     marks = {k: f"\x01{k}\x01" for k in FIELDS}
-    sample = Generator(token, url).next()
+    sample = Generator(token, url, type_).next()
     # The header names and their order come from sign_headers itself.
-    signed = _signer()(token, "POST", url, params=plivo_form(sample["from"], sample["uuid"]),
+    signed = _signer()(token, "POST", url, params=plivo_form(sample["from"], sample["uuid"], type_),
                        nonce=sample["nonce"])
     per_header = {
         "X-Plivo-Signature-V2": "v2", "X-Plivo-Signature-Ma-V2": "v2",
@@ -244,8 +276,8 @@ def make_template(token: str, url: str) -> dict:
     }
     if set(signed) != set(per_header):
         fail(f"pool: sign_headers gave headers {sorted(signed)}, expected {sorted(per_header)}")
-    body = urllib.parse.urlencode(plivo_form(marks["from"], marks["uuid"]), safe="\x01")
-    sample_body = urllib.parse.urlencode(plivo_form(sample["from"], sample["uuid"]))
+    body = urllib.parse.urlencode(plivo_form(marks["from"], marks["uuid"], type_), safe="\x01")
+    sample_body = urllib.parse.urlencode(plivo_form(sample["from"], sample["uuid"], type_))
     headers = [("Host", parts.netloc),
                ("Content-Type", "application/x-www-form-urlencoded"),
                ("Content-Length", str(len(sample_body.encode())))]  # the same for every request
@@ -255,7 +287,8 @@ def make_template(token: str, url: str) -> dict:
     raw += "\r\n" + body
     raw = raw.replace("%", "%%")
     order = [m.group(1) for m in re.finditer("\x01([a-z0-9]+)\x01", raw)]
-    template = {"url": url, "template": re.sub("\x01[a-z0-9]+\x01", "%s", raw), "order": order}
+    template = {"url": url, "type": type_, "template": re.sub("\x01[a-z0-9]+\x01", "%s", raw),
+                "order": order}
     # The varying fields need no escaping, so the template gives exactly the signed form.
     if format_request(template, sample).decode().partition("\r\n\r\n")[2] != sample_body:
         fail("pool: the request template does not reproduce the signed form")
@@ -281,7 +314,7 @@ def _lua_str(value: str) -> str:
 
 
 LUA_TEMPLATE = """\
--- Generated by bench/harness.py pool: distinct signed Plivo-style inbound SMS.
+-- Generated by bench/harness.py pool: distinct signed Plivo-style inbound {kind}.
 -- wrk -s request.lua URL -- POOL_FILE THREADS
 -- Each wrk thread takes every THREADS-th line of POOL_FILE ("FROM UUID NONCE V2 V3")
 -- and sends each once. A pool that runs out stops the thread and is reported
@@ -363,15 +396,16 @@ def cmd_pool(args: argparse.Namespace) -> None:
     url = f"http://127.0.0.1:{args.port}/message"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    template = make_template(args.token, url)
+    template = make_template(args.token, url, args.type)
     (out / "template.json").write_text(json.dumps(template, indent=2) + "\n", encoding="utf-8")
     names = ", ".join(f"f_{k}" for k in FIELDS)
     (out / "request.lua").write_text(
-        LUA_TEMPLATE.format(template=_lua_str(template["template"]), names=names,
+        LUA_TEMPLATE.format(kind="WhatsApp messages" if args.type == "whatsapp" else "SMS",
+                            template=_lua_str(template["template"]), names=names,
                             args=", ".join(f"f_{k}" for k in template["order"])),
         encoding="utf-8",
     )
-    gen = Generator(args.token, url)
+    gen = Generator(args.token, url, args.type)
     first = None
     total = 0
     started = time.monotonic()
@@ -394,7 +428,8 @@ def cmd_pool(args: argparse.Namespace) -> None:
         "body": body,
         "varies_per_request": ["From", "MessageUUID", "nonces", "signatures"],
     }, indent=2) + "\n", encoding="utf-8")
-    print(f"bench: {total} signed requests in {len(args.pool)} pools, "
+    print(f"bench: {total} signed {'WhatsApp ' if args.type == 'whatsapp' else ''}requests "
+          f"in {len(args.pool)} pools, "
           f"{time.monotonic() - started:.1f}s", file=sys.stderr)
 
 
@@ -435,46 +470,114 @@ def _check_xml(label: str, status: int, headers: dict[str, str], raw: bytes, dst
         fail(f"{label}: Message text {msg.text!r}, expected {EXPECTED_REPLY!r}")
 
 
+def _check_empty(label: str, status: int, headers: dict[str, str], raw: bytes) -> None:
+    """A WhatsApp message's answer: 200 and an empty <Response/> (the reply goes through the API)."""
+    shown = raw.decode("utf-8", "replace")[:500]
+    if status != 200:
+        fail(f"{label}: expected 200, got {status}: {shown}")
+    ctype = headers.get("content-type", "")
+    if not ctype.lower().startswith(("application/xml", "text/xml")):
+        fail(f"{label}: Content-Type {ctype!r}, expected application/xml")
+    try:
+        root = ET.fromstring(raw)
+    except ET.ParseError as exc:
+        fail(f"{label}: answer is not XML ({exc}): {shown}")
+    if root.tag != "Response" or len(root) or (root.text or "").strip():
+        fail(f"{label}: expected an empty <Response/> for a WhatsApp message: {shown}")
+
+
+def _standin_get(url: str, auth_id: str, token: str, query: dict[str, str]) -> dict:
+    """GET the stand-in's message list (Plivo's GET /v1/Account/ID/Message/)."""
+    path = f"/v1/Account/{urllib.parse.quote(auth_id, safe='')}/Message/"
+    req = urllib.request.Request(f"{url.rstrip('/')}{path}?{urllib.parse.urlencode(query)}")
+    credentials = base64.b64encode(f"{auth_id}:{token}".encode()).decode()
+    req.add_header("Authorization", f"Basic {credentials}")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def standin_count(url: str, auth_id: str, token: str) -> int:
+    """How many messages the stand-in has accepted (sends answered 2xx) since it started."""
+    return int(_standin_get(url, auth_id, token, {"limit": 1})["meta"]["total_count"])
+
+
+def _wait_for_replies(args: argparse.Namespace, senders: list[str], answered_at: float) -> None:
+    """The WhatsApp replies to `senders` reach the stand-in: the outbox sender works."""
+    deadline = time.monotonic() + args.standin_timeout
+    missing = list(senders)
+    while True:
+        for sender in list(missing):
+            found = _standin_get(args.standin, args.auth_id, args.token, {"to_number": sender, "limit": 20})
+            if any(m.get("message_type") == "whatsapp" and m.get("from_number") == OUR_NUMBER
+                   for m in found.get("objects", ())):
+                missing.remove(sender)
+        if not missing:
+            break
+        if time.monotonic() > deadline:
+            fail(f"service: no WhatsApp reply to {', '.join(missing)} reached the Plivo stand-in at "
+                 f"{args.standin} within {args.standin_timeout:g}s (is the outbox sender running? "
+                 "see the service's log)")
+        time.sleep(0.2)
+    print(f"verified service (WhatsApp): the replies to both senders reached the Plivo stand-in "
+          f"({time.monotonic() - answered_at:.1f}s after the second answer)")
+
+
 def cmd_verify(args: argparse.Namespace) -> None:
     template = json.loads(Path(args.template).read_text(encoding="utf-8"))
-    gen = Generator(args.token, template["url"])  # its own run id: fresh uuids and nonces
+    type_ = template.get("type", "sms")
+    whatsapp = type_ == "whatsapp"
+    gen = Generator(args.token, template["url"], type_)  # its own run id: fresh uuids and nonces
     label = "bare app" if args.bare else "service"
+    if whatsapp:
+        if args.bare:
+            fail("verify: the bare app is checked with SMS only")
+        label = "service (WhatsApp)"
+
+    def check(status, headers, raw, dst):
+        if whatsapp:
+            _check_empty(label, status, headers, raw)
+        else:
+            _check_xml(label, status, headers, raw, dst)
+
     first, second = gen.next(), gen.next()
     status, headers, raw = _send_raw(args.port, format_request(template, first))
-    _check_xml(label, status, headers, raw, BARE_SENDER if args.bare else first["from"])
+    check(status, headers, raw, BARE_SENDER if args.bare else first["from"])
     print(f"verified {label}: {status} {raw.decode('utf-8')!r}")
     if args.bare:
         return
     recorded = 1
     status, headers, raw2 = _send_raw(args.port, format_request(template, second))
-    _check_xml(label, status, headers, raw2, second["from"])
+    check(status, headers, raw2, second["from"])
+    answered_at = time.monotonic()
     recorded += 1
-    print(f"verified service: a second fresh request (sender {second['from']}) answered the same way")
+    print(f"verified {label}: a second fresh request (sender {second['from']}) answered the same way")
     # The very same request again is a Plivo retry: the stored answer, byte for byte.
     status, _, again = _send_raw(args.port, format_request(template, first))
     if status != 200 or again != raw:
         fail(f"service: a retry got {status} {again[:200]!r}, expected the first answer again")
-    print("verified service: a retry (same MessageUUID and nonce) gets the stored answer")
+    print(f"verified {label}: a retry (same MessageUUID and nonce) gets the stored answer")
     # The bench must measure a service that checks signatures: a forged one is refused.
     forged = dict(gen.next(), v2="A" * 43 + "=", v3="A" * 43 + "=")
     status, _, raw = _send_raw(args.port, format_request(template, forged))
     if status != 403:
         fail(f"service: a forged signature got {status}, expected 403 "
              "(is VERIFY_SIGNATURES off?): " + raw.decode("utf-8", "replace")[:200])
-    print("verified service: forged signature refused with 403")
+    print(f"verified {label}: forged signature refused with 403")
     # ... and remembers nonces: the first nonce with another MessageUUID is a replay.
     replay = dict(first, uuid=gen.next()["uuid"])
     signed = gen.sign(args.token, "POST", template["url"],
-                      params=plivo_form(replay["from"], replay["uuid"]), nonce=replay["nonce"])
+                      params=plivo_form(replay["from"], replay["uuid"], type_), nonce=replay["nonce"])
     replay.update(v2=signed["X-Plivo-Signature-V2"], v3=signed["X-Plivo-Signature-V3"])
     status, _, raw = _send_raw(args.port, format_request(template, replay))
     if status != 403 or b"replayed" not in raw:
         fail(f"service: a nonce reused with another MessageUUID got {status} "
              f"{raw.decode('utf-8', 'replace')[:200]!r}, expected 403 replayed Plivo signature")
-    print("verified service: a nonce reused with another MessageUUID refused with 403 "
+    print(f"verified {label}: a nonce reused with another MessageUUID refused with 403 "
           f"{raw.decode().strip()!r}")
+    if whatsapp and args.standin:
+        _wait_for_replies(args, [first["from"], second["from"]], answered_at)
     if args.out:
-        Path(args.out).write_text(json.dumps({"recorded": recorded}) + "\n", encoding="utf-8")
+        Path(args.out).write_text(json.dumps({"recorded": recorded, "type": type_}) + "\n", encoding="utf-8")
 
 
 # ----------------------------------------------------------------- databases
@@ -532,8 +635,38 @@ def count_messages(url: str) -> int:
         engine.dispose()
 
 
+def count_by_type(url: str) -> tuple[dict[str, int], dict[str, int]]:
+    """(messages per type, WhatsApp reply rows of the outbox per status)."""
+    sys.path.insert(0, str(ROOT))
+    import sqlalchemy as sa
+    from app.store.db import make_engine
+
+    engine = make_engine(url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            messages = dict(conn.execute(sa.text("SELECT type, count(*) FROM messages GROUP BY type")).all())
+            outbox = dict(conn.execute(sa.text(
+                "SELECT status, count(*) FROM outbox WHERE kind = 'message' AND type = 'whatsapp' "
+                "GROUP BY status")).all())
+        return messages, outbox
+    finally:
+        engine.dispose()
+
+
 def cmd_count(args: argparse.Namespace) -> None:
     print(count_messages(args.url))
+
+
+def cmd_standin_count(args: argparse.Namespace) -> None:
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            print(standin_count(args.url, args.auth_id, args.token))
+            return
+        except (OSError, ValueError, KeyError) as exc:
+            if time.monotonic() > deadline:
+                fail(f"the Plivo stand-in at {args.url} does not answer its message list: {exc}")
+        time.sleep(0.2)
 
 
 # -------------------------------------------------------------------- report
@@ -583,12 +716,20 @@ def cmd_check(args: argparse.Namespace) -> None:
         fail(f"{args.file}: {d['requests']} answers but {d['ok200']} with status 200\n{text}")
 
 
+def _answered(directory: Path, pattern: str, verify_file: str) -> tuple[int, int]:
+    """(200 answers wrk counted in the files matching `pattern`, fresh messages of the verification)."""
+    answered = sum(_bench_json(p)["ok200"] for p in sorted(directory.glob(pattern)))
+    verify = directory / verify_file
+    verified = json.loads(verify.read_text(encoding="utf-8"))["recorded"] if verify.exists() else 0
+    return answered, verified
+
+
 def cmd_recorded(args: argparse.Namespace) -> None:
     """Every message answered 200 (wrk's count, plus the verification's) is in the database."""
     directory = Path(args.dir)
-    answered = sum(_bench_json(p)["ok200"] for p in sorted(directory.glob("*service*.wrk")))
-    verify = directory / "verify.json"
-    verified = json.loads(verify.read_text(encoding="utf-8"))["recorded"] if verify.exists() else 0
+    if list(directory.glob("*-whatsapp.wrk")) or (directory / "verify-whatsapp.json").exists():
+        return _recorded_by_type(directory, args)
+    answered, verified = _answered(directory, "*service*.wrk", "verify.json")
     stored = count_messages(args.url)
     line = (f"recorded: {stored} messages in the database; {answered} answers 200 counted by wrk "
             f"+ {verified} verification messages = {answered + verified}")
@@ -598,6 +739,47 @@ def cmd_recorded(args: argparse.Namespace) -> None:
     print(line + (f" (+{extra} answered after wrk stopped counting)" if extra else " (exactly)"))
     (directory / "recorded.json").write_text(json.dumps(
         {"messages": stored, "wrk_200": answered, "verification": verified}) + "\n", encoding="utf-8")
+
+
+def _recorded_by_type(directory: Path, args: argparse.Namespace) -> None:
+    """SMS and WhatsApp runs: each type's 200 answers are recorded as messages of that type, and
+    every WhatsApp message recorded has its reply in the outbox (written in the same transaction)."""
+    messages, outbox = count_by_type(args.url)
+    summary: dict = {"messages": sum(messages.values()), "by_type": messages}
+    lines, problems = [], []
+    for type_, pattern, verify_file in (("sms", "*-service.wrk", "verify.json"),
+                                        ("whatsapp", "*-whatsapp.wrk", "verify-whatsapp.json")):
+        answered, verified = _answered(directory, pattern, verify_file)
+        stored = messages.get(type_, 0)
+        line = (f"{stored} {'SMS' if type_ == 'sms' else 'WhatsApp'} messages; {answered} answers 200 "
+                f"counted by wrk + {verified} verification messages = {answered + verified}")
+        extra = stored - answered - verified
+        if extra < 0:
+            problems.append(f"{type_}: some answered messages were NOT recorded")
+        lines.append(line + (f" (+{extra} answered after wrk stopped counting)" if extra > 0
+                             else " (exactly)" if extra == 0 else " (MISSING)"))
+        summary[type_] = {"messages": stored, "wrk_200": answered, "verification": verified}
+    others = {t: n for t, n in messages.items() if t not in ("sms", "whatsapp")}
+    if others:
+        problems.append(f"messages of other types: {others}")
+    queued = sum(outbox.values())
+    whatsapp = messages.get("whatsapp", 0)
+    shown = ", ".join(f"{status} {n}" for status, n in sorted(outbox.items(), key=lambda kv: -kv[1])) or "none"
+    line = f"outbox: {queued} WhatsApp replies queued for {whatsapp} WhatsApp messages ({shown})"
+    if queued != whatsapp:
+        problems.append("the outbox does not hold exactly one reply per WhatsApp message recorded")
+    lines.append(line)
+    if args.sends is not None:
+        sent = outbox.get("sent", 0)
+        note = ("as many as the outbox has sent" if args.sends == sent
+                else f"outbox says {sent} sent: {'MORE' if args.sends > sent else 'fewer'} than it received")
+        lines.append(f"the Plivo stand-in accepted {args.sends} sends from this section's service ({note})")
+        summary["standin_sends"] = args.sends
+    summary["outbox"] = outbox
+    print("recorded: " + "\n          ".join(lines))
+    if problems:
+        fail("; ".join(problems))
+    (directory / "recorded.json").write_text(json.dumps(summary) + "\n", encoding="utf-8")
 
 
 def _ms(us: float) -> str:
@@ -612,8 +794,8 @@ def _median(values):
 def cmd_report(args: argparse.Namespace) -> None:
     directory = Path(args.dir)
     runs = _runs(directory)
-    names = [n for n in ("service", "bare") if n in runs]
-    if len(names) != 2:
+    names = [n for n in ("service", "whatsapp", "bare") if n in runs]
+    if "service" not in names or "bare" not in names:
         fail(f"{directory}: need runs for both service and bare, found {sorted(runs)}")
     med = {
         n: {
@@ -623,7 +805,7 @@ def cmd_report(args: argparse.Namespace) -> None:
             "each": [r["rps"] for r in runs[n]],
             "requests": sum(r["requests"] for r in runs[n]),
             "cpu": _median(r["cpu_us"] for r in runs[n]),
-            "dbcpu": _median(r["dbcpu_us"] for r in runs[n]) if n == "service" else None,
+            "dbcpu": _median(r["dbcpu_us"] for r in runs[n]) if n != "bare" else None,
         }
         for n in names
     }
@@ -649,6 +831,22 @@ def cmd_report(args: argparse.Namespace) -> None:
         cpu_ratio = med["bare"]["cpu"] / med["service"]["cpu"]
         lines.append(f"ratio bare/service worker CPU per request: {cpu_ratio:.3f}"
                      "  (steadier on a busy machine)")
+    wa = None
+    if "whatsapp" in med:
+        # Rounds pair up (round r of each): the per-round ratios show the spread.
+        sms_rounds = {r["file"].split("-")[0]: r["rps"] for r in runs["service"]}
+        per_round = [w["rps"] / sms_rounds[w["file"].split("-")[0]] for w in runs["whatsapp"]
+                     if w["file"].split("-")[0] in sms_rounds]
+        wa = {"ratio": med["whatsapp"]["rps"] / med["service"]["rps"], "rounds": per_round, "cpu_ratio": None}
+        lines.append(f"whatsapp/sms throughput: {wa['ratio']:.2f} (within 10%: "
+                     f"{'yes' if wa['ratio'] >= 0.90 else 'NO'})   per round: "
+                     + ", ".join(f"{x:.2f}" for x in per_round))
+        if med["service"]["cpu"] and med["whatsapp"]["cpu"]:
+            wa["cpu_ratio"] = med["service"]["cpu"] / med["whatsapp"]["cpu"]
+            lines.append(f"ratio sms/whatsapp worker CPU per request: {wa['cpu_ratio']:.3f}"
+                         "  (1.0: a WhatsApp message costs the workers what an SMS does)")
+        lines.append("(service: SMS, answered with Message XML; whatsapp: the same service answering WhatsApp "
+                     "messages with an empty <Response/>, the reply queued in the outbox for a slow Plivo)")
     if with_db:
         lines.append("(db CPU/req: the PostgreSQL backends of the bench database, on top of the workers')")
     noisy = [n for n in names
@@ -659,7 +857,7 @@ def cmd_report(args: argparse.Namespace) -> None:
                      "the machine was busy; take the figures as rough, or run again")
     lines.append(
         f"(p50/p99: median over rounds of each round's percentile; "
-        f"{med['service']['requests']} + {med['bare']['requests']} requests timed, "
+        + " + ".join(str(med[n]["requests"]) for n in names) + " requests timed, "
         "all 200, no socket errors, each request sent once)"
     )
     summary = {
@@ -669,7 +867,14 @@ def cmd_report(args: argparse.Namespace) -> None:
         for n in names
     }
     if with_db:
-        summary["service"]["db_cpu_us_per_request"] = round(med["service"]["dbcpu"], 1)
+        for n in names:
+            if med[n]["dbcpu"] is not None:
+                summary[n]["db_cpu_us_per_request"] = round(med[n]["dbcpu"], 1)
+    if wa is not None:
+        summary["whatsapp_ratio"] = round(wa["ratio"], 4)
+        summary["whatsapp_ratio_rounds"] = [round(x, 4) for x in wa["rounds"]]
+        summary["whatsapp_cpu_ratio"] = wa["cpu_ratio"] and round(wa["cpu_ratio"], 4)
+        summary["whatsapp_within_10pct"] = wa["ratio"] >= 0.90
     summary["ratio"] = round(ratio, 4)
     summary["cpu_ratio"] = cpu_ratio and round(cpu_ratio, 4)
     summary["noisy"] = noisy
@@ -692,6 +897,20 @@ def cmd_summary(args: argparse.Namespace) -> None:
                      f"{_ms(s['service']['p50_us']):>12} {_ms(s['service']['p99_us']):>12} "
                      f"{s['ratio']:>7.3f} {cpu:>10}"
                      + ("  (noisy)" if s.get("noisy") else ""))
+    if any("whatsapp" in s for s in rows.values()):
+        lines += ["", "WhatsApp against SMS, the same service (the inbound answer must not wait for the "
+                      "Message API):",
+                  f"{'database':12} {'sms req/s':>10} {'whatsapp req/s':>15} {'whatsapp p50':>13} "
+                  f"{'whatsapp p99':>13} {'CPU ratio':>10}   whatsapp/sms throughput"]
+        for name, s in rows.items():
+            if "whatsapp" not in s:
+                continue
+            w = s["whatsapp"]
+            cpu = f"{s['whatsapp_cpu_ratio']:.3f}" if s.get("whatsapp_cpu_ratio") else "?"
+            lines.append(f"{name:12} {s['service']['rps']:>10.0f} {w['rps']:>15.0f} {_ms(w['p50_us']):>13} "
+                         f"{_ms(w['p99_us']):>13} {cpu:>10}   {s['whatsapp_ratio']:.2f} (within 10%: "
+                         f"{'yes' if s['whatsapp_within_10pct'] else 'NO'})"
+                         + ("  (noisy)" if s.get("noisy") else ""))
     (directory / "summary.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     print("\n".join(lines))
 
@@ -721,12 +940,15 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("dbcpu")
     p.add_argument("dbname")
+    p.add_argument("--save", metavar="FILE", help="keep each backend's figure in FILE")
+    p.add_argument("--since", metavar="FILE", help="print only the CPU used since --save FILE")
     p.set_defaults(func=cmd_dbcpu)
 
     p = sub.add_parser("pool")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--token", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--type", choices=TYPES, default="sms")
     p.add_argument("--pool", action="append", required=True, metavar="NAME:COUNT")
     p.set_defaults(func=cmd_pool)
 
@@ -736,6 +958,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--bare", action="store_true")
     p.add_argument("--out")
+    p.add_argument("--standin", metavar="URL", help="WhatsApp: wait for the replies to reach this stand-in")
+    p.add_argument("--auth-id", help="the stand-in's account (PLIVO_AUTH_ID)")
+    p.add_argument("--standin-timeout", type=float, default=30.0)
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("pg-create")
@@ -752,6 +977,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("url")
     p.set_defaults(func=cmd_count)
 
+    p = sub.add_parser("standin-count")
+    p.add_argument("url")
+    p.add_argument("--auth-id", required=True)
+    p.add_argument("--token", required=True)
+    p.add_argument("--wait", type=float, default=0.0)
+    p.set_defaults(func=cmd_standin_count)
+
     p = sub.add_parser("check")
     p.add_argument("file")
     p.set_defaults(func=cmd_check)
@@ -759,6 +991,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("recorded")
     p.add_argument("dir")
     p.add_argument("url")
+    p.add_argument("--sends", type=int, help="sends the Plivo stand-in accepted during the section")
     p.set_defaults(func=cmd_recorded)
 
     p = sub.add_parser("report")
