@@ -112,7 +112,10 @@ class OutboxStore:
 
     # -- claiming ------------------------------------------------------------------
     def outbox_due(self, now: datetime, kinds: Sequence[str] = KINDS) -> bool:
-        """True when some pending item is due (a cheap read before taking the write turn)."""
+        """True when some pending item is due (a cheap read before taking SQLite's write turn;
+        on PostgreSQL the claim itself is as cheap, so this says yes and lets it look)."""
+        if self.postgres:
+            return True
         with self._read() as conn:
             return conn.execute(_ANY_DUE, {"now": now, "kinds": list(kinds)}).first() is not None
 
@@ -129,6 +132,13 @@ class OutboxStore:
         due = _DUE.with_for_update(skip_locked=True) if self.postgres else _DUE
         for _ in range(20):
             with self._write() as conn:
+                if self.postgres:
+                    # Walk the (status, due_at, id) index to its first free entry. Without this,
+                    # a planner whose statistics are older than the backlog (a table that grew
+                    # fast, not yet analyzed) sorts every pending row for each claim: 75 ms at
+                    # 50,000 pending instead of 0.1 ms.
+                    conn.exec_driver_sql("SET LOCAL enable_bitmapscan = off")
+                    conn.exec_driver_sql("SET LOCAL enable_sort = off")
                 row = conn.execute(due, {"now": now, "kinds": list(kinds)}).first()
                 if row is None:
                     return None

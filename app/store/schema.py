@@ -129,7 +129,8 @@ outbox = sa.Table(
     sa.Column("message_uuid", sa.String(64)),             # what Plivo answered
     sa.Column("error", sa.Text),                          # the last error, short and safe to show
 )
-sa.Index("ix_outbox_status_due_at", outbox.c.status, outbox.c.due_at)
+# The claim's order (due_at, id) is the index's: the next due item is its first entry.
+sa.Index("ix_outbox_status_due_at", outbox.c.status, outbox.c.due_at, outbox.c.id)
 # Only rows Plivo answered for (most are NULL while queued: no index entry at insert).
 sa.Index("ix_outbox_message_uuid", outbox.c.message_uuid, sqlite_where=outbox.c.message_uuid.isnot(None),
          postgresql_where=outbox.c.message_uuid.isnot(None))

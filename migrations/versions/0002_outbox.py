@@ -46,7 +46,7 @@ def upgrade() -> None:
         batch_op.create_index('ix_outbox_message_uuid', ['message_uuid'], unique=False,
                               sqlite_where=sa.text('message_uuid IS NOT NULL'),
                               postgresql_where=sa.text('message_uuid IS NOT NULL'))
-        batch_op.create_index('ix_outbox_status_due_at', ['status', 'due_at'], unique=False)
+        batch_op.create_index('ix_outbox_status_due_at', ['status', 'due_at', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_outbox_message_id'), ['message_id'], unique=False)
 
     op.create_table('api_slots',
