@@ -511,3 +511,18 @@ def test_simulate_says_what_goes_through_the_api_and_to_webhooks(tmp_path, stand
     quote = runner.invoke(args=["simulate", "quote", "--from", SENDER, "--to", OUR])
     assert "webhook (lead): POST https://crm.example.com/hook" in quote.output
     assert items(app) == []  # simulate records and queues nothing
+
+
+def test_outbox_run_once_ends_even_with_items_it_has_no_client_for(tmp_path, standin):
+    receiver_url = "http://127.0.0.1:9/never"
+    rules = f"""
+        version: 1
+        rules:
+          - name: lead
+            reply: "Thanks"
+            webhook: "{receiver_url}"
+    """
+    app = outbox_app(tmp_path, standin, rules, WEBHOOK_SECRET=SECRET)
+    send(app.test_client(), whatsapp("quote"))
+    drain(app, WEBHOOK_SECRET=None)  # a sender with the API only: sends the reply, leaves the call
+    assert [(i.kind, i.status) for i in items(app)] == [("message", "sent"), ("webhook", "pending")]

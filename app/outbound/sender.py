@@ -137,10 +137,6 @@ class Sender:
             self._thread.join(timeout)
         _running.discard(self)
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
     def run(self, until_idle: bool = False) -> None:
         """Send until stopped (or, with `until_idle`, until nothing is due or unresolved)."""
         if not self.kinds:
@@ -166,7 +162,8 @@ class Sender:
             self._wake.clear()
 
     def _open_work(self) -> bool:
-        counts = self.store.outbox_counts()
+        """Items this sender could still move (not those of a kind it has no client for)."""
+        counts = self.store.outbox_counts(self.kinds)
         return bool(counts["pending"] or counts["sending"] or (counts["unknown"] and self.api is not None))
 
     # -- one step ----------------------------------------------------------------------

@@ -334,9 +334,11 @@ class OutboxStore:
             row = conn.execute(_GET, {"id": item_id}).first()
         return None if row is None else _item(row)
 
-    def outbox_counts(self) -> dict[str, int]:
+    def outbox_counts(self, kinds: Sequence[str] = KINDS) -> dict[str, int]:
+        """Items per status (of these kinds)."""
         with self._read() as conn:
-            rows = conn.execute(sa.select(outbox.c.status, sa.func.count()).group_by(outbox.c.status)).all()
+            rows = conn.execute(sa.select(outbox.c.status, sa.func.count()).where(outbox.c.kind.in_(list(kinds)))
+                                .group_by(outbox.c.status)).all()
         counts = dict.fromkeys(STATUSES, 0)
         counts.update({status: n for status, n in rows})
         return counts
