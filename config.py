@@ -162,7 +162,7 @@ def load(environ: Mapping[str, Any], *, require_token: bool = True) -> dict[str,
     out["OUTBOX_SENDER"] = sender
     out["PLIVO_API_RATE"] = _positive("PLIVO_API_RATE", raw["PLIVO_API_RATE"], "requests per second", 0.01, 1000)
     out["WEBHOOK_SECRET"] = _text("WEBHOOK_SECRET", raw["WEBHOOK_SECRET"])
-    out["OUTBOX_LEASE"] = _positive("OUTBOX_LEASE", raw["OUTBOX_LEASE"], "seconds", 3, 3600)
+    out["OUTBOX_LEASE"] = _positive("OUTBOX_LEASE", raw["OUTBOX_LEASE"], "seconds", 5, 3600)
     out["OUTBOX_MAX_DELAY"] = _positive("OUTBOX_MAX_DELAY", raw["OUTBOX_MAX_DELAY"], "seconds", 0.1, 86400)
     if require_token and out["VERIFY_SIGNATURES"] and not out["PLIVO_AUTH_TOKENS"]:
         raise ConfigError(

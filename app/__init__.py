@@ -80,6 +80,10 @@ def create_app(test_config: dict | None = None) -> Flask:
             sender = build_sender(store, app.config)
             if sender.kinds:  # nothing to send with (no PLIVO_AUTH_ID, no WEBHOOK_SECRET): no thread
                 sender.start()
+                if app.config["OUTBOX_LEASE"] < 30:
+                    log.warning("OUTBOX_LEASE=%g s is meant for tests: with short timeouts more sends end "
+                                "'unknown', and one not yet in Plivo's message list %g s later is sent again",
+                                app.config["OUTBOX_LEASE"], 2 * app.config["OUTBOX_LEASE"])
             else:
                 sender = None
         if not api and holder.ruleset is not None and holder.ruleset.answers_whatsapp:

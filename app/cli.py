@@ -402,6 +402,9 @@ def outbox_retry(item_id):
     if item.status != "pending":
         click.echo(f"error: item {item_id} is {item.status}: only failed or cancelled items can be retried", err=True)
         sys.exit(1)
+    if item.error and "outcome is unknown" in item.error:
+        click.echo(f"warning: item {item_id}'s outcome was unknown: it may have been sent already; "
+                   "check the recipient before you rely on this retry", err=True)
     click.echo(f"item {item_id} will be sent again")
 
 

@@ -405,3 +405,22 @@ def test_standin_runs_standalone():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_find_stops_paging_at_messages_older_than_the_window(standin, api):
+    for _ in range(25):
+        assert send(api).outcome == SENT
+    found = api.find(src=SRC, dst=DST, since=utcnow() - timedelta(hours=1),
+                     stop_before=utcnow() + timedelta(hours=1))  # every message is older than this
+    assert found.ok and len(found.messages) == 20
+    assert len([c for c in standin.calls if c.method == "GET"]) == 1
+
+
+def test_find_asks_pace_before_each_page_and_stops_when_told(standin, api):
+    for _ in range(25):
+        send(api)
+    asked = []
+    found = api.find(src=SRC, dst=DST, since=utcnow() - timedelta(hours=1), pace=lambda: asked.append(1) or True)
+    assert found.ok and len(found.messages) == 25 and len(asked) == 2
+    stopped = api.find(src=SRC, dst=DST, since=utcnow() - timedelta(hours=1), pace=lambda: False)
+    assert not stopped.ok and stopped.error == "stopped"

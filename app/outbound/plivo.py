@@ -27,7 +27,7 @@ import math
 import re
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -280,7 +280,8 @@ class MessageApi:
 
     # --- message list -------------------------------------------------------
 
-    def find(self, *, src: str, dst: str, since: datetime) -> Found:
+    def find(self, *, src: str, dst: str, since: datetime, stop_before: datetime | None = None,
+             pace: Callable[[], bool] | None = None) -> Found:
         """Outbound messages from `src` to `dst` at or after `since` (naive UTC, or aware).
 
         Reads at most LIST_MAX_PAGES pages of LIST_LIMIT; a longer list is not
@@ -290,6 +291,9 @@ class MessageApi:
         """
         if since.tzinfo is not None:
             since = since.astimezone(timezone.utc).replace(tzinfo=None)
+        # `stop_before` (naive UTC): Plivo lists newest first, so a page whose oldest message
+        # is older than this ends the list for the caller's purpose: it is complete (ok).
+        # `pace()` is called before each page (the caller's request rate); False stops.
         params = {"message_direction": "outbound", "from_number": src, "to_number": dst,
                   "message_time__gte": since.strftime("%Y-%m-%d %H:%M:%S"), "limit": LIST_LIMIT}
         want_from, want_to = digits(src), digits(dst)
@@ -297,6 +301,8 @@ class MessageApi:
         seen: set = set()  # Plivo lists newest first: a message sent while paging shifts the pages by one
         offset = 0
         for _page in range(LIST_MAX_PAGES):
+            if pace is not None and not pace():
+                return Found(False, messages, error="stopped")
             try:
                 response = self.session.get(self.url, params={**params, "offset": offset},
                                             timeout=self.timeout, allow_redirects=False)
@@ -313,9 +319,16 @@ class MessageApi:
                     raise TypeError
             except (ValueError, KeyError, TypeError):
                 return Found(False, messages, status=status, error=f"HTTP {status}: not a message list")
+            oldest = None
             for obj in objects:
+                if isinstance(obj, dict):
+                    moment = message_time(obj.get("message_time"))
+                    if moment is not None and (oldest is None or moment < oldest):
+                        oldest = moment
                 if not isinstance(obj, dict) or obj.get("message_direction", "outbound") != "outbound":
                     continue
+                if not isinstance(obj.get("message_uuid"), str) or not obj["message_uuid"]:
+                    continue  # nothing to settle an item with
                 if digits(obj.get("from_number")) != want_from or digits(obj.get("to_number")) != want_to:
                     continue
                 if obj.get("message_uuid") in seen:
@@ -327,8 +340,24 @@ class MessageApi:
             log.debug("Message API list: page at offset %d, %d objects", offset, len(objects))
             if not meta.get("next") or not objects:
                 return Found(True, messages, status=status)
+            if stop_before is not None and oldest is not None and oldest < stop_before:
+                return Found(True, messages, status=status)
             offset += len(objects)
         return Found(False, messages, error=f"message list longer than {LIST_MAX_PAGES} pages")
+
+
+def message_time(value) -> datetime | None:
+    """A `message_time` of Plivo's list as naive UTC; None without a readable time and zone."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = re.sub(r"([+-]\d{2})(\d{2})$", r"\1:\2", value.strip())
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None  # no zone: cannot be placed in time
+    return moment.astimezone(timezone.utc).replace(tzinfo=None)
 
 
 def _uuids(response: requests.Response) -> tuple[str, ...]:

@@ -26,11 +26,12 @@ import re
 import threading
 import time
 import weakref
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 from ..store import Item, Store, StoreError, utcnow
 from . import FAILED, RETRY, SENT, UNKNOWN, Result
+from .plivo import message_time as plivo_time
 
 log = logging.getLogger("app.outbox")
 
@@ -74,20 +75,6 @@ def masked(text: str | None) -> str | None:
     return _LONG_NUMBER.sub(lambda m: "…" + m.group()[-4:], text)
 
 
-def plivo_time(value: str | None) -> datetime | None:
-    """A `message_time` from Plivo's list as naive UTC, or None if it cannot be read."""
-    if not value:
-        return None
-    text = re.sub(r"([+-]\d{2})(\d{2})$", r"\1:\2", value.strip())
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
-    return moment
-
-
 def show_dst(item: Item) -> str:
     """A destination as logs show it: a number's last four digits, a URL's host."""
     if item.kind == "webhook":
@@ -109,7 +96,8 @@ class Sender:
         self.poll = poll
         self.reconcile_every = reconcile_every
         self.give_up = timedelta(seconds=give_up)
-        #: After this long without finding it, an unknown item is sent again.
+        #: After this long without finding it, an unknown item is sent again: long enough for
+        #: Plivo's list to show a message it accepted.
         self.safe_delay = timedelta(seconds=2 * lease)
         #: How often an unknown item is looked up until it is found or the safe delay is over.
         self.lookup_every = timedelta(seconds=min(30.0, max(2.0, lease / 4)))
@@ -250,42 +238,44 @@ class Sender:
 
     # -- items whose outcome is unknown ----------------------------------------------
     def reconcile(self) -> None:
-        """Expired leases become unknown; unknown items are looked up in Plivo's message list."""
+        """Expired leases become unknown; items waiting too long fail; unknown items are looked
+        up in Plivo's message list."""
         now = utcnow()
         expired, hooks = self.store.expire_leases(now)
         if expired or hooks:
             log.warning("outbox: %d claim(s) ran out without an outcome", expired + hooks)
+        old = self.store.give_up_waiting(now, self.give_up)
+        if old:
+            log.error("outbox: gave up on %d item(s) not sent within %g h", old, self.give_up.total_seconds() / 3600)
         if self.api is None:
             return
         for item in self.store.unknown_items(now, LOOKUPS_PER_ROUND):
             if self._stop.is_set():
                 return
-            self._look_up(item)
+            if not self.store.take_lookup(item, now, now + self.lookup_every):
+                continue  # another sender is looking it up
+            try:
+                self._look_up(item)
+            except StoreError:
+                raise
+            except Exception:  # noqa: BLE001 - one odd answer must not stop the other lookups
+                log.exception("outbox: lookup failed", extra=self._fields(item))
+
+    def _pace(self) -> bool:
+        """Wait for the next slot of the shared request schedule; False if stopping meanwhile."""
+        slot = self.store.take_slot(self.interval)
+        return not (slot > time.time() and self._stop.wait(slot - time.time()))
 
     def _look_up(self, item: Item) -> None:
-        now = utcnow()
-        if now - item.created_at >= self.give_up:
-            self.store.mark_failed(item, f"gave up: its outcome is unknown and it was not found in Plivo's "
-                                         f"message list within {self.give_up.total_seconds() / 3600:g} h", now)
-            log.error("outbox: gave up on an item whose outcome is unknown", extra=self._fields(item))
-            return
-        slot = self.store.take_slot(self.interval)
-        if slot > time.time() and self._stop.wait(slot - time.time()):
-            return
         attempted = item.attempted_at or item.created_at
-        found = self.api.find(src=item.src, dst=item.dst, since=attempted - timedelta(seconds=LOOKUP_SINCE_S))
-        now = utcnow()
-        if not found.ok and not found.messages:
-            wait = max(self.lookup_every.total_seconds(), found.delay or 0.0)
-            self.store.next_lookup(item, now + timedelta(seconds=wait))
-            log.warning("outbox: message list lookup failed, will try again",
-                        extra=self._fields(item, error=masked(found.error)))
-            return
         # Only a message of the same type sent while this attempt could have been in flight.
         earliest = attempted - timedelta(seconds=LOOKUP_MARGIN_S)
         latest = attempted + self.lease + timedelta(seconds=LOOKUP_MARGIN_S)
+        found = self.api.find(src=item.src, dst=item.dst, since=attempted - timedelta(seconds=LOOKUP_SINCE_S),
+                              stop_before=earliest, pace=self._pace)
+        now = utcnow()
         candidates = []
-        for m in sorted(found.messages, key=lambda m: m.get("time") or ""):
+        for m in sorted(found.messages, key=lambda m: str(m.get("time") or "")):
             if m.get("type") and m["type"] != item.type:
                 continue
             sent_at = plivo_time(m.get("time"))
@@ -295,11 +285,19 @@ class Sender:
         uuid = self.store.resolve_found(item, candidates, now) if candidates else None
         if uuid is not None:
             log.info("outbox item found in Plivo's message list: it was sent", extra=self._fields(item, message_uuid=uuid))
-        elif now - attempted >= self.safe_delay and found.ok:
+        elif not found.ok:
+            if found.delay:
+                self.store.next_lookup(item, now + timedelta(seconds=max(found.delay, self.lookup_every.total_seconds())))
+            log.warning("outbox: message list lookup failed, will try again",
+                        extra=self._fields(item, error=masked(found.error)))
+        elif now - attempted >= self.safe_delay:
             if self.store.mark_retry(item, now, "not in Plivo's message list: sending again"):
                 log.warning("outbox item not in Plivo's message list: sending it again", extra=self._fields(item))
-        else:
-            self.store.next_lookup(item, now + self.lookup_every)
+            return
+        if uuid is None and now - item.created_at >= self.give_up:
+            self.store.mark_failed(item, f"gave up: its outcome is unknown and it was not found in Plivo's "
+                                         f"message list within {self.give_up.total_seconds() / 3600:g} h", now)
+            log.error("outbox: gave up on an item whose outcome is unknown", extra=self._fields(item))
 
 def timeouts(lease: float) -> tuple[float, float]:
     """(connect, read) timeouts that end every request well inside its lease."""

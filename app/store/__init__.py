@@ -439,7 +439,7 @@ class Store(OutboxStore):
                 # so nothing else is even tried (SPEC §9). Plivo signed this report, linked to
                 # one of our texts or not (the 202 of an API send may not be recorded yet).
                 dst, src = _digits(_field(params, "To", 32)), _digits(_field(params, "From", 32))
-                if dst:
+                if dst and src:  # (no From would read as an opt-out of every number)
                     conn.execute(self._insert_optout, {"number": dst, "to_number": src, "since": now,
                                                        "via": "plivo"})
             conn.execute(self._insert_report, {

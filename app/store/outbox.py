@@ -77,22 +77,34 @@ def _item(row) -> Item:
     return Item(**values)
 
 
-def _earlier_to_same_number():
-    """An earlier message item from the same number to the same number that is not finished.
+#: What the partial index ix_outbox_open_dst_src covers, written out as literals (SQLite uses a
+#: partial index only when it can see that the query's condition implies the index's).
+OPEN_MESSAGES = "kind = 'message' AND status IN ('pending', 'sending', 'unknown')"
+
+
+def _first_open_to_its_number():
+    """The item is the first open message from its number to its number, and no other one to
+    that number is in flight or unknown.
 
     Texts to one number go out one at a time and in order: so one inbound message's replies
     arrive in their order, and no two of our items to one number are ever in flight or
-    `unknown` together, so a lookup in Plivo's message list cannot mistake one for the other.
+    `unknown` together, so a lookup in Plivo's message list cannot mistake one for the other
+    (an operator's retry of an older item waits too). Both look-ups read the partial index
+    of open items, whatever the number's history.
     """
-    earlier = outbox.alias("earlier")
-    return sa.exists().where(
-        earlier.c.dst == outbox.c.dst, earlier.c.src == outbox.c.src, earlier.c.kind == "message",
-        earlier.c.id < outbox.c.id, earlier.c.status.in_(OPEN))
+    first = outbox.alias("head")
+    other = outbox.alias("other")
+    same = lambda alias: sa.and_(alias.c.dst == outbox.c.dst, alias.c.src == outbox.c.src,  # noqa: E731
+                                 sa.text(" AND ".join(f"{alias.name}.{part}" for part in OPEN_MESSAGES.split(" AND "))))
+    first_id = sa.select(sa.func.min(first.c.id)).where(same(first)).scalar_subquery()
+    busy = sa.exists().where(same(other), other.c.id != outbox.c.id,
+                             sa.text("other.status IN ('sending', 'unknown')"))
+    return sa.and_(outbox.c.id == first_id, ~busy)
 
 
 _DUE = (sa.select(outbox.c.id).where(outbox.c.status == PENDING, outbox.c.due_at <= _b("now"))
         .where(outbox.c.kind.in_(_b("kinds", expanding=True)))
-        .where(sa.or_(outbox.c.kind != "message", ~_earlier_to_same_number()))
+        .where(sa.or_(outbox.c.kind != "message", _first_open_to_its_number()))
         .order_by(outbox.c.due_at, outbox.c.id).limit(1))
 _ANY_DUE = (sa.select(outbox.c.id).where(outbox.c.status == PENDING, outbox.c.due_at <= _b("now"))
             .where(outbox.c.kind.in_(_b("kinds", expanding=True))).limit(1))
@@ -264,6 +276,22 @@ class OutboxStore:
                 status=PENDING, due_at=now, lease_until=None,
                 error="the sender stopped before the outcome was known")).rowcount
         return messages, hooks
+
+    def give_up_waiting(self, now: datetime, give_up: timedelta) -> int:
+        """Pending items queued longer ago than `give_up` fail, all at once (after a long outage
+        they would otherwise be taken one by one, ahead of fresh replies)."""
+        with self._write() as conn:
+            return conn.execute(outbox.update().where(outbox.c.status == PENDING,
+                                                      outbox.c.created_at < now - give_up).values(
+                status=FAILED, finished_at=now,
+                error=f"gave up: not sent within {give_up.total_seconds() / 3600:g} h")).rowcount
+
+    def take_lookup(self, item: Item, now: datetime, next_at: datetime) -> bool:
+        """This sender looks `item` up now (the next look is at `next_at`): False if another
+        sender took this turn first."""
+        with self._write() as conn:
+            return bool(conn.execute(_attempt(item.id, item.attempts, UNKNOWN).where(outbox.c.due_at <= now)
+                                     .values(due_at=next_at)).rowcount)
 
     def unknown_items(self, now: datetime, limit: int = 5) -> list[Item]:
         """Unknown items whose next lookup is due (`due_at`), the longest waiting first."""

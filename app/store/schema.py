@@ -134,7 +134,10 @@ sa.Index("ix_outbox_status_due_at", outbox.c.status, outbox.c.due_at, outbox.c.i
 # Only rows Plivo answered for (most are NULL while queued: no index entry at insert).
 sa.Index("ix_outbox_message_uuid", outbox.c.message_uuid, sqlite_where=outbox.c.message_uuid.isnot(None),
          postgresql_where=outbox.c.message_uuid.isnot(None))
-sa.Index("ix_outbox_dst_src", outbox.c.dst, outbox.c.src)
+# Open messages by number: what the claim checks for each candidate (see store/outbox.py).
+_OPEN = sa.text("kind = 'message' AND status IN ('pending', 'sending', 'unknown')")
+sa.Index("ix_outbox_open_dst_src", outbox.c.dst, outbox.c.src, outbox.c.id, sqlite_where=_OPEN,
+         postgresql_where=_OPEN)
 
 #: The Message API's request schedule, shared by every sender on the database:
 #: each request takes the next free slot, PLIVO_API_RATE slots a second.

@@ -42,7 +42,9 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_outbox'))
     )
     with op.batch_alter_table('outbox', schema=None) as batch_op:
-        batch_op.create_index('ix_outbox_dst_src', ['dst', 'src'], unique=False)
+        open_messages = sa.text("kind = 'message' AND status IN ('pending', 'sending', 'unknown')")
+        batch_op.create_index('ix_outbox_open_dst_src', ['dst', 'src', 'id'], unique=False,
+                              sqlite_where=open_messages, postgresql_where=open_messages)
         batch_op.create_index('ix_outbox_message_uuid', ['message_uuid'], unique=False,
                               sqlite_where=sa.text('message_uuid IS NOT NULL'),
                               postgresql_where=sa.text('message_uuid IS NOT NULL'))
@@ -62,6 +64,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_outbox_message_id'))
         batch_op.drop_index('ix_outbox_status_due_at')
         batch_op.drop_index('ix_outbox_message_uuid')
-        batch_op.drop_index('ix_outbox_dst_src')
+        batch_op.drop_index('ix_outbox_open_dst_src')
 
     op.drop_table('outbox')
