@@ -280,9 +280,12 @@ class OutboxStore:
     def give_up_waiting(self, now: datetime, give_up: timedelta) -> int:
         """Pending items queued longer ago than `give_up` fail, all at once (after a long outage
         they would otherwise be taken one by one, ahead of fresh replies)."""
+        cutoff = now - give_up
         with self._write() as conn:
-            return conn.execute(outbox.update().where(outbox.c.status == PENDING,
-                                                      outbox.c.created_at < now - give_up).values(
+            # due_at is never before created_at, so the (status, due_at) index finds them without
+            # reading the backlog; one whose due_at moved past the cutoff fails when it comes due.
+            return conn.execute(outbox.update().where(outbox.c.status == PENDING, outbox.c.due_at < cutoff,
+                                                      outbox.c.created_at < cutoff).values(
                 status=FAILED, finished_at=now,
                 error=f"gave up: not sent within {give_up.total_seconds() / 3600:g} h")).rowcount
 
