@@ -392,8 +392,10 @@ class Store(OutboxStore):
             reply_rows = [(message_id, r["position"], r["kind"], r["rule"], r["src"], r["dst"], r["sender"],
                            r["limited"], r["text"], r["via"], now) for r in record.replies]
             outbox_rows = self._outbox_rows(message_id, record.outbox)
-            # PostgreSQL: both inserts in one round trip (psycopg's pipeline mode).
-            with cur.connection.pipeline() if self.postgres and outbox_rows else nullcontext():
+            if self.postgres and reply_rows and outbox_rows:  # one statement, one round trip
+                cur.execute(sql.replies_and_outbox(len(reply_rows), len(outbox_rows)),
+                            [v for row in (*reply_rows, *outbox_rows) for v in row])
+            else:
                 for statement, rows in ((sql.insert_reply, reply_rows), (sql.insert_outbox, outbox_rows)):
                     if len(rows) == 1:
                         cur.execute(statement, rows[0])

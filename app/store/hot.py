@@ -52,6 +52,7 @@ class Sql:
         self.remove_optouts = f"DELETE FROM optouts WHERE number = {p}"
         self.remove_optout_for = f"DELETE FROM optouts WHERE number = {p} AND to_number IN ('', {p})"
         self._opted_out: dict[int, str] = {}
+        self._replies_and_outbox: dict[tuple[int, int], str] = {}
 
     def opted_out(self, count: int) -> str:
         """Which of `count` numbers are opted out for one of our numbers (the last parameter)."""
@@ -62,6 +63,18 @@ class Sql:
             marks = ", ".join(["?"] * count)
             sql = self._opted_out[count] = (f"SELECT number FROM optouts WHERE number IN ({marks}) "
                                             "AND to_number IN ('', ?)")
+        return sql
+
+    def replies_and_outbox(self, replies: int, items: int) -> str:
+        """PostgreSQL: the replies and the outbox rows of one message in one statement (one
+        round trip), parameters in that order."""
+        sql = self._replies_and_outbox.get((replies, items))
+        if sql is None:
+            def rows(columns, count):
+                return ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * count)
+            sql = self._replies_and_outbox[(replies, items)] = (
+                f"WITH r AS (INSERT INTO replies ({', '.join(REPLY_COLUMNS)}) VALUES {rows(REPLY_COLUMNS, replies)}) "
+                f"INSERT INTO outbox ({', '.join(OUTBOX_COLUMNS)}) VALUES {rows(OUTBOX_COLUMNS, items)}")
         return sql
 
     def opted_out_params(self, numbers, to: str) -> tuple:
