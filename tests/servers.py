@@ -91,3 +91,27 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(timeout=15)
         self.log.close()
+
+
+class Servers:
+    """`start(url, **settings)` for a test: each gunicorn in a folder of its own under `tmp`, on
+    DATABASE_URL=url with `defaults` under `settings`; every one stopped when the block ends."""
+
+    def __init__(self, tmp: Path, **defaults):
+        self.tmp = tmp
+        self.defaults = defaults
+        self.started: list[Server] = []
+
+    def __call__(self, url: str, **settings) -> Server:
+        folder = self.tmp / f"server{len(self.started)}"
+        folder.mkdir()
+        srv = Server(folder, DATABASE_URL=url, **{**self.defaults, **settings})
+        self.started.append(srv)
+        return srv
+
+    def __enter__(self) -> "Servers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for srv in self.started:
+            srv.stop()

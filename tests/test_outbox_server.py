@@ -22,7 +22,7 @@ from app.plivoxml import EMPTY
 from app.store.db import parse_url
 from conftest import TOKEN, empty_postgres, postgres_database, sms
 from plivo_standin import Answer, PlivoStandin
-from servers import Server
+from servers import Server, Servers
 from test_outbox import Receiver
 
 SECRET = "whsec_server_test_secret"
@@ -37,20 +37,9 @@ def standin():
 @pytest.fixture
 def start(tmp_path, standin):
     """start(url, **settings): a gunicorn on `url` sending to the stand-in, stopped at the end."""
-    started: list[Server] = []
-
-    def start_server(url: str, **settings) -> Server:
-        folder = tmp_path / f"server{len(started)}"
-        folder.mkdir()
-        env = {"PLIVO_AUTH_ID": standin.auth_id, "PLIVO_API_URL": standin.url, "OUTBOX_LEASE": "6",
-               "OUTBOX_MAX_DELAY": "0.5", "PLIVO_API_RATE": "50", **settings}
-        srv = Server(folder, DATABASE_URL=url, **env)
-        started.append(srv)
-        return srv
-
-    yield start_server
-    for srv in started:
-        srv.stop()
+    with Servers(tmp_path, PLIVO_AUTH_ID=standin.auth_id, PLIVO_API_URL=standin.url, OUTBOX_LEASE="6",
+                 OUTBOX_MAX_DELAY="0.5", PLIVO_API_RATE="50") as start_server:
+        yield start_server
 
 
 def whatsapp(text: str, **extra) -> dict:

@@ -26,7 +26,7 @@ import conftest
 from app.plivoxml import EMPTY
 from app.store.db import parse_url
 from conftest import FORM, PG_ADMIN_URL, ROOT, empty_postgres, postgres_database, signed_headers, sms
-from servers import Server
+from servers import Server, Servers
 
 HOURS = b"We are open 9am-5pm, Monday to Friday (New York time)."
 OUR_NUMBER = "14155550100"
@@ -90,18 +90,8 @@ def pg_url():
 @pytest.fixture
 def start(tmp_path):
     """start(url, **settings): a gunicorn on `url`, stopped at the end of the test."""
-    started: list[Server] = []
-
-    def start_server(url: str, **settings) -> Server:
-        folder = tmp_path / f"server{len(started)}"
-        folder.mkdir()
-        srv = Server(folder, DATABASE_URL=url, **settings)
-        started.append(srv)
-        return srv
-
-    yield start_server
-    for srv in started:
-        srv.stop()
+    with Servers(tmp_path) as start_server:
+        yield start_server
 
 
 # -- 1. retries and replays ----------------------------------------------------------------
