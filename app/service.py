@@ -208,10 +208,9 @@ class Responder:
 
     def _log_answered(self, msg: Inbound, decision: Decision | None, plan: policy.Plan,
                       warn: bool = True) -> None:
-        unsent = sum(h["reason"] in (NO_API, NO_WEBHOOK_SECRET) for h in plan.held)
+        unsent = [h["reason"] for h in plan.held if h["reason"] in (NO_API, NO_WEBHOOK_SECRET)]
         if unsent and warn:
-            log.warning("%d message(s) or call(s) not sent: %s", unsent,
-                        "; ".join(sorted({h["reason"] for h in plan.held if h["reason"] in (NO_API, NO_WEBHOOK_SECRET)})),
+            log.warning("%d message(s) or call(s) not sent: %s", len(unsent), "; ".join(sorted(set(unsent))),
                         extra={"uuid": msg.uuid})
         if log.isEnabledFor(logging.INFO):
             log.info("message answered", extra={
