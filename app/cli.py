@@ -388,17 +388,23 @@ def outbox_list(as_json, status, limit):
         click.echo(line)
 
 
+def _operator_change(item_id: int, change: str):
+    """Apply the store's `change` (retry_item, cancel_item) to one item; exit 1 if there is none."""
+    from .store import utcnow
+    with _database() as store:
+        item = getattr(store, change)(item_id, utcnow())
+    if item is None:
+        click.echo(f"error: no outbox item {item_id}", err=True)
+        sys.exit(1)
+    return item
+
+
 @outbox_cli.command("retry")
 @click.argument("item_id", metavar="ID", type=click.IntRange(min=1))
 @with_appcontext
 def outbox_retry(item_id):
     """Send a failed or cancelled item again (it starts afresh: due now, a new day to succeed)."""
-    from .store import utcnow
-    with _database() as store:
-        item = store.retry_item(item_id, utcnow())
-    if item is None:
-        click.echo(f"error: no outbox item {item_id}", err=True)
-        sys.exit(1)
+    item = _operator_change(item_id, "retry_item")
     if item.status != "pending":
         click.echo(f"error: item {item_id} is {item.status}: only failed or cancelled items can be retried", err=True)
         sys.exit(1)
@@ -413,12 +419,7 @@ def outbox_retry(item_id):
 @with_appcontext
 def outbox_cancel(item_id):
     """Never send an item that has not gone (pending or failed)."""
-    from .store import utcnow
-    with _database() as store:
-        item = store.cancel_item(item_id, utcnow())
-    if item is None:
-        click.echo(f"error: no outbox item {item_id}", err=True)
-        sys.exit(1)
+    item = _operator_change(item_id, "cancel_item")
     if item.status != "cancelled" or item.error != "cancelled by an operator":
         why = {"sending": " (being sent right now)",
                "unknown": " (it may have been sent; it is being looked up in Plivo's message list)"}.get(item.status, "")

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import textwrap
 import uuid as uuidlib
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -210,3 +211,17 @@ def send(client, params, *, method="POST", path="/message", token=TOKEN, host="l
     if method == "POST":
         all_headers.setdefault("Content-Type", FORM)
     return client.open(full, method=method, base_url=f"http://{host}", data=body.encode(), headers=all_headers)
+
+
+@contextmanager
+def listening(caplog, name: str):
+    """caplog records of logger `name` at DEBUG, also once the app's loggers stop propagating
+    (create_app configures logging, and another test may have called it first)."""
+    import logging
+    caplog.set_level(logging.DEBUG, logger=name)
+    own = logging.getLogger(name)
+    own.addHandler(caplog.handler)
+    try:
+        yield
+    finally:
+        own.removeHandler(caplog.handler)

@@ -26,6 +26,7 @@ import urllib3.exceptions
 from app.outbound import FAILED, RETRY, SENT, UNKNOWN
 from app.outbound import plivo
 from app.outbound.plivo import Found, MessageApi
+from conftest import listening
 from plivo_standin import Answer, PlivoStandin
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,15 +190,8 @@ def test_a_redirect_is_not_followed(standin, api):
 
 def test_errors_are_short_single_line_and_hold_no_secret(standin, api, caplog):
     caplog.set_level(logging.DEBUG)
-    caplog.set_level(logging.DEBUG, logger="app.outbound.plivo")
-    # The app's loggers do not propagate once the app has configured logging (another test
-    # may have): listen on the client's own logger as well.
-    own = logging.getLogger("app.outbound.plivo")
-    own.addHandler(caplog.handler)
-    try:
+    with listening(caplog, "app.outbound.plivo"):
         _errors_and_logs(standin, api, caplog)
-    finally:
-        own.removeHandler(caplog.handler)
 
 
 def _errors_and_logs(standin, api, caplog):

@@ -19,6 +19,7 @@ from app.outbound.webhook import (
     DELIVERY_HEADER, HEADER, MAX_DELAY, SignatureError, WebhookClient,
     body, retry_after, sign, verify,
 )
+from conftest import listening
 
 SECRET = "whsec_test"
 T = 1700000000
@@ -478,14 +479,8 @@ def test_errors_never_hold_the_secret_body_or_url_secrets(receiver, client):
 
 
 def test_logs_are_debug_only_and_never_hold_the_body_or_query(receiver, client, caplog):
-    caplog.set_level(logging.DEBUG, logger="app.outbound.webhook")
-    # The app's loggers stop propagating once an app configured logging: listen here too.
-    own = logging.getLogger("app.outbound.webhook")
-    own.addHandler(caplog.handler)
-    try:
+    with listening(caplog, "app.outbound.webhook"):
         _logs(receiver, client, caplog)
-    finally:
-        own.removeHandler(caplog.handler)
 
 
 def _logs(receiver, client, caplog):
