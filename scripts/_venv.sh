@@ -1,14 +1,18 @@
 # Shared by scripts/serve and scripts/test: make .venv and install a requirements file
 # into it, skipping pip when that file has not changed since the last install.
+
+# The oldest Python the service runs on: requires-python in pyproject.toml says the same.
+PYTHON_MINIMUM="3.11"
+
 ensure_venv() {
     local requirements="$1"
     local python="${PYTHON:-python3}"
     if ! command -v "$python" >/dev/null 2>&1; then
-        echo "error: $python not found; install Python 3.11 or newer" >&2
+        echo "error: $python not found; install Python $PYTHON_MINIMUM or newer" >&2
         exit 1
     fi
-    if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-        echo "error: Python 3.11 or newer is needed, $("$python" --version 2>&1) found" >&2
+    if ! "$python" -c "import sys; sys.exit(sys.version_info < tuple(map(int, '$PYTHON_MINIMUM'.split('.'))))" 2>/dev/null; then
+        echo "error: Python $PYTHON_MINIMUM or newer is needed, $("$python" --version 2>&1) found" >&2
         exit 1
     fi
     if [ ! -x .venv/bin/python ]; then

@@ -1,4 +1,4 @@
-"""`compliance:` and `limits:` in a rules file (SPEC §4), and the pure policy that applies them."""
+"""`compliance:` and `limits:` in a rules file, and the pure policy that applies them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from app.rules import RulesError, compile_text
 from app.rules.compliance import DEFAULT_HELP_REPLY, DEFAULT_OPT_OUT_REPLY, Compliance, fold
 from app.rules.engine import Decision, Outgoing
 
-PATH = "r.yaml"
+PATH = "/r.yaml"  # absolute: compile_text makes every path absolute
 
 
 def problems(text: str) -> list[str]:
@@ -65,32 +65,32 @@ def test_limit_durations(per, seconds):
 
 
 @pytest.mark.parametrize("section, message", [
-    ("compliance: [STOP]", "r.yaml:2: 'compliance' must be a mapping, got a list"),
-    ("compliance: {scope: galaxy}", "r.yaml:2: 'scope' must be account or number, got 'galaxy'"),
-    ("compliance: {enabled: maybe}", "r.yaml:2: 'enabled' must be true or false, got 'maybe'"),
-    ("compliance: {zzz: {}}", "r.yaml:2: unknown key 'zzz' in compliance (expected one of: enabled, "
+    ("compliance: [STOP]", "/r.yaml:2: 'compliance' must be a mapping, got a list"),
+    ("compliance: {scope: galaxy}", "/r.yaml:2: 'scope' must be account or number, got 'galaxy'"),
+    ("compliance: {enabled: maybe}", "/r.yaml:2: 'enabled' must be true or false, got 'maybe'"),
+    ("compliance: {zzz: {}}", "/r.yaml:2: unknown key 'zzz' in compliance (expected one of: enabled, "
                                "scope, opt_out, opt_in, help)"),
-    ("compliance: {opt_out: STOP}", "r.yaml:2: 'compliance.opt_out' must be a mapping with 'keywords' "
+    ("compliance: {opt_out: STOP}", "/r.yaml:2: 'compliance.opt_out' must be a mapping with 'keywords' "
                                     "and 'reply', got 'STOP'"),
-    ("compliance: {help: {reply: ''}}", "r.yaml:2: compliance.help: 'reply' must be a non-empty text, got ''"),
+    ("compliance: {help: {reply: ''}}", "/r.yaml:2: compliance.help: 'reply' must be a non-empty text, got ''"),
     ("compliance: {help: {reply: 'Hi {{ from }}'}}",
-     "r.yaml:2: compliance.help: 'reply' is plain text, not a template"),
-    ("compliance: {help: {keywords: ['!!']}}", "r.yaml:2: compliance.help: keyword '!!' has no letters or digits"),
-    ("compliance: {help: {keywords: []}}", "r.yaml:2: 'keywords' needs at least one value"),
+     "/r.yaml:2: compliance.help: 'reply' is plain text, not a template"),
+    ("compliance: {help: {keywords: ['!!']}}", "/r.yaml:2: compliance.help: keyword '!!' has no letters or digits"),
+    ("compliance: {help: {keywords: []}}", "/r.yaml:2: 'keywords' needs at least one value"),
     ("compliance: {opt_in: {keywords: [STOP]}}",
-     "r.yaml:2: compliance.opt_in: keyword 'STOP' is already an opt_out keyword (line 2)"),
+     "/r.yaml:2: compliance.opt_in: keyword 'STOP' is already an opt_out keyword (line 2)"),
     ("limits: {replies_per_sender: {count: 0, per: 1h}}",
-     "r.yaml:2: 'count' must be a whole number, 1 or more, got 0"),
+     "/r.yaml:2: 'count' must be a whole number, 1 or more, got 0"),
     ("limits: {replies_per_sender: {count: 5, per: 1w}}",
-     "r.yaml:2: 'per' must be a duration such as 30s, 10m, 1h or 1d, got '1w'"),
+     "/r.yaml:2: 'per' must be a duration such as 30s, 10m, 1h or 1d, got '1w'"),
     ("limits: {replies_per_sender: {count: 5, per: 0s}}",
-     "r.yaml:2: 'per' must be a duration such as 30s, 10m, 1h or 1d, got '0s'"),
-    ("limits: {replies_per_sender: {count: 5, per: 400d}}", "r.yaml:2: 'per' is longer than a year: '400d'"),
-    ("limits: {replies_per_sender: {count: 5}}", "r.yaml:2: 'replies_per_sender' needs 'per'"),
+     "/r.yaml:2: 'per' must be a duration such as 30s, 10m, 1h or 1d, got '0s'"),
+    ("limits: {replies_per_sender: {count: 5, per: 400d}}", "/r.yaml:2: 'per' is longer than a year: '400d'"),
+    ("limits: {replies_per_sender: {count: 5}}", "/r.yaml:2: 'replies_per_sender' needs 'per'"),
     ("limits: {replies_per_sender: 5}",
-     "r.yaml:2: 'replies_per_sender' must be a mapping like {count: 5, per: 1h}, got 5"),
+     "/r.yaml:2: 'replies_per_sender' must be a mapping like {count: 5, per: 1h}, got 5"),
     ("limits: {per_sender: {count: 5, per: 1h}}",
-     "r.yaml:2: unknown key 'per_sender' in limits (did you mean 'replies_per_sender'?)"),
+     "/r.yaml:2: unknown key 'per_sender' in limits (did you mean 'replies_per_sender'?)"),
 ])
 def test_bad_sections_are_path_line_errors(section, message):
     assert problems(f"version: 1\n{section}\nrules: []\n") == [message]
@@ -111,8 +111,8 @@ def test_errors_point_at_the_offending_line():
             per: 1h
         rules: []
         """)
-    assert found == ["r.yaml:7: 'keywords' takes text or a number or a list of them, got ''",
-                     "r.yaml:10: 'count' must be a whole number, 1 or more, got 'five'"]
+    assert found == ["/r.yaml:7: 'keywords' takes text or a number or a list of them, got ''",
+                     "/r.yaml:10: 'count' must be a whole number, 1 or more, got 'five'"]
 
 
 # -- folding ----------------------------------------------------------------------------------------

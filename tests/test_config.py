@@ -44,3 +44,19 @@ def test_bad_values_name_the_variable(name, value):
     with pytest.raises(ConfigError) as exc:
         config.load({"PLIVO_AUTH_TOKEN": "t", name: value})
     assert str(exc.value).startswith(name) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "Infinity", "-1", "3601", "1e9", "soon",
+                                   # a watcher that would look at the file thousands of times a second
+                                   "0.0001", "1e-9", "0.099"])
+def test_rules_reload_interval_refuses_what_would_silently_turn_reloading_off_or_spin(value):
+    with pytest.raises(ConfigError) as exc:
+        config.load({"PLIVO_AUTH_TOKEN": "t", "RULES_RELOAD_INTERVAL": value})
+    assert str(exc.value) == (f"RULES_RELOAD_INTERVAL must be 0 (off) or a number of seconds from 0.1 to 3600, "
+                              f"got {value!r}")
+
+
+@pytest.mark.parametrize("value, expected", [("0", 0.0), ("0.0", 0.0), (" 0.1", 0.1), (" 0.2 ", 0.2), ("5", 5.0),
+                                             ("3600", 3600.0)])
+def test_rules_reload_interval_accepts_zero_for_off_and_up_to_an_hour(value, expected):
+    assert config.load({"PLIVO_AUTH_TOKEN": "t", "RULES_RELOAD_INTERVAL": value})["RULES_RELOAD_INTERVAL"] == expected

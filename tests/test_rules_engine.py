@@ -1,4 +1,4 @@
-"""`decide()` (SPEC §4): every condition both ways, the actions, templates, and
+"""`decide()`: every condition both ways, the actions, templates, and
 the keyword/text index (speed and file order)."""
 
 from __future__ import annotations
@@ -336,7 +336,7 @@ def test_hours_and_days_convert_utc_now_to_the_rules_timezone_with_dst():
 def test_now_template_is_in_the_rules_timezone_when_given_utc():
     ruleset = rules("""\
         - name: r
-          reply: "{{ now.strftime('%Y-%m-%d %H:%M %Z') }}"
+          reply: "{{ now | strftime('%Y-%m-%d %H:%M %Z') }}"
         """, tz="America/New_York")
     d = decide(ruleset, msg("x"), datetime(2026, 7, 1, 12, 0, tzinfo=timezone.utc))
     assert [o.text for o in d.outgoing] == ["2026-07-01 08:00 EDT"]
@@ -346,10 +346,130 @@ def test_naive_now_is_taken_as_local_time():
     ruleset = rules("""\
         - name: r
           when: {hours: "09:00-17:00"}
-          reply: "{{ now.strftime('%H:%M %Z') }}"
+          reply: "{{ now | strftime('%H:%M %Z') }}"
         """, tz="America/New_York")
     d = decide(ruleset, msg("x"), datetime(2026, 7, 1, 9, 0))
     assert [o.text for o in d.outgoing] == ["09:00 EDT"]
+
+
+def test_plain_now_prints_local_time_to_the_minute():
+    ruleset = rules("""\
+        - name: r
+          reply: ["Received {{ now }}.", "At {{ now.time() }} on {{ now.date() }}."]
+        """, tz="America/New_York")
+    moment = datetime(2026, 7, 1, 12, 34, 56, 789012, tzinfo=timezone.utc)
+    assert [o.text for o in decide(ruleset, msg("x"), moment).outgoing] == [
+        "Received 2026-07-01 08:34.", "At 08:34 on 2026-07-01."]
+
+
+@pytest.mark.parametrize("template, expected", [
+    ('{{ now | strftime("%A %H:%M") }}', "Monday 10:00"),
+    ('{{ now | strftime("%d %B %Y, %I:%M %p %Z") }}', "23 November 2026, 10:00 AM EST"),
+    ('{{ now.date() | strftime("%a %d") }}', "Mon 23"),
+    ('{{ now | strftime("%%") }}', "%"),
+])
+def test_strftime_filter_formats_now(template, expected):
+    ruleset = rules(f"""\
+        - name: r
+          reply: '{template}'
+        """, tz="America/New_York")
+    d = decide(ruleset, msg("x"), MONDAY_10AM)
+    assert d.errors == () and [o.text for o in d.outgoing] == [expected]
+
+
+@pytest.mark.parametrize("template, fragment", [
+    ("{{ now | strftime }}", "strftime takes one format in quotes"),
+    ("{{ now | strftime('%H', '%M') }}", "strftime takes one format in quotes"),
+    ("{{ now | strftime(fmt='%H') }}", "strftime takes one format in quotes"),
+    ("{{ now | strftime(5) }}", "strftime's format must be text in quotes"),
+    ("{{ now | strftime(text) }}", "strftime's format must be text in quotes"),
+    ("{{ text | strftime('%H') }}", "strftime formats now (a date and time), not text"),
+    ("{{ 'x' | strftime('%H') }}", "strftime formats now (a date and time), not 'x'"),
+    ("{% filter strftime('%H') %}x{% endfilter %}", "not a block of text"),
+    ("{{ now | strfime('%H') }}", "No filter named 'strfime'"),
+    # the format is the template's, in quotes: never the sender's text, whatever the route
+    ("{{ now | strftime('') }}", "strftime format '' prints nothing"),
+    ("{{ now | strftime('%5000Y') }}", "strftime format '%5000Y' prints nothing"),
+    ("{{ now.strftime(text) }}", "strftime is a filter, not a method"),
+    ("{{ now.strftime('%H') }}", "strftime is a filter, not a method"),
+    ("{{ now.date().strftime(text) }}", "strftime is a filter, not a method"),
+    ("{{ now['strftime'](text) }}", "strftime is a filter, not a method"),
+    ("{{ (now | attr('strftime'))(text) }}", "strftime is a filter, not a method"),
+    ("{{ [now] | map('strftime', text) | join }}", "strftime cannot be used through map"),
+    ("{{ [now] | map('strftime', '%H') | join }}", "strftime cannot be used through map"),
+])
+def test_strftime_misuse_is_an_error_at_load(template, fragment):
+    with pytest.raises(RulesError) as info:
+        rules(f"""\
+            - name: r
+              reply: "{template}"
+            """)
+    assert [p.line for p in info.value.problems] == [4]
+    assert fragment in info.value.problems[0].message, str(info.value)
+    assert 'use it as now | strftime("%A %H:%M")' in info.value.problems[0].message or "strfime" in template
+
+
+def test_map_takes_a_filter_name_in_quotes():
+    with pytest.raises(RulesError) as info:
+        rules("""\
+            - name: r
+              reply: "{{ [now] | map(text, text) | join }}"
+            """)
+    assert [p.message for p in info.value.problems] == [
+        "map takes the name of a filter in quotes, e.g. map('upper')"]
+    ruleset = rules("""\
+        - name: r
+          reply: "{{ media | map('upper') | join(' ') }}"
+        """)
+    m = Inbound(from_=SENDER, to=OURS, uuid="u", type="mms", text="", media=("a.jpg", "b.jpg"), media_count=2)
+    assert [o.text for o in decide(ruleset, m, MONDAY_10AM).outgoing] == ["A.JPG B.JPG"]
+
+
+@pytest.mark.parametrize("template, text", [
+    ("{{ '{0:{1}}'.format(now, text) }}", "%c" * 800),               # the sender's text as the spec
+    ("{{ text.format(now) }}", "{0:" + "%c" * 800 + "}"),            # ... as the format
+    ("{{ text.format_map({'d': now}) }}", "{d:" + "%c" * 800 + "}"),
+    ("{{ ('{0:{1}}' | safe).format(now, text) }}", "%c" * 800),
+    ("{{ '{0[0]:{1}}'.format([now.date()], text) }}", "%c" * 800),
+    ("{{ (now | attr(text[:8]))(text[8:]) }}", "strftime" + "%c" * 800),  # a method the message names
+])
+def test_a_date_is_never_formatted_with_the_senders_text(template, text):
+    """A text of "%c" repeated 800 times, as a date format, would make a reply of 19,200
+    characters: every way to give a date a format from the message fails when it renders."""
+    ruleset = rules(f"""\
+        - name: r
+          reply: ["{template}", "after"]
+        """, tz="America/New_York")
+    d = decide(ruleset, msg(text), MONDAY_10AM)
+    assert [o.text for o in d.outgoing] == ["after"]
+    assert len(d.errors) == 1 and ("SecurityError" in d.errors[0] or "unsafe" in d.errors[0]), d.errors
+
+
+def test_str_format_still_formats_text_and_prints_a_date_without_a_spec():
+    ruleset = rules("""\
+        - name: r
+          reply: "{{ '{:>4}|{}'.format(from[-2:], now) }}"
+        """, tz="America/New_York")
+    d = decide(ruleset, msg("x"), MONDAY_10AM)
+    assert d.errors == () and [o.text for o in d.outgoing] == ["  23|2026-11-23 10:00:00-05:00"]
+
+
+def test_strftime_format_that_cannot_work_is_an_error_at_load():
+    from app.rules.templates import TemplateProblem, compile_template
+    with pytest.raises(TemplateProblem) as info:
+        compile_template("{{ now | strftime('%H \ud800') }}", 4, None)
+    assert str(info.value).startswith("strftime format '%H \\ud800' does not work: ")
+
+
+def test_strftime_on_what_only_the_message_tells_is_a_render_error():
+    ruleset = rules("""\
+        - name: r
+          when: {regex: '^at (?P<when>.+)$'}
+          reply: ["{{ match.when | strftime('%H') }}", "after"]
+        """)
+    d = decide(ruleset, msg("at noon"), MONDAY_10AM)
+    assert [o.text for o in d.outgoing] == ["after"]
+    assert d.errors == ("rule 'r' line 5: TemplateRuntimeError: strftime formats now (a date and time), not str",)
 
 
 def test_now_defaults_to_the_current_time_in_the_rules_timezone():
@@ -672,7 +792,7 @@ def test_every_template_name():
           reply: >-
             from={{ from }} to={{ to }} text={{ text }} type={{ type }} uuid={{ uuid }}
             media={{ media | join(',') }} n={{ media | length }} match={{ match.word }}
-            now={{ now.strftime('%Y-%m-%d %H:%M') }} rule={{ rule }}
+            now={{ now | strftime('%Y-%m-%d %H:%M') }} rule={{ rule }}
         """, tz="America/New_York")
     m = Inbound(from_=SENDER, to=OURS, uuid="abc-123", type="mms", text="Hello there",
                 media=("https://m.example/1.jpg", "https://m.example/2.jpg"), media_count=2)

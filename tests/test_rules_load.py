@@ -1,4 +1,4 @@
-"""Loading a rules file (SPEC §4): every error kind with its exact `path:line`,
+"""Loading a rules file: every error kind with its exact `path:line`,
 YAML 1.1 gotchas, and the warnings (shadowed rules, reply encodings)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from app.rules import Outbound, Problem, RulesError, Webhook, compile_text, deci
 ROOT = Path(__file__).resolve().parent.parent
 NY = ZoneInfo("America/New_York")
 MONDAY_10AM = datetime(2026, 11, 23, 10, 0, tzinfo=NY)
-PATH = "r.yaml"
+PATH = "/r.yaml"  # absolute: compile_text makes every path absolute
 
 
 # -- helpers ---------------------------------------------------------------------
@@ -75,10 +75,34 @@ def test_rules_error_lists_every_problem_one_per_line():
     assert str(err) == "a.yaml:3: one\na.yaml:5: two"
 
 
-def test_default_path_is_rules_yaml():
+def test_default_path_is_rules_yaml_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(RulesError) as info:
         compile_text("version: 2\nrules: []\n")
-    assert str(info.value) == "rules.yaml:1: unsupported version 2: this service reads version 1"
+    assert str(info.value) == f"{tmp_path / 'rules.yaml'}:1: unsupported version 2: this service reads version 1"
+
+
+def test_a_relative_path_is_named_absolute_in_problems_warnings_and_the_ruleset(tmp_path, monkeypatch):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "bad.yaml").write_text("version: 1\nrules:\n  - name: a\n    reply: '{{ nope }}'\n")
+    (tmp_path / "conf" / "good.yaml").write_text("version: 1\nrules:\n  - name: a\n    reply: 'caf\u00ef'\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RulesError) as info:
+        load("conf/bad.yaml")
+    assert [str(p) for p in info.value.problems] == [
+        f"{tmp_path}/conf/bad.yaml:4: unknown name 'nope' in template (known: from, to, text, type, uuid, "
+        "media, match, now, rule)"]
+    ruleset = load("conf/good.yaml")
+    assert ruleset.path == str(tmp_path / "conf" / "good.yaml")
+    assert [str(w) for w in ruleset.warnings] == [
+        f"{tmp_path}/conf/good.yaml:4: rule 'a': reply is UCS-2, 4 characters, 1 unit (UCS-2 because of '\u00ef')"]
+    with pytest.raises(RulesError) as info:
+        load("conf/missing.yaml")
+    assert str(info.value).startswith(f"{tmp_path}/conf/missing.yaml: cannot read the rules file: ")
+    (tmp_path / "latin1.yaml").write_bytes(b"version: 1\nrules: []\n# caf\xe9\n")
+    with pytest.raises(RulesError) as info:
+        load("latin1.yaml")
+    assert str(info.value) == f"{tmp_path}/latin1.yaml:3: the rules file is not valid UTF-8"
 
 
 def test_minimal_file_loads():
@@ -125,7 +149,7 @@ def test_empty_file(text):
     found = problems(text)
     assert found == [Problem(PATH, 0, found[0].message)]
     assert "empty" in found[0].message
-    assert str(found[0]).startswith("r.yaml: ")
+    assert str(found[0]).startswith("/r.yaml: ")
 
 
 @pytest.mark.parametrize("text, line", [
@@ -148,7 +172,7 @@ def test_unsupported_version_points_at_its_value(value):
 
 def test_version_2_message():
     assert str(one("version: 2\nrules: []\n", 1)) == \
-        "r.yaml:1: unsupported version 2: this service reads version 1"
+        "/r.yaml:1: unsupported version 2: this service reads version 1"
 
 
 def test_missing_rules():
@@ -158,8 +182,8 @@ def test_missing_rules():
 def test_unknown_top_level_key_typo_gets_a_hint():
     found = problems("version: 1\nrule:\n  - name: a\n    reply: x\n")
     assert [str(p) for p in found] == [
-        "r.yaml:1: missing 'rules:' (a list of rules)",
-        "r.yaml:2: unknown key 'rule' in the top level (did you mean 'rules'?)",
+        "/r.yaml:1: missing 'rules:' (a list of rules)",
+        "/r.yaml:2: unknown key 'rule' in the top level (did you mean 'rules'?)",
     ]
 
 
@@ -216,7 +240,7 @@ def test_not_yet_mechanism_still_refuses_a_listed_key(monkeypatch):
         - name: hook
           webhook: https://example.com/hook
         """))
-    assert [str(p) for p in found] == ["r.yaml:4: 'webhook' is not available yet"]
+    assert [str(p) for p in found] == ["/r.yaml:4: 'webhook' is not available yet"]
 
 
 # -- webhook ---------------------------------------------------------------------------
@@ -266,7 +290,7 @@ def test_webhook_unknown_key_has_a_hint():
             url: https://example.com/hook
             metod: PUT
         """))
-    assert [str(p) for p in found] == ["r.yaml:6: unknown key 'metod' in webhook (did you mean 'method'?)"]
+    assert [str(p) for p in found] == ["/r.yaml:6: unknown key 'metod' in webhook (did you mean 'method'?)"]
 
 
 def test_webhook_without_url():
@@ -275,7 +299,7 @@ def test_webhook_without_url():
           webhook:
             method: PUT
         """))
-    assert [str(p) for p in found] == ["r.yaml:5: 'webhook' needs 'url'"]
+    assert [str(p) for p in found] == ["/r.yaml:5: 'webhook' needs 'url'"]
 
 
 def test_webhook_misspelt_url_gets_a_hint_and_the_missing_url():
@@ -284,8 +308,8 @@ def test_webhook_misspelt_url_gets_a_hint_and_the_missing_url():
           webhook: {ur: "https://example.com/hook"}
         """))
     assert [str(p) for p in found] == [
-        "r.yaml:4: unknown key 'ur' in webhook (did you mean 'url'?)",
-        "r.yaml:4: 'webhook' needs 'url'",
+        "/r.yaml:4: unknown key 'ur' in webhook (did you mean 'url'?)",
+        "/r.yaml:4: 'webhook' needs 'url'",
     ]
 
 
@@ -368,7 +392,7 @@ def test_media_takes_at_most_ten_urls():
     eleven = ten + "    - https://m.example/10.png\n"
     found = problems(doc("- name: pics\n  media:\n" + eleven))
     # line of the 11th URL: the one too many
-    assert [str(p) for p in found] == ["r.yaml:15: 'media' takes at most 10 URLs, got 11"]
+    assert [str(p) for p in found] == ["/r.yaml:15: 'media' takes at most 10 URLs, got 11"]
 
 
 def test_media_empty_list():
@@ -406,8 +430,8 @@ def test_media_bad_item_points_at_the_item():
             - [nested]
         """))
     assert [str(p) for p in found] == [
-        "r.yaml:6: 'media' takes http(s) URLs, got 'file:///etc/passwd'",
-        "r.yaml:8: 'media' takes http(s) URLs, got a list",
+        "/r.yaml:6: 'media' takes http(s) URLs, got 'file:///etc/passwd'",
+        "/r.yaml:8: 'media' takes http(s) URLs, got a list",
     ]
 
 
@@ -460,11 +484,11 @@ HOOK_AND_PIC = doc("""\
       reply: "Hello on WhatsApp"
     """)
 SETTINGS_ERRORS = {
-    "hook": "r.yaml:5: rule 'hook': 'webhook' needs WEBHOOK_SECRET to be set "
+    "hook": "/r.yaml:5: rule 'hook': 'webhook' needs WEBHOOK_SECRET to be set "
             "(the key that signs each call, X-Responder-Signature)",
-    "pic": "r.yaml:9: rule 'pic': 'media' is sent through Plivo's Message API, "
+    "pic": "/r.yaml:9: rule 'pic': 'media' is sent through Plivo's Message API, "
            "which needs PLIVO_AUTH_ID to be set",
-    "wa": "r.yaml:12: rule 'wa': replies to WhatsApp go through Plivo's Message API, "
+    "wa": "/r.yaml:12: rule 'wa': replies to WhatsApp go through Plivo's Message API, "
           "which needs PLIVO_AUTH_ID to be set",
 }
 
@@ -531,7 +555,7 @@ def test_whatsapp_only_rule_with_an_answer_needs_the_api(condition, action, line
     with pytest.raises(RulesError) as info:
         compile_text(text, PATH, outbound=Outbound(api=False, webhook_secret=True))
     assert [str(p) for p in info.value.problems] == [
-        f"r.yaml:{line}: rule 'wa': replies to WhatsApp go through Plivo's Message API, "
+        f"/r.yaml:{line}: rule 'wa': replies to WhatsApp go through Plivo's Message API, "
         "which needs PLIVO_AUTH_ID to be set"]
     assert compile_text(text, PATH, outbound=Outbound(api=True, webhook_secret=False)).rules
 
@@ -592,7 +616,7 @@ def test_a_bad_webhook_url_is_reported_once_not_also_as_a_setting():
             - name: hook
               webhook: ftp://example.com/h
             """), PATH, outbound=Outbound(api=False, webhook_secret=False))
-    assert [str(p) for p in info.value.problems] == ["r.yaml:4: 'webhook' takes an http(s) URL, got 'ftp://example.com/h'"]
+    assert [str(p) for p in info.value.problems] == ["/r.yaml:4: 'webhook' takes an http(s) URL, got 'ftp://example.com/h'"]
 
 
 # -- answers_whatsapp ---------------------------------------------------------------
@@ -763,6 +787,55 @@ def test_unknown_timezone_points_at_its_value():
         rules: []
         """), 3)
     assert p.message == "unknown timezone 'Mars/Olympus_Mons' (an IANA name such as America/New_York)"
+
+
+@pytest.mark.parametrize("zone, advice", [
+    ("EST", "use a place name like America/New_York"),
+    ("MST", "use a place name like America/Denver (or America/Phoenix, on MST all year)"),
+    ("HST", "use a place name like Pacific/Honolulu"), ("GMT", "use a place name like Europe/London"),
+    ("Etc/GMT0", "use a place name like Europe/London"),
+    # an offset many regions share: no one place is named, and the reversed sign is spelled out
+    ("Etc/GMT+5", "it is UTC-5 (the sign of GMT+N names is reversed): use the place name of your region, "
+                  "as Area/City"),
+    ("Etc/GMT-9", "it is UTC+9 (the sign of GMT+N names is reversed): use the place name of your region, "
+                  "as Area/City"),
+])
+def test_fixed_offset_timezone_is_a_warning_at_its_value(zone, advice):
+    ruleset = compile_text(f"version: 1\nsettings:\n  timezone: {zone}\nrules: []\n", PATH)
+    assert [str(w) for w in ruleset.warnings] == [
+        f"/r.yaml:3: timezone '{zone}' is a fixed offset with no daylight saving; {advice}"]
+    assert ruleset.tz.key == zone  # still used as given: a warning, not an error
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Tokyo", "Pacific/Honolulu", "UTC", "Etc/UTC",
+                                  "EST5EDT", "PRC", "Japan"])
+def test_place_names_and_deliberate_utc_are_not_warned_about(zone):
+    ruleset = compile_text(doc(f"""\
+        - name: late
+          when: {{hours: "17:00-09:00"}}
+          reply: closed
+        settings: {{timezone: {zone}}}
+        """), PATH)
+    assert ruleset.warnings == ()
+
+
+def test_days_or_hours_without_a_timezone_warn_at_the_first_one():
+    ruleset = compile_text(doc("""\
+        - name: hi
+          when: {keyword: hi}
+          reply: hello
+        - name: weekend
+          when:
+            not: {days: [mon, tue, wed, thu, fri]}
+          reply: closed today
+        - name: late
+          when: {hours: "17:00-09:00"}
+          reply: closed now
+        """), PATH)
+    assert [str(w) for w in ruleset.warnings] == [
+        "/r.yaml:8: 'days' is checked in UTC because no timezone is set; "
+        "set settings.timezone to a place name like America/New_York"]
+    assert compile_text(doc("- name: hi\n  reply: hello\n"), PATH).warnings == ()  # no clock, no warning
 
 
 def test_timezone_must_be_text():
@@ -1287,8 +1360,8 @@ def test_rule_after_catch_all_is_shadowed():
           reply: "{{ text }}"
         """), PATH)
     assert shadow_warnings(ruleset) == [
-        "r.yaml:5: rule 'hours' can never match: rule 'everything' (line 3) matches first and stops",
-        "r.yaml:8: rule 'last' can never match: rule 'everything' (line 3) matches first and stops",
+        "/r.yaml:5: rule 'hours' can never match: rule 'everything' (line 3) matches first and stops",
+        "/r.yaml:8: rule 'last' can never match: rule 'everything' (line 3) matches first and stops",
     ]
 
 
@@ -1300,7 +1373,7 @@ def test_silent_catch_all_shadows_too():
           reply: "{{ text }}"
         """), PATH)
     assert shadow_warnings(ruleset) == [
-        "r.yaml:5: rule 'b' can never match: rule 'mute' (line 3) matches first and stops"]
+        "/r.yaml:5: rule 'b' can never match: rule 'mute' (line 3) matches first and stops"]
 
 
 def test_catch_all_with_continue_shadows_nothing():
@@ -1324,7 +1397,7 @@ def test_keyword_rule_after_keyword_only_rule_covering_it():
           reply: "{{ text }}"
         """), PATH)
     assert shadow_warnings(ruleset) == [
-        "r.yaml:6: rule 'open-sms' can never match: rule 'hours' (line 3) matches first and stops"]
+        "/r.yaml:6: rule 'open-sms' can never match: rule 'hours' (line 3) matches first and stops"]
 
 
 def test_keywords_covered_across_several_earlier_rules():
@@ -1343,7 +1416,7 @@ def test_keywords_covered_across_several_earlier_rules():
           reply: "{{ text }}"
         """), PATH)
     assert shadow_warnings(ruleset) == [
-        "r.yaml:9: rule 'both' can never match: rule 'k1' (line 3) matches first and stops"]
+        "/r.yaml:9: rule 'both' can never match: rule 'k1' (line 3) matches first and stops"]
 
 
 def test_text_rule_whose_first_word_is_an_earlier_keyword():
@@ -1359,7 +1432,7 @@ def test_text_rule_whose_first_word_is_an_earlier_keyword():
           reply: "{{ text }}"
         """), PATH)
     assert shadow_warnings(ruleset) == [
-        "r.yaml:6: rule 'hours-text' can never match: rule 'hours' (line 3) matches first and stops"]
+        "/r.yaml:6: rule 'hours-text' can never match: rule 'hours' (line 3) matches first and stops"]
 
 
 def test_text_rule_after_same_text_rule():
@@ -1372,7 +1445,7 @@ def test_text_rule_after_same_text_rule():
           reply: "{{ text }}"
         """), PATH)
     assert shadow_warnings(ruleset) == [
-        "r.yaml:6: rule 't2' can never match: rule 't1' (line 3) matches first and stops"]
+        "/r.yaml:6: rule 't2' can never match: rule 't1' (line 3) matches first and stops"]
 
 
 def test_not_shadowed_when_the_earlier_rule_continues_or_has_more_conditions():
@@ -1416,7 +1489,9 @@ def test_shadow_warnings_are_not_errors():
 
 
 # -- warnings: encodings --------------------------------------------------------------
-def test_each_fixed_reply_gets_its_encoding():
+def test_only_fixed_texts_dearer_than_one_gsm7_unit_are_warned_about():
+    # One plain GSM-7 unit (extension characters included, while they fit) is what an SMS
+    # costs at least: no warning. UCS-2 (70 characters a unit, not 160) is, naming the character.
     ruleset = compile_text(doc("""\
         - name: g
           reply:
@@ -1425,14 +1500,13 @@ def test_each_fixed_reply_gets_its_encoding():
             - "naïve café"
             - "emoji 😀"
             - "Hi {{ from }}"
+            - "ï"
           forward: {to: "14155550999", text: "new message"}
         """), PATH)
     assert encoding_warnings(ruleset) == [
-        "r.yaml:5: rule 'g': reply is GSM-7, 5 characters, 1 unit",
-        "r.yaml:6: rule 'g': reply is GSM-7, 15 characters (^{}[]~|€\\ count twice), 1 unit",
-        "r.yaml:7: rule 'g': reply is UCS-2, 10 characters, 1 unit (UCS-2 because of 'ï')",
-        "r.yaml:8: rule 'g': reply is UCS-2, 8 characters, 1 unit (UCS-2 because of '😀')",
-        "r.yaml:10: rule 'g': forward is GSM-7, 11 characters, 1 unit",
+        "/r.yaml:7: rule 'g': reply is UCS-2, 10 characters, 1 unit (UCS-2 because of 'ï')",
+        "/r.yaml:8: rule 'g': reply is UCS-2, 8 characters, 1 unit (UCS-2 because of '😀')",
+        "/r.yaml:10: rule 'g': reply is UCS-2, 1 character, 1 unit (UCS-2 because of 'ï')",
     ]
 
 
@@ -1447,17 +1521,26 @@ def test_multi_unit_replies():
           reply: "{ucs}"
         """), PATH)
     assert encoding_warnings(ruleset) == [
-        "r.yaml:4: rule 'long': reply is GSM-7, 161 characters, 2 units",
-        "r.yaml:7: rule 'longer': reply is UCS-2, 71 characters, 2 units (UCS-2 because of 'ж')",
+        "/r.yaml:4: rule 'long': reply is GSM-7, 161 characters, 2 units",
+        "/r.yaml:7: rule 'longer': reply is UCS-2, 71 characters, 2 units (UCS-2 because of 'ж')",
     ]
 
 
-def test_exactly_one_unit():
+def test_exactly_one_unit_is_no_warning_one_more_is():
     ruleset = compile_text(doc(f"""\
         - name: full
           reply: "{'a' * 160}"
+        - name: ucs-full
+          reply: "{'ж' * 70}"
         """), PATH)
-    assert encoding_warnings(ruleset) == ["r.yaml:4: rule 'full': reply is GSM-7, 160 characters, 1 unit"]
+    assert encoding_warnings(ruleset) == [
+        "/r.yaml:6: rule 'ucs-full': reply is UCS-2, 70 characters, 1 unit (UCS-2 because of 'ж')"]
+    ruleset = compile_text(doc(f"""\
+        - name: over
+          reply: "{'a' * 159}€"
+        """), PATH)
+    assert encoding_warnings(ruleset) == [
+        "/r.yaml:4: rule 'over': reply is GSM-7, 161 characters (^{}[]~|€\\ count twice), 2 units"]
 
 
 def test_templated_replies_get_no_encoding_warning():
@@ -1475,8 +1558,8 @@ def test_shipped_rules_load_without_shadowed_rules():
     assert shadow_warnings(ruleset) == []
     assert str(ruleset.tz) == "America/New_York"
     assert [r.name for r in ruleset.rules] == [
-        "hours", "order-status", "address", "spanish-line", "photo", "vip", "refund",
-        "auto-replies", "weekend", "after-hours", "everything-else",
+        "hours", "order-status", "address", "vip", "refund", "auto-replies",
+        "to-the-team", "spanish-line", "photo", "weekend", "friday-evening", "after-hours", "everything-else",
     ]
     assert ruleset.compliance.enabled and ruleset.compliance.scope == "account"
     assert ruleset.compliance.help.reply.startswith("Acme support:")
@@ -1491,4 +1574,4 @@ def test_shipped_rules_answer_the_documented_examples():
         ("hours", "We are open 9am-5pm, Monday to Friday (New York time).")]
     d = decide(ruleset, msg("order #12345"), MONDAY_10AM)
     assert [o.text for o in d.outgoing] == [
-        "Order 12345 is on its way. Track it at https://acme.example/o/12345"]
+        "Order 12345: see where it is at https://acme.example/o/12345"]

@@ -485,3 +485,38 @@ def test_the_good_signature_among_a_few_wrong_ones_still_counts():
     good = v2_signature("tok", url, "1")
     headers = {HEADER_V2: ",".join(["bad"] * 5 + [good]), HEADER_V2_NONCE: "1"}
     assert verify(["tok"], "POST", url, headers) == "V2"
+
+
+# -- explaining a refusal (app.signature_hint) -------------------------------------------
+def test_explain_without_an_environ_varies_the_url_itself():
+    from app.signature_hint import explain
+    why = explain([TOKEN, OTHER], "POST", "http://answer.url/message", v3_only(), PARAMS,
+                  public_url=None, environ=None)
+    assert (why.likely, why.matching_url) == ("url", URL)
+    why = explain([OTHER], "POST", URL, v3_only(), PARAMS, public_url=None, environ=None)
+    assert (why.likely, why.matching_url) == ("token", None)
+
+
+def test_candidates_are_few_distinct_and_never_the_url_checked():
+    from app.signature_hint import MAX_CANDIDATES, candidates
+    url = "http://10.0.0.5:8000/message?a=1"
+    environ = {"wsgi.url_scheme": "http", "HTTP_HOST": "10.0.0.5:8000",
+               "HTTP_X_FORWARDED_PROTO": "https, http", "HTTP_X_FORWARDED_HOST": "sms.example.com, lb"}
+    found = candidates(url, "https://sms.example.com", environ)
+    urls = [u for u, _ in found]
+    assert 0 < len(urls) <= MAX_CANDIDATES and len(set(urls)) == len(urls) and url not in urls
+    assert all(u.endswith("?a=1") for u in urls)  # the query is kept: V3 signs it
+    assert candidates(url, None, environ)[0] == (
+        "https://sms.example.com/message?a=1",
+        "a proxy in front sets X-Forwarded-Proto/Host: set TRUSTED_PROXIES=2 (the proxies that set them), "
+        "or PUBLIC_URL=https://sms.example.com")
+
+
+def test_explain_a_url_that_cannot_be_parsed_without_raising():
+    from app.signature_hint import explain
+    headers = v3_only()
+    with pytest.raises(BadSignature):
+        verify([TOKEN], "POST", "http://[/message", headers, PARAMS)
+    why = explain([TOKEN], "POST", "http://[/message", headers, PARAMS, public_url=None,
+                  environ={"HTTP_HOST": "[", "wsgi.url_scheme": "http"})
+    assert (why.likely, why.message) == ("url", "http://[/message cannot be parsed as a URL (a malformed Host header?)")

@@ -1,4 +1,4 @@
-"""Check a rules file as a whole and compile it into a `RuleSet` (SPEC §4).
+"""Check a rules file as a whole and compile it into a `RuleSet` (format: docs/rules.md).
 
 Every problem is collected with the line of the offending key or value, and
 the file is rejected if there is any; regexes and templates are compiled here,
@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from .. import smsenc
 from ..inbound import INTENTS, TYPES
@@ -41,7 +42,7 @@ KEYWORDS_KEYS = ("keywords", "reply")
 LIMITS_KEYS = ("replies_per_sender",)
 LIMIT_KEYS = ("count", "per")
 SCOPES = ("account", "number")
-#: Keys of the SPEC that this release does not have yet (none now; kept for the next ones).
+#: Keys of the format that this release does not have yet (none now; kept for the next ones).
 NOT_YET_TOP: frozenset[str] = frozenset()
 NOT_YET_RULE: frozenset[str] = frozenset()
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -50,6 +51,12 @@ _PER = re.compile(r"^\s*([0-9]+)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _HOURS = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 _NUMBER_CHARS = re.compile(r"^[0-9+\-.() ]+$")
+# Zone names that are a fixed offset from UTC rather than a place: EST, MST, HST, GMT and
+# Etc/GMT+5 style. A business on one of them is an hour off for half the year wherever
+# clocks change. (UTC itself is a deliberate choice and is not warned about.)
+_FIXED_OFFSET = re.compile(r"^(?:Etc/)?(?:EST|MST|HST|GMT(?:[+-]?\d{1,2})?|Greenwich)$")
+_PLACES = {"EST": "America/New_York", "MST": "America/Denver (or America/Phoenix, on MST all year)",
+           "HST": "Pacific/Honolulu", "GMT": "Europe/London", "Greenwich": "Europe/London"}
 # Cheap conditions first, regexes last: a message fails fast on the cheap ones.
 _COST = {"type": 0, "intent": 0, "media": 0, "keyword": 1, "text": 1, "from": 1, "to": 1,
          "days": 1, "hours": 1, "contains": 2, "not": 3, "regex": 4}
@@ -83,6 +90,8 @@ class _Compiler:
         self.errors: list[Problem] = []
         self.warnings: list[Problem] = []
         self.templates: dict = {}
+        self.timezone_set = False  # settings.timezone was given
+        self.clock: tuple[int, str] | None = None  # (line, key) of the first `days` or `hours` condition
 
     # -- reporting -----------------------------------------------------------------
     def error(self, line: int, message: str) -> None:
@@ -187,6 +196,10 @@ class _Compiler:
         if self.errors:
             return None
         self.shadows(shapes)
+        if self.clock is not None and not self.timezone_set:
+            line, key = self.clock
+            self.warn(line, f"{key!r} is checked in UTC because no timezone is set; "
+                            "set settings.timezone to a place name like America/New_York")
         ruleset = _index(self.path, digest, tz, rules, shapes, sorted(self.warnings, key=lambda p: p.line))
         ruleset.compliance, ruleset.limit = compliance, limit
         ruleset.answers_whatsapp = compliance.enabled or any(s.whatsapp for s in shapes)
@@ -211,10 +224,22 @@ class _Compiler:
                 tz = ZoneInfo(name.strip())
             except (ZoneInfoNotFoundError, ValueError, OSError):
                 self.error(line, f"unknown timezone {name!r} (an IANA name such as America/New_York)")
+                return tz
+            self.timezone_set = True
+            if _FIXED_OFFSET.match(name.strip()):
+                zone = re.sub(r"^GMT[+-]?0$", "GMT", name.strip().removeprefix("Etc/"))
+                place = _PLACES.get(zone)
+                if place is not None:
+                    advice = f"use a place name like {place}"
+                else:  # GMT+5, GMT-9: an offset many regions share, so no one place is named
+                    hours = tz.utcoffset(datetime(2026, 1, 1)).total_seconds() / 3600
+                    advice = (f"it is UTC{hours:+g} (the sign of GMT+N names is reversed): "
+                              "use the place name of your region, as Area/City")
+                self.warn(line, f"timezone {name.strip()!r} is a fixed offset with no daylight saving; {advice}")
         return tz
 
     def compliance(self, data: YMap) -> Compliance:
-        """`compliance:` (SPEC §4): on by default with the built-in keywords and replies."""
+        """`compliance:`: on by default with the built-in keywords and replies."""
         default = Compliance()
         if "compliance" not in data:
             return default
@@ -278,7 +303,7 @@ class _Compiler:
         return Keywords(words, reply)
 
     def limits(self, data: YMap) -> ReplyLimit | None:
-        """`limits: {replies_per_sender: {count: N, per: 30s|10m|1h|1d}}` (SPEC §4, §6)."""
+        """`limits: {replies_per_sender: {count: N, per: 30s|10m|1h|1d}}` ."""
         if "limits" not in data:
             return None
         value = data["limits"]
@@ -502,13 +527,18 @@ class _Compiler:
         return Forward(tuple(dict.fromkeys(exact)), template)
 
     def note_encoding(self, name: str, kind: str, template) -> None:
+        """Warn about a fixed text that costs more than one plain GSM-7 unit: UCS-2 (70
+        characters a unit instead of 160), or several units. Templated texts vary, so
+        they are not measured."""
         if template is None or template.constant is None:
             return
         enc = smsenc.analyse(template.constant)
-        doubled = enc.name == "GSM-7" and any(ch in smsenc.GSM_EXTENSION for ch in template.constant)
-        size = f"{enc.length} characters" + (" (^{}[]~|€\\ count twice)" if doubled else "")
-        note = f"rule {name!r}: {kind} is {enc.name}, {size}, {enc.units} unit{'s' if enc.units != 1 else ''}"
-        if enc.name != "GSM-7":
+        if enc.is_gsm7 and enc.units <= 1:
+            return
+        doubled = enc.is_gsm7 and any(ch in smsenc.GSM_EXTENSION for ch in template.constant)
+        size = _count(enc.length, "character") + (" (^{}[]~|€\\ count twice)" if doubled else "")
+        note = f"rule {name!r}: {kind} is {enc.name}, {size}, {_count(enc.units, 'unit')}"
+        if not enc.is_gsm7:
             odd = next((ch for ch in template.constant if ch not in smsenc.GSM_ALL), None)
             if odd is not None:
                 note += f" (UCS-2 because of {odd!r})"
@@ -523,6 +553,8 @@ class _Compiler:
         for key in when:
             if key not in WHEN_KEYS:
                 continue
+            if key in ("days", "hours") and self.clock is None:
+                self.clock = (when.key_line(key), key)
             check = None
             if key == "keyword":
                 words = []
@@ -734,8 +766,10 @@ def compile_text(text: str, path: str = "rules.yaml", *, outbound: Outbound | No
     """Compile rules from text; raise `RulesError` listing every problem.
 
     With `outbound` (the service's settings) the actions that cannot work with
-    them are errors too; None checks the file alone.
+    them are errors too; None checks the file alone. `path` is made absolute, so
+    every problem names the file wherever the command or service was started.
     """
+    path = os.path.abspath(path)
     data, problems = source.parse(text, path)
     compiler = _Compiler(path, outbound)
     compiler.errors.extend(problems)
@@ -747,12 +781,18 @@ def compile_text(text: str, path: str = "rules.yaml", *, outbound: Outbound | No
 
 
 def read(path: str) -> str:
-    """The text of a rules file; unreadable or not UTF-8 is a `RulesError`."""
+    """The text of a rules file; unreadable or not UTF-8 is a `RulesError` naming its absolute path."""
+    path = os.path.abspath(path)
     try:
         with open(path, "rb") as fh:
             raw = fh.read()
     except OSError as exc:
         raise RulesError([Problem(path, 0, f"cannot read the rules file: {exc.strerror or exc}")]) from None
+    return decode(raw, path)
+
+
+def decode(raw: bytes, path: str) -> str:
+    """The text of a rules file read as `raw`; not UTF-8 is a `RulesError` naming the line."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -763,6 +803,11 @@ def read(path: str) -> str:
 def load(path: str, *, outbound: Outbound | None = None) -> RuleSet:
     """Read and compile a rules file (`outbound` as for `compile_text`)."""
     return compile_text(read(path), path, outbound=outbound)
+
+
+def _count(n: int, noun: str) -> str:
+    """`1 unit`, `2 units`."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _kind_names(kinds) -> str:
