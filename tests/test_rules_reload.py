@@ -1,15 +1,25 @@
-"""`RulesHolder` (SPEC §4): load at start, pick up a changed file, and keep the
-rules in use when the new file is bad."""
+"""`RulesHolder`: load at start, pick up a changed file (on the request path, or from its
+watcher thread), keep the rules in use when the new file is bad, and share the newest good
+version with the other workers through the kept copy."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import logging
 import os
+import resource
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
 
 import app.rules.holder as holder_module
-from app.rules import Outbound, RuleSet, RulesError, RulesHolder
+from app.rules import Outbound, RuleSet, RulesError, RulesHolder, compile_text
+from app.rules.holder import LOCK_WAIT, KeptCopy, Version, compile_and_keep, kept_copy_path, read_version
 
 GOOD_A = """\
 version: 1
@@ -64,16 +74,15 @@ def rules_file(tmp_path):
 
 @pytest.fixture
 def loads(monkeypatch):
-    """Count the times the holder reads the rules file (the kept copy is not counted)."""
+    """Count the times the holder reads the rules file (the kept copy is read as JSON, not counted)."""
     calls = []
-    real = holder_module.read
+    real = holder_module.read_file
 
     def spy(path):
-        if not path.endswith("rules.last-good.yaml"):
-            calls.append(path)
+        calls.append(path)
         return real(path)
 
-    monkeypatch.setattr(holder_module, "read", spy)
+    monkeypatch.setattr(holder_module, "read_file", spy)
     return calls
 
 
@@ -247,25 +256,34 @@ def test_control_character_reload_keeps_the_rules(rules_file):
     assert isinstance(holder.error, RulesError)
 
 
+def kept_text(keep_dir, path) -> str | None:
+    """The text the kept copy of `path` holds, or None."""
+    try:
+        with open(kept_copy_path(str(keep_dir), str(path)), encoding="utf-8") as fh:
+            return json.load(fh)["text"]
+    except FileNotFoundError:
+        return None
+
+
 def test_a_new_holder_with_a_bad_file_answers_with_the_kept_copy(tmp_path):
     path = tmp_path / "rules.yaml"
-    keep = tmp_path / "instance" / "rules.last-good.yaml"
+    keep = tmp_path / "instance" / "rules-kept"
     path.write_text("version: 1\nrules:\n  - {name: a, when: {keyword: hi}, reply: one}\n")
-    first = RulesHolder(str(path), keep_path=str(keep))
+    first = RulesHolder(str(path), keep_dir=str(keep))
     assert first.load() is True
-    assert keep.read_text() == path.read_text()
+    assert kept_text(keep, path) == path.read_text()
     path.write_text("version: 1\nrules:\n  - {name: a, when: {regex: '('}, reply: two}\n")
-    second = RulesHolder(str(path), keep_path=str(keep))  # e.g. a worker respawned now
+    second = RulesHolder(str(path), keep_dir=str(keep))  # e.g. a worker respawned now
     assert second.load() is False
     assert second.current() is not None and second.current().digest == first.current().digest
     assert "bad regex" in str(second.error)
-    assert "(" not in keep.read_text()  # the bad file never replaces the kept copy
+    assert "(" not in kept_text(keep, path)  # the bad file never replaces the kept copy
 
 
 def test_no_kept_copy_means_no_rules(tmp_path):
     path = tmp_path / "rules.yaml"
     path.write_text("version: 2\n")
-    holder = RulesHolder(str(path), keep_path=str(tmp_path / "missing.yaml"))
+    holder = RulesHolder(str(path), keep_dir=str(tmp_path / "missing"))
     assert holder.load() is False and holder.current() is None
 
 
@@ -314,13 +332,421 @@ def test_bad_reload_for_the_settings_is_logged(rules_file, caplog):
 
 def test_kept_copy_is_compiled_with_the_settings_too(tmp_path):
     path = tmp_path / "rules.yaml"
-    keep = tmp_path / "instance" / "rules.last-good.yaml"
+    keep = tmp_path / "instance" / "rules-kept"
     path.write_text(WITH_HOOK)
-    assert RulesHolder(str(path), keep_path=str(keep)).load() is True      # kept without the settings
+    assert RulesHolder(str(path), keep_dir=str(keep)).load() is True      # kept without the settings
     path.write_text("version: 1\nrules:\n  - {name: a, when: {regex: '('}, reply: two}\n")
-    strict = RulesHolder(str(path), keep_path=str(keep), outbound=NO_SECRET)
+    strict = RulesHolder(str(path), keep_dir=str(keep), outbound=NO_SECRET)
     assert strict.load() is False
     assert strict.current() is None                   # the kept copy needs the secret as well
-    lenient = RulesHolder(str(path), keep_path=str(keep), outbound=Outbound(api=True, webhook_secret=True))
+    lenient = RulesHolder(str(path), keep_dir=str(keep), outbound=Outbound(api=True, webhook_secret=True))
     assert lenient.load() is False
     assert names(lenient.current()) == ["a", "hook"]
+
+
+# -- the kept copy: one per rules file, the newest good version, shared by the workers --------
+V1 = "version: 1\nrules:\n  - {name: price, when: {keyword: price}, reply: 'one pound'}\n"
+V2 = "version: 1\nrules:\n  - {name: price, when: {keyword: price}, reply: 'two pounds'}\n"
+V3_BAD = "version: 1\nrules:\n  - {name: price, when: {regex: '('}, reply: 'three'}\n"
+
+
+def digest_of(text: str) -> str:
+    return compile_text(text).digest
+
+
+def test_the_kept_copy_is_named_after_the_rules_file_and_says_which(tmp_path, monkeypatch):
+    keep = tmp_path / "instance" / "rules-kept"
+    one, other = tmp_path / "rules.yaml", tmp_path / "other" / "rules.yaml"  # same name, other folder
+    other.parent.mkdir()
+    one.write_text(V1)
+    other.write_text(V2)
+    assert RulesHolder(str(one), keep_dir=str(keep)).load() and RulesHolder(str(other), keep_dir=str(keep)).load()
+    monkeypatch.chdir(tmp_path)
+    assert kept_copy_path(str(keep), "rules.yaml") == kept_copy_path(str(keep), str(one))  # relative or not
+    assert kept_copy_path(str(keep), str(one)) != kept_copy_path(str(keep), str(other))
+    assert sorted(p.name for p in keep.glob("*.json")) == sorted(
+        os.path.basename(kept_copy_path(str(keep), str(p))) for p in (one, other))
+    data = json.loads(open(kept_copy_path(str(keep), str(one)), encoding="utf-8").read())
+    stat = os.stat(one)
+    assert data == {"source": str(one), "ctime_ns": stat.st_ctime_ns, "mtime_ns": stat.st_mtime_ns,
+                    "digest": digest_of(V1), "text": V1}
+
+
+def test_a_worker_that_missed_the_last_good_edit_ends_on_it_when_the_file_breaks(tmp_path, caplog):
+    path, keep = tmp_path / "rules.yaml", tmp_path / "rules-kept"
+    path.write_text(V1)
+    busy, idle = RulesHolder(str(path), 1, keep_dir=str(keep)), RulesHolder(str(path), 1, keep_dir=str(keep))
+    assert busy.load() and idle.load()
+    path.write_text(V2)
+    busy.refresh()                                    # this worker looked while v2 was there
+    path.write_text(V3_BAD)
+    with caplog.at_level("WARNING", logger="app.rules"):
+        idle.refresh()                                # this one only sees the broken v3
+        busy.refresh()
+    assert idle.current().digest == busy.current().digest == digest_of(V2)
+    assert "bad regex" in str(idle.error) and "bad regex" in str(busy.error)
+    [switched] = [r.getMessage() for r in caplog.records
+                  if "answering with the last good rules kept at" in r.getMessage()]
+    assert f"{path} has 1 problem(s)" in switched and kept_copy_path(str(keep), str(path)) in switched
+    assert f"newer than the rules in use ({digest_of(V1)})" in switched
+    assert any(f"keeping the rules in use ({digest_of(V2)})" in r.getMessage() for r in caplog.records)
+
+
+def test_while_the_file_stays_bad_the_kept_copy_is_looked_at_again(tmp_path):
+    """A worker compiled v2 just before the file broke, but wrote the kept copy after another
+    worker had already found the file bad: that one switches at its next look."""
+    path, keep = tmp_path / "rules.yaml", tmp_path / "rules-kept"
+    path.write_text(V1)
+    idle = RulesHolder(str(path), 1, keep_dir=str(keep))
+    assert idle.load()
+    path.write_text(V2)
+    v2, _ = holder_module.read_version(str(path))   # what the slow worker read
+    path.write_text(V3_BAD)
+    idle.refresh()
+    assert idle.current().digest == digest_of(V1) and idle.error is not None
+    idle.refresh()                                    # nothing new anywhere
+    assert idle.current().digest == digest_of(V1)
+    assert KeptCopy(str(keep), str(path)).offer(v2) is True   # the slow worker's offer lands now
+    idle.refresh()
+    assert idle.current().digest == digest_of(V2) and idle.error is not None
+    path.write_text(V1)                               # fixed, with older rules: the file wins
+    idle.refresh()
+    assert idle.current().digest == digest_of(V1) and idle.error is None
+
+
+def test_an_older_version_never_replaces_a_newer_kept_copy(tmp_path):
+    kept = KeptCopy(str(tmp_path / "rules-kept"), str(tmp_path / "rules.yaml"))
+    new, old = Version.of(V2, (2_000, 2_000)), Version.of(V1, (1_000, 5_000))
+    assert kept.read() is None
+    assert kept.offer(new) is True
+    assert kept.offer(old) is False                    # a slower worker with the version before
+    assert kept.read() == new
+    assert kept.offer(new) is True                     # the same version again: nothing to write
+    newer = Version.of(V1, (3_000, 1_000))             # the older text again, edited back later
+    assert kept.offer(newer) is True and kept.read() == newer
+
+
+def test_an_older_kept_copy_is_brought_up_to_date_by_a_worker_with_newer_rules(tmp_path):
+    path, keep = tmp_path / "rules.yaml", tmp_path / "rules-kept"
+    path.write_text(V2)
+    holder = RulesHolder(str(path), 1, keep_dir=str(keep))
+    assert holder.load()
+    kept = KeptCopy(str(keep), str(path))
+    os.unlink(kept.path)                              # e.g. its write failed (a full disk)
+    path.write_text(V3_BAD)
+    holder.refresh()
+    assert holder.current().digest == digest_of(V2)
+    assert kept.read().digest == digest_of(V2)         # offered again once the file broke
+
+
+def test_a_copy_that_belongs_to_another_rules_file_is_refused(tmp_path, caplog):
+    keep = tmp_path / "rules-kept"
+    bakery, garage = tmp_path / "bakery.yaml", tmp_path / "garage.yaml"
+    bakery.write_text(V1)
+    garage.write_text(V2)
+    assert RulesHolder(str(garage), keep_dir=str(keep)).load()
+    # Someone copies the garage's kept copy over the bakery's; then the bakery's file breaks.
+    with open(kept_copy_path(str(keep), str(garage)), encoding="utf-8") as fh:
+        foreign = fh.read()
+    os.makedirs(keep, exist_ok=True)
+    with open(kept_copy_path(str(keep), str(bakery)), "w", encoding="utf-8") as fh:
+        fh.write(foreign)
+    bakery.write_text(V3_BAD)
+    with caplog.at_level("ERROR", logger="app.rules"):
+        holder = RulesHolder(str(bakery), keep_dir=str(keep))
+        assert holder.load() is False
+    assert holder.current() is None                   # no rules rather than the garage's
+    assert any(f"belongs to another rules file ({str(garage)!r})" in r.getMessage() for r in caplog.records)
+
+
+def test_two_services_in_one_folder_keep_their_own_rules(tmp_path):
+    """The bakery's workers restart on a broken file after the garage kept its own rules."""
+    keep = tmp_path / "instance" / "rules-kept"
+    bakery, garage = tmp_path / "bakery" / "rules.yaml", tmp_path / "garage" / "rules.yaml"
+    for path, text in ((bakery, V1), (garage, V2)):
+        path.parent.mkdir()
+        path.write_text(text)
+    assert RulesHolder(str(bakery), keep_dir=str(keep)).load()
+    assert RulesHolder(str(garage), keep_dir=str(keep)).load()
+    bakery.write_text(V3_BAD)
+    respawned = RulesHolder(str(bakery), keep_dir=str(keep))
+    assert respawned.load() is False
+    assert respawned.current().digest == digest_of(V1)
+
+
+@pytest.mark.parametrize("damage", ["not json", json.dumps([1]), "digest"])
+def test_a_damaged_kept_copy_is_not_used(tmp_path, damage, caplog):
+    path, keep = tmp_path / "rules.yaml", tmp_path / "rules-kept"
+    path.write_text(V1)
+    assert RulesHolder(str(path), keep_dir=str(keep)).load()
+    copy = kept_copy_path(str(keep), str(path))
+    if damage == "digest":
+        data = json.loads(open(copy, encoding="utf-8").read())
+        data["text"] = V2
+        damage = json.dumps(data)
+    with open(copy, "w", encoding="utf-8") as fh:
+        fh.write(damage)
+    path.write_text(V3_BAD)
+    with caplog.at_level("ERROR", logger="app.rules"):
+        holder = RulesHolder(str(path), keep_dir=str(keep))
+        assert holder.load() is False
+    assert holder.current() is None
+    assert any("are not used for" in r.getMessage() for r in caplog.records)
+
+
+def test_compile_and_keep_keeps_what_the_master_compiled(tmp_path):
+    path, keep = tmp_path / "rules.yaml", tmp_path / "rules-kept"
+    path.write_text(V1)
+    assert compile_and_keep(str(path), str(keep)).digest == digest_of(V1)
+    path.write_text(V3_BAD)
+    with pytest.raises(RulesError):
+        compile_and_keep(str(path), str(keep))
+    worker = RulesHolder(str(path), keep_dir=str(keep))   # a worker forked after the file broke
+    assert worker.load() is False and worker.current().digest == digest_of(V1)
+
+
+def test_errors_name_the_absolute_path(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rules.yaml").write_text(V3_BAD)
+    with caplog.at_level("ERROR", logger="app.rules"):
+        holder = RulesHolder("rules.yaml", keep_dir="instance/rules-kept")
+        assert holder.load() is False
+    assert str(holder.error.problems[0]).startswith(f"{tmp_path / 'rules.yaml'}:3: ")
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rules not loaded")]
+    kept_at = tmp_path / "instance" / "rules-kept" / os.path.basename(kept_copy_path("k", "rules.yaml"))
+    assert line == (f"rules not loaded: {tmp_path / 'rules.yaml'} has 1 problem(s) and no last good copy "
+                    f"is kept at {kept_at}")
+
+
+# -- the watcher thread ------------------------------------------------------------------------
+def poll(predicate, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_the_watcher_follows_the_file_and_requests_do_no_file_work(rules_file, monkeypatch):
+    holder = RulesHolder(str(rules_file), 0.05)
+    holder.load()
+    main, stats = threading.get_ident(), []
+    real_stat = holder_module._stat
+    monkeypatch.setattr(holder_module, "_stat",
+                        lambda path: (stats.append(threading.get_ident()), real_stat(path))[1])
+    assert holder.start() is True and holder.start() is False   # one thread per holder
+    try:
+        write(rules_file, GOOD_B)
+        assert poll(lambda: names(holder.ruleset) == ["b", "c"])  # nobody asked for the rules
+        for _ in range(200):
+            holder.current()
+        assert stats and main not in stats                          # every look came from the watcher
+    finally:
+        holder.stop()
+    assert not any(t.name == "rules-watcher" and t.is_alive() for t in threading.enumerate())
+    write(rules_file, GOOD_A)
+    settle(0.05)
+    assert names(holder.current()) == ["a"]                         # without it, requests look again
+
+
+def test_no_watcher_without_an_interval(rules_file):
+    holder = RulesHolder(str(rules_file), 0)
+    assert holder.start() is False
+    holder.stop()
+
+
+# -- a file that could not be read is read again; content that is bad is not -----------------
+@contextlib.contextmanager
+def no_file_opens():
+    """While inside, every file this process opens fails with EMFILE ("Too many open files"),
+    as under load: the limit on open files is lowered to the descriptors already open."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    probe = os.open(os.devnull, os.O_RDONLY)  # the lowest free descriptor: the next open's number
+    os.close(probe)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (probe, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_file_that_could_not_be_read_is_read_again_at_the_next_look(rules_file, loads, caplog):
+    holder = RulesHolder(str(rules_file), 0.05)
+    assert holder.load()
+    write(rules_file, GOOD_B)                          # a good edit; its first look fails
+    with caplog.at_level("ERROR", logger="app.rules"):
+        try:
+            with no_file_opens():
+                assert holder.start()
+                # Several looks while the system refuses to open it: each one tries again.
+                assert poll(lambda: len(loads) >= 4)
+                assert names(holder.current()) == ["a"] and "Too many open files" in str(holder.error)
+            assert poll(lambda: names(holder.current()) == ["b", "c"])   # the next look, unaided
+            assert holder.error is None                # /readyz and the metric: the file is fine
+        finally:
+            holder.stop()
+    failed = [r for r in caplog.records if "Too many open files" in str(getattr(r, "problems", ""))]
+    assert len(failed) == 1, [r.getMessage() for r in failed]   # logged once, not every look
+    assert "keeping the rules in use" in failed[0].getMessage()
+    assert "looked at again every 0.05 s" in failed[0].getMessage()
+
+
+def test_the_same_read_failure_is_logged_once_and_a_new_one_again(rules_file, caplog):
+    holder = RulesHolder(str(rules_file))
+    assert holder.load()
+    write(rules_file, GOOD_B)
+    with caplog.at_level("ERROR", logger="app.rules"):
+        for _ in range(3):
+            with no_file_opens():
+                holder.refresh()
+        assert "Too many open files" in str(holder.error) and names(holder.current()) == ["a"]
+        rules_file.unlink()                            # another failure: said once more
+        holder.refresh()
+        holder.refresh()
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]  # not the load's INFO
+    assert len(lines) == 2, lines
+    write(rules_file, GOOD_B)
+    holder.refresh()
+    assert names(holder.current()) == ["b", "c"] and holder.error is None
+
+
+def test_a_compile_that_fails_unexpectedly_is_tried_again(rules_file, monkeypatch, caplog):
+    holder = RulesHolder(str(rules_file))
+    assert holder.load()
+    real, calls = holder_module.compile_text, []
+
+    def flaky(text, path, **kw):                      # a bug that strikes a few times
+        calls.append(path)
+        if len(calls) <= 3:
+            raise RuntimeError("boom")
+        return real(text, path, **kw)
+
+    monkeypatch.setattr(holder_module, "compile_text", flaky)
+    write(rules_file, GOOD_B)
+    with caplog.at_level("ERROR", logger="app.rules"):
+        for _ in range(3):
+            holder.refresh()
+            assert names(holder.current()) == ["a"] and "RuntimeError: boom" in str(holder.error)
+        holder.refresh()
+    assert names(holder.current()) == ["b", "c"] and holder.error is None
+    assert len([r for r in caplog.records if r.exc_info]) == 1       # one traceback, not one per look
+
+
+def test_content_that_is_not_utf8_is_not_read_again_until_it_changes(rules_file, loads):
+    holder = RulesHolder(str(rules_file))
+    assert holder.load()
+    rules_file.write_bytes(b"version: 1\nrules:\n  - name: caf\xe9\n    reply: x\n")
+    for _ in range(3):
+        holder.refresh()
+    assert len(loads) == 2 and "not valid UTF-8" in str(holder.error)
+
+
+# -- which version the kept copy holds ---------------------------------------------------------
+def plant(keep, path, text: str, changed: tuple[int, int]) -> None:
+    """A kept copy of `path` holding `text`, stamped `changed`, as an earlier process wrote it."""
+    os.makedirs(keep, exist_ok=True)
+    data = {"source": str(path), "ctime_ns": changed[0], "mtime_ns": changed[1],
+            "digest": digest_of(text), "text": text}
+    with open(kept_copy_path(str(keep), str(path)), "w", encoding="utf-8") as fh:
+        json.dump(data, fh)
+
+
+def test_a_kept_copy_stamped_in_the_future_never_rolls_the_workers_back(tmp_path):
+    """The copy was written while the clock ran 60 s ahead (then NTP set it right); the rules
+    file's current good version must still be kept, and kept to when the file breaks."""
+    path, keep = tmp_path / "rules.yaml", tmp_path / "rules-kept"
+    ahead = time.time_ns() + 60 * 10**9
+    plant(keep, path, V1, (ahead, ahead))
+    path.write_text(V2)
+    worker = RulesHolder(str(path), 1, keep_dir=str(keep))
+    assert worker.load()
+    kept = KeptCopy(str(keep), str(path))
+    assert kept.read().digest == digest_of(V2)
+    assert kept.read().changed == (os.stat(path).st_ctime_ns, os.stat(path).st_mtime_ns)
+    path.write_text(V3_BAD)
+    worker.refresh()
+    assert worker.current().digest == digest_of(V2) and worker.error is not None
+    respawned = RulesHolder(str(path), 1, keep_dir=str(keep))   # a worker started now
+    assert respawned.load() is False and respawned.current().digest == digest_of(V2)
+
+
+def test_what_the_file_holds_now_wins_a_tie_and_an_older_offer_is_refused(tmp_path, caplog):
+    path, keep = tmp_path / "rules.yaml", tmp_path / "rules-kept"
+    path.write_text(V2)
+    now, _ = read_version(str(path))
+    assert now.signature == holder_module._stat_signature(str(path))
+    kept = KeptCopy(str(keep), str(path))
+    plant(keep, path, V1, now.changed)                 # coarse times: the same stamp as the file
+    assert kept.offer(now) is True and kept.read() == now
+    # A slower worker offers what it read before: not the file now, not later: refused, logged.
+    with caplog.at_level("INFO", logger="app.rules"):
+        assert kept.offer(Version.of(V1, now.changed)) is False
+        assert kept.offer(Version.of(V1, (now.changed[0] - 1, now.changed[1]))) is False
+    assert kept.read() == now
+    refused = [r.getMessage() for r in caplog.records if "stays as it is" in r.getMessage()]
+    assert len(refused) == 2 and f"stays as it is ({digest_of(V2)})" in refused[0]
+
+
+def test_a_version_is_stamped_from_the_file_it_was_read_from(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(V1)
+    os.utime(path, ns=(1_000_000_000, 2_000_000_000))
+    version, signature = read_version(str(path))
+    st = os.stat(path)
+    assert version.changed == (st.st_ctime_ns, 2_000_000_000)
+    assert signature == version.signature == (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+
+
+# -- a kept copy whose lock another process holds ---------------------------------------------
+def test_a_held_lock_on_the_kept_copy_never_holds_up_a_reload(tmp_path, caplog):
+    path, keep = tmp_path / "rules.yaml", tmp_path / "rules-kept"
+    path.write_text(V1)
+    holder = RulesHolder(str(path), 0.05, keep_dir=str(keep))
+    assert holder.load()
+    kept = KeptCopy(str(keep), str(path))
+    with caplog.at_level("WARNING", logger="app.rules"), open(keep / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)               # another process stuck while holding it
+        assert holder.start()
+        try:
+            path.write_text(V2)
+            edited = time.monotonic()
+            assert poll(lambda: holder.ruleset.digest == digest_of(V2))
+            assert time.monotonic() - edited < LOCK_WAIT  # never waited for the lock first
+            assert poll(lambda: any("cannot keep a copy" in r.getMessage() for r in caplog.records))
+            path.write_text(V3_GOOD)                    # the watcher keeps its pace meanwhile
+            edited = time.monotonic()
+            assert poll(lambda: holder.ruleset.digest == digest_of(V3_GOOD))
+            assert time.monotonic() - edited < LOCK_WAIT
+            assert kept.read().digest == digest_of(V1)  # the copy waits for the lock
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            assert poll(lambda: kept.read().digest == digest_of(V3_GOOD))   # offered again, unaided
+        finally:
+            holder.stop()
+    warned = [r.getMessage() for r in caplog.records if "cannot keep a copy" in r.getMessage()]
+    assert len(warned) == 1, warned                     # once, not at every look
+    assert f"another process holds its lock ({keep / '.lock'})" in warned[0]
+    assert "trying again at the next look" in warned[0]
+
+
+V3_GOOD = "version: 1\nrules:\n  - {name: price, when: {keyword: price}, reply: 'three pounds'}\n"
+
+
+# -- temporary files left by a killed writer ---------------------------------------------------
+def test_temporary_files_of_unfinished_writes_are_removed_when_a_copy_is_opened(tmp_path):
+    path, other, keep = tmp_path / "rules.yaml", tmp_path / "other.yaml", tmp_path / "rules-kept"
+    keep.mkdir()
+    copy = kept_copy_path(str(keep), str(path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True, timeout=30)
+    dead = f"{copy}.{int(gone.stdout)}.tmp"            # its writer was killed
+    old = f"{copy}.{os.getpid()}.tmp"                  # an alive pid, but far too old to be a write
+    fresh = f"{copy}.{os.getppid()}.tmp"               # a write in progress elsewhere
+    others = f"{kept_copy_path(str(keep), str(other))}.{int(gone.stdout)}.tmp"   # another file's
+    for name in (dead, old, fresh, others):
+        with open(name, "w") as fh:
+            fh.write("{")
+    long_ago = time.time() - 3600
+    os.utime(old, (long_ago, long_ago))
+    KeptCopy(str(keep), str(path))
+    assert sorted(os.listdir(keep)) == sorted(os.path.basename(p) for p in (fresh, others))

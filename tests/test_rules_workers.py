@@ -1,0 +1,312 @@
+"""Rules across the workers of a real gunicorn: every worker follows the file (busy or idle),
+a broken file leaves every worker on the newest version that compiled, and the kept copy of one
+service's rules is never used by another service running from the same folder.
+
+Which worker answers a request is gunicorn's choice, so each check asks /readyz (which names
+the worker's pid and its rules' digest) of one worker at a time, the others stopped meanwhile
+(SIGSTOP, then SIGCONT). What each worker did and when is read from its JSON log lines (their
+`pid` and `ts`), and the time a change took is measured from the file's change time to those
+lines, so a slow test machine delays the checks but not the measure. The services run from the
+repository, whose instance folder they share (as two services deployed from one checkout
+would); the kept copies they write there go when they stop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import requests
+
+from app.rules import compile_text
+from app.rules.holder import KEEP_FOLDER, kept_copy_path
+from conftest import ROOT, sms
+from servers import Server
+
+INTERVAL = 0.2  # RULES_RELOAD_INTERVAL as tests/servers.py sets it
+WORKERS = 3
+INSTANCE = ROOT / "instance"
+KEEP = INSTANCE / KEEP_FOLDER
+
+CLOSE = {"Connection": "close"}  # a new connection per request, for gunicorn to hand to any worker
+
+
+def rules(business: str, version: int) -> str:
+    return ("version: 1\nrules:\n"
+            f"  - {{name: price, when: {{keyword: price}}, reply: '{business} price list v{version}'}}\n")
+
+
+BROKEN = "version: 1\nrules:\n  - {name: price, when: {regex: '('}, reply: broken}\n"
+
+
+def digest(text: str) -> str:
+    return compile_text(text).digest
+
+
+def replace(path: Path, text: str) -> None:
+    """Write the rules as an editor does: a new file renamed over the old one."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@pytest.fixture
+def instance_as_found():
+    """The repository's instance folder as it was: each Server removes its kept copy when it
+    stops; the folders (and the lock file) go too if this test made them and nothing else is there."""
+    existed = [folder for folder in (INSTANCE, KEEP) if folder.exists()]
+    yield
+    for folder in (KEEP, INSTANCE):
+        if folder in existed:
+            continue
+        if folder == KEEP and KEEP.exists() and [p.name for p in KEEP.iterdir()] == [".lock"]:
+            (KEEP / ".lock").unlink(missing_ok=True)
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def start(tmp_path, instance_as_found):
+    started: list[Server] = []
+
+    def start(name: str, text: str) -> Server:
+        folder = tmp_path / name
+        folder.mkdir()
+        srv = Server(folder, rules=text, WEB_CONCURRENCY=str(WORKERS))
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
+
+
+#: How long a check may poll for what it waits for; the bounds a test claims are measured
+#: from the log, not by this.
+PATIENCE = 20.0
+
+
+def stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped (by SIGSTOP)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
+def each_worker(srv: Server) -> dict[int, dict]:
+    """/readyz from every current worker of `srv`: {pid: answer}.
+
+    Each worker is asked alone: the others are stopped (SIGSTOP) until it has answered, so
+    only it can take the connection, and continued (SIGCONT) whatever happens.
+    """
+    workers = srv.workers()
+    assert len(workers) == WORKERS
+    seen: dict[int, dict] = {}
+    for pid in sorted(workers):
+        others = workers - {pid}
+        try:
+            for other in others:
+                os.kill(other, signal.SIGSTOP)
+            assert wait_for(lambda: all(stopped(other) for other in others), time.monotonic() + 5)
+            r = requests.get(srv.base + "/readyz", headers=CLOSE, timeout=10)
+        finally:
+            for other in others:
+                os.kill(other, signal.SIGCONT)
+        assert r.status_code == 200, r.text
+        assert r.json()["pid"] == pid, f"asked worker {pid} alone, answered by {r.json()['pid']}"
+        seen[pid] = r.json()
+    return seen
+
+
+def price_answers(srv: Server, count: int) -> list[str]:
+    """The replies to `count` signed messages, each a new conversation on a new connection."""
+    out = []
+    for _ in range(count):
+        r = srv.post(sms("price", From=f"1415{random.randrange(10**7):07d}"), headers=CLOSE)
+        assert r.status_code == 200, r.text
+        out.append(r.text.split('type="sms">')[1].split("</Message>")[0])
+    return out
+
+
+def assert_every_worker_on(srv: Server, text: str, *, failed: bool = False) -> None:
+    for pid, body in each_worker(srv).items():
+        assert body["digest"] == digest(text), f"worker {pid} answers with other rules: {body}"
+        assert ("reload_failed" in body) is failed, body
+
+
+def log_size(srv: Server) -> int:
+    """Where the service's log ends now: what it logs from here on is read from this offset."""
+    return srv.log_path.stat().st_size
+
+
+def log_records(srv: Server, since: int = 0) -> list[dict]:
+    """The service's JSON log lines written after byte `since`, parsed."""
+    with open(srv.log_path, "rb") as fh:
+        fh.seek(since)
+        text = fh.read().decode("utf-8", errors="replace")
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line being written as we read
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def messages(srv: Server, fragment: str, since: int = 0) -> list[str]:
+    return [r["msg"] for r in log_records(srv, since) if fragment in r.get("msg", "")]
+
+
+def when(record: dict) -> float:
+    """The time of a log line, in seconds since the epoch."""
+    return datetime.strptime(record["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+
+
+def logged_by(srv: Server, fragment: str, since: int) -> dict[int, float]:
+    """{pid: time of its first line holding `fragment`} over the lines written after `since`.
+
+    By process, not by line: a worker that says it twice is still one worker.
+    """
+    first: dict[int, float] = {}
+    for record in log_records(srv, since):
+        if fragment in record.get("msg", ""):
+            first.setdefault(record["pid"], when(record))
+    return first
+
+
+def changed_at(path: Path) -> float:
+    """When the file last changed (its change time), in seconds since the epoch."""
+    return os.stat(path).st_ctime
+
+
+def every_worker_logs(srv: Server, fragment: str, since: int, changed: float, *, meanwhile=None) -> None:
+    """Wait until every current worker has logged `fragment` after `since`, then check that each
+    did so within RULES_RELOAD_INTERVAL + 1 s of `changed` (by the lines' own times).
+    `meanwhile()` is called while waiting (traffic, say)."""
+    workers = srv.workers()
+    deadline = time.monotonic() + PATIENCE
+    while not workers <= set(logged_by(srv, fragment, since)) and time.monotonic() < deadline:
+        if meanwhile is not None:
+            meanwhile()
+        else:
+            time.sleep(0.02)
+    said = logged_by(srv, fragment, since)
+    assert workers <= set(said), f"workers {sorted(workers - set(said))} never logged {fragment!r}"
+    took = {pid: round(said[pid] - changed, 3) for pid in workers}
+    assert all(t <= INTERVAL + 1 for t in took.values()), \
+        f"{fragment!r}: seconds after the change, by worker: {took} (allowed: {INTERVAL + 1})"
+
+
+def wait_for(predicate, until: float) -> bool:
+    """Poll `predicate` until the monotonic time `until`."""
+    while time.monotonic() < until:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def kept_digest(rules_path: Path) -> str | None:
+    try:
+        with open(kept_copy_path(str(KEEP), str(rules_path)), encoding="utf-8") as fh:
+            return json.load(fh)["digest"]
+    except (OSError, ValueError):
+        return None  # not there yet, or (never, as it is replaced whole) half written
+
+
+# -- a. busy workers --------------------------------------------------------------------------
+
+def test_busy_workers_all_answer_from_an_edit_within_the_interval_and_a_second(start):
+    srv = start("bakery", rules("bakery", 1))
+    assert_every_worker_on(srv, rules("bakery", 1))
+    since = log_size(srv)
+    replace(srv.rules, rules("bakery", 2))
+    reloaded = f"rules reloaded: 1 rules from {srv.rules} ({digest(rules('bakery', 2))})"
+
+    def traffic():  # all along, as in production
+        assert set(price_answers(srv, 1)) <= {"bakery price list v1", "bakery price list v2"}
+
+    every_worker_logs(srv, reloaded, since, changed_at(srv.rules), meanwhile=traffic)
+    assert set(price_answers(srv, 60)) == {"bakery price list v2"}
+    assert_every_worker_on(srv, rules("bakery", 2))
+
+
+# -- b. idle workers ---------------------------------------------------------------------------
+
+def test_idle_workers_follow_the_file_without_a_request(start):
+    srv = start("bakery", rules("bakery", 1))
+    assert_every_worker_on(srv, rules("bakery", 1))
+    since = log_size(srv)
+    replace(srv.rules, rules("bakery", 2))
+    reloaded = f"rules reloaded: 1 rules from {srv.rules} ({digest(rules('bakery', 2))})"
+    # Nothing is sent: each worker's watcher reloads by itself (its log line says so).
+    every_worker_logs(srv, reloaded, since, changed_at(srv.rules))
+    assert_every_worker_on(srv, rules("bakery", 2))
+    assert set(price_answers(srv, 20)) == {"bakery price list v2"}
+
+
+# -- c. a good edit, then quickly a broken one --------------------------------------------------
+
+def test_a_good_edit_then_a_broken_one_leaves_every_worker_on_the_good_one(start):
+    """The file breaks right after the first worker compiled the good edit, before the others
+    looked: they never see it in the file, yet all end on it (not on the version before)."""
+    srv = start("bakery", rules("bakery", 1))
+    assert_every_worker_on(srv, rules("bakery", 1))
+    switched: list[str] = []
+    for version in range(2, 12, 2):  # a few rounds, in case every worker looked in the short window
+        good = rules("bakery", version)
+        replace(srv.rules, good)
+        assert wait_for(lambda: kept_digest(srv.rules) == digest(good), time.monotonic() + PATIENCE)
+        since = log_size(srv)
+        replace(srv.rules, BROKEN)                      # at once: most workers have not looked yet
+        # No request in between: each worker finds the file broken at its next look, and logs
+        # which rules it answers with from then on (its own, or the kept ones).
+        every_worker_logs(srv, "reload failed", since, changed_at(srv.rules))
+        assert_every_worker_on(srv, good, failed=True)
+        assert set(price_answers(srv, 20)) == {f"bakery price list v{version}"}
+        kept_at = kept_copy_path(str(KEEP), str(srv.rules))
+        switched = messages(srv, f"answering with the last good rules kept at {kept_at} ({digest(good)})", since)
+        if switched:
+            break
+        since = log_size(srv)
+        replace(srv.rules, rules("bakery", version + 1))  # fixed; all agree again before the next round
+        reloaded = f"rules reloaded: 1 rules from {srv.rules} ({digest(rules('bakery', version + 1))})"
+        every_worker_logs(srv, reloaded, since, changed_at(srv.rules))
+    assert switched, "no round had a worker that missed the good edit"
+    assert all("newer than the rules in use" in line for line in switched)
+
+
+# -- d. a HUP with a broken file, next to another service ---------------------------------------
+
+def test_a_hup_with_a_broken_file_answers_with_this_services_rules_not_the_neighbours(start):
+    bakery = start("bakery", rules("bakery", 1))
+    garage = start("garage", rules("garage", 1))        # same checkout, same instance folder
+    assert bakery.rules != garage.rules
+    # The garage's rules are kept after the bakery's (one shared file would now hold the garage's).
+    replace(garage.rules, rules("garage", 2))
+    assert wait_for(lambda: kept_digest(garage.rules) == digest(rules("garage", 2)), time.monotonic() + PATIENCE)
+    assert kept_digest(bakery.rules) == digest(rules("bakery", 1))
+
+    before = bakery.workers()
+    since = log_size(bakery)
+    replace(bakery.rules, BROKEN)
+    os.kill(bakery.proc.pid, signal.SIGHUP)              # new workers start while the file is bad
+    assert wait_for(lambda: len(bakery.workers()) == WORKERS and not bakery.workers() & before,
+                    time.monotonic() + PATIENCE), "the workers were not replaced"
+
+    assert_every_worker_on(bakery, rules("bakery", 1), failed=True)
+    for body in each_worker(bakery).values():
+        assert "bad regex" in body["reload_failed"][0] and str(bakery.rules) in body["reload_failed"][0]
+    assert set(price_answers(bakery, 30)) == {"bakery price list v1"}
+    assert bakery.workers() <= set(logged_by(bakery, "rules not loaded from the file: " + str(bakery.rules), since))
+    assert set(price_answers(garage, 10)) == {"garage price list v2"}
+    assert_every_worker_on(garage, rules("garage", 2))
