@@ -1,10 +1,10 @@
-"""Write the synthetic recorded webhooks in tests/webhooks/ (format: tests/webhooks.py).
+"""Write the synthetic recorded webhooks in tests/webhooks/ (format: docs/recordings.md).
 
     .venv/bin/python tests/make_webhooks.py [OUT_DIR]
 
 Each recording is a request the way Plivo sends it (form parameters, headers, V2 and V3
 signatures made with ``app.signature.sign_headers``) plus the answer the shipped
-``rules.yaml`` calls for. The expected answers are written here by hand from SPEC §4-§5
+``rules.yaml`` calls for. The expected answers are written here by hand from docs/rules.md and docs/endpoints.md
 and the rules, never taken from the service. Everything is deterministic (UUIDs and
 nonces derive from the recording's name, clocks are fixed), so running this again writes
 byte-identical files; ``tests/test_webhooks.py`` checks that.
@@ -47,7 +47,7 @@ PLIVO_IP = "203.0.113.7"  # documentation range, standing in for Plivo's callbac
 LINE = "14155550100"  # the customer's main number
 SPANISH_LINE = "14155550200"  # the number of the spanish-line rule
 SENDER = "14155550123"
-TEAM = "14155550999"  # where the catch-all and VIP rules forward
+TEAM = "14155550999"  # where the to-the-team and VIP rules forward
 REFUND_TEAM = ("14155550999", "14155550998")
 
 CT_XML = "application/xml; charset=utf-8"
@@ -59,11 +59,11 @@ MONDAY_8PM = "2026-11-23T20:00:00-05:00"
 SATURDAY_NOON = "2026-11-28T12:00:00-05:00"
 MONDAY_1630_UTC = "2026-11-23T21:30:00+00:00"  # 16:30 in New York: still business hours
 
-THANKS = "Thanks, we got your message."
-SOON = "A person will answer soon."
+THANKS = "Thanks, we got your message. A person will answer soon."
 HOURS = "We are open 9am-5pm, Monday to Friday (New York time)."
-CLOSED = "We are closed now; we will answer tomorrow from 9am."
-WEEKEND = "We are closed for the weekend and will answer on Monday."
+CLOSED = "Thanks, we got your message. We are closed now and open again at 9am; a person will answer then."
+WEEKEND = ("Thanks, we got your message. We are closed for the weekend; a person will answer on Monday "
+           "after 9am.")
 
 
 # --- deterministic ids ----------------------------------------------------------
@@ -198,14 +198,15 @@ def rejected(status: int, body: str) -> dict:
     return {"status": status, "content_type": CT_TEXT, "body": body}
 
 
-def catch_all(text: str, frm: str = SENDER, to: str = LINE, callback: str | None = None) -> list[dict]:
-    """The everything-else rule: two replies, then the forward to the team.
+def catch_all(text: str, frm: str = SENDER, to: str = LINE, callback: str | None = None,
+              reply: str = THANKS) -> list[dict]:
+    """A message no special rule answers: the to-the-team forward, then the one reply
+    (everything-else's in business hours, `reply` otherwise).
 
     `callback`, when given, is the delivery report URL; each text adds `.N` (its place) to it.
     """
-    cb = [f"{callback}.{i}" if callback else None for i in range(3)]
-    return [msg(THANKS, frm, to, cb[0]), msg(SOON, frm, to, cb[1]),
-            msg(f"From {frm}: {text}", TEAM, to, cb[2])]
+    cb = [f"{callback}.{i}" if callback else None for i in range(2)]
+    return [msg(f"From {frm}: {text}", TEAM, to, cb[0]), msg(reply, frm, to, cb[1])]
 
 
 def pieces(text: str, limit: int) -> list[str]:
@@ -250,27 +251,28 @@ def build() -> dict[str, dict]:
     n = "sms-regex-order-status"
     add(n, "SMS 'Order #4521, where is it?' matched by the order-status regex; match.order in the reply",
         p(n, "Order #4521, where is it?"),
-        xml(msg("Order 4521 is on its way. Track it at https://acme.example/o/4521")))
+        xml(msg("Order 4521: see where it is at https://acme.example/o/4521")))
 
     n = "sms-exact-text-address"
     add(n, "SMS whose whole text, trimmed and spaces collapsed, is 'where are you located?': address rule",
         p(n, "  Where are   you located? "), xml(msg("Acme, 1 Market St, San Francisco, CA 94105.")))
 
     n = "sms-catch-all-business-hours"
-    add(n, "SMS matching no special rule on a Monday at 10:00 New York: catch-all only "
-           "(two replies, then the forward to the team)",
+    add(n, "SMS matching no special rule on a Monday at 10:00 New York: the forward to the team "
+           "(to-the-team, continue), then the one business-hours reply (everything-else)",
         p(n, "Is the blue model back in stock?"), xml(*catch_all("Is the blue model back in stock?")),
         now=MONDAY_10AM)
 
     n = "sms-after-hours"
-    add(n, "The same kind of SMS on a Monday at 20:00 New York: after-hours reply (continue), "
-           "then the catch-all",
+    add(n, "The same kind of SMS on a Monday at 20:00 New York: the forward to the team, then "
+           "the after-hours reply instead of the business-hours one",
         p(n, "Is the blue model back in stock?"),
-        xml(msg(CLOSED), *catch_all("Is the blue model back in stock?")), now=MONDAY_8PM)
+        xml(*catch_all("Is the blue model back in stock?", reply=CLOSED)), now=MONDAY_8PM)
 
     n = "sms-weekend"
-    add(n, "SMS on a Saturday at noon New York: weekend reply (continue), then the catch-all",
-        p(n, "Anyone there?"), xml(msg(WEEKEND), *catch_all("Anyone there?")), now=SATURDAY_NOON)
+    add(n, "SMS on a Saturday at noon New York: the forward to the team, then the weekend reply "
+           "(one text, not three)",
+        p(n, "Anyone there?"), xml(*catch_all("Anyone there?", reply=WEEKEND)), now=SATURDAY_NOON)
 
     n = "sms-vip-prefix"
     add(n, "SMS from 14155550777, matched by the VIP rule's prefix 1415555077*: reply to the "
@@ -292,9 +294,11 @@ def build() -> dict[str, dict]:
 
     n = "sms-spanish-line-unicode"
     add(n, "SMS 'Hola, ¿me ayudan?' to the Spanish line (to rule written '+1 (415) 555-0200'): "
-           "a UCS-2 reply with '¡' and 'á'",
+           "the forward to the team (to-the-team), then a UCS-2 reply with '¡' and 'á' that names "
+           "the business hours",
         p(n, "Hola, ¿me ayudan?", to=SPANISH_LINE),
-        xml(msg("¡Hola! Un agente le responderá pronto.", src=SPANISH_LINE)))
+        xml(msg(f"From {SENDER}: Hola, ¿me ayudan?", TEAM, SPANISH_LINE),
+            msg("¡Hola! Un agente le responderá lun-vie, 9-17 h (hora de Nueva York).", src=SPANISH_LINE)))
 
     n = "sms-unicode-cjk"
     text = "Café crème? 你好，请问你们几点开门？"
@@ -321,20 +325,23 @@ def build() -> dict[str, dict]:
     add(n, f"A {len(TEXT_1600)}-character GSM-7 SMS (11 units): its {len(forward)}-character "
            "forward exceeds 1,600 and is split at whitespace into several Messages",
         p(n, TEXT_1600),
-        xml(msg(THANKS), msg(SOON), *(msg(piece, TEAM) for piece in pieces(forward, smsenc.MAX_GSM7))))
+        xml(*(msg(piece, TEAM) for piece in pieces(forward, smsenc.MAX_GSM7)), msg(THANKS)))
 
     n = "sms-long-forward-split-ucs2"
     forward = f"From {SENDER}: {TEXT_737}"
     add(n, f"A {len(TEXT_737)}-character Cyrillic (UCS-2) SMS: its {len(forward)}-character "
            "forward exceeds 737 and is split at whitespace into several Messages",
         p(n, TEXT_737),
-        xml(msg(THANKS), msg(SOON), *(msg(piece, TEAM) for piece in pieces(forward, smsenc.MAX_UCS2))))
+        xml(*(msg(piece, TEAM) for piece in pieces(forward, smsenc.MAX_UCS2)), msg(THANKS)))
 
     # Other message types ---------------------------------------------------------------
     n = "mms-photo"
-    add(n, "MMS with Body (not Text), MediaCount=2, Media1 and Media2: photo rule",
+    add(n, "MMS with Body (not Text), MediaCount=2, Media1 and Media2: the forward to the team "
+           "with the pictures' URLs in its text (to-the-team), then the photo rule's reply",
         p(n, "Here is the box it came in", type_="mms", media=(media_url(n, 1), media_url(n, 2))),
-        xml(msg("Thanks for the picture! We received 2 file(s).")))
+        xml(msg(f"From {SENDER}: Here is the box it came in {media_url(n, 1)} {media_url(n, 2)}", TEAM),
+            msg("Thanks for the picture! We received 2 file(s); a person will look at them in business "
+                "hours, 9am-5pm Monday to Friday (New York time).")))
 
     n = "whatsapp-no-xml"
     ctx = '{"MessageUUID":"%s","From":"%s","To":"%s"}' % (uuid_for(n, "context"), LINE, SENDER)
@@ -355,13 +362,14 @@ def build() -> dict[str, dict]:
     n = "intent-help"
     add(n, "'HELP' with MessageIntent=help: the help reply of the rules' compliance section",
         p(n, "HELP", intent="help"),
-        xml(msg("Acme support: help@acme.example or call 415-555-0100. Msg&data rates may apply.")))
+        xml(msg("Acme support: help@acme.example or call 415-555-0100. Msg&data rates may apply. "
+                "Reply STOP to unsubscribe.")))
 
     # How the request arrives --------------------------------------------------------------
     n = "get-query-string"
     add(n, "GET with the parameters in the query string (signed, V3 covering the query): "
            "order-status rule",
-        p(n, "order 98765"), xml(msg("Order 98765 is on its way. Track it at https://acme.example/o/98765")),
+        p(n, "order 98765"), xml(msg("Order 98765: see where it is at https://acme.example/o/98765")),
         method="GET")
 
     n = "post-query-port-trailing-slash"
@@ -404,7 +412,7 @@ def build() -> dict[str, dict]:
 
     n = "clock-in-utc"
     add(n, "The clock recorded in UTC (21:30Z = 16:30 Monday in New York, business hours): "
-           "time rules must use the rules' timezone, so catch-all only",
+           "time rules must use the rules' timezone, so the business-hours reply",
         p(n, "Is the blue model back in stock?"), xml(*catch_all("Is the blue model back in stock?")),
         now=MONDAY_1630_UTC)
 
@@ -444,6 +452,9 @@ def write(directory: Path = DIR) -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) > 2 or (len(argv) == 2 and argv[1].startswith("-")):
+        print(__doc__.split("\n\n")[1].rstrip(), file=sys.stderr)
+        return 2
     directory = Path(argv[1]) if len(argv) > 1 else DIR
     for path in write(directory):
         print(path)

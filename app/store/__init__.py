@@ -1,4 +1,4 @@
-"""State (SPEC §6) behind one small interface that takes and gives plain values.
+"""State behind one small interface that takes and gives plain values.
 
 The pipeline calls `Store` with strings, numbers and small dataclasses; no
 SQLAlchemy object leaves this package. Every inbound message is one short
@@ -32,7 +32,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from .db import DatabaseUrlError, check_connection, display, make_engine, parse_url
+from .db import DatabaseUrlError, check_connection, display, make_engine, memory_engine, parse_url
 from .hot import MESSAGE_COLUMNS, Sql
 from .outbox import Claimed, Item, OutboxStore
 from .schema import api_slots, messages, metadata, nonces, optouts, outbox, replies, reports
@@ -180,9 +180,9 @@ def _key64(text: str) -> int:
 class Store(OutboxStore):
     """The database of one process. Thread-safe; make one per process, after fork."""
 
-    def __init__(self, url: str, *, pool_size: int = 8):
+    def __init__(self, url: str, *, pool_size: int = 8, engine: sa.Engine | None = None):
         self.url = url
-        self.engine = make_engine(url, pool_size=pool_size)
+        self.engine = engine if engine is not None else make_engine(url, pool_size=pool_size)
         self.dialect = self.engine.dialect.name
         self.postgres = self.dialect == "postgresql"
         self._sql = Sql(self.dialect)
@@ -199,6 +199,14 @@ class Store(OutboxStore):
         self._slot_upsert = insert(api_slots)
         self._insert_optout = (insert(optouts).on_conflict_do_nothing(index_elements=["number", "to_number"])
                                .returning(optouts.c.id))
+
+    @classmethod
+    def in_memory(cls) -> Store:
+        """A new, empty database of its own in this process's memory, schema made: for rule
+        tests, which run each case on a fresh state without a database file."""
+        engine = memory_engine()
+        metadata.create_all(engine)
+        return cls("sqlite://", engine=engine)
 
     def __repr__(self) -> str:
         return f"<Store {display(self.url)}>"
@@ -438,7 +446,7 @@ class Store(OutboxStore):
             error_code = _field(params, "ErrorCode", 16)
             if error_code == OPTED_OUT_ERROR:
                 # Plivo refused to send because the number sent STOP to it: remember that here,
-                # so nothing else is even tried (SPEC §9). Plivo signed this report, linked to
+                # so nothing else is even tried (nothing is sent to an opted-out number). Plivo signed this report, linked to
                 # one of our texts or not (the 202 of an API send may not be recorded yet).
                 dst, src = _digits(_field(params, "To", 32)), _digits(_field(params, "From", 32))
                 if dst and src:  # (no From would read as an opt-out of every number)
@@ -493,12 +501,20 @@ class Store(OutboxStore):
             return [{"number": r["number"], "to": r["to_number"] or None, "since": _iso(r["since"]),
                      "via": r["via"]} for r in rows]
 
+    def count_optouts(self) -> int:
+        """How many numbers have opted out (of the whole account or of one of its numbers)."""
+        with self._read() as conn:
+            return conn.execute(sa.select(sa.func.count(sa.distinct(optouts.c.number)))).scalar_one()
+
     # -- the message log ---------------------------------------------------------------
-    def list_messages(self, limit: int = 20, from_number: str | None = None) -> list[dict]:
-        """The newest messages first, with their replies (SPEC §7 `messages --json`)."""
+    def list_messages(self, limit: int = 20, from_number: str | None = None,
+                      uuid: str | None = None) -> list[dict]:
+        """The newest messages first, with their replies (`messages --json`)."""
         stmt = sa.select(messages).order_by(messages.c.received_at.desc(), messages.c.id.desc()).limit(limit)
         if from_number:
             stmt = stmt.where(messages.c.from_number == from_number)
+        if uuid is not None:
+            stmt = stmt.where(messages.c.uuid == uuid)
         with self._read() as conn:
             rows = list(conn.execute(stmt).mappings())
             by_message: dict[int, list[dict]] = {r["id"]: [] for r in rows}

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import StaticPool
 
 #: How long a SQLite writer waits for another process's write lock, and a PostgreSQL
 #: statement or lock at most: well under the 8 s Plivo waits for an answer.
@@ -63,12 +64,13 @@ def make_engine(raw: str, *, pool_size: int = 8) -> sa.Engine:
         engine = sa.create_engine(
             url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=BUSY_TIMEOUT_MS / 1000,
             connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            hide_parameters=True,  # an error's text would quote them: numbers and message texts
         )
         _sqlite_events(engine)
         return engine
     return sa.create_engine(
         url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=BUSY_TIMEOUT_MS / 1000,
-        pool_recycle=1800,
+        pool_recycle=1800, hide_parameters=True,
         connect_args={
             "connect_timeout": CONNECT_TIMEOUT_S,
             "application_name": "responder",
@@ -101,6 +103,15 @@ def _sqlite_events(engine: sa.Engine) -> None:
     def on_begin(conn):
         immediate = conn.get_execution_options().get("sqlite_immediate")
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def memory_engine() -> sa.Engine:
+    """An engine on a new in-memory SQLite database, private to it: one connection that every
+    checkout shares (the database lives as long as that connection), set up as files are."""
+    engine = sa.create_engine("sqlite+pysqlite://", poolclass=StaticPool, hide_parameters=True,
+                              connect_args={"check_same_thread": False})
+    _sqlite_events(engine)
+    return engine
 
 
 def check_connection(engine: sa.Engine) -> None:
