@@ -31,7 +31,7 @@ RUN pip install --no-cache-dir -r requirements.txt
 # folder, where the SQLite database lives, belongs to the service user.
 COPY app/ ./app/
 COPY migrations/ ./migrations/
-COPY config.py wsgi.py gunicorn.conf.py rules.yaml ./
+COPY config.py metrics_folder.py wsgi.py gunicorn.conf.py rules.yaml rules.test.yaml ./
 RUN mkdir -p /app/instance \
     && chown app:app /app/instance \
     && chmod 0750 /app/instance

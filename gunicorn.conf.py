@@ -1,26 +1,105 @@
-"""gunicorn settings, driven by environment variables (SPEC §3).
+"""gunicorn settings, driven by environment variables (reference: docs/settings.md).
 
     gunicorn -c gunicorn.conf.py            # wsgi:app on 0.0.0.0:$PORT, $WEB_CONCURRENCY workers
 
 Before any worker starts, the master checks the settings and the rules file
 and refuses to start with a clear message if either is wrong, instead of
 letting every worker die with a traceback.
+
+Every line the master and its workers write goes through the app's log
+formatter (LOG_FORMAT), gunicorn's own error and access logs included. The
+workers keep their metric counts in PROMETHEUS_MULTIPROC_DIR (a temporary
+folder made here when it is not set, removed when the master exits), so a
+scrape of /metrics adds up every worker's counts whichever worker answers.
 """
 
+import errno
+import glob
 import os
+import shutil
+import socket
 import sys
+import tempfile
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)
 
 import config as _config  # noqa: E402  (the project settings; gunicorn reads bare names as its own)
+import metrics_folder as _folders  # noqa: E402
+
+#: The format of the master's own lines before its logger exists: LOG_FORMAT when it is
+#: valid, else plain text (`error: LOG_FORMAT must be json or text, ...`).
+_FORMAT = str(os.environ.get("LOG_FORMAT") or _config.DEFAULTS["LOG_FORMAT"]).strip().lower()
+#: Whose the metrics folder is and whether to empty it at start (see metrics_folder.py).
+_METRICS = None
+
+
+def _metrics_folder() -> None:
+    """PROMETHEUS_MULTIPROC_DIR for the workers' metric files, set before anything imports
+    prometheus_client (it picks multiprocess mode once, at import): the folder the operator
+    gave (made if missing, never removed), or a temporary one made by this master, marked
+    with its pid and removed when it exits.
+
+    This file is read again on a HUP; the master finds its own mark and keeps its folder.
+    A master started by a USR2 upgrade finds the old master's mark instead (gunicorn hands
+    it the environment as it was at the last HUP) and makes a folder of its own.
+    """
+    global _METRICS
+    _METRICS = choice = _folders.choose(os.environ, os.getpid())
+    path = choice.path
+    if path is None:
+        path = tempfile.mkdtemp(prefix="responder-metrics-")
+    else:
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            _refuse(f"PROMETHEUS_MULTIPROC_DIR: cannot make the folder {path}: {exc.strerror}")
+        if not os.access(path, os.W_OK | os.X_OK):
+            _refuse(f"PROMETHEUS_MULTIPROC_DIR: the folder {path} is not writable")
+    os.environ[_folders.VARIABLE] = path
+    if choice.owned:
+        os.environ[_folders.MARK] = _folders.mark(os.getpid(), path)
+    else:
+        os.environ.pop(_folders.MARK, None)
+
+
+def _remove_metrics_folder() -> None:
+    """Remove the metrics folder if this master made it (never another master's, never
+    the operator's)."""
+    path = _folders.removable(os.environ, os.getpid())
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+        os.environ.pop(_folders.MARK, None)
+
+
+def _say(level: str, message: str, prefix: bool = True, **fields) -> None:
+    """One line of the master's own on stderr: JSON with LOG_FORMAT=json, else plain
+    (`error: ...`; `prefix=False` for lines that speak for themselves, `path:line: ...`)."""
+    if _FORMAT == "json":
+        import logging
+        from app import logs
+        text = logs.line(getattr(logging, level.upper()), message, "json", **fields)
+    else:
+        text = f"{level}: {message}" if prefix else message
+    print(text, file=sys.stderr, flush=True)
+
+
+def _refuse(message: str, **fields) -> None:
+    """Stop the start with one line saying why."""
+    _say("error", message, **fields)
+    _remove_metrics_folder()
+    sys.exit(1)
+
 
 # Settings are checked here, before gunicorn logs anything, so a bad or missing one
 # is a single line: `error: PLIVO_AUTH_TOKEN is not set: ...`.
 try:
     _settings = _config.load(os.environ)
 except _config.ConfigError as exc:
-    sys.exit(f"error: {exc}")
+    if _FORMAT not in ("json", "text"):
+        _FORMAT = "text"
+    _refuse(str(exc))
+_FORMAT = _settings["LOG_FORMAT"]
 
 
 def _int_env(name: str, default: int) -> int:
@@ -28,11 +107,20 @@ def _int_env(name: str, default: int) -> int:
     try:
         return _config.whole_number(name, os.environ.get(name, "").strip() or default, 1)
     except _config.ConfigError as exc:
-        sys.exit(f"error: {exc}")
+        _refuse(str(exc))
+
+
+def _port() -> int:
+    """PORT: 1 to 65535 (default 8000)."""
+    given = os.environ.get("PORT", "")
+    text = given.strip() or "8000"
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        _refuse(f"PORT must be a port number from 1 to 65535, got {given!r}")
+    return int(text)
 
 
 wsgi_app = "wsgi:app"
-bind = [f"0.0.0.0:{_int_env('PORT', 8000)}"]
+bind = [f"0.0.0.0:{_port()}"]
 workers = _int_env("WEB_CONCURRENCY", 2)
 # Threaded workers: each request is short CPU work (verify, match, render), but a
 # sync worker also waits on whoever connected, so a few idle or slow connections
@@ -57,10 +145,43 @@ else:
     control_socket_disable = True
 
 # Logs: gunicorn's own lines on stderr; the app logs one line per message, so the
-# access log stays off unless asked for (GUNICORN_ACCESS_LOG=-).
+# access log stays off unless asked for (GUNICORN_ACCESS_LOG=-, on stdout). Both go
+# through the app's formatter (LOG_FORMAT), the access log as fields without the query.
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+loglevel = _settings["LOG_LEVEL"].lower()
+
+# Metrics: the folder is set before the import below, which brings in prometheus_client.
+_metrics_folder()
+
+from gunicorn.glogging import Logger as _GunicornLogger  # noqa: E402
+
+from app import logs as _logs  # noqa: E402
+
+
+class _Logger(_GunicornLogger):
+    """gunicorn's error and access logs through the app's formatter.
+
+    The access log is one line of fields per request (method, path without the
+    query string, status, bytes, duration_ms, remote); `access_log_format` is not used.
+    """
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                if getattr(handler, "_gunicorn", False):
+                    handler.setFormatter(_logs.formatter(_FORMAT))
+        _logs.configure_process(_settings["LOG_LEVEL"], _FORMAT)
+
+    def access(self, resp, req, environ, request_time):
+        if self.access_log_enabled:
+            self.access_log.info("request", extra=_logs.access_fields(
+                environ, resp.status, getattr(resp, "sent", None), request_time.total_seconds()))
+
+
+logger_class = _Logger
+_logs.log_uncaught()
 
 
 def on_starting(server):
@@ -72,32 +193,102 @@ def on_starting(server):
 
     Only at start: after a HUP (or when a worker is replaced) the master must not
     exit over the file; workers that start while it is bad answer with the last
-    good rules, kept in the instance folder, and /readyz lists the problems.
+    good rules, kept in the instance folder, and /readyz lists the problems. The
+    version compiled here is kept too, so workers that boot after the file broke
+    answer from it.
     """
     from app import outbound_settings
-    from app.rules import RulesError, load
+    from app.rules import RulesError
+    from app.rules.holder import compile_and_keep, keep_dir
 
+    _check_listening(server)
+    if _METRICS.empty:  # not after a USR2 upgrade: the old workers still write in the folder
+        _empty_metrics_folder()
     settings = _settings
     if not settings["VERIFY_SIGNATURES"]:
-        print("warning: VERIFY_SIGNATURES=false: requests are answered without checking that "
-              "Plivo sent them; use this only for local experiments", file=sys.stderr, flush=True)
+        _say("warning", "VERIFY_SIGNATURES=false: requests are answered without checking that "
+             "Plivo sent them; use this only for local experiments")
     try:
-        load(settings["RULES_PATH"], outbound=outbound_settings(settings))
+        compile_and_keep(settings["RULES_PATH"], keep_dir(os.path.join(_HERE, "instance")),
+                         outbound=outbound_settings(settings))
     except Exception as exc:  # noqa: BLE001 - any failure to load refuses the start, in one place
         problems = exc.problems if isinstance(exc, RulesError) else [
             f"{settings['RULES_PATH']}: cannot load: {type(exc).__name__}: {exc}"]
-        for problem in problems:
-            print(problem, file=sys.stderr, flush=True)
-        print(f"error: {settings['RULES_PATH']} has {len(problems)} problem(s); "
-              "fix them (flask --app wsgi rules check) and start again", file=sys.stderr, flush=True)
-        sys.exit(1)
+        if _FORMAT != "json":  # JSON: one line, the problems a list in it
+            for problem in problems:
+                _say("error", problem, prefix=False)
+        _refuse(f"{settings['RULES_PATH']} has {len(problems)} problem(s); "
+                "fix them (flask --app wsgi rules check) and start again", problems=[str(p) for p in problems])
     _migrate(server, settings)
+
+
+def _check_listening(server):
+    """Refuse at once, in one line, when an address to listen on is taken or not allowed.
+
+    (gunicorn would try five times, a second apart, saying only "Connection in use".)
+    Skipped when the sockets come from elsewhere: a USR2 upgrade, systemd, reuse_port.
+    """
+    if server.LISTENERS or os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS") or server.cfg.reuse_port:
+        return
+    for address in server.cfg.address:
+        if not isinstance(address, tuple):
+            continue  # a unix socket: gunicorn replaces a stale one itself
+        host, port = address[0], address[1]
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+                probe.bind((host, port))
+        except OSError as exc:
+            where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+            if exc.errno == errno.EADDRINUSE:
+                _refuse(f"port {port} is already in use ({where}): stop whatever listens there, or "
+                        f"start on another port, e.g. PORT={port + 1 if port < 65535 else 8000} ./scripts/serve")
+            _refuse(f"cannot listen on {where}: {exc.strerror or exc}")
+
+
+def _empty_metrics_folder():
+    """prometheus_client needs a clean folder per run: the files of an earlier run would
+    add their counts (and a dead run's gauges) to this one's."""
+    for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            _refuse(f"PROMETHEUS_MULTIPROC_DIR: cannot empty the folder: {path}: {exc.strerror}")
+
+
+def child_exit(server, worker):
+    """A worker is gone (stopped, crashed, killed): drop its live gauges and any empty file
+    it left (killed between creating a file and sizing it); its counts stay."""
+    from prometheus_client import multiprocess
+
+    folder = os.environ.get(_folders.VARIABLE, "")
+    if not os.path.isdir(folder):
+        return
+    multiprocess.mark_process_dead(worker.pid, folder)
+    for path in _folders.dead_worker_leftovers(folder, worker.pid):
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
+def on_exit(server):
+    """Remove the metrics folder if this master made it. After a USR2 upgrade the new master
+    has a folder of its own, so the old one removes its own as it exits, either way."""
+    _remove_metrics_folder()
 
 
 def worker_exit(server, worker):
     """Stop this worker's outbox sender: the request in flight ends (or its lease runs out)."""
     from app.outbound.sender import stop_all
+    from app.recording.recorder import stop_all as write_recordings
 
+    # What is still queued for RECORD_DIR is written first; what 2 s cannot write is lost,
+    # and the recorder logs how many recordings that was.
+    write_recordings(timeout=2.0)
     stop_all(timeout=max(1.0, graceful_timeout - 5))
 
 
@@ -111,11 +302,11 @@ def _migrate(server, settings):
         engine = make_engine(url, pool_size=1)
         check_connection(engine)
     except DatabaseUrlError as exc:
-        sys.exit(f"error: {exc}")
+        _refuse(str(exc))
     try:
         before, after = migrate.upgrade(engine)
     except Exception as exc:  # noqa: BLE001 - one line, not a traceback from the master
-        sys.exit(f"error: DATABASE_URL: migrating {display(url)} failed: {type(exc).__name__}: {exc}")
+        _refuse(f"DATABASE_URL: migrating {display(url)} failed: {type(exc).__name__}: {exc}")
     finally:
         engine.dispose()
     if before != after:

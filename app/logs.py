@@ -1,18 +1,107 @@
 """Logging set-up: one JSON object per line (LOG_FORMAT=json) or plain text.
 
-Configured once per process. Extra fields given with `extra={...}` appear as
-keys of the JSON object; nothing here ever logs a token or a signature.
+Configured once per process: the app's loggers, every other library's (through
+the root logger), Python warnings, exceptions that end a thread and exceptions
+Python can only ignore ("Exception ignored in ...") all go through the same
+formatter; gunicorn.conf.py puts gunicorn's error and access logs through it
+too. Extra fields given with `extra={...}` appear as keys of the JSON object.
+
+Privacy: a log line never holds a token, a signature or a message's text, and
+phone numbers appear as their last four digits (`…0123`). Code logs neither
+whole numbers nor texts; as a second line of defence the formatters cut any
+phone number in a message, a traceback or the strings of an extra field to its
+last four digits and drop query strings from URLs in them (a GET webhook
+carries From, To and Text there). Database errors never show their statement's
+parameters (the engines hide them).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import threading
 import time
 
 # Attributes every LogRecord has; anything else was passed with `extra=`.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+
+#: A query string (`?a=b...`) after a URL or path, or a phone number: `+` (or `%2B`) and digits,
+#: grouped or not (`+1 415 555 0100`, `+1 (415) 555-0100`), a North American number written
+#: `(415) 555-0100` or `415-555-0100`, or a run of 8 to 15 digits standing alone. Standing alone
+#: is judged with ASCII letters and digits, so `id_14155550100` and `14155550100.` are numbers,
+#: while uuid groups, hex digests, versions, addresses, dates and times are not.
+_PRIVATE = re.compile(r"""
+    (?P<query>(?<=[^\s?])\?[^\s"'<>?]*=[^\s"'<>]*)
+  | (?P<number>
+      (?<![\dA-Za-z+])                      # not inside a word or a longer number
+      (?<![\dA-Fa-f]-)(?<![\dA-Za-z]\.)     # nor a later group of a uuid, a version or an address
+      (?:
+          (?:\+|%2[Bb])\d{1,15}(?:(?:[\ -]\(?|\(|\)[\ -]?)\d{1,6})*(?<=\d\d)(?!\d)
+        | (?:\(\d{3}\)\ ?\d{3}[\ .-]|\d{3}(?P<sep>[.-])\d{3}(?P=sep))\d{4}(?![\dA-Za-z]|-[\dA-Za-z]|\.\d)
+        | \d{8,15}(?![\dA-Za-z]|-[\dA-Za-z]|\.\d)
+      )
+    )
+""", re.VERBOSE)
+#: Fewer digits than this is not a phone number (`+00` of a time zone, `+1 415`).
+_NUMBER_DIGITS = 8
+
+
+def _hide(match: re.Match) -> str:
+    if match.group("query") is not None:
+        return "?…"
+    found = match.group()
+    digits = [c for c in found if c.isdecimal()]
+    if len(digits) < _NUMBER_DIGITS:
+        return found
+    return "…" + "".join(digits[-4:])
+
+
+def scrub(text: str) -> str:
+    """`text` with query strings dropped and phone numbers cut to their last four digits."""
+    return _PRIVATE.sub(_hide, text)
+
+
+def scrub_value(value, depth: int = 0):
+    """`value` (an `extra=` field) with every string in it scrubbed, inside lists, tuples and
+    dicts too (keys included); numbers, booleans and None as they are."""
+    if isinstance(value, str):
+        return scrub(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if depth >= 8:  # deeper than any field we log (or a structure that holds itself)
+        return scrub(str(value))
+    if isinstance(value, dict):
+        return {scrub_value(k, depth + 1) if isinstance(k, str) else k: scrub_value(v, depth + 1)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [scrub_value(v, depth + 1) for v in value]
+        return tuple(items) if isinstance(value, tuple) else items
+    return value
+
+
+def _as_text(value) -> str:
+    """A non-JSON value (an exception, a path, ...) as scrubbed text."""
+    return scrub(str(value))
+
+
+def redact(message: str, *values: str | None) -> str:
+    """`message` (an exception's, say) without any of `values` (a message's text, its
+    numbers) or their words of three characters or more, then `scrub`bed."""
+    parts: set[str] = set()
+    for value in values:
+        if value:
+            parts.add(value)
+            parts.update(word for word in value.split() if len(word) >= 3)
+    for part in sorted(parts, key=len, reverse=True):
+        if part in message:
+            message = message.replace(part, "…")
+    return scrub(message)
+
+
+def _extras(record: logging.LogRecord) -> dict:
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,14 +110,17 @@ class JsonFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "pid": record.process,
+            "msg": scrub(record.getMessage()),
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
+                out[key] = scrub_value(value)
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False, default=str)
+            out["exc"] = scrub(self.formatException(record.exc_info))
+        elif record.stack_info:
+            out["stack"] = scrub(record.stack_info)
+        return json.dumps(out, ensure_ascii=False, default=_as_text)
 
 
 class TextFormatter(logging.Formatter):
@@ -36,10 +128,11 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        extras = {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
+        text = scrub(super().format(record))
+        extras = _extras(record)
         if extras:
-            text += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+            text += " " + " ".join(f"{k}={v if isinstance(v, (bool, int, float)) else _as_text(v)}"
+                                   for k, v in extras.items())
         return text
 
 
@@ -47,17 +140,120 @@ def formatter(fmt: str) -> logging.Formatter:
     return JsonFormatter() if fmt == "json" else TextFormatter()
 
 
-def configure(level: str, fmt: str) -> None:
-    """Send the `app` loggers to stderr in the chosen format (idempotent)."""
-    logger = logging.getLogger("app")
-    logger.setLevel(level)
+def _handler(logger: logging.Logger, fmt: str) -> logging.Handler:
+    """This module's stderr handler on `logger` (added once), set to `fmt`."""
     handler = next((h for h in logger.handlers if getattr(h, "_responder", False)), None)
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler._responder = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     handler.setFormatter(formatter(fmt))
+    return handler
+
+
+def configure(level: str, fmt: str) -> None:
+    """Send the `app` loggers, and every other logger through the root, to stderr in the
+    chosen format (idempotent)."""
+    logger = logging.getLogger("app")
+    logger.setLevel(level)
+    _handler(logger, fmt)
     logger.propagate = False
+    configure_process(level, fmt)
+
+
+def configure_process(level: str, fmt: str) -> None:
+    """What is not the app's: other libraries (root logger), warnings, thread deaths.
+
+    Called by `configure`, and by the gunicorn master, which has no app.
+    """
+    root = logging.getLogger()
+    root.setLevel(level)
+    _handler(root, fmt)
     # urllib3 (under requests) logs each request line at DEBUG, query string included, and a
     # webhook URL's query can hold the receiver's token: its lines stop at INFO whatever LOG_LEVEL.
     logging.getLogger("urllib3").setLevel(max(logging.INFO, logging.getLevelName(level)))
+    # alembic says which database driver it found at every migration check; only at DEBUG.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # werkzeug's development server (`flask run`) logs each request line, query string included.
+    werkzeug = logging.getLogger("werkzeug")
+    if not any(isinstance(f, _RequestLineFilter) for f in werkzeug.filters):
+        werkzeug.addFilter(_RequestLineFilter())
+    logging.captureWarnings(True)
+    threading.excepthook = _thread_died
+    # "Exception ignored in ..." (an error in __del__, say) too; a hook someone else set
+    # (pytest's, which turns these into test failures) is left in place.
+    if sys.unraisablehook in (sys.__unraisablehook__, _unraisable):
+        sys.unraisablehook = _unraisable
+
+
+class _RequestLineFilter(logging.Filter):
+    """Drops the query string from the arguments of werkzeug's request lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args and isinstance(record.args, tuple):
+            record.args = tuple(scrub(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def _thread_died(args: threading.ExceptHookArgs) -> None:
+    """An exception that ended a thread: one log line, not a traceback on stderr."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("app").critical("uncaught exception in thread %s", name,
+                                      exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
+def _unraisable(unraisable) -> None:
+    """An exception Python could not raise (in `__del__`, a callback, at exit): one log line,
+    not its "Exception ignored in" text on stderr."""
+    heading = unraisable.err_msg or "Exception ignored in"
+    if unraisable.object is not None:
+        try:
+            heading = f"{heading}: {unraisable.object!r}"
+        except Exception:  # noqa: BLE001 - an object whose repr fails: its type is enough
+            heading = f"{heading}: <{type(unraisable.object).__name__} object>"
+    exc_info = None
+    if unraisable.exc_type is not None:
+        exc_info = (unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
+    logging.getLogger("app").error("%s", heading, exc_info=exc_info)
+
+
+def log_uncaught() -> None:
+    """An exception that ends the process goes through the logger too (the gunicorn master)."""
+    sys.excepthook = _process_died
+
+
+def _process_died(exc_type, exc_value, exc_traceback) -> None:
+    if issubclass(exc_type, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, exc_value, exc_traceback)
+        return
+    logging.getLogger("app").critical("uncaught exception", exc_info=(exc_type, exc_value, exc_traceback))
+
+
+def access_fields(environ: dict, status, sent, seconds: float) -> dict:
+    """The fields of one access-log line: never the query string, which holds message data."""
+    path = environ.get("RAW_URI") or environ.get("PATH_INFO") or ""
+    if "?" in path:
+        path = path.split("?", 1)[0]
+    if isinstance(status, str):
+        status = status.split(None, 1)[0]
+    try:
+        status = int(status)
+    except (TypeError, ValueError):
+        pass
+    return {
+        "method": environ.get("REQUEST_METHOD", ""),
+        "path": path,
+        "status": status,
+        "bytes": sent if sent is not None else 0,
+        "duration_ms": round(seconds * 1000, 3),
+        "remote": environ.get("REMOTE_ADDR", ""),
+    }
+
+
+def line(level: int, message: str, fmt: str, name: str = "gunicorn.conf", **fields) -> str:
+    """One formatted line, for code that runs before any logger is set up."""
+    record = logging.makeLogRecord({"name": name, "levelno": level, "levelname": logging.getLevelName(level),
+                                    "msg": message, "args": (), **fields})
+    return formatter(fmt).format(record)

@@ -22,7 +22,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from app import create_app
+# In-process tests count in this process's memory: a PROMETHEUS_MULTIPROC_DIR from the shell
+# (a developer's, or a service's container) would put prometheus_client, which chooses once
+# when first imported, in multiprocess mode and write this run's counts into that folder.
+# Test servers get a folder of their own (servers.py).
+os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+os.environ.pop("RESPONDER_METRICS_DIR_MADE", None)
+
+from app import create_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "MAtesttoken0000000000000000000000000000"

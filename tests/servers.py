@@ -16,9 +16,15 @@ from urllib.parse import urlencode
 
 import requests
 
+from app.rules.holder import KEEP_FOLDER, kept_copy_path
 from conftest import FORM, ROOT, TOKEN, signed_headers
 
 GUNICORN = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py")]
+#: gunicorn through its script, as `gunicorn -c gunicorn.conf.py` starts it: a USR2 upgrade runs
+#: the master's command line again, and `python .../gunicorn/__main__.py` (what `-m` leaves in
+#: sys.argv) cannot start (the package's `http` shadows the standard library's).
+GUNICORN_SCRIPT = [sys.executable, str(Path(sys.executable).with_name("gunicorn")), "-c",
+                   str(ROOT / "gunicorn.conf.py")]
 
 
 def free_port() -> int:
@@ -28,16 +34,20 @@ def free_port() -> int:
 
 
 def server_env(**extra) -> dict[str, str]:
+    """The test process's environment without the service's settings (and without the metrics
+    folder of a gunicorn the tests may run under), plus `extra`."""
     env = {k: v for k, v in os.environ.items() if k not in (
         "PUBLIC_URL", "TRUSTED_PROXIES", "VERIFY_SIGNATURES", "RULES_PATH",
-        "MAX_CONTENT_LENGTH", "DATABASE_URL", "LOG_LEVEL", "LOG_FORMAT", "PORT", "WEB_CONCURRENCY")
+        "MAX_CONTENT_LENGTH", "DATABASE_URL", "LOG_LEVEL", "LOG_FORMAT", "PORT", "WEB_CONCURRENCY",
+        "PROMETHEUS_MULTIPROC_DIR", "RESPONDER_METRICS_DIR_MADE")
         and not k.startswith(("PLIVO_", "OUTBOX_", "WEBHOOK_", "RECORD_"))}
     env.update(extra)
     return env
 
 
 class Server:
-    def __init__(self, tmp: Path, *, rules: str | None = None, log_name: str = "server.log", **settings):
+    def __init__(self, tmp: Path, *, rules: str | None = None, log_name: str = "server.log",
+                 command: list[str] = GUNICORN, **settings):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.rules = tmp / "rules.yaml"
@@ -47,12 +57,15 @@ class Server:
             self.rules.write_text(rules, encoding="utf-8")
         settings.setdefault("WEB_CONCURRENCY", "2")
         settings.setdefault("DATABASE_URL", f"sqlite:///{tmp}/responder.sqlite3")
+        # Its metric files under `tmp`, so a gunicorn killed before it can remove a folder of
+        # its own leaves nothing in /tmp ("" lets gunicorn.conf.py make and remove one).
+        settings.setdefault("PROMETHEUS_MULTIPROC_DIR", str(tmp / "metrics"))
         env = server_env(PLIVO_AUTH_TOKEN=TOKEN, PORT=str(self.port),
                          RULES_PATH=str(self.rules), RULES_RELOAD_INTERVAL="0.2",
                          MAX_CONTENT_LENGTH="4096", LOG_FORMAT="json", **settings)
         self.log_path = tmp / log_name
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(GUNICORN, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         try:
             self._wait_ready(tmp, int(settings["WEB_CONCURRENCY"]))
         except BaseException:
@@ -91,6 +104,8 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(timeout=15)
         self.log.close()
+        # Its rules' kept copy, in the repository's instance folder, goes with it.
+        Path(kept_copy_path(str(ROOT / "instance" / KEEP_FOLDER), str(self.rules))).unlink(missing_ok=True)
 
 
 class Servers:

@@ -208,7 +208,7 @@ def test_copies_the_service_files_and_they_exist():
     for args in _all("COPY"):
         parts = [p for p in args.split() if not p.startswith("--")]
         sources += parts[:-1]
-    for needed in ("requirements.txt", "app/", "config.py", "wsgi.py",
+    for needed in ("requirements.txt", "app/", "config.py", "metrics_folder.py", "wsgi.py",
                    "gunicorn.conf.py", "rules.yaml"):
         assert needed in sources, f"Dockerfile does not COPY {needed}"
     patterns = _dockerignore_patterns()
@@ -299,6 +299,65 @@ def test_dockerignore_keeps_the_context_small_and_clean():
     for path in (".git", ".venv", "tests", "bench", "instance", "__pycache__",
                  "app/__pycache__/x.pyc", ".pytest_cache", "bench/results/x.txt"):
         assert _ignored(path, patterns), f".dockerignore does not exclude {path}"
-    for path in ("app", "app/__init__.py", "wsgi.py", "config.py",
+    for path in ("app", "app/__init__.py", "wsgi.py", "config.py", "metrics_folder.py",
                  "gunicorn.conf.py", "rules.yaml", "requirements.txt"):
         assert not _ignored(path, patterns), f".dockerignore excludes {path}"
+
+
+# --------------------------------------------------------------------------
+# One minimum Python everywhere
+
+
+def _requires_python() -> str:
+    import tomllib
+    with open(ROOT / "pyproject.toml", "rb") as fh:
+        spec = tomllib.load(fh)["project"]["requires-python"]
+    match = re.fullmatch(r">=\s*(3\.\d+)", spec)
+    assert match, f"requires-python should be a plain minimum like '>=3.11', got {spec!r}"
+    return match.group(1)
+
+
+def test_scripts_image_and_readme_agree_with_requires_python():
+    minimum = _requires_python()
+    venv = (ROOT / "scripts" / "_venv.sh").read_text(encoding="utf-8")
+    assert re.findall(r'^PYTHON_MINIMUM="([\d.]+)"$', venv, re.M) == [minimum]
+    assert "3." not in venv.replace(f'PYTHON_MINIMUM="{minimum}"', ""), "a Python version written twice"
+    for args in _all("FROM"):
+        tag = args.split()[0].split("@")[0].partition(":")[2]
+        assert tag.startswith(f"{minimum}."), f"the image runs {tag}, requires-python says {minimum}"
+    for path in ("README.md", "Dockerfile", "scripts/serve", "scripts/test"):
+        text = (ROOT / path).read_text(encoding="utf-8")
+        for named in re.findall(r"[Pp]ython:?\s?(3\.\d+)", text):
+            assert named == minimum, f"{path} names Python {named}, requires-python says {minimum}"
+
+
+def test_the_oldest_python_is_one_every_pinned_dependency_supports():
+    from importlib.metadata import metadata
+    from packaging.specifiers import SpecifierSet
+    minimum = _requires_python()
+    for path in ("requirements.txt", "requirements-dev.txt"):
+        for line in (ROOT / path).read_text(encoding="utf-8").splitlines():
+            name = line.split("#")[0].strip().partition("==")[0]
+            if not name or name.startswith("-"):
+                continue
+            needs = metadata(name).get("Requires-Python")
+            if needs:
+                assert SpecifierSet(needs).contains(f"{minimum}.0"), \
+                    f"{name} needs Python {needs}; requires-python says >={minimum}"
+
+
+def test_venv_script_refuses_a_python_older_than_the_minimum(tmp_path):
+    minimum = _requires_python()
+    # A stand-in interpreter that says it is one minor version too old and answers the
+    # script's version check as such an interpreter would.
+    major, minor = map(int, minimum.split("."))
+    old = tmp_path / "python-old"
+    old.write_text(f'#!/bin/sh\nif [ "$1" = "--version" ]; then echo "Python {major}.{minor - 1}.9"; exit 0; fi\n'
+                   f'exec {sys.executable} -c "import sys; sys.exit(1)"\n')
+    old.chmod(0o755)
+    script = f'. "{ROOT}/scripts/_venv.sh"; ensure_venv requirements.txt'
+    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env={**os.environ, "PYTHON": str(old)},
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"error: Python {minimum} or newer is needed, Python {major}.{minor - 1}.9 found"
+    assert not (tmp_path / ".venv").exists()

@@ -1,0 +1,261 @@
+"""Logs: with LOG_FORMAT=json every line a real gunicorn writes is JSON (its own error and
+access logs too), and no line holds a whole phone number, a message's text, a token or a
+signature (the scrubber's cases: numbers however written, extra fields, database errors). Also
+the start refusals: each one line, JSON or plain; PORT out of range; a port already in use,
+refused at once."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+import requests
+
+from app.rules.holder import KEEP_FOLDER, kept_copy_path
+from conftest import ROOT, TOKEN, signed_headers, sms
+from servers import GUNICORN, Server, free_port, server_env
+
+SENDER = "14155557777"
+OURS = "14155550100"
+TEXTS = ("my secret words", "another private sentence", "pineapple")
+
+
+def json_lines(text: str) -> list[dict]:
+    """Every line of `text` as JSON; fails on the first line that is not."""
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise AssertionError(f"line {number} is not JSON: {line!r}") from None
+        assert isinstance(record, dict) and {"ts", "level", "logger", "msg"} <= set(record), line
+        out.append(record)
+    return out
+
+
+def test_every_line_is_json_and_holds_no_number_text_token_or_signature(tmp_path):
+    server = Server(tmp_path, LOG_LEVEL="DEBUG", GUNICORN_ACCESS_LOG="-")
+    sent_signatures = []
+    try:
+        params = sms(TEXTS[0], From=SENDER)
+        headers = signed_headers(server.base + "/message", params)
+        sent_signatures += [v for k, v in headers.items() if not k.endswith("Nonce")]
+        r = requests.post(server.base + "/message", data=urlencode(params),
+                          headers={**headers, "Content-Type": "application/x-www-form-urlencoded"}, timeout=10)
+        assert r.status_code == 200
+        params = sms(TEXTS[1], From=SENDER)
+        url = server.base + "/message?" + urlencode(params)
+        headers = signed_headers(url, params, method="GET")
+        sent_signatures += [v for k, v in headers.items() if not k.endswith("Nonce")]
+        assert requests.get(url, headers=headers, timeout=10).status_code == 200
+        assert server.post(sms(TEXTS[2], From=SENDER), token="notthetoken0123456789").status_code == 403
+        assert requests.get(server.base + "/nope?" + urlencode({"From": SENDER, "Text": TEXTS[2]}),
+                            timeout=10).status_code == 404
+        assert server.post(sms("STOP", From=SENDER)).status_code == 200
+        assert requests.get(server.base + "/metrics", timeout=10).status_code == 200
+    finally:
+        server.stop()
+    text = server.log_path.read_text(encoding="utf-8")
+    records = json_lines(text)
+    loggers = {r["logger"] for r in records}
+    assert {"gunicorn.error", "gunicorn.access", "app.service"} <= loggers, loggers
+    access = [r for r in records if r["logger"] == "gunicorn.access"]
+    assert {(r["method"], r["path"], r["status"]) for r in access} >= {
+        ("POST", "/message", 200), ("GET", "/message", 200), ("POST", "/message", 403), ("GET", "/nope", 404),
+        ("GET", "/metrics", 200)}
+    for r in access:
+        assert "?" not in r["path"] and r["remote"] == "127.0.0.1"
+        assert isinstance(r["bytes"], int) and r["duration_ms"] >= 0
+    assert any(r["msg"] == "Booting worker with pid: %d" % r["pid"] for r in records)  # the master's own
+    for secret in (SENDER, SENDER[1:], OURS, TOKEN, "notthetoken0123456789", *TEXTS, *sent_signatures):
+        assert secret not in text, f"{secret!r} is in the log"
+    answered = [r for r in records if r["msg"] == "message answered"]
+    assert len(answered) == 3 and all("uuid" in r for r in answered)
+
+
+def test_warnings_dying_threads_and_ignored_exceptions_go_through_the_formatter():
+    code = (
+        "import threading, warnings\n"
+        "from app import logs\n"
+        "logs.configure('INFO', 'json')\n"
+        "warnings.warn('careful now')\n"
+        "t = threading.Thread(target=lambda: 1 / 0, name='worker-x')\n"
+        "t.start(); t.join()\n"
+        "import logging; logging.getLogger('somelib').warning('from +14155557777 at /x?Text=secret')\n"
+        "class Closer:\n"
+        "    def __del__(self):\n"
+        "        raise ValueError('cannot close for +1 415 555 7777')\n"
+        "Closer()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30,
+                            env=server_env())
+    assert result.returncode == 0, result.stderr
+    records = json_lines(result.stderr)
+    assert [r["logger"] for r in records] == ["py.warnings", "app", "somelib", "app"]
+    assert "careful now" in records[0]["msg"]
+    assert records[1]["msg"] == "uncaught exception in thread worker-x" and "ZeroDivisionError" in records[1]["exc"]
+    assert records[2]["msg"] == "from …7777 at /x?…"
+    assert records[3]["msg"].startswith("Exception ignored in: <function Closer.__del__")
+    assert records[3]["level"] == "ERROR" and "ValueError: cannot close for …7777" in records[3]["exc"]
+
+
+#: (text, scrubbed): phone numbers however written, down to their last four digits.
+MASKED = [
+    ("sent to 14155550123, uuid 6f1c2a3e-1234-4e5f-8a9b-123456789012",
+     "sent to …0123, uuid 6f1c2a3e-1234-4e5f-8a9b-123456789012"),
+    ("from 14155550100.", "from …0100."),
+    ("id_14155550100", "id_…0100"),
+    ("+1 415 555 0100", "…0100"),
+    ("14155550100,14155550101.", "…0100,…0101."),
+    ("'from': '+1 415 555 0123x' is not a phone number", "'from': '…0123x' is not a phone number"),
+    ("call +1 (415) 555-0100 or (415) 555-0101 or 415-555-0102 or 415.555.0103",
+     "call …0100 or …0101 or …0102 or …0103"),
+    ("+44 20 7946 0958 and +33 6 12 34 56 78", "…0958 and …5678"),
+    ("From=%2B14155550100&To=x", "From=…0100&To=x"),
+    ("(14155550100) [+14155550100] 14155550100:", "(…0100) […0100] …0100:"),
+    ("recorded 14155550100.json", "recorded …0100.json"),
+    ("sent +14155550100 3 times", "sent …0100 3 times"),
+]
+#: Text with digits in it that is not a phone number, left as it is.
+KEPT = [
+    "listening at 0.0.0.0:8000 (pid 12345)",
+    "Hours? we open at 9",
+    "at 2026-11-23T10:00:00.123456+00:00, 2026-11-23 10:00:00Z, 20261123T100000Z",
+    "uuid 6f1c2a3e-1234-4e5f-8a9b-123456789012 and 12345678-abcd-4e5f-8a9b-123456789012",
+    "rules loaded (e994abb871cd), digest 0123456789ab, digest ab0123456789",
+    "took 12.345 ms, duration_ms=1234.567, 1732370400.123 s",
+    "version 1.2.12345678 at 192.168.100.100, port 65535",
+    "nonce 12345678901234567890",
+    "offset +00:00, +1 415",
+]
+
+
+def test_scrub_masks_numbers_however_written():
+    from app.logs import scrub
+    for text, scrubbed in MASKED:
+        assert scrub(text) == scrubbed, text
+        assert scrub(scrubbed) == scrubbed, text   # scrubbing twice changes nothing
+
+
+def test_scrub_keeps_what_is_not_a_number():
+    from app.logs import redact, scrub
+    for text in KEPT:
+        assert scrub(text) == text
+    assert scrub("GET http://h/message?From=1&Text=hi there") == "GET http://h/message?… there"
+    assert redact("ValueError: invalid literal for int() with base 10: 'twelve apples'", "order twelve apples") == (
+        "ValueError: invalid literal for int() with base 10: '… …'")
+
+
+def test_extra_fields_are_scrubbed_too_strings_only():
+    import logging
+
+    from app.logs import formatter
+    problems = ["rules.yaml:4: 'from': '+1 415 555 0123x' is not a phone number", "rules.yaml:9: fine"]
+    record = logging.makeLogRecord({
+        "name": "gunicorn.conf", "levelno": logging.ERROR, "levelname": "ERROR", "msg": "rules.yaml has 2 problem(s)",
+        "args": (), "problems": problems, "numbers": {"from": "14155550100", "count": 14155550100},
+        "pair": ("+14155550100", 3), "bytes": 123456789, "ok": True, "nothing": None, "where": Path("/x/14155550100"),
+    })
+    out = json.loads(formatter("json").format(record))
+    assert out["problems"] == ["rules.yaml:4: 'from': '…0123x' is not a phone number", "rules.yaml:9: fine"]
+    assert out["numbers"] == {"from": "…0100", "count": 14155550100}   # a number is kept as it is
+    assert out["pair"] == ["…0100", 3] and out["bytes"] == 123456789 and out["ok"] is True
+    assert out["nothing"] is None and out["where"] == "/x/…0100"
+    text = formatter("text").format(record)
+    assert "'…0123x'" in text and "415 555" not in text and "'from': '…0100'" in text and "bytes=123456789" in text
+    assert "+1 415 555 0123x" in problems[0]   # the caller's list is not changed in place
+
+
+def test_database_errors_do_not_show_their_parameters(tmp_path):
+    import sqlalchemy as sa
+
+    from app.store.db import make_engine, memory_engine
+    for engine in (make_engine(f"sqlite:///{tmp_path / 'x.sqlite3'}", pool_size=1), memory_engine()):
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("CREATE TABLE t (n TEXT UNIQUE)")
+                conn.execute(sa.text("INSERT INTO t VALUES (:n)"), {"n": "my secret words 14155550100"})
+                with pytest.raises(sa.exc.IntegrityError) as failed:
+                    conn.execute(sa.text("INSERT INTO t VALUES (:n)"), {"n": "my secret words 14155550100"})
+        finally:
+            engine.dispose()
+        assert "secret" not in str(failed.value) and "hidden due to hide_parameters" in str(failed.value)
+
+
+# -- start refusals -----------------------------------------------------------------------------
+@pytest.fixture
+def start(tmp_path):
+    """Run gunicorn with `settings` until it exits: (result, seconds). The rules are a copy under
+    tmp_path, and the copy of them the master keeps in the repository's instance folder when
+    they compile is removed after."""
+    rules = tmp_path / "start" / "rules.yaml"
+    rules.parent.mkdir()
+    shutil.copy(ROOT / "rules.yaml", rules)
+    used: set[str] = set()
+
+    def start(timeout: float = 30, **settings) -> tuple[subprocess.CompletedProcess, float]:
+        settings = {"PLIVO_AUTH_TOKEN": TOKEN, "RULES_PATH": str(rules), **settings}
+        used.add(settings["RULES_PATH"])
+        env = server_env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"), **settings)
+        started = time.monotonic()
+        result = subprocess.run(GUNICORN, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        return result, time.monotonic() - started
+
+    yield start
+    for path in used:
+        Path(kept_copy_path(str(ROOT / "instance" / KEEP_FOLDER), path)).unlink(missing_ok=True)
+
+
+def only_line(result: subprocess.CompletedProcess) -> str:
+    """The one line that says why the start was refused (after gunicorn's "Starting" line,
+    for what the master checks once gunicorn runs)."""
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and all("Starting gunicorn" in line for line in lines[:-1]), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[-1]
+
+
+def test_port_out_of_range_is_one_line(start):
+    line = only_line(start(PORT="70000", LOG_FORMAT="text")[0])
+    assert line == "error: PORT must be a port number from 1 to 65535, got '70000'"
+    record = json.loads(only_line(start(PORT="http")[0]))   # LOG_FORMAT=json by default
+    assert record["level"] == "ERROR" and record["msg"] == "PORT must be a port number from 1 to 65535, got 'http'"
+
+
+def test_port_in_use_is_refused_at_once(start):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result, seconds = start(timeout=20, PORT=str(port), LOG_FORMAT="text")
+        as_json = start(timeout=20, PORT=str(port))[0]
+    line = only_line(result)
+    assert line.startswith(f"error: port {port} is already in use") and f"PORT={port + 1} ./scripts/serve" in line
+    assert seconds < 5, f"took {seconds:.1f} s (gunicorn's own retries take 5 s)"
+    record = json.loads(only_line(as_json))
+    assert record["level"] == "ERROR" and record["msg"].startswith(f"port {port} is already in use")
+
+
+def test_refusals_are_json_lines_by_default(tmp_path, start):
+    record = json.loads(only_line(start(PLIVO_AUTH_TOKEN="", PORT=str(free_port()))[0]))
+    assert record["level"] == "ERROR" and "PLIVO_AUTH_TOKEN" in record["msg"]
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("version: 1\nrules:\n  - {name: a, when: {keyword: hi}, reply: '{{ nope }}'}\n")
+    record = json.loads(only_line(start(PORT=str(free_port()), RULES_PATH=str(bad))[0]))
+    assert "1 problem(s)" in record["msg"] and len(record["problems"]) == 1
+    assert record["problems"][0].startswith(f"{bad}:3: unknown name 'nope'")
+    record = json.loads(only_line(start(PORT=str(free_port()), DATABASE_URL="nonsense")[0]))
+    assert record["msg"].startswith("DATABASE_URL is not a database URL")
+    # an invalid LOG_FORMAT cannot choose its own format: plain text
+    line = only_line(start(PORT=str(free_port()), LOG_FORMAT="yaml")[0])
+    assert line == "error: LOG_FORMAT must be json or text, got 'yaml'"
