@@ -1,4 +1,4 @@
-"""Settings, read once from the environment (SPEC §3).
+"""Settings, read once from the environment (reference: docs/settings.md).
 
 `load(environ)` turns environment-style strings into typed Flask config
 values and raises `ConfigError` with one line naming the variable when a value
@@ -34,11 +34,11 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONTENT_LENGTH": 65536,
     "LOG_LEVEL": "INFO",
     "LOG_FORMAT": "json",
-    # Seconds between checks of the rules file for changes; 0 turns reloading off.
+    # Seconds between checks of the rules file for changes (0 to RULES_RELOAD_MAX); 0 turns reloading off.
     "RULES_RELOAD_INTERVAL": 5.0,
     # Messages, delivery reports, nonces and finished outbox items older than this many days are deleted.
     "RETENTION_DAYS": 90,
-    # Outbound (SPEC §9): who sends the outbox, how fast, and the webhook action's key.
+    # Outbound: who sends the outbox, how fast, and the webhook action's key.
     "OUTBOX_SENDER": "web",
     "PLIVO_API_RATE": 5.0,
     "WEBHOOK_SECRET": None,
@@ -46,7 +46,16 @@ DEFAULTS: dict[str, Any] = {
     "OUTBOX_LEASE": 60.0,
     # The longest wait, in seconds, between two tries of an item that failed for a while.
     "OUTBOX_MAX_DELAY": 300.0,
+    # Recording real traffic: the folder each signed inbound message is written to, and what is hidden.
+    "RECORD_DIR": None,
+    "RECORD_MASK": "numbers",
 }
+
+#: The longest RULES_RELOAD_INTERVAL, seconds: an hour between looks at the file is already a long wait.
+RULES_RELOAD_MAX = 3600
+#: The shortest RULES_RELOAD_INTERVAL but 0 (off), seconds: each worker's watcher looks at the file
+#: this often at most (0.0001 would make it stat the file 10,000 times a second).
+RULES_RELOAD_MIN = 0.1
 
 #: The SQLite file used when DATABASE_URL is not set, inside the instance folder.
 SQLITE_FILE = "responder.sqlite3"
@@ -88,16 +97,6 @@ def whole_number(name: str, value: Any, minimum: int) -> int:
     return number
 
 
-def _float(name: str, value: Any) -> float:
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
-    if number < 0:
-        raise ConfigError(f"{name} must be 0 or more, got {value!r}")
-    return number
-
-
 def _positive(name: str, value: Any, unit: str, low: float, high: float) -> float:
     """A finite number of `unit` between `low` and `high`."""
     try:
@@ -109,6 +108,20 @@ def _positive(name: str, value: Any, unit: str, low: float, high: float) -> floa
     return number
 
 
+def _reload_interval(value: Any) -> float:
+    """RULES_RELOAD_INTERVAL: 0 turns reloading off, else RULES_RELOAD_MIN to RULES_RELOAD_MAX
+    seconds. nan, inf and negatives are refused rather than silently turning it off too."""
+    problem = f"RULES_RELOAD_INTERVAL must be 0 (off) or a number of seconds from {RULES_RELOAD_MIN:g} to " \
+              f"{RULES_RELOAD_MAX:g}, got {value!r}"
+    try:
+        seconds = _positive("RULES_RELOAD_INTERVAL", value, "seconds", 0, RULES_RELOAD_MAX)
+    except ConfigError:
+        raise ConfigError(problem) from None
+    if 0 < seconds < RULES_RELOAD_MIN:
+        raise ConfigError(problem)
+    return seconds
+
+
 def _url(name: str, value: Any) -> str | None:
     text = _text(name, value)
     if text is None:
@@ -116,6 +129,45 @@ def _url(name: str, value: Any) -> str | None:
     if not (text.startswith("https://") or text.startswith("http://")) or "?" in text or "#" in text:
         raise ConfigError(f"{name} must be an http(s) base URL without query, got {value!r}")
     return text.rstrip("/")
+
+
+#: What a recording can hide, as RECORD_MASK accepts it (in any order, with spaces).
+RECORD_MASKS = {frozenset({"none"}): "none", frozenset({"numbers"}): "numbers",
+                frozenset({"numbers", "text"}): "numbers,text"}
+
+
+def record_mask(value: Any) -> str:
+    """RECORD_MASK as `none`, `numbers` or `numbers,text` ("text, numbers" is the last one too)."""
+    text = _text("RECORD_MASK", value)
+    if text is None:
+        return DEFAULTS["RECORD_MASK"]
+    parts = frozenset(p.strip().lower() for p in text.split(",") if p.strip())
+    if parts not in RECORD_MASKS:
+        raise ConfigError(f"RECORD_MASK must be none, numbers or numbers,text, got {value!r}")
+    return RECORD_MASKS[parts]
+
+
+def record_dir(value: Any, *, make: bool) -> str | None:
+    """RECORD_DIR as an absolute path; with `make`, the folder is created if missing and
+    must take a file, else the process refuses to start."""
+    import os
+    import tempfile
+
+    text = _text("RECORD_DIR", value)
+    if text is None:
+        return None
+    path = os.path.abspath(os.path.expanduser(text))
+    if not make:
+        return path
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except FileExistsError:
+        raise ConfigError(f"RECORD_DIR {path} is a file, not a folder") from None
+    except OSError as exc:
+        raise ConfigError(f"RECORD_DIR {path} is not a writable folder: {exc.strerror or exc}") from None
+    return path
 
 
 def _tokens(value: Any) -> tuple[str, ...]:
@@ -131,7 +183,7 @@ def _tokens(value: Any) -> tuple[str, ...]:
 def load(environ: Mapping[str, Any], *, require_token: bool = True) -> dict[str, Any]:
     """Typed settings from `environ` (strings, or already-typed values in tests).
 
-    Besides the SPEC's names the result holds `PLIVO_AUTH_TOKENS`, the tuple of
+    Besides the documented names the result holds `PLIVO_AUTH_TOKENS`, the tuple of
     tokens that signatures are checked against.
     """
     raw = {**DEFAULTS, **{k: v for k, v in environ.items() if k in DEFAULTS}}
@@ -155,7 +207,7 @@ def load(environ: Mapping[str, Any], *, require_token: bool = True) -> dict[str,
         raise ConfigError(f"LOG_FORMAT must be json or text, got {raw['LOG_FORMAT']!r}")
     out["LOG_FORMAT"] = fmt
     out["RETENTION_DAYS"] = whole_number("RETENTION_DAYS", raw["RETENTION_DAYS"], 1)
-    out["RULES_RELOAD_INTERVAL"] = _float("RULES_RELOAD_INTERVAL", raw["RULES_RELOAD_INTERVAL"])
+    out["RULES_RELOAD_INTERVAL"] = _reload_interval(raw["RULES_RELOAD_INTERVAL"])
     sender = str(raw["OUTBOX_SENDER"]).strip().lower()
     if sender not in _OUTBOX_SENDERS:
         raise ConfigError(f"OUTBOX_SENDER must be web or off, got {raw['OUTBOX_SENDER']!r}")
@@ -164,6 +216,9 @@ def load(environ: Mapping[str, Any], *, require_token: bool = True) -> dict[str,
     out["WEBHOOK_SECRET"] = _text("WEBHOOK_SECRET", raw["WEBHOOK_SECRET"])
     out["OUTBOX_LEASE"] = _positive("OUTBOX_LEASE", raw["OUTBOX_LEASE"], "seconds", 5, 3600)
     out["OUTBOX_MAX_DELAY"] = _positive("OUTBOX_MAX_DELAY", raw["OUTBOX_MAX_DELAY"], "seconds", 0.1, 86400)
+    # Only a process that serves (require_token) makes the recording folder and checks it.
+    out["RECORD_DIR"] = record_dir(raw["RECORD_DIR"], make=require_token)
+    out["RECORD_MASK"] = record_mask(raw["RECORD_MASK"])
     if require_token and out["VERIFY_SIGNATURES"] and not out["PLIVO_AUTH_TOKENS"]:
         raise ConfigError(
             "PLIVO_AUTH_TOKEN is not set: set it to your Plivo auth token "

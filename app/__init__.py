@@ -12,10 +12,11 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import config
 
-from . import cli, logs, web
+from . import cli, logs, metrics, web
 from .maintenance import Pruner
 from .outbound.sender import build_sender
 from .rules import Outbound, RulesHolder
+from .rules.holder import keep_dir
 from .service import Responder
 from .store import DatabaseUrlError, Store
 
@@ -47,15 +48,31 @@ def create_app(test_config: dict | None = None) -> Flask:
     if in_cli and level in ("DEBUG", "INFO"):
         level = "WARNING"  # commands print their own results; keep the per-message log lines out
     logs.configure(level, app.config["LOG_FORMAT"])
+    # The master made and checked the folder; if it is gone or unusable by the time a worker
+    # boots, the worker serves uncounted rather than failing its boot (which would halt the
+    # master). A missing folder is simply made again.
+    problem = None if in_cli else metrics.check_folder()
+    if problem is not None:
+        log.error("metrics: %s; this process counts nothing", problem)
+        metrics.stop_counting()
+    if in_cli:
+        # A command serves no traffic: it counts nothing and makes no file in the
+        # service's PROMETHEUS_MULTIPROC_DIR, so `rules test` or `simulate` run inside
+        # the service's container leave the service's figures as they were.
+        metrics.stop_counting()
     if not app.config["VERIFY_SIGNATURES"] and not in_cli:
         log.warning("VERIFY_SIGNATURES=false: requests are answered without checking that Plivo sent "
                     "them; use this only for local experiments")
 
+    # The last good rules are kept per rules file in the instance folder, shared by the workers.
     holder = RulesHolder(app.config["RULES_PATH"], app.config["RULES_RELOAD_INTERVAL"],
-                         keep_path=os.path.join(app.instance_path, "rules.last-good.yaml"),
-                         outbound=outbound_settings(app.config))
+                         keep_dir=keep_dir(app.instance_path), outbound=outbound_settings(app.config))
     if not in_cli:
         holder.load()
+        if not app.testing:
+            # One watcher thread per worker, started after the fork (the app is not preloaded),
+            # so an idle worker follows the file as closely as a busy one.
+            holder.start()
     try:
         # Made here, in each gunicorn worker (the app is not preloaded), so no pool crosses a fork.
         store = Store(app.config["DATABASE_URL"])
@@ -90,11 +107,13 @@ def create_app(test_config: dict | None = None) -> Flask:
             log.warning("PLIVO_AUTH_ID is not set: WhatsApp messages will be recorded but get no replies "
                         "(Plivo takes WhatsApp replies only through its Message API)")
     app.extensions["outbox_sender"] = sender
+    recorder = app.extensions["recorder"] = _recorder(app.config, serving=not in_cli, start=not app.testing)
     app.extensions["responder"] = Responder(
         tokens=app.config["PLIVO_AUTH_TOKENS"], verify=app.config["VERIFY_SIGNATURES"],
         public_url=app.config["PUBLIC_URL"], holder=holder, store=store, clock=app.config.get("CLOCK"),
         api=api, webhooks=bool(app.config["WEBHOOK_SECRET"]),
         on_queued=sender.wake if sender is not None else None,
+        on_answered=recorder.submit if recorder is not None else None,
     )
 
     proxies = app.config["TRUSTED_PROXIES"]
@@ -104,6 +123,12 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(web.bp)
     _register_errors(app)
     cli.register(app)
+
+    app.extensions["metrics"] = metrics.Exporter(store, holder)
+    if metrics.counting():
+        # Outermost, so every request is counted and timed: errors and unknown paths too.
+        app.wsgi_app = metrics.Instrumented(app.wsgi_app, metrics.endpoints_of(
+            (rule.rule, rule.endpoint, rule.strict_slashes) for rule in app.url_map.iter_rules()))
     return app
 
 
@@ -111,6 +136,24 @@ def outbound_settings(settings) -> Outbound:
     """What the rules may use, given the settings: the Message API, signed webhook calls."""
     return Outbound(api=bool(settings.get("PLIVO_AUTH_ID") and settings.get("PLIVO_AUTH_TOKENS")),
                     webhook_secret=bool(settings.get("WEBHOOK_SECRET")))
+
+
+def _recorder(settings, *, serving: bool, start: bool):
+    """The RECORD_DIR recorder of this process, or None; its writer thread is started here,
+    in each worker after the fork, like the outbox sender's (tests drain it themselves)."""
+    if not settings["RECORD_DIR"] or not serving:
+        return None
+    from .recording.recorder import Recorder
+    try:
+        recorder = Recorder(settings["RECORD_DIR"], settings["RECORD_MASK"], clock=settings.get("CLOCK"),
+                            settings={"PUBLIC_URL": settings["PUBLIC_URL"],
+                                      "TRUSTED_PROXIES": settings["TRUSTED_PROXIES"]})
+    except (OSError, ValueError) as exc:  # the masking key cannot be made or read: record nothing
+        log.error("RECORD_DIR: recording is off: %s", exc)
+        return None
+    if start:
+        recorder.start()
+    return recorder
 
 
 def _refuse(exc: config.ConfigError, ctx) -> None:
@@ -123,6 +166,8 @@ def _refuse(exc: config.ConfigError, ctx) -> None:
 def _short(status: int, message: str, headers=None) -> Response:
     response = Response(message + "\n", status, content_type="text/plain; charset=utf-8")
     for name, value in headers or ():
+        if name.lower() == "allow":  # werkzeug builds it from a set: the same order every time
+            value = ", ".join(sorted(m.strip() for m in value.split(",")))
         if name.lower() != "content-type":
             response.headers[name] = value
     return response

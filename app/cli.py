@@ -1,8 +1,9 @@
-"""`flask --app wsgi ...` commands (SPEC §7): thin wrappers around plain functions."""
+"""`flask --app wsgi ...` commands (reference: docs/commands.md): thin wrappers around plain functions."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from contextlib import contextmanager
 import shlex
@@ -14,14 +15,14 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
-from . import signature
+from . import ruletest, signature
 from .inbound import TYPES, Inbound
 from .rules import RuleSet, RulesError, load
 from .rules.engine import digits
 from .store import Store, StoreError, migrate
 from .store.db import display
 
-rules_cli = AppGroup("rules", help="Check reply rules files.")
+rules_cli = AppGroup("rules", help="Check and test reply rules files.")
 db_cli = AppGroup("db", help="The database (DATABASE_URL).")
 outbox_cli = AppGroup("outbox", help="Messages and webhook calls sent after the answer (Message API).")
 
@@ -98,7 +99,7 @@ def messages_table(rows: list[dict]) -> list[str]:
 
 
 def outbox_rows(items) -> list[dict]:
-    """Outbox items as `outbox list --json` prints them (SPEC §7 keys first)."""
+    """Outbox items as `outbox list --json` prints them (the documented keys first)."""
     return [{
         "id": i.id, "kind": i.kind, "dst": i.dst, "status": i.status, "attempts": i.attempts,
         "message_uuid": i.message_uuid, "error": i.error,
@@ -160,15 +161,33 @@ def rules_check(path: str | None) -> None:
     for line in warnings:
         click.echo(line)
     if ruleset is None:
-        click.echo(f"{path}: rejected, {len(errors)} error(s)", err=True)
+        click.echo(f"{os.path.abspath(path)}: rejected, {len(errors)} error(s)", err=True)
         sys.exit(1)
-    click.echo(f"{path}: OK, {len(ruleset.rules)} rule(s), {len(warnings)} warning(s)")
+    click.echo(f"{ruleset.path}: OK, {len(ruleset.rules)} rule(s), {len(warnings)} warning(s)")
+
+
+@rules_cli.command("test")
+@click.argument("path", required=False)
+@click.option("--rules", "rules_path", help="Rules file (default: RULES_PATH).")
+@click.option("-v", "--verbose", is_flag=True, help="List the cases that pass too.")
+def rules_test(path: str | None, rules_path: str | None, verbose: bool) -> None:
+    """Run rule test cases; exit 1 if any fails.
+
+    PATH is the cases file (default: rules.test.yaml beside the rules file). Each case runs
+    on a fresh, empty in-memory state, as if PLIVO_AUTH_ID and WEBHOOK_SECRET were set."""
+    result = ruletest.run_file(rules_path or current_app.config["RULES_PATH"], path, verbose)
+    for line in result.errors:
+        click.echo(line, err=True)
+    for line in result.out:
+        click.echo(line)
+    if not result.ok:
+        sys.exit(1)
 
 
 @click.command("simulate")
 @click.argument("text")
-@click.option("--from", "from_", required=True, help="Sender number, e.g. 14155550123.")
-@click.option("--to", required=True, help="Your Plivo number that received the message.")
+@click.option("--from", "from_", required=True, help="Sender number, e.g. 14155550123 or \"+1 (415) 555-0123\".")
+@click.option("--to", required=True, help="Your Plivo number that received the message (same forms).")
 @click.option("--type", "msg_type", type=click.Choice(TYPES), default="sms", show_default=True)
 @click.option("--media", multiple=True, help="A media URL (MMS/WhatsApp); repeatable.")
 @click.option("--intent", type=click.Choice(["", "optout", "optin", "help"]), default="")
@@ -178,6 +197,7 @@ def rules_check(path: str | None) -> None:
 @with_appcontext
 def simulate(text, from_, to, msg_type, media, intent, at, path):
     """Print the XML the service would answer to TEXT, without a server."""
+    from_, to = number(from_, "--from"), number(to, "--to")  # digits, as Plivo sends them
     path = path or current_app.config["RULES_PATH"]
     ruleset, errors, _ = check_rules(path)
     if ruleset is None:
@@ -242,6 +262,38 @@ def sign(url, token, nonce, method, data, curl):
             parts += ["--data-urlencode", f"{key}={value}"]
     parts.append(url)
     click.echo(" ".join(shlex.quote(p) for p in parts))
+
+
+@click.command("replay")
+@click.argument("fixtures", type=click.Path(path_type=str))
+@click.option("--url", required=True, help="The service's message URL, e.g. http://127.0.0.1:8000/message "
+              "(without a path: the path the recording's service was sent).")
+@click.option("--token", help="Auth token to sign with (default: the first of PLIVO_AUTH_TOKEN).")
+@click.option("--timeout", type=click.FloatRange(min=0.1, max=600), default=10.0, show_default=True,
+              help="Seconds to wait for each answer.")
+@with_appcontext
+def replay_cmd(fixtures, url, token, timeout):
+    """Send recorded webhooks (FIXTURES: a file, or a folder of *.json) to a running service,
+    signed anew for URL. Exit 1 if any answer is not 2xx or a file cannot be read."""
+    from .recording.replay import ReplayError, fixture_paths, replay
+
+    token = token or next(iter(current_app.config["PLIVO_AUTH_TOKENS"]), None)
+    if not token:
+        raise click.UsageError("give --token or set PLIVO_AUTH_TOKEN")
+    if not url.startswith(("http://", "https://")):
+        raise click.BadParameter(f"{url!r} is not an http(s) URL", param_hint="--url")
+    good = bad = 0
+    try:
+        for outcome in replay(fixture_paths(fixtures), url, token, timeout=timeout):
+            shown = outcome.status if outcome.status is not None else "-"
+            click.echo(f"{outcome.path}: {shown}" + (f" {outcome.reason}" if outcome.reason else ""))
+            good, bad = good + outcome.ok, bad + (not outcome.ok)
+    except ReplayError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{good + bad} recording(s): {good} answered 2xx, {bad} not")
+    if bad:
+        sys.exit(1)
 
 
 @db_cli.command("upgrade")
@@ -437,3 +489,4 @@ def register(app: Flask) -> None:
     app.cli.add_command(rules_cli)
     app.cli.add_command(simulate)
     app.cli.add_command(sign)
+    app.cli.add_command(replay_cmd)

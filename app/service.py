@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import quote, urlsplit
 
-from . import plivoxml, policy, signature, smsenc
+from . import metrics, plivoxml, policy, signature, signature_hint, smsenc
 from .outbound import webhook as webhook_body
 from .inbound import Inbound, InboundError, check_content_type, parse_form, parse_message
 from .rules import Decision, RuleSet, RulesHolder, decide
@@ -41,6 +41,9 @@ class HttpRequest:
     body: bytes
     content_type: str | None
     headers: Mapping[str, str]
+    # The WSGI environ it came from: what a recording writes, and, for a refused signature
+    # only, the Host and X-Forwarded-* headers that suggest which URL Plivo signed.
+    environ: Mapping | None = None
 
 
 @dataclass(slots=True)
@@ -78,7 +81,8 @@ class Responder:
     def __init__(self, *, tokens: Sequence[str], verify: bool, public_url: str | None,
                  holder: RulesHolder, store: Store | None = None,
                  clock: Callable[[], datetime] | None = None, api: bool = False,
-                 webhooks: bool = False, on_queued: Callable[[], None] | None = None):
+                 webhooks: bool = False, on_queued: Callable[[], None] | None = None,
+                 on_answered: Callable[[HttpRequest, Answer, RuleSet, datetime], object] | None = None):
         self.tokens = tuple(tokens)
         self.verify = verify
         self.public_url = public_url
@@ -89,6 +93,10 @@ class Responder:
         self.api = api                # PLIVO_AUTH_ID is set: WhatsApp and media replies are queued
         self.webhooks = webhooks      # WEBHOOK_SECRET is set: webhook calls are queued
         self.on_queued = on_queued    # wakes this process's outbox sender
+        # Gets every message answered (not the refused), with the time the rules decided at: RECORD_DIR.
+        self.on_answered = on_answered
+        # One app per worker process: at most one signature hint per HINT_INTERVAL in each.
+        self.hints = signature_hint.Throttle()
 
     # -- shared steps ------------------------------------------------------------
     def _authentic(self, req: HttpRequest) -> tuple[list, list, str | None]:
@@ -112,13 +120,29 @@ class Responder:
             try:
                 scheme = signature.verify(self.tokens, req.method, req.url, req.headers, body)
             except signature.SignatureError as exc:
-                hint = "" if self.public_url else "; if Plivo calls another URL, set PUBLIC_URL or TRUSTED_PROXIES"
-                log.warning("signature rejected: %s%s", exc.reason, hint,
-                            extra={"checked_url": exc.url, "headers_present": list(exc.present)})
+                self._log_refused(req, body, exc)
                 what = "missing" if isinstance(exc, signature.MissingSignature) else "invalid"
+                metrics.rejected(what)
                 raise Rejected(text_answer(403, f"{what} Plivo signature")) from None
             nonces = self._verified_nonces(req, body, scheme)
         return query, body, nonces
+
+    def _log_refused(self, req: HttpRequest, body: list, exc: signature.SignatureError) -> None:
+        """One warning for a refused signature; for a wrong one, whether the URL or the token
+        is likelier wrong (worked out here, off the path of good requests, and at most once
+        per HINT_INTERVAL: each costs a dozen HMACs, and forged requests cost nothing to send)."""
+        hint, likely = "", {}
+        if isinstance(exc, signature.BadSignature):
+            since = self.hints.due()
+            if since is None:
+                why = signature_hint.explain(self.tokens, req.method, req.url, req.headers, body,
+                                             public_url=self.public_url, environ=req.environ)
+                hint, likely = f"; {why.message}", {"likely_wrong": why.likely}
+            else:
+                hint = f"; hint skipped, one was logged {since:.1f} s ago"
+        log.warning("signature rejected: %s%s", exc.reason, hint,
+                    extra={"checked_url": exc.url.split("?", 1)[0],  # the query holds numbers, text
+                           "headers_present": list(exc.present), **likely})
 
     def _verified_nonces(self, req: HttpRequest, body: list, scheme: str) -> tuple[str, ...]:
         """The nonce of the scheme that matched, and the V2 nonce too when V2 headers that
@@ -158,20 +182,33 @@ class Responder:
         if ruleset is None:
             log.error("message not answered: no rules loaded", extra={"uuid": msg.uuid})
             return text_answer(503, "rules are not loaded; try again")
+        local, now = self._now()
+        if local is None and self.on_answered is not None:
+            local = now.replace(tzinfo=timezone.utc)  # recorded: the rules see the very time written down
         if self.store is None:
-            return self.answer(msg, ruleset)[2]
+            plan, decision, answer = self.answer(msg, ruleset, local)
+            metrics.decided(_rules(decision, plan), plan.change[0] if plan.change else None)
+            return self._answered(req, answer, ruleset, local)
         try:
-            return self._recorded(msg, ruleset, nonces)
+            return self._answered(req, self._recorded(msg, ruleset, nonces, local, now), ruleset, local)
         except Replayed:
+            metrics.rejected("replayed")
             log.warning("replayed signature refused", extra={"uuid": msg.uuid})
             return text_answer(403, "replayed Plivo signature")
         except Unavailable as exc:
             log.error("message not recorded, answered 503 so Plivo retries: %s", exc, extra={"uuid": msg.uuid})
             return text_answer(503, "the message could not be recorded; try again")
 
-    def _recorded(self, msg: Inbound, ruleset: RuleSet, nonces: tuple[str, ...]) -> Answer:
-        """Answer a message once: a known MessageUUID gets its stored answer, byte for byte."""
-        local, now = self._now()
+    def _answered(self, req: HttpRequest, answer: Answer, ruleset: RuleSet, local: datetime | None) -> Answer:
+        """`answer`, handed to `on_answered` first with the time the rules decided at."""
+        if self.on_answered is not None:
+            self.on_answered(req, answer, ruleset, local)
+        return answer
+
+    def _recorded(self, msg: Inbound, ruleset: RuleSet, nonces: tuple[str, ...],
+                  local: datetime | None, now: datetime) -> Answer:
+        """Answer a message once: a known MessageUUID gets its stored answer, byte for byte.
+        `local`: the clock the rules see (None: the real one); `now`: the same in naive UTC."""
         work: dict = {}
 
         def prepare() -> Needs:  # only for a MessageUUID not seen before
@@ -192,6 +229,7 @@ class Responder:
             else:
                 plan, answer = self.render(msg, ruleset, work["kind"], work["via"], work["decision"], state)
             work["plan"] = plan
+            work["change"] = _real_change(plan, msg.from_ in state.opted_out)
             record = _record(msg, work["decision"], plan, answer, ruleset, now)
             work["queued"] = len(record.outbox)
             return record, _to_stored(answer)
@@ -199,10 +237,12 @@ class Responder:
         claim = Claim(uuid=msg.uuid, nonces=nonces, sender=msg.from_, to=msg.to, now=now)
         stored, fresh = self.store.message(claim, prepare, finish)
         if fresh:
+            metrics.decided(_rules(work["decision"], work["plan"]), work["change"])
             self._log_answered(msg, work["decision"], work["plan"])
             if work["queued"] and self.on_queued is not None:
                 self.on_queued()
         else:
+            metrics.repeated()
             log.info("message delivered again: stored answer sent", extra={"uuid": msg.uuid})
         return _from_stored(stored)
 
@@ -301,6 +341,7 @@ class Responder:
             try:
                 reply_id = self.store.record_report(params, nonces, ref, self._now()[1])
             except Replayed:
+                metrics.rejected("replayed")
                 log.warning("replayed signature refused", extra={"uuid": params["MessageUUID"]})
                 return text_answer(403, "replayed Plivo signature")
             except Unavailable as exc:
@@ -319,6 +360,15 @@ class Responder:
 def _rules(decision: Decision | None, plan: policy.Plan) -> list[str]:
     """The rules that acted: none when a compliance keyword answered."""
     return list(decision.matched) if decision is not None and plan.compliance is None else []
+
+
+def _real_change(plan: policy.Plan, opted_out: bool) -> str | None:
+    """The opt-out change a message makes ("out", "in"), or None: a STOP from a number
+    already opted out, like a START from one that is not, changes nothing."""
+    if plan.change is None:
+        return None
+    what = plan.change[0]
+    return what if (what == "out") != opted_out else None
 
 
 def _to_stored(answer: Answer) -> Stored:

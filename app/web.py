@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from werkzeug.exceptions import BadRequest, MethodNotAllowed, RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
+from .metrics import CONTENT_TYPE
 from .signature import SIGNATURE_HEADERS
 from .service import Answer, HttpRequest, called_url
 
@@ -72,6 +74,7 @@ def _http_request(environ: dict, config) -> HttpRequest:
         body=_body(environ, config["MAX_CONTENT_LENGTH"]) if method == "POST" else b"",
         content_type=environ.get("CONTENT_TYPE"),
         headers={name: environ[key] for name, key in _ENVIRON_KEYS if key in environ},
+        environ=environ,
     )
 
 
@@ -79,24 +82,27 @@ def _response(answer: Answer) -> Response:
     return Response(answer.body, answer.status, content_type=answer.content_type)
 
 
-def _webhook_environ() -> dict:
-    """The environ of a webhook call; Flask also routes HEAD to GET views, Plivo never sends it."""
-    environ = request.environ
-    if environ["REQUEST_METHOD"] not in WEBHOOK_METHODS:
-        raise MethodNotAllowed(valid_methods=WEBHOOK_METHODS)
-    return environ
-
-
 @bp.route("/message", methods=WEBHOOK_METHODS, strict_slashes=False, provide_automatic_options=False)
 def message():
     app = current_app._get_current_object()  # one proxy look-up, not one per attribute
-    return _response(app.extensions["responder"].handle_message(_http_request(_webhook_environ(), app.config)))
+    return _response(app.extensions["responder"].handle_message(_http_request(request.environ, app.config)))
 
 
 @bp.route("/status", methods=WEBHOOK_METHODS, strict_slashes=False, provide_automatic_options=False)
 def status():
     app = current_app._get_current_object()
-    return _response(app.extensions["responder"].handle_status(_http_request(_webhook_environ(), app.config)))
+    return _response(app.extensions["responder"].handle_status(_http_request(request.environ, app.config)))
+
+
+@bp.record_once
+def _webhooks_answer_only_get_and_post(state) -> None:
+    """werkzeug adds HEAD to every rule that has GET. Plivo sends only GET and POST, so the
+    webhooks take exactly those: HEAD and OPTIONS get a 405 like any other method, and every
+    405's `Allow: GET, POST` tells the truth. (Runs after the routes above are registered.)"""
+    views = {message, status}
+    for rule in state.app.url_map.iter_rules():
+        if state.app.view_functions.get(rule.endpoint) in views:
+            rule.methods.discard("HEAD")
 
 
 @bp.get("/healthz")
@@ -114,7 +120,14 @@ def readyz():
                        problems=[str(p) for p in holder.error.problems[:20]] if holder.error else []), 503
     if responder.store is not None and not responder.store.ping():
         return jsonify(status="not ready", reason="database does not answer"), 503
-    body = {"status": "ready", "rules": len(ruleset.rules), "digest": ruleset.digest}
+    # pid: which worker answered, so the digests of every worker can be compared.
+    body = {"status": "ready", "rules": len(ruleset.rules), "digest": ruleset.digest, "pid": os.getpid()}
     if holder.error is not None:
         body["reload_failed"] = [str(p) for p in holder.error.problems[:20]]
     return jsonify(body), 200
+
+
+@bp.get("/metrics")
+def metrics():
+    """Prometheus' text format: the counts of every worker, and the state read now."""
+    return Response(current_app.extensions["metrics"].render(), 200, content_type=CONTENT_TYPE)

@@ -6,13 +6,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, TOKEN, make_app
 
 
 def test_rules_check_ok(runner):
     result = runner.invoke(args=["rules", "check"])
     assert result.exit_code == 0, result.output
-    assert "OK, 11 rule(s)" in result.output
+    assert "OK, 13 rule(s)" in result.output
     assert "warning: rule 'spanish-line': reply is UCS-2" in result.output
 
 
@@ -30,18 +32,38 @@ def test_rules_check_errors_exit_1(runner, tmp_path):
 def test_simulate_prints_xml(runner):
     result = runner.invoke(args=["simulate", "order 12345", "--from", "14155550123", "--to", "14155550100"])
     assert result.exit_code == 0, result.output
-    assert '<Message src="14155550100" dst="14155550123" type="sms">Order 12345 is on its way.' in result.output
+    assert ('<Message src="14155550100" dst="14155550123" type="sms">Order 12345: see where it is at '
+            'https://acme.example/o/12345</Message>') in result.output
 
 
 def test_simulate_at_a_time(runner):
     result = runner.invoke(args=["simulate", "hello", "--from", "14155550123", "--to", "14155550100",
                                  "--at", "2026-11-24T22:00"])
-    assert "We are closed now" in result.output and "A person will answer soon." in result.output
+    assert "We are closed now and open again at 9am; a person will answer then.</Message>" in result.output
+    assert "A person will answer soon." not in result.output  # the after-hours reply instead, not as well
+    assert "matched: to-the-team, after-hours" in result.output
 
 
 def test_simulate_whatsapp_answers_empty(runner):
-    result = runner.invoke(args=["simulate", "hours", "--from", "1", "--to", "2", "--type", "whatsapp"])
+    result = runner.invoke(args=["simulate", "hours", "--from", "14155550123", "--to", "14155550100",
+                                 "--type", "whatsapp"])
     assert "<Response/>" in result.output
+
+
+def test_simulate_numbers_are_reduced_to_digits_like_the_server_sees_them(runner):
+    result = runner.invoke(args=["simulate", "order 12345", "--from", "+1 415.555.0123",
+                                 "--to", "+1 (415) 555-0200"])
+    assert result.exit_code == 0, result.output
+    assert '<Message src="14155550200" dst="14155550123" type="sms">' in result.output
+
+
+@pytest.mark.parametrize("option, value", [("--from", "bob"), ("--to", "+1 415 555 0200 x7"), ("--to", "12")])
+def test_simulate_refuses_what_is_not_a_number(runner, option, value):
+    numbers = {"--from": "14155550123", "--to": "14155550100", option: value}
+    result = runner.invoke(args=["simulate", "hi", "--from", numbers["--from"], "--to", numbers["--to"]])
+    assert result.exit_code == 2
+    assert f"Invalid value for {option}: {value!r} is not a phone number" in result.output
+    assert "Traceback" not in result.output and "<Response" not in result.output
 
 
 def test_sign_prints_headers_that_verify(runner):
@@ -111,6 +133,6 @@ def test_shipped_rules_answer_stop_start_help_with_the_built_in_compliance(runne
         assert "compliance: optout" in result.output
     # simulate is a service that has seen nothing: nobody opted out, so START is an ordinary text
     result = runner.invoke(args=["simulate", "START", "--from", "14155550123", "--to", "14155550100"])
-    assert "matched: everything-else" in result.output and "resubscribed" not in result.output
+    assert "matched: to-the-team, everything-else" in result.output and "resubscribed" not in result.output
     result = runner.invoke(args=["simulate", "Help!", "--from", "14155550123", "--to", "14155550100"])
     assert "Acme support: help@acme.example" in result.output

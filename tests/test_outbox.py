@@ -1,4 +1,4 @@
-"""The outbox (SPEC §9) end to end in one process: a signed webhook in, the sender out,
+"""The outbox end to end in one process: a signed webhook in, the sender out,
 against the loopback stand-in of Plivo's API (tests/plivo_standin.py), on SQLite and
 PostgreSQL. Nothing is mocked: the app writes rows, a real `Sender` claims them and
 sends over HTTP, the stand-in records what it received.

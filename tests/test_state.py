@@ -1,4 +1,4 @@
-"""State (SPEC §6) through the app: the message log, retries, replays, compliance, limits, reports.
+"""State through the app: the message log, retries, replays, compliance, limits, reports.
 
 Every test runs on SQLite and on PostgreSQL (conftest.py `database`).
 """
@@ -112,7 +112,7 @@ def test_retry_gets_the_stored_answer_byte_for_byte_and_counts(tmp_path):
     clock = Clock()
     app = make_app(tmp_path, CLOCK=clock)
     client = app.test_client()
-    params = sms("hello there")  # the catch-all: two replies and a forward
+    params = sms("hello there")  # for a person: a forward to the team and one reply
     first = send(client, params)
     clock.advance(days=6)  # a weekend: the rules would answer differently now
     again = send(client, params)  # a new nonce, as Plivo's retries carry
@@ -121,7 +121,7 @@ def test_retry_gets_the_stored_answer_byte_for_byte_and_counts(tmp_path):
     assert again.headers["Content-Type"] == first.headers["Content-Type"]
     [m] = messages(app)
     assert m["deliveries"] == 3
-    assert len(m["replies"]) == 3  # sent once, not once per delivery
+    assert len(m["replies"]) == 2  # sent once, not once per delivery
 
 
 def test_retry_does_not_run_compliance_again(app, client):
@@ -198,7 +198,8 @@ def test_opt_out_by_intent_and_back_in(app, client):
 
 
 def test_help_is_always_answered(app, client):
-    help_text = "Acme support: help@acme.example or call 415-555-0100. Msg&data rates may apply."
+    help_text = ("Acme support: help@acme.example or call 415-555-0100. Msg&data rates may apply. "
+                 "Reply STOP to unsubscribe.")
     assert texts(send(client, sms("help"))) == [help_text]
     send(client, sms("STOP"))
     assert texts(send(client, sms("HELP"))) == [help_text]
@@ -468,15 +469,15 @@ def test_long_nonces_are_told_apart(app, client):
 
 
 def test_opt_in_words_from_a_subscribed_sender_go_to_the_rules(app, client):
-    assert texts(send(client, sms("yes"))) == ["Thanks, we got your message.", "A person will answer soon.",
-                                              f"From {SENDER}: yes"]
+    assert texts(send(client, sms("yes"))) == [f"From {SENDER}: yes",
+                                              "Thanks, we got your message. A person will answer soon."]
     assert messages(app)[0]["compliance"] is None
     send(client, sms("STOP"))
     assert texts(send(client, sms("Yes"))) == [OPTED_IN]
     newest = messages(app)[0]
     assert newest["compliance"] == "optin" and newest["rules"] == []
-    assert texts(send(client, sms("yes"))) == ["Thanks, we got your message.", "A person will answer soon.",
-                                              f"From {SENDER}: yes"]
+    assert texts(send(client, sms("yes"))) == [f"From {SENDER}: yes",
+                                              "Thanks, we got your message. A person will answer soon."]
 
 
 def test_leading_plus_in_numbers_is_dropped(app, client):

@@ -1,4 +1,4 @@
-"""The database: migrations, DATABASE_URL checks, start-up refusals and the state commands (SPEC §6, §7)."""
+"""The database: migrations, DATABASE_URL checks, start-up refusals and the state commands."""
 
 from __future__ import annotations
 
@@ -85,7 +85,9 @@ def test_bad_urls(url, says):
 
 def _start(tmp_path, **env):
     port = free_port()
-    settings = server_env(PLIVO_AUTH_TOKEN=TOKEN, PORT=str(port), RULES_PATH=str(ROOT / "rules.yaml"), **env)
+    # plain text, to read the line as a person would (test_logs.py reads the JSON one)
+    settings = server_env(PLIVO_AUTH_TOKEN=TOKEN, PORT=str(port), RULES_PATH=str(ROOT / "rules.yaml"),
+                          LOG_FORMAT="text", **env)
     return subprocess.run(GUNICORN, cwd=ROOT, env=settings, capture_output=True, text=True, timeout=60)
 
 

@@ -150,6 +150,121 @@ def test_rejection_log_names_url_and_headers_not_secrets(client, caplog):
     assert expected not in text
 
 
+def refused(client, caplog, signed_for: str, *, path="/message", base_url="http://localhost", extra=None,
+            method="POST", token=TOKEN):
+    """Send a request signed for `signed_for` to `base_url + path`; (the answer, the log record)."""
+    params = sms("hours")
+    if method == "GET":
+        query = urlencode(params)
+        headers = signed_headers(f"{signed_for}?{query}", params, "GET", token)
+        with caplog.at_level(logging.WARNING, logger="app"):
+            r = client.get(f"{path}?{query}", base_url=base_url, headers={**headers, **(extra or {})})
+    else:
+        headers = signed_headers(signed_for, params, token=token)
+        with caplog.at_level(logging.WARNING, logger="app"):
+            r = client.post(path, base_url=base_url, data=urlencode(params),
+                            headers={**headers, "Content-Type": FORM, **(extra or {})})
+    assert_short(r, 403, "invalid Plivo signature")  # the answer says nothing more, whatever the cause
+    records = [rec for rec in caplog.records if "signature rejected" in rec.getMessage()]
+    assert len(records) == 1
+    text = caplog.text + repr(records[0].__dict__)
+    assert TOKEN not in text and "wrong-token" not in text
+    assert headers["X-Plivo-Signature-V3"] not in text and headers["X-Plivo-Signature-V2"] not in text
+    caplog.clear()
+    return r, records[0]
+
+
+def test_wrong_token_is_said_to_be_likelier_than_the_url(client, caplog):
+    _, record = refused(client, caplog, "http://localhost/message", token="wrong-token")
+    assert record.likely_wrong == "token"
+    assert record.getMessage() == (
+        "signature rejected: bad signature; the token is likelier wrong than the URL (no nearby URL verifies "
+        "either): PLIVO_AUTH_TOKEN must be the auth token of the Plivo account or subaccount that owns the number")
+
+
+def test_untrusted_forwarded_headers_that_would_verify_point_at_trusted_proxies(tmp_path, caplog):
+    client = make_app(tmp_path).test_client()
+    _, record = refused(client, caplog, "https://sms.example.com/message", base_url="http://10.0.0.5:8000",
+                        extra={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "sms.example.com"})
+    assert record.likely_wrong == "url"
+    assert record.getMessage() == (
+        "signature rejected: bad signature; the URL is likelier wrong than the token: the signature matches "
+        "https://sms.example.com/message, but http://10.0.0.5:8000/message was checked; a proxy in front sets "
+        "X-Forwarded-Proto/Host: set TRUSTED_PROXIES=1 (the proxies that set them), "
+        "or PUBLIC_URL=https://sms.example.com")
+
+
+def test_tls_ended_in_front_points_at_public_url(client, caplog):
+    _, record = refused(client, caplog, "https://localhost/message")
+    assert record.likely_wrong == "url"
+    assert record.getMessage().endswith(
+        "the signature matches https://localhost/message, but http://localhost/message was checked; "
+        "Plivo calls https://localhost: set PUBLIC_URL=https://localhost")
+
+
+def test_a_public_url_that_is_not_the_one_plivo_calls_is_named(tmp_path, caplog):
+    client = make_app(tmp_path, PUBLIC_URL="https://old.example.com").test_client()
+    _, record = refused(client, caplog, "https://sms.example.com/status", path="/status",
+                        base_url="https://sms.example.com")
+    assert record.likely_wrong == "url"
+    assert record.getMessage().endswith(
+        "the signature matches https://sms.example.com/status, but https://old.example.com/status was checked; "
+        "PUBLIC_URL is https://old.example.com, but Plivo calls https://sms.example.com (the request's Host): "
+        "set PUBLIC_URL=https://sms.example.com")
+
+
+def test_a_trailing_slash_lost_on_the_way_is_named_without_the_query(client, caplog):
+    _, record = refused(client, caplog, "http://localhost/message/", method="GET")
+    assert record.likely_wrong == "url"
+    assert record.getMessage().endswith(
+        "the signature matches http://localhost/message/, but http://localhost/message was checked; "
+        "Plivo signed the path with a trailing '/' that the request lost on the way; make the URL in the "
+        "Plivo application and the path this service receives agree")
+    assert "14155550123" not in record.getMessage() and record.checked_url == "http://localhost/message"
+
+
+def test_the_hint_is_worked_out_only_for_refused_requests(client, monkeypatch):
+    from app import signature_hint
+    calls = []
+    monkeypatch.setattr(signature_hint, "candidates", lambda *a: calls.append(a) or [])
+    assert send(client, sms("hours")).status_code == 200
+    assert calls == []
+    assert send(client, sms("hours"), token="wrong-token").status_code == 403
+    assert len(calls) == 1
+
+
+def test_a_hint_is_worked_out_at_most_once_per_interval(client, caplog, monkeypatch):
+    """Each hint costs a dozen HMACs and a forged request costs nothing: a flood of them gets
+    one hint per interval, and the other refusals are logged without one."""
+    from app import signature_hint
+    calls = []
+    real = signature_hint.candidates
+    monkeypatch.setattr(signature_hint, "candidates", lambda *a: calls.append(a) or real(*a))
+    clock = [1000.0]
+    client.application.extensions["responder"].hints = signature_hint.Throttle(10.0, clock=lambda: clock[0])
+
+    _, first = refused(client, caplog, "http://localhost/message", token="wrong-token")
+    assert first.likely_wrong == "token" and len(calls) == 1
+    clock[0] += 2.5
+    _, second = refused(client, caplog, "https://localhost/message")  # a URL hint would be found: not sought
+    assert second.getMessage() == "signature rejected: bad signature; hint skipped, one was logged 2.5 s ago"
+    assert not hasattr(second, "likely_wrong") and len(calls) == 1
+    clock[0] += 7.5  # 10 s after the first
+    _, third = refused(client, caplog, "https://localhost/message")
+    assert third.likely_wrong == "url" and len(calls) == 2
+
+
+def test_the_hint_interval_holds_across_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.signature_hint import HINT_INTERVAL, Throttle
+    assert HINT_INTERVAL == 10.0
+    throttle = Throttle(HINT_INTERVAL, clock=lambda: 5.0)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: throttle.due(), range(200)))
+    assert results.count(None) == 1 and results.count(0.0) == 199
+
+
 def test_signatures_off_answers_unsigned_and_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="app"):
         app = make_app(tmp_path, PLIVO_AUTH_TOKEN=None, VERIFY_SIGNATURES="false")
@@ -284,7 +399,7 @@ def test_healthz(client):
 def test_readyz(client):
     r = client.get("/readyz")
     assert r.status_code == 200
-    assert r.json["status"] == "ready" and r.json["rules"] == 11
+    assert r.json["status"] == "ready" and r.json["rules"] == 13
 
 
 def test_not_ready_without_rules(tmp_path):
@@ -304,12 +419,30 @@ def test_numbers_must_be_numbers(client, field, value):
     assert_short(send(client, sms("hours", **{field: value})), 400, f"{field} is not a phone number")
 
 
-@pytest.mark.parametrize("method", ["HEAD", "OPTIONS"])
-def test_head_and_options_are_not_webhooks(client, method):
-    r = client.open("/message", method=method)
+@pytest.mark.parametrize("path", ["/message", "/status", "/message/"])
+@pytest.mark.parametrize("method", ["HEAD", "OPTIONS", "PUT"])
+def test_head_and_options_are_not_webhooks(client, path, method):
+    r = client.open(path, method=method)
     assert r.status_code == 405
     assert r.data == (b"" if method == "HEAD" else b"method not allowed\n")  # HEAD answers carry no body
-    assert set(r.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
+    assert sorted(r.headers["Allow"].split(", ")) == ["GET", "POST"]
+
+
+_METHODS = ("GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH")
+
+
+def test_allow_tells_the_truth_on_every_route(client):
+    """For every route, the methods a 405 or an OPTIONS answer lists are exactly the ones
+    that are not answered 405."""
+    paths = sorted({rule.rule for rule in client.application.url_map.iter_rules() if rule.endpoint != "static"})
+    assert {"/message", "/status", "/healthz", "/readyz"} <= set(paths)
+    for path in paths:
+        answers = {method: client.open(path, method=method) for method in _METHODS}
+        served = {m for m, r in answers.items() if r.status_code != 405}
+        assert {"GET"} <= served, path
+        for method, r in answers.items():
+            if r.status_code == 405 or method == "OPTIONS" and r.status_code < 300:
+                assert set(r.headers["Allow"].replace(" ", "").split(",")) == served, (path, method)
 
 
 def test_a_huge_forward_is_capped(tmp_path):
