@@ -1,4 +1,4 @@
-"""Parse what Plivo sends for an inbound message (SPEC §1). Pure: no Flask.
+"""Parse what Plivo sends for an inbound message. Pure: no Flask.
 
 `parse_form` turns a raw form-encoded body or query string into (key, value)
 pairs, strictly: invalid UTF-8 or too many fields is an `InboundError`, never a

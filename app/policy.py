@@ -1,4 +1,4 @@
-"""What the state allows: STOP/START/HELP compliance and reply limits (SPEC §4, §6). Pure.
+"""What the state allows: STOP/START/HELP compliance and reply limits . Pure.
 
 The rules engine decides what the rules would send; this module turns that,
 plus what the database knows of the numbers involved (`State`), into what is

@@ -1,4 +1,4 @@
-"""Outbound sending (SPEC §9): Plivo's Message API, signed webhook calls, and the outbox sender.
+"""Outbound sending: Plivo's Message API, signed webhook calls, and the outbox sender.
 
 Nothing here knows Flask or the rules. `plivo.MessageApi` and `webhook.WebhookClient`
 turn one HTTP exchange into a `Result`; `sender.Sender` takes items from the

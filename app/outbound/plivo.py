@@ -1,4 +1,4 @@
-"""Plivo's Message API (SPEC §9): one send or one message-list look-up, turned into plain values.
+"""Plivo's Message API: one send or one message-list look-up, turned into plain values.
 
 `MessageApi.send` posts one message and says what came of it as a `Result`;
 `MessageApi.find` reads Plivo's message list so that a send whose outcome is

@@ -1,4 +1,4 @@
-"""The outbox sender (SPEC §9): takes due items from the database and sends them, once.
+"""The outbox sender: takes due items from the database and sends them, once.
 
 One `Sender` runs in each web worker (a thread, `OUTBOX_SENDER=web`) or in
 `flask outbox run`; any number of them share one database. Each loop:

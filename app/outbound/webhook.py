@@ -1,4 +1,4 @@
-"""Signed webhook calls (SPEC §9, the `webhook` action): the body, its signature, one HTTP call.
+"""Signed webhook calls (the `webhook` action): the body, its signature, one HTTP call.
 
 Modelled on Stripe's webhook signatures: the header
 

@@ -1,4 +1,4 @@
-"""Reply rules (SPEC §4): load and check a YAML file, then decide per message."""
+"""Reply rules (format: docs/rules.md): load and check a YAML file, then decide per message."""
 
 from .compiler import Outbound, compile_text, load
 from .engine import Decision, Outgoing, RuleSet, Webhook, decide

@@ -1,4 +1,4 @@
-"""Compliance and limits settings of a rules file (SPEC §4 `compliance`, `limits`). Pure.
+"""Compliance and limits settings of a rules file (`compliance`, `limits`; docs/rules.md). Pure.
 
 Compiled once at load into the `RuleSet`; `app.policy` applies them per message.
 """

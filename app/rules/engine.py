@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 
+from .. import logs
 from ..inbound import Inbound
 from .compliance import Compliance, ReplyLimit
 from .templates import Template
@@ -109,7 +110,7 @@ class Forward:
 
 @dataclass(frozen=True, slots=True)
 class Webhook:
-    """A rule's `webhook` action: the message as JSON to another system (SPEC §9)."""
+    """A rule's `webhook` action: the message as JSON to another system."""
 
     url: str
     method: str = "POST"
@@ -190,13 +191,15 @@ def _render(template: Template, rule: Rule, ctx: dict | None, errors: list) -> s
         return template.render(ctx)
     except Exception as exc:  # noqa: BLE001 - any filter may raise; one template must not sink the answer
         errors.append(f"rule {rule.name!r} line {template.line}: {type(exc).__name__}: {exc}")
+        # An exception's text can quote the message (int('hello')): logged without it.
+        private = (ctx["text"], ctx["from"], ctx["to"], *ctx["match"].values()) if ctx else ()
         log.warning("template failed", extra={"rule": rule.name, "line": template.line,
-                                              "error": f"{type(exc).__name__}: {exc}"})
+                                              "error": logs.redact(f"{type(exc).__name__}: {exc}", *private)})
         return None
 
 
 def decide(ruleset: RuleSet, msg: Inbound, now: datetime | None = None) -> Decision:
-    """Run the rules in file order for one message (SPEC §4)."""
+    """Run the rules in file order for one message."""
     facts = Facts(msg, now, ruleset.tz)  # days, hours and {{ now }} use the rules' timezone
     rules = ruleset.rules
     matched: list[str] = []

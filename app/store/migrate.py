@@ -1,4 +1,4 @@
-"""Apply the Alembic migrations in `migrations/` (SPEC §6: `flask --app wsgi db upgrade`).
+"""Apply the Alembic migrations in `migrations/` (`flask --app wsgi db upgrade`).
 
 Called by the command, by the gunicorn master before it forks, and by `flask run`.
 Several hosts starting at once on one PostgreSQL database are serialised by an

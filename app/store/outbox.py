@@ -1,4 +1,4 @@
-"""The outbox's statements (SPEC §9): what a sender claims, and what it writes back.
+"""The outbox's statements: what a sender claims, and what it writes back.
 
 Rows are written by the inbound transaction (`Store.message`); here they are
 claimed one at a time (PostgreSQL `FOR UPDATE SKIP LOCKED`, SQLite's single

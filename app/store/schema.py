@@ -1,4 +1,4 @@
-"""The database schema (SPEC §6), as SQLAlchemy Core tables.
+"""The database schema, as SQLAlchemy Core tables.
 
 The tables are the single description of the schema: Alembic's migrations in
 `migrations/` create and change them, and a test proves that the migrations,
@@ -102,7 +102,7 @@ nonces = sa.Table(
     sa.Column("seen_at", sa.DateTime, nullable=False, index=True),
 )
 
-#: Messages and webhook calls to send after the answer (SPEC §9), written in the same
+#: Messages and webhook calls to send after the answer, written in the same
 #: transaction as the inbound message and taken by a sender (a web worker's thread or
 #: `flask outbox run`). status: pending -> sending -> sent | failed | unknown | cancelled.
 outbox = sa.Table(

@@ -1,4 +1,4 @@
-"""Initial schema: messages, replies, delivery reports, opt-outs, nonces (SPEC §6).
+"""Initial schema: messages, replies, delivery reports, opt-outs, nonces.
 
 Revision ID: 0001
 Revises: 

@@ -1,4 +1,4 @@
-"""The outbox (SPEC §9) and the Message API's shared request schedule.
+"""The outbox and the Message API's shared request schedule.
 
 Revision ID: 0002
 Revises: 0001
