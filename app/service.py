@@ -190,7 +190,7 @@ class Responder:
             metrics.decided(_rules(decision, plan), plan.change[0] if plan.change else None)
             return self._answered(req, answer, ruleset, local)
         try:
-            return self._answered(req, self._recorded(msg, ruleset, nonces, local, now), ruleset, local)
+            answer, fresh = self._recorded(msg, ruleset, nonces, local, now)
         except Replayed:
             metrics.rejected("replayed")
             log.warning("replayed signature refused", extra={"uuid": msg.uuid})
@@ -198,6 +198,9 @@ class Responder:
         except Unavailable as exc:
             log.error("message not recorded, answered 503 so Plivo retries: %s", exc, extra={"uuid": msg.uuid})
             return text_answer(503, "the message could not be recorded; try again")
+        # A retry gets the stored answer of a decision made earlier, at another time: recording
+        # it again would write a file that may not replay to that answer. The first is kept.
+        return self._answered(req, answer, ruleset, local) if fresh else answer
 
     def _answered(self, req: HttpRequest, answer: Answer, ruleset: RuleSet, local: datetime | None) -> Answer:
         """`answer`, handed to `on_answered` first with the time the rules decided at."""
@@ -206,9 +209,10 @@ class Responder:
         return answer
 
     def _recorded(self, msg: Inbound, ruleset: RuleSet, nonces: tuple[str, ...],
-                  local: datetime | None, now: datetime) -> Answer:
+                  local: datetime | None, now: datetime) -> tuple[Answer, bool]:
         """Answer a message once: a known MessageUUID gets its stored answer, byte for byte.
-        `local`: the clock the rules see (None: the real one); `now`: the same in naive UTC."""
+        `local`: the clock the rules see (None: the real one); `now`: the same in naive UTC.
+        (the answer, whether it was decided now rather than stored before)."""
         work: dict = {}
 
         def prepare() -> Needs:  # only for a MessageUUID not seen before
@@ -244,7 +248,7 @@ class Responder:
         else:
             metrics.repeated()
             log.info("message delivered again: stored answer sent", extra={"uuid": msg.uuid})
-        return _from_stored(stored)
+        return _from_stored(stored), fresh
 
     def _log_answered(self, msg: Inbound, decision: Decision | None, plan: policy.Plan,
                       warn: bool = True) -> None:

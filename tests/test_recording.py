@@ -493,6 +493,20 @@ def test_service_records_signed_messages_only(tmp_path):
     assert [load(p)["method"] for p in files] == ["POST", "GET"]
 
 
+def test_a_retry_is_not_recorded_again(tmp_path):
+    """Plivo's retry of a MessageUUID gets the stored answer of the first decision, made at
+    another time: only the first delivery is written (its file replays to that answer)."""
+    folder = tmp_path / "rec"
+    app = make_app(tmp_path, RECORD_DIR=str(folder))
+    client = app.test_client()
+    first = sms("Hours?", From=SENDER)
+    answers = [send(client, first) for _ in range(3)]  # new nonces, same MessageUUID
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert len({a.data for a in answers}) == 1
+    assert _recorder_of(app).drain() == 1
+    assert len(recordings(folder)) == 1
+
+
 @pytest.mark.parametrize("mask", ["none", "numbers", "numbers,text"])
 def test_every_shipped_recording_recorded_again_replays_to_its_answer(tmp_path, mask):
     """Each answered recording in tests/webhooks/ is sent through an app that records it; the
