@@ -209,12 +209,38 @@ def test_copies_the_service_files_and_they_exist():
         parts = [p for p in args.split() if not p.startswith("--")]
         sources += parts[:-1]
     for needed in ("requirements.txt", "app/", "config.py", "metrics_folder.py", "wsgi.py",
-                   "gunicorn.conf.py", "rules.yaml"):
+                   "gunicorn.conf.py", "rules.yaml", "rules.test.yaml"):
         assert needed in sources, f"Dockerfile does not COPY {needed}"
     patterns = _dockerignore_patterns()
     for src in sources:
         assert (ROOT / src).exists(), f"COPY {src}: not in the repository, build would fail"
         assert not _ignored(src, patterns), f"COPY {src}: excluded by .dockerignore"
+
+
+def _readme_docker_commands() -> list[list[str]]:
+    """The `docker run` / `docker exec` commands of the README's Docker section, as words."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Docker", 1)[1].split("\n### ", 1)[0]
+    block = section.split("```sh", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    return [shlex.split(line, comments=True) for line in block.splitlines()
+            if line.startswith(("docker run", "docker exec"))]
+
+
+def test_readme_mounts_the_rules_folder_and_points_rules_path_into_it():
+    """Editors and git replace a rules file; a bind-mounted single file keeps showing the old
+    one, so the README mounts the folder, read-only, and RULES_PATH names the file in it."""
+    run = next(words for words in _readme_docker_commands() if words[:2] == ["docker", "run"])
+    env = dict(w.split("=", 1) for i, w in enumerate(run) if i and run[i - 1] == "-e" and "=" in w)
+    mounts = [run[i + 1] for i, w in enumerate(run[:-1]) if w == "-v"]
+    rules_path = env["RULES_PATH"]
+    folder_mounts = [m for m in mounts if rules_path.startswith(m.split(":")[1].rstrip("/") + "/")]
+    assert folder_mounts, f"RULES_PATH={rules_path} is not inside a mounted folder: {mounts}"
+    source, target, *options = folder_mounts[0].split(":")
+    assert not source.endswith((".yaml", ".yml")) and "ro" in options
+    assert any(m.split(":")[1] == "/app/instance" for m in mounts), "the database and kept rules need a volume"
+    assert "PUBLIC_URL" in env
+    exec_ = next(words for words in _readme_docker_commands() if words[:2] == ["docker", "exec"])
+    assert "rules" in exec_ and "test" in exec_ and rules_path in exec_
 
 
 def test_exposes_8000_and_starts_gunicorn_with_its_config():
