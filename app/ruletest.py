@@ -29,6 +29,7 @@ from urllib.parse import urlencode
 
 from .inbound import FORM_TYPE, INTENTS, TYPES
 from .rules import RuleSet, RulesError, load
+from .rules.compiler import read
 from .rules.engine import digits
 from .rules.source import Problem, YList, YMap, parse
 from .service import HttpRequest, Responder
@@ -119,18 +120,11 @@ def default_path(rules_path: str) -> str:
 
 def load_cases(path: str, ruleset: RuleSet) -> list[Case]:
     """The cases of a file, checked against the rules' names; `CasesError` lists every problem."""
-    shown = os.path.abspath(path)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        raise CasesError([Problem(shown, 0, f"cannot read the cases file: {exc.strerror or exc}")]) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise CasesError([Problem(shown, line, "the cases file is not valid UTF-8")]) from None
-    return parse_cases(text, shown, ruleset)
+        text = read(path, "cases file")
+    except RulesError as exc:
+        raise CasesError(exc.problems) from None
+    return parse_cases(text, os.path.abspath(path), ruleset)
 
 
 def parse_cases(text: str, path: str, ruleset: RuleSet) -> list[Case]:

@@ -780,24 +780,25 @@ def compile_text(text: str, path: str = "rules.yaml", *, outbound: Outbound | No
     return ruleset
 
 
-def read(path: str) -> str:
-    """The text of a rules file; unreadable or not UTF-8 is a `RulesError` naming its absolute path."""
+def read(path: str, what: str = "rules file") -> str:
+    """The text of a rules file (or another YAML file, `what`); unreadable or not UTF-8 is a
+    `RulesError` naming its absolute path."""
     path = os.path.abspath(path)
     try:
         with open(path, "rb") as fh:
             raw = fh.read()
     except OSError as exc:
-        raise RulesError([Problem(path, 0, f"cannot read the rules file: {exc.strerror or exc}")]) from None
-    return decode(raw, path)
+        raise RulesError([Problem(path, 0, f"cannot read the {what}: {exc.strerror or exc}")]) from None
+    return decode(raw, path, what)
 
 
-def decode(raw: bytes, path: str) -> str:
-    """The text of a rules file read as `raw`; not UTF-8 is a `RulesError` naming the line."""
+def decode(raw: bytes, path: str, what: str = "rules file") -> str:
+    """The text of a file read as `raw`; not UTF-8 is a `RulesError` naming the line."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise RulesError([Problem(path, line, "the rules file is not valid UTF-8")]) from None
+        raise RulesError([Problem(path, line, f"the {what} is not valid UTF-8")]) from None
 
 
 def load(path: str, *, outbound: Outbound | None = None) -> RuleSet:
