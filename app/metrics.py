@@ -33,7 +33,8 @@ from prometheus_client.metrics import disable_created_metrics
 from prometheus_client.multiprocess import MultiProcessCollector
 
 __all__ = ["CONTENT_TYPE", "MULTIPROCESS", "Exporter", "Instrumented", "StateCollector", "check_folder",
-           "counting", "decided", "endpoints_of", "rejected", "repeated", "stop_counting"]
+           "counting", "decided", "endpoints_of", "regex_stopped", "rejected", "repeated",
+           "stop_counting"]
 
 log = logging.getLogger("app.metrics")
 
@@ -65,6 +66,10 @@ OPTOUTS = Counter("responder_optouts", "Opt-out and opt-in changes recorded from
 MESSAGES = Counter("responder_messages",
                    "Inbound messages answered: new (decided now) or repeat (a retry answered from the record)",
                    ["delivery"])
+REGEX_STOPPED = Counter("responder_regex_stopped",
+                        "Regex searches stopped at a bound, so the rule did not match: reason time "
+                        "(the search or the message's regexes took too long) or length (text too long)",
+                        ["rule", "reason"])
 
 _OPTOUT_LABELS = {"out": "optout", "in": "optin"}
 #: Labelled children, looked up once each: `labels()` costs as much as the count itself.
@@ -157,6 +162,12 @@ def repeated() -> None:
     """A message delivered again (a Plivo retry), answered from the record."""
     if _counting:
         _child(MESSAGES, DELIVERY_REPEAT).inc()
+
+
+def regex_stopped(rule: str, reason: str) -> None:
+    """A rule's regex search stopped at a bound: `time` or `length`."""
+    if _counting:
+        _child(REGEX_STOPPED, rule, reason).inc()
 
 
 # -- requests: a WSGI wrapper, one counter and one histogram per request -----------------

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 
 from .. import smsenc
 from ..inbound import INTENTS, TYPES
-from . import source
+from . import regexes, source
 from .compliance import Compliance, Keywords, ReplyLimit, fold
 from .engine import (DEFAULT_FORWARD_TEXT, Check, Forward, Rule, RuleSet, Webhook, digits,
                      first_keyword, normalize_text, normalize_word)
@@ -92,6 +92,7 @@ class _Compiler:
         self.templates: dict = {}
         self.timezone_set = False  # settings.timezone was given
         self.clock: tuple[int, str] | None = None  # (line, key) of the first `days` or `hours` condition
+        self.rule_name = ""  # the rule being compiled
 
     # -- reporting -----------------------------------------------------------------
     def error(self, line: int, message: str) -> None:
@@ -369,6 +370,7 @@ class _Compiler:
                 self.error(item.value_line("when"), f"'when' must be a mapping of conditions, got {_show(when)}")
                 when = None
             else:
+                self.rule_name = name  # for the rule's regex condition, which logs and counts by it
                 checks, groups, keywords, texts, types = self.when(when)
 
         replies = []
@@ -623,14 +625,22 @@ class _Compiler:
             self.error(line, f"'regex' takes one pattern as text, got {_show(pattern)}")
             return None, None
         try:
-            compiled = re.compile(pattern, re.IGNORECASE)
+            compiled = regexes.compile_pattern(pattern)
         except re.error as exc:
             self.error(line, f"bad regex: {exc.msg} at position {exc.pos}")
             return None, None
         except (OverflowError, RecursionError, ValueError, MemoryError) as exc:  # e.g. a{1,99999999999}
             self.error(line, f"bad regex: {type(exc).__name__}: {exc}")
             return None, None
-        return _regex(compiled), frozenset(compiled.groupindex)
+        except regexes.regex.error as exc:  # Python's re takes it, the bounded engine does not
+            self.error(line, f"unsupported regex: {exc}")
+            return None, None
+        if regexes.nested_quantifier(pattern):
+            self.warn(line, f"rule {self.rule_name!r}: the regex has a nested quantifier such as (a+)+, "
+                            "(a|aa)+ or (.*a){20}, which can take exponential time on some texts; a search "
+                            f"is stopped after {regexes.SEARCH_TIMEOUT * 1000:g} ms and the rule then does "
+                            "not match: rewrite it without the outer repeat (a+ instead of (a+)+)")
+        return _regex(compiled, self.rule_name), frozenset(compiled.groupindex)
 
     def hours(self, when: YMap):
         value = when["hours"]
@@ -694,14 +704,8 @@ def _contains(parts: tuple[str, ...]) -> Check:
     return check
 
 
-def _regex(pattern: re.Pattern) -> Check:
-    def check(facts, groups):
-        m = pattern.search(facts.text)
-        if m is None:
-            return False
-        groups.update(m.groupdict(default=""))
-        return True
-    return check
+def _regex(pattern, rule: str) -> Check:
+    return regexes.check(pattern, rule)  # bounded in text length and time
 
 
 def _number(attr: str, exact: frozenset, prefixes: tuple[str, ...]) -> Check:

@@ -18,6 +18,7 @@ from datetime import datetime, tzinfo
 from .. import logs
 from ..inbound import Inbound
 from .compliance import Compliance, ReplyLimit
+from .regexes import RegexLimit, deadline as _regex_deadline
 from .templates import Template
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ _DERIVED: dict[str, Callable[[Facts], object]] = {
     "now": lambda f: _local(f._clock, f._tz),
     "weekday": lambda f: f.now.weekday(),  # Monday is 0
     "minute": lambda f: f.now.hour * 60 + f.now.minute,
+    "regex_deadline": lambda f: _regex_deadline(),  # all of the message's regex searches end by then
 }
 
 
@@ -211,7 +213,11 @@ def decide(ruleset: RuleSet, msg: Inbound, now: datetime | None = None) -> Decis
         rule = rules[index]
         groups: dict = {}
         for check in rule.checks:
-            if not check(facts, groups):
+            try:
+                holds = check(facts, groups)
+            except RegexLimit:  # a regex search hit its bound (logged, counted): the rule does not match
+                holds = False
+            if not holds:
                 break
         else:
             matched.append(rule.name)
