@@ -137,7 +137,7 @@ def test_yaml_python_tags_are_refused():
     one(doc("""\
         - name: a
           reply: !!python/object/apply:os.system ["true"]
-        """), 4, "YAML syntax error")
+        """), 4, "unsupported YAML tag !!python/object/apply:os.system")
 
 
 def test_two_documents_are_refused():
@@ -1575,3 +1575,120 @@ def test_shipped_rules_answer_the_documented_examples():
     d = decide(ruleset, msg("order #12345"), MONDAY_10AM)
     assert [o.text for o in d.outgoing] == [
         "Order 12345: see where it is at https://acme.example/o/12345"]
+
+
+# -- files that once crashed the loader: each a `path:line` problem now ------------------
+# Found by the fuzzer in tests/test_rules_fuzz.py and by a security review; PyYAML's own
+# constructors raised ValueError, KeyError, TypeError, AttributeError or RecursionError
+# (and libyaml's composer overflowed the C stack) on these.
+@pytest.mark.parametrize("text, line, fragment", [
+    ("version: !!float x\nrules: []\n", 1, "!!float takes a number, got 'x'"),
+    ("version: !!timestamp x\nrules: []\n", 1, "unsupported YAML tag !!timestamp"),
+    ("version: !!timestamp 2001-13-45\nrules: []\n", 1, "unsupported YAML tag !!timestamp"),
+    ("version: !!bool x\nrules: []\n", 1, "!!bool takes true or false, got 'x'"),
+    ("version: !!map [1]\nrules: []\n", 1, "the YAML tag !!map does not fit a list"),
+    ("version: 1\nrules: !!seq {a: 1}\n", 2, "the YAML tag !!seq does not fit a mapping"),
+    ("version: 1\nrules: !!str [1]\n", 2, "the YAML tag !!str does not fit a list"),
+    ("version: 1\nrules: []\nx: !!binary aGVsbG8=\n", 3, "unsupported YAML tag !!binary"),
+    ("version: 1\nrules: []\nx: !!set {a}\n", 3, "unsupported YAML tag !!set"),
+    ("version: 1\nrules: []\nx: !!omap [{a: 1}]\n", 3, "unsupported YAML tag !!omap"),
+    ("version: 1\nrules: []\nx: !!pairs [{a: 1}]\n", 3, "unsupported YAML tag !!pairs"),
+    ("version: 1\nrules: []\nx: !mine 1\n", 3, "unsupported YAML tag !mine"),
+    ("version: 1\nrules: []\nx: !!python/name:os.system\n", 3, "unsupported YAML tag !!python/name:os.system"),
+    ("version: 1\nrules: &r [*r]\n", 2, "refers to a list or mapping that contains it"),
+    ("version: 1\nrules: []\nx: &m {a: *m}\n", 3, "refers to a list or mapping that contains it"),
+    ("version: 1\nrules: " + "[" * 1000 + "]" * 1000 + "\n", 2, "nested more than 50 deep"),
+    ("version: 1\nrules:\n  - name: a\n    when: " + "{not: " * 1000 + "{}" + "}" * 1000 + "\n", 4,
+     "nested more than 50 deep"),
+    ("version: 1\nrules:\n" + "".join(" " * i + "- \n" for i in range(60)), 52, "nested more than 50 deep"),
+])
+def test_hostile_yaml_is_a_problem_at_its_line(text, line, fragment):
+    found = problems(text)
+    assert any(p.line == line and fragment in p.message for p in found), [str(p) for p in found]
+
+
+def test_nesting_of_a_hundred_thousand_is_refused_without_recursing():
+    text = "version: 1\nrules: " + "[" * 100_000 + "]" * 100_000 + "\n"
+    one(text, 2, "nested more than 50 deep")
+
+
+def test_aliases_cannot_nest_past_the_limit_either():
+    chain = ["a0: &a0 " + "[" * 45 + "]" * 45] + [f"a{i}: &a{i} [[[[[[*a{i - 1}]]]]]]" for i in range(1, 4)]
+    text = "version: 1\nrules: []\nx:\n" + "".join(f"  {line}\n" for line in chain)
+    one(text, 5, "this alias nests lists and mappings more than 50 deep")
+
+
+def test_billion_laughs_is_refused_at_the_alias_that_expands_too_far():
+    lines = ["  l0: &l0 [lol]"] + [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+    text = "version: 1\nrules: []\nlaughs:\n" + "\n".join(lines) + "\n"
+    found = problems(text)
+    assert [p.line for p in found] == [10] and "expand to more than 1,000,000 values" in found[0].message
+
+
+def test_a_file_too_large_is_refused_before_reading_it():
+    one("version: 1\nrules: []\n" + "# padding\n" * 500_000, 1, "larger than 4,000,000 characters")
+
+
+@pytest.mark.parametrize("text, line, fragment", [
+    ("version: 1\nrules: []\nx: \"\\0\"\nstop: \"\0\"\n", 4, "is not allowed in YAML"),
+    ("version: 1\nrules: []\nx: \ud800\n", 3, "character '\\ud800' is not allowed in YAML"),  # str, not a file
+    ("version: 1\n---\nrules: []\n", 2, "YAML syntax error"),
+    ("version: 1\nrules: []\n? [1]\n: x\n", 3, "a key must be a plain value"),
+    ("version: 1\nrules: []\n<<: 1\n", 3, "YAML syntax error"),
+])
+def test_other_corners_of_yaml_say_where(text, line, fragment):
+    at(text, line, fragment)
+
+
+@pytest.mark.parametrize("text", [
+    "\ufeffversion: 1\nrules: []\n",                     # a byte order mark, as some editors write
+    "version: 1\nrules: []\nx: =\ny: <<\n",               # '=' and '<<' as values are text
+    "version: 1\nrules: []\n~: 1\n1: 2\ntrue: 3\n",      # keys that are not text: unknown (1 and true are equal
+                                                      # in Python: the second is a duplicate key)
+    "version: !!int 1\nrules: !!seq []\nz: !!null x\n",  # the tags that fit
+    "version: 1\nrules: [{name: a, reply: !!str 12, continue: !!bool TRUE}]\n",
+])
+def test_odd_but_harmless_yaml(text):
+    try:
+        compile_text(text, PATH)
+    except RulesError as exc:
+        assert all(p.line >= 1 and ("unknown key" in p.message or "duplicate key" in p.message)
+                   for p in exc.problems), str(exc)
+
+
+def test_the_tags_that_fit_keep_their_meaning():
+    ruleset = compile_text("version: !!int 1\nrules:\n  - &a {name: a, reply: !!str 12, continue: !!bool True}\n"
+                           "  - {<<: *a, name: b}\n", PATH)
+    assert [r.name for r in ruleset.rules] == ["a", "b"]
+
+
+def test_rules_check_answers_hostile_files_with_path_line_and_exit_1(tmp_path):
+    """The real command, in its own process: a segfault or a traceback would show here."""
+    import subprocess
+    import sys
+    files = {
+        "float.yaml": ("version: !!float x\nrules: []\n", ":1: !!float takes a number"),
+        "deep.yaml": ("version: 1\nrules:\n  - name: a\n    when: " + "{not: " * 100_000 + "{}" + "}" * 100_000 + "\n",
+                      ":4: lists and mappings are nested more than 50 deep"),
+    }
+    for name, (text, expected) in files.items():
+        path = tmp_path / name
+        path.write_text(text)
+        done = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "rules", "check", str(path)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr
+        assert f"{path}{expected}" in done.stderr, done.stderr[-2000:]
+
+
+def test_a_reload_of_a_hostile_file_keeps_the_rules_in_use(tmp_path):
+    from app.rules.holder import RulesHolder
+    path = tmp_path / "rules.yaml"
+    path.write_text("version: 1\nrules: [{name: a, reply: A}]\n")
+    holder = RulesHolder(str(path))
+    assert holder.load()
+    first = holder.current()
+    path.write_text("version: 1\nrules: [{name: a, reply: A}]\nx: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert holder.load() is False
+    assert holder.current() is first
+    assert [(p.line, p.message) for p in holder.error.problems] == [(3, "lists and mappings are nested more than 50 deep")]

@@ -8,6 +8,12 @@ The scalar rules are YAML 1.2's, not PyYAML's 1.1 defaults: only
 true/false are booleans (so `YES`, `ON` and `NO` stay the keywords users meant),
 integers are plain decimals without leading zeros (`0044…` stays a string of
 digits) and there are no sexagesimal numbers (`17:00` stays text).
+
+Whatever the text, `parse` returns or raises `RulesError`, never another exception:
+only the tags of plain values, lists and mappings are read (`!!binary`, `!!timestamp`,
+`!!set`, `!!python/...` and custom tags are problems), and the size of the file, how
+deep lists and mappings nest and how far aliases expand are bounded, each checked
+before PyYAML builds anything recursively.
 """
 
 from __future__ import annotations
@@ -72,6 +78,18 @@ _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _MERGE = "tag:yaml.org,2002:merge"
+_VALUE = "tag:yaml.org,2002:value"
+_STR = "tag:yaml.org,2002:str"
+_NULL = "tag:yaml.org,2002:null"
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
+
+# What a rules file may hold, checked before anything is built from it, so that no input
+# reaches PyYAML's constructors (or the compiler) in a shape they were not written for.
+MAX_CHARS = 4_000_000  # a rules file of thousands of rules is well under 1 MB
+MAX_DEPTH = 50  # lists and mappings inside each other; the deepest real rule needs about 10
+MAX_VALUES = 1_000_000  # values after expanding every alias (`*name`): bounds "billion laughs"
+_SCALAR_TAGS = frozenset({_STR, _INT, _FLOAT, _BOOL, _NULL, _MERGE})
 
 # libyaml's parser when PyYAML was built with it (much faster on big files); the
 # resolvers and constructors below are Python either way, so the result is the same.
@@ -80,7 +98,7 @@ _Base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 class _Loader(_Base):  # type: ignore[misc, valid-type]
     yaml_implicit_resolvers = {
-        first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _INT, _FLOAT, _TIMESTAMP)]
+        first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _INT, _FLOAT, _TIMESTAMP, _VALUE)]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
 
@@ -109,6 +127,10 @@ def _construct_int(loader: _Loader, node) -> int | str:
 
 def _construct_float(loader: _Loader, node) -> float:
     return float(loader.construct_scalar(node))
+
+
+def _construct_bool(loader: _Loader, node) -> bool:
+    return loader.construct_scalar(node).lower() == "true"  # the text was checked by _check_nodes
 
 
 def _construct_map(loader: _Loader, node) -> YMap:
@@ -152,6 +174,8 @@ def _construct_list(loader: _Loader, node) -> YList:
 
 _Loader.add_constructor(_INT, _construct_int)
 _Loader.add_constructor(_FLOAT, _construct_float)
+_Loader.add_constructor(_BOOL, _construct_bool)
+_Loader.add_constructor(_MERGE, lambda loader, node: loader.construct_scalar(node))  # `<<` as a value: text
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 _Loader.add_constructor("tag:yaml.org,2002:seq", _construct_list)
 
@@ -163,10 +187,21 @@ def parse(text: str, path: str) -> tuple[object, list[Problem]]:
     be trusted.
     """
     problems: list[Problem] = []
+    if len(text) > MAX_CHARS:
+        raise RulesError([Problem(path, 1, f"the file is larger than {MAX_CHARS:,} characters")])
     loader = None
     try:
+        deep = _too_deep(text, path)  # before composing: PyYAML builds nested values recursively
+        if deep is not None:
+            raise RulesError([deep])
         loader = _Loader(text, problems, path)  # the reader checks characters here already
-        data = loader.get_single_data()
+        node = loader.get_single_node()
+        data = None
+        if node is not None:
+            wrong = _check_nodes(node, path)
+            if wrong:
+                raise RulesError(wrong)
+            data = loader.construct_document(node)
     except yaml.reader.ReaderError as exc:
         line = text[: exc.position].count("\n") + 1
         raise RulesError([Problem(path, line, f"character {exc.character!r} is not allowed in YAML "
@@ -177,8 +212,126 @@ def parse(text: str, path: str) -> tuple[object, list[Problem]]:
         what = exc.problem or exc.context or "not valid YAML"
         raise RulesError([Problem(path, line, f"YAML syntax error: {what}")]) from None
     except yaml.YAMLError as exc:  # e.g. a document that is not text
-        raise RulesError([Problem(path, 0, f"YAML error: {exc}")]) from None
+        raise RulesError([Problem(path, 1, f"YAML error: {exc}")]) from None
+    except UnicodeEncodeError:  # a lone surrogate: only text not read from a file can hold one
+        found = _SURROGATE.search(text)
+        where = found.start() if found else 0
+        raise RulesError([Problem(path, text[:where].count("\n") + 1,
+                                  f"character {text[where]!r} is not allowed in YAML")]) from None
+    except RulesError:
+        raise
+    except (RecursionError, MemoryError):
+        raise RulesError([Problem(path, 1, "the file is nested too deeply or too large to read")]) from None
+    except Exception as exc:  # noqa: BLE001 - the checks above should leave nothing to fail here
+        raise RulesError([Problem(path, 1, f"cannot read the file ({type(exc).__name__}: {exc})")]) from None
     finally:
         if loader is not None:
             loader.dispose()
     return data, problems
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _Stop(Exception):
+    """Ends the walk in `_check_nodes`: what follows cannot be checked sensibly."""
+
+
+def _too_deep(text: str, path: str) -> Problem | None:
+    """A problem at the first list or mapping nested more than MAX_DEPTH deep, from the
+    parser's events (built without recursion), so that the recursive composer never sees it."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_Base):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return Problem(path, event.start_mark.line + 1,
+                               f"lists and mappings are nested more than {MAX_DEPTH} deep")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
+
+
+def _tag_name(tag: str) -> str:
+    name = tag.replace("tag:yaml.org,2002:", "!!")
+    return name if len(name) <= 60 else name[:57] + "..."
+
+
+def _short(value: str) -> str:
+    return repr(value if len(value) <= 30 else value[:27] + "...")
+
+
+def _check_nodes(root, path: str) -> list[Problem]:
+    """Problems with the composed document that PyYAML's constructors would trip over:
+    tags other than plain values, lists and mappings (and those that do not fit their
+    value), `!!bool`/`!!float` on text that is not one, aliases that contain
+    themselves, and aliases that expand past MAX_DEPTH or MAX_VALUES."""
+    problems: list[Problem] = []
+    done: dict[int, tuple[int, int]] = {}  # id(node) -> (height, values) once walked
+    on_path: set[int] = set()
+
+    def stop(line: int, message: str) -> _Stop:
+        problems.append(Problem(path, line, message))
+        return _Stop()
+
+    def check_tag(node) -> None:
+        tag, line = node.tag, node.start_mark.line + 1
+        if isinstance(node, yaml.ScalarNode):
+            kind, fits = "plain value", tag in _SCALAR_TAGS
+        elif isinstance(node, yaml.SequenceNode):
+            kind, fits = "list", tag == _SEQ
+        else:
+            kind, fits = "mapping", tag == _MAP
+        if not fits:
+            if tag in _SCALAR_TAGS or tag in (_SEQ, _MAP):
+                problems.append(Problem(path, line, f"the YAML tag {_tag_name(tag)} does not fit a {kind}"))
+            else:
+                problems.append(Problem(path, line, f"unsupported YAML tag {_tag_name(tag)}: a rules file holds "
+                                                    "only text, numbers, true/false, lists and mappings"))
+        elif tag == _BOOL and node.value.lower() not in ("true", "false"):
+            problems.append(Problem(path, line, f"!!bool takes true or false, got {_short(node.value)}"))
+        elif tag == _FLOAT:
+            try:
+                float(node.value)
+            except ValueError:
+                problems.append(Problem(path, line, f"!!float takes a number, got {_short(node.value)}"))
+
+    def walk(node, depth: int, line: int) -> tuple[int, int]:
+        # `line` is where the value stands: for an alias, the line of the alias (a node
+        # reached through an alias is the anchored node itself, marked where it was defined);
+        # list items are placed at their list's line, mapping values at their key's.
+        key = id(node)
+        if key in on_path:
+            raise stop(line, "this alias refers to a list or mapping that contains it")
+        if key in done:
+            height, values = done[key]
+            if depth + height - 1 > MAX_DEPTH:
+                raise stop(line, f"this alias nests lists and mappings more than {MAX_DEPTH} deep")
+            return height, values
+        if depth > MAX_DEPTH:
+            raise stop(line, f"lists and mappings are nested more than {MAX_DEPTH} deep")
+        check_tag(node)
+        height, values = 1, 1
+        own = node.start_mark.line + 1
+        if isinstance(node, yaml.SequenceNode):
+            children = [(item, own) for item in node.value]
+        elif isinstance(node, yaml.MappingNode):
+            children = [(part, k.start_mark.line + 1) for k, v in node.value for part in (k, v)]
+        else:
+            children = []
+        on_path.add(key)
+        for child, child_line in children:
+            child_height, child_values = walk(child, depth + 1, child_line)
+            height = max(height, child_height + 1)
+            values += child_values
+            if values > MAX_VALUES:
+                raise stop(child_line, f"the aliases (*name) here expand to more than {MAX_VALUES:,} values")
+        on_path.discard(key)
+        done[key] = height, values
+        return height, values
+
+    try:
+        walk(root, 1, root.start_mark.line + 1)
+    except _Stop:
+        pass
+    return problems
