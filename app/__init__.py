@@ -13,6 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 import config
 
 from . import cli, logs, metrics, web
+from .hostcheck import HostCheck
 from .maintenance import Pruner
 from .outbound.sender import build_sender
 from .rules import Outbound, RulesHolder
@@ -116,6 +117,10 @@ def create_app(test_config: dict | None = None) -> Flask:
         on_answered=recorder.submit if recorder is not None else None,
     )
 
+    # Inside ProxyFix: the Host and scheme the app will use must be plain `host[:port]` and
+    # http(s), checked before any signature work (a Host with a path or a query would move
+    # them into the URL the signature is checked against).
+    app.wsgi_app = HostCheck(app.wsgi_app)
     proxies = app.config["TRUSTED_PROXIES"]
     if proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)

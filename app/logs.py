@@ -12,7 +12,8 @@ whole numbers nor texts; as a second line of defence the formatters cut any
 phone number in a message, a traceback or the strings of an extra field to its
 last four digits and drop query strings from URLs in them (a GET webhook
 carries From, To and Text there). Database errors never show their statement's
-parameters (the engines hide them).
+parameters (the engines hide them). gunicorn's own lines about a request it refused say
+what was wrong without quoting what was received (`ServerLineFilter`).
 """
 
 from __future__ import annotations
@@ -191,8 +192,13 @@ class _RequestLineFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args and isinstance(record.args, tuple):
-            record.args = tuple(scrub(a) if isinstance(a, str) else a for a in record.args)
+            # A request line's query runs to the next space, quotes included (`Text=it's`).
+            record.args = tuple(scrub(_LINE_QUERY.sub("?…", a)) if isinstance(a, str) else a
+                                for a in record.args)
         return True
+
+
+_LINE_QUERY = re.compile(r"\?\S*")
 
 
 def _thread_died(args: threading.ExceptHookArgs) -> None:
@@ -257,3 +263,42 @@ def line(level: int, message: str, fmt: str, name: str = "gunicorn.conf", **fiel
     record = logging.makeLogRecord({"name": name, "levelno": level, "levelname": logging.getLevelName(level),
                                     "msg": message, "args": (), **fields})
     return formatter(fmt).format(record)
+
+
+#: gunicorn's line for a request it refused itself (a bad request line or header, a line
+#: over limit_request_line, ...): `Invalid request from ip=<addr>: <what, then what it got>`.
+_INVALID_REQUEST = "Invalid request from ip="
+#: Where the quoted part of gunicorn's description of a refused request starts.
+_QUOTED = re.compile(r":\s|['\"]")
+
+
+class ServerLineFilter(logging.Filter):
+    """On gunicorn's error log: its lines about a request it could not serve quote what the
+    client sent (the request line with its query string, a header, the bytes read before a
+    disconnection), which for a GET webhook is the message itself. They keep what went
+    wrong and leave out what was received: `Invalid request from ip=10.0.0.5: Invalid HTTP
+    request line`; a URI given as an argument loses its query; one of gunicorn's own
+    exceptions given as an argument is named by its type."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg
+        if isinstance(msg, str) and msg.startswith(_INVALID_REQUEST):
+            head, sep, detail = msg.partition(": ")
+            record.msg = head + sep + _QUOTED.split(detail, 1)[0].rstrip()
+        if record.args and isinstance(record.args, tuple):
+            record.args = tuple(_server_arg(a) for a in record.args)
+        return True
+
+
+def _server_arg(value):
+    if isinstance(value, BaseException) and type(value).__module__.startswith("gunicorn."):
+        return type(value).__name__  # its parse errors quote what was received (NoMoreData: all of it)
+    if isinstance(value, str) and "?" in value:
+        return value.split("?", 1)[0]
+    return value
+
+
+def hide_request_data(logger: logging.Logger) -> None:
+    """Put a `ServerLineFilter` on `logger` (gunicorn's error log), once."""
+    if not any(isinstance(f, ServerLineFilter) for f in logger.filters):
+        logger.addFilter(ServerLineFilter())

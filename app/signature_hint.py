@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from . import signature
+from .hostcheck import valid_host, valid_scheme
 
 #: Nearby URLs tried at most, per refused request (each costs one HMAC per token and header).
 MAX_CANDIDATES = 12
@@ -106,8 +107,12 @@ def candidates(url: str, public_url: str | None, environ: Mapping | None) -> lis
         else:
             bases.append((other, f"Plivo calls {other}{why}: set PUBLIC_URL={other}"))
 
-    protos = _values(env.get("HTTP_X_FORWARDED_PROTO"))
-    hosts = _values(env.get("HTTP_X_FORWARDED_HOST"))
+    if host is not None and not valid_host(host):
+        host = None
+    # Only plain values are tried (and named in the hint): a forwarded header nobody trusts
+    # may hold anything, a query string included.
+    protos = [p for p in _values(env.get("HTTP_X_FORWARDED_PROTO")) if valid_scheme(p)]
+    hosts = [h for h in _values(env.get("HTTP_X_FORWARDED_HOST")) if valid_host(h)]
     if protos or hosts:
         forwarded = f"{protos[0] if protos else scheme}://{hosts[0] if hosts else host or parts.netloc}"
         if public_url:

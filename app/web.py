@@ -6,7 +6,7 @@ import os
 from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, NotFound, RequestEntityTooLarge
 
 from .metrics import CONTENT_TYPE
 from .signature import SIGNATURE_HEADERS
@@ -28,6 +28,11 @@ def _body(environ: dict, limit: int) -> bytes:
     it at the last chunk. (werkzeug's limited stream would stop a chunked body at the
     limit and return what it read, cutting the message short without an error.)
     """
+    coding = environ.get("HTTP_TRANSFER_ENCODING")
+    if coding is not None and coding.strip().lower() != "chunked":
+        # gzip, chunked (or any other coding) would reach the app still encoded: a proxy in
+        # front and this service would then read two different bodies. Plivo sends none.
+        raise BadRequest("unsupported Transfer-Encoding")
     try:
         return _read(environ["wsgi.input"], environ.get("CONTENT_LENGTH"), limit,
                      environ.get("wsgi.input_terminated"))
@@ -45,7 +50,10 @@ def _read(stream, length, limit: int, terminated) -> bytes:
             raise BadRequest("bad Content-Length") from None
         if size > limit:
             raise RequestEntityTooLarge()
-        return stream.read(size) if size > 0 else b""
+        data = stream.read(size) if size > 0 else b""
+        if len(data) != size:  # the client stopped early: never check a signature on part of a body
+            raise BadRequest("body shorter than Content-Length")
+        return data
     if not terminated:
         return b""  # no length and a server that does not end the stream: nothing to read safely
     data = stream.read(limit + 1)
@@ -54,13 +62,19 @@ def _read(stream, length, limit: int, terminated) -> bytes:
     return data
 
 
-def _http_request(environ: dict, config) -> HttpRequest:
+def _http_request(environ: dict, config, path: str) -> HttpRequest:
     """The request as the pipeline sees it, read from the WSGI environ once.
+
+    `path` is the webhook's own path: werkzeug also routes `//message` and `/%2Fmessage`
+    here, and those are 404, so the path that was signed is the path that is served.
 
     ProxyFix (TRUSTED_PROXIES) has already rewritten the scheme and Host here.
     """
     # The path exactly as sent (gunicorn: RAW_URI; werkzeug's server: REQUEST_URI), because
     # the signature covers it byte for byte; werkzeug's request.url is decoded and re-quoted.
+    served = environ.get("PATH_INFO", "")
+    if served != path and served != path + "/":
+        raise NotFound()
     raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     query = environ.get("QUERY_STRING", "")
     if not raw_uri:
@@ -85,13 +99,15 @@ def _response(answer: Answer) -> Response:
 @bp.route("/message", methods=WEBHOOK_METHODS, strict_slashes=False, provide_automatic_options=False)
 def message():
     app = current_app._get_current_object()  # one proxy look-up, not one per attribute
-    return _response(app.extensions["responder"].handle_message(_http_request(request.environ, app.config)))
+    req = _http_request(request.environ, app.config, "/message")
+    return _response(app.extensions["responder"].handle_message(req))
 
 
 @bp.route("/status", methods=WEBHOOK_METHODS, strict_slashes=False, provide_automatic_options=False)
 def status():
     app = current_app._get_current_object()
-    return _response(app.extensions["responder"].handle_status(_http_request(request.environ, app.config)))
+    req = _http_request(request.environ, app.config, "/status")
+    return _response(app.extensions["responder"].handle_status(req))
 
 
 @bp.record_once

@@ -259,3 +259,123 @@ def test_refusals_are_json_lines_by_default(tmp_path, start):
     # an invalid LOG_FORMAT cannot choose its own format: plain text
     line = only_line(start(PORT=str(free_port()), LOG_FORMAT="yaml")[0])
     assert line == "error: LOG_FORMAT must be json or text, got 'yaml'"
+
+
+# -- privacy of every log path: good and bad requests, the server's own refusals ------------------
+#: Words no log line has any other reason to hold, one text each, and a sender's number.
+PRIVATE_WORDS = ("marmalade", "zeppelin", "quokka", "walrus", "tangerine", "lighthouse", "porcupine", "saxophone",
+                 "gooseberry", "trombone", "armadillo", "pistachio", "kumquat", "narwhal", "xylophone", "dromedary",
+                 "persimmon", "accordion", "platypus", "rhubarb", "tambourine", "wombat", "clementine", "harpsichord")
+PRIVATE_SENDER = "14155558888"
+
+
+def test_no_log_line_holds_a_text_or_a_number_whatever_the_request(tmp_path):
+    from rawhttp import exchange, request
+    from test_long_get import LINE_LIMIT
+
+    server = Server(tmp_path, LOG_LEVEL="DEBUG", GUNICORN_ACCESS_LOG="-", WEB_CONCURRENCY="1")
+    port, words = server.port, iter(PRIVATE_WORDS)
+    host = ("Host", f"127.0.0.1:{port}")
+
+    def text() -> str:
+        return f"my {next(words)} is 4321"
+
+    def params(**extra) -> dict:
+        return sms(text(), From=PRIVATE_SENDER, **extra)
+
+    def query(**extra) -> str:
+        return urlencode(params(**extra))
+
+    try:
+        # A refused signature first, so this worker works out its hint for it: a forwarded
+        # host nobody trusts, carrying a query, must not reach the hint.
+        forged = params()
+        r = exchange(port, request("POST", "/message", [
+            host, ("Content-Type", "application/x-www-form-urlencoded"),
+            ("X-Forwarded-Host", f"evil.example/x?Text={next(words)}"), ("X-Forwarded-Proto", "https"),
+            *signed_headers(server.base + "/message", forged, token="notthetoken0123456789").items()],
+            urlencode(forged).encode()))
+        assert r.status == 403
+        q = query()  # a GET with a bad signature
+        assert requests.get(f"{server.base}/message?{q}", headers=signed_headers(
+            f"{server.base}/message?{q}", {}, method="GET", token="notthetoken0123456789"), timeout=10).status_code == 403
+        assert server.post(params()).status_code == 200  # good POST
+        q = query()  # good GET
+        assert requests.get(f"{server.base}/message?{q}", headers=signed_headers(
+            f"{server.base}/message?{q}", {}, method="GET"), timeout=10).status_code == 200
+        # a Host carrying a query: 400 before anything else
+        r = exchange(port, request("GET", f"/message?{query()}", [("Host", f"127.0.0.1:{port}/message?{query()}#")]))
+        assert r.status == 400
+        assert server.post(params(To=None)).status_code == 400  # signed, but no To
+        big = params(Text=text() + " " + "x" * 5000)
+        assert server.post(big).status_code == 413  # over MAX_CONTENT_LENGTH (4096 in these tests)
+        long_line = f"/message?{query()}&pad={'x' * LINE_LIMIT}"
+        assert exchange(port, request("GET", long_line, [host])).status == 414
+        assert exchange(port, request("PUT", f"/message?{query()}", [host])).status == 405
+        assert requests.get(f"{server.base}/nope?{query()}", timeout=10).status_code == 404
+        # gunicorn's own refusals, which quote what they got: raw spaces in the request line,
+        # a header name that is no name.
+        line = f"GET /message?From={PRIVATE_SENDER}&Text=my {next(words)} is 4321 HTTP/1.1\r\nHost: x\r\n\r\n"
+        assert exchange(port, line.encode()).status == 400
+        r = exchange(port, request("GET", "/healthz", [host, (f"{next(words)} {PRIVATE_SENDER}", "x")]))
+        assert r.status == 400
+        # a client that goes away in the middle of its request line
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(f"GET /message?From={PRIVATE_SENDER}&Text={next(words)}".encode())
+        assert exchange(port, request("GET", "/healthz", [host])).status == 200
+    finally:
+        server.stop()
+    output = server.log_path.read_text(encoding="utf-8")
+    records = json_lines(output)
+    statuses = {r.get("status") for r in records if r["logger"] == "gunicorn.access"}
+    assert {200, 400, 403, 404, 405, 413} <= statuses, statuses
+    refused = [r["msg"] for r in records if r["msg"].startswith("Invalid request from ip=")]
+    # They say what was wrong, without what was received.
+    assert {"Invalid request from ip=127.0.0.1: Invalid HTTP Version",
+            "Invalid request from ip=127.0.0.1: Invalid HTTP header name"} <= set(refused), refused
+    assert any(m.startswith("Invalid request from ip=127.0.0.1: Request Line is too large") for m in refused), refused
+    hints = [r for r in records if r["msg"].startswith("signature rejected")]
+    assert len(hints) == 2 and hints[0].get("likely_wrong") and "?" not in hints[0]["checked_url"]
+    assert "evil.example" not in hints[0]["msg"]
+    for secret in (PRIVATE_SENDER, PRIVATE_SENDER[1:], OURS, *PRIVATE_WORDS):
+        assert secret not in output, f"{secret!r} is in the log: " + next(
+            line for line in output.splitlines() if secret in line)
+
+
+def test_gunicorns_lines_about_a_refused_request_keep_what_was_wrong_not_what_was_sent():
+    import logging
+
+    from app.logs import ServerLineFilter, formatter
+
+    def shown(msg, *args):
+        record = logging.makeLogRecord({"name": "gunicorn.error", "levelno": logging.WARNING,
+                                        "levelname": "WARNING", "msg": msg, "args": args})
+        assert ServerLineFilter().filter(record)
+        return json.loads(formatter("json").format(record))["msg"]
+
+    assert shown("Invalid request from ip=10.0.0.5: Invalid HTTP Version: 'my quokka is 4321 HTTP/1.1'") == (
+        "Invalid request from ip=10.0.0.5: Invalid HTTP Version")
+    assert shown("Invalid request from ip=::1: Invalid HTTP request line: 'GET /m?Text=my walrus'") == (
+        "Invalid request from ip=::1: Invalid HTTP request line")
+    assert shown('Invalid request from ip=10.0.0.5: Invalid HTTP header name: "my wombat\'s"') == (
+        "Invalid request from ip=10.0.0.5: Invalid HTTP header name")
+    assert shown("Invalid request from ip=10.0.0.5: Request Line is too large (70000 > 65536)") == (
+        "Invalid request from ip=10.0.0.5: Request Line is too large (70000 > 65536)")
+    assert shown("Error handling request %s %s", "GET", "/message?Text=my+narwhal") == (
+        "Error handling request GET /message")
+    from gunicorn.http.errors import NoMoreData
+    assert shown("Ignored premature client disconnection. %s", NoMoreData(b"GET /message?Text=my platypus")) == (
+        "Ignored premature client disconnection. NoMoreData")
+    assert shown("Booting worker with pid: %s", 123) == "Booting worker with pid: 123"
+    assert shown("Ignoring connection error: %s", ConnectionResetError(104, "Connection reset by peer")) == (
+        "Ignoring connection error: [Errno 104] Connection reset by peer")
+
+
+def test_werkzeugs_request_lines_lose_the_whole_query():
+    import logging
+
+    from app.logs import _RequestLineFilter
+    record = logging.makeLogRecord({"msg": '%s - - "%s" %s', "args": (
+        "127.0.0.1", "GET /message?From=14155550123&Text=it's+my+secret HTTP/1.1", "200")})
+    assert _RequestLineFilter().filter(record)
+    assert record.getMessage() == '127.0.0.1 - - "GET /message?… HTTP/1.1" 200'

@@ -450,3 +450,23 @@ def test_a_huge_forward_is_capped(tmp_path):
     app = make_app(tmp_path)
     r = send(app.test_client(), params)
     assert r.status_code == 200 and len(messages(r)) == 10
+
+
+@pytest.mark.parametrize("path", ["//message", "/%2Fmessage", "//status", "/message//", "/%2fstatus/"])
+def test_only_the_webhooks_own_paths_are_served(client, path):
+    """werkzeug routes `//message` and `/%2Fmessage` to the view; signed for that very URL, they
+    would be served by a path other than the one Plivo calls. They are 404 before any signature."""
+    answer = send(client, sms("hours"), path=path)
+    assert answer.status_code == (308 if path == "/message//" else 404)  # werkzeug redirects that one
+
+
+def test_trailing_slash_is_still_the_webhook(client):
+    assert send(client, sms("hours"), path="/message/").status_code == 200
+
+
+@pytest.mark.parametrize("coding", ["gzip, chunked", "gzip", "identity"])
+def test_a_transfer_coding_other_than_chunked_is_refused(client, coding):
+    """A coded body would reach the app still coded, so a proxy in front and the service would
+    read different bodies; Plivo sends plain or chunked bodies only."""
+    answer = send(client, sms("hours"), headers={"Transfer-Encoding": coding})
+    assert answer.status_code == 400 and b"unsupported Transfer-Encoding" in answer.data
