@@ -122,13 +122,38 @@ def _port() -> int:
 wsgi_app = "wsgi:app"
 bind = [f"0.0.0.0:{_port()}"]
 workers = _int_env("WEB_CONCURRENCY", 2)
-# Threaded workers: each request is short CPU work (verify, match, render), but a
-# sync worker also waits on whoever connected, so a few idle or slow connections
-# would hold every worker until `timeout` (and Plivo waits only 8 s). With gthread
-# a worker's main thread watches the connections and hands complete requests to
-# its threads; idle keep-alive connections cost nothing.
-worker_class = "gthread"
+# Threaded workers whose threads only ever see whole requests (app/http_worker.py).
+# Each request is short CPU work (verify, match, render); what must not hold a thread
+# is whoever connected: gthread gives a thread to every new connection and lets it
+# read with no deadline, so a few dozen clients sending a byte now and then would
+# hold every thread (and Plivo waits only 8 s). This worker reads each request in the
+# worker's main loop, next to accept, and hands it to a thread once it has arrived
+# whole; a request must arrive whole within REQUEST_READ_TIMEOUT seconds (408
+# otherwise). Slow and idle keep-alive connections cost a file descriptor, not a thread.
+worker_class = "app.http_worker.DeadlineWorker"
 threads = _int_env("GUNICORN_THREADS", 8)
+# Connections per worker, slow ones included (each a file descriptor: keep it under `ulimit -n`).
+worker_connections = _int_env("GUNICORN_WORKER_CONNECTIONS", 1000)
+
+
+def _seconds_env(name: str, default: float, low: float, high: float) -> float:
+    """A number of seconds from `low` to `high` (decimals allowed)."""
+    given = os.environ.get(name, "").strip()
+    if not given:
+        return default
+    try:
+        value = float(given)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:  # nan and inf fail too
+        _refuse(f"{name} must be a number of seconds from {low:g} to {high:g}, got {given!r}")
+    return value
+
+
+from app import http_worker as _http_worker  # noqa: E402
+
+_http_worker.configure(request_read_timeout=_seconds_env("REQUEST_READ_TIMEOUT", 5.0, 0.5, 300),
+                       max_body=_settings["MAX_CONTENT_LENGTH"])
 timeout = 30
 graceful_timeout = 20
 keepalive = 5
@@ -136,6 +161,36 @@ keepalive = 5
 # Forwarded headers are trusted by the app alone, through TRUSTED_PROXIES
 # (werkzeug's ProxyFix), so gunicorn must not act on X-Forwarded-Proto itself.
 secure_scheme_headers = {}
+
+# Request limits. A GET webhook carries the whole message in its request line, percent-
+# encoded (3 bytes per UTF-8 byte). The longest texts, at their worst:
+#   SMS, GSM-7: 1,600 characters of 2 UTF-8 bytes (é, Ä, Greek capitals)  1,600 x 6 =  9,600
+#     (800 '€', 2 GSM units each: 7,200; 737 UCS-2 characters as 4-byte emoji: 737 x 12 = 8,844)
+#   MMS: 1,600 characters as 4-byte emoji                                  1,600 x 12 = 19,200
+#   WhatsApp: 4,096 characters as 4-byte emoji                             4,096 x 12 = 49,152
+# and every other parameter at its longest (numbers of 15 digits, uuids, Units, rates, the
+# intent, MediaCount and 10 media URLs of about 164 bytes each): 1,963 bytes, plus
+# "GET /message?" and " HTTP/1.1": 51,137 bytes for the WhatsApp text, 11,585 for an SMS.
+# 65,536 takes all of them with room for a longer path; longer lines get gunicorn's 414.
+# (gunicorn's default of 4,094 loses a GET of 450 Chinese characters.)
+limit_request_line = 65536
+# Plivo sends about 12 headers, none over 100 bytes (two signatures in one header while a
+# token rotates); proxies and CDNs in front add up to about 20. More is refused with 431.
+limit_request_fields = 50
+limit_request_field_size = 8190
+
+
+def _raise_request_line_cap(limit: int) -> None:
+    """gunicorn cuts any limit_request_line above its MAX_REQUEST_LINE (8,190) down to it;
+    its parser reads that cap for each request, so raising it here, in the master before
+    the workers fork, lets the limit above hold (tests/test_long_get.py checks both ends)."""
+    from gunicorn.http import message
+
+    if getattr(message, "MAX_REQUEST_LINE", limit) < limit:
+        message.MAX_REQUEST_LINE = limit
+
+
+_raise_request_line_cap(limit_request_line)
 
 # gunicorn's control socket (for `gunicornc`) is one fixed path per user, so several
 # instances on one host would take it from each other: off unless a path is given.
@@ -172,6 +227,9 @@ class _Logger(_GunicornLogger):
             for handler in log.handlers:
                 if getattr(handler, "_gunicorn", False):
                     handler.setFormatter(_logs.formatter(_FORMAT))
+        # Its lines about a request it refused quote the request line (a GET's query holds
+        # the message): they say what was wrong, not what was received.
+        _logs.hide_request_data(self.error_log)
         _logs.configure_process(_settings["LOG_LEVEL"], _FORMAT)
 
     def access(self, resp, req, environ, request_time):
