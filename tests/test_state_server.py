@@ -1,4 +1,4 @@
-"""State against the real thing: gunicorn (gthread, 2 workers) over loopback HTTP.
+"""State against the real thing: gunicorn (the service's threaded worker, 2 workers) over loopback HTTP.
 
 Retries, replays, two instances on one PostgreSQL database, a database outage and
 cut connections, a worker killed under load, and a restart. Every wait polls a
