@@ -67,12 +67,13 @@ class Server:
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         try:
-            self._wait_ready(tmp, int(settings["WEB_CONCURRENCY"]))
+            self._wait_ready(tmp, int(settings["WEB_CONCURRENCY"]),
+                             booted=settings.get("LOG_LEVEL", "INFO").upper() in ("DEBUG", "INFO"))
         except BaseException:
             self.stop()  # never leave a gunicorn running behind a failed start
             raise
 
-    def _wait_ready(self, tmp: Path, workers: int) -> None:
+    def _wait_ready(self, tmp: Path, workers: int, booted: bool = True) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -81,7 +82,10 @@ class Server:
                 ready = requests.get(self.base + "/readyz", timeout=1).status_code == 200
             except requests.RequestException:  # not listening yet, or a worker still booting (slow)
                 ready = False
-            if ready and len(self.workers()) == workers:
+            # Forked is not booted: a worker writes "Booting worker" after the fork, and a test that
+            # reads the log from here on must not see a first boot as a replaced worker.
+            if (ready and len(self.workers()) == workers
+                    and (not booted or self.log_path.read_text(errors="replace").count("Booting worker") >= workers)):
                 return
             time.sleep(0.1)
         raise RuntimeError("gunicorn did not become ready in 30 s")
