@@ -445,13 +445,19 @@ def _send_raw(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
 
 
-def _check_xml(label: str, status: int, headers: dict[str, str], raw: bytes, dst: str) -> None:
+def _xml_answer(label: str, status: int, headers: dict[str, str], raw: bytes) -> str:
+    """Fail unless the answer is a 200 in XML; the start of its body, for messages."""
     shown = raw.decode("utf-8", "replace")[:500]
     if status != 200:
         fail(f"{label}: expected 200, got {status}: {shown}")
     ctype = headers.get("content-type", "")
     if not ctype.lower().startswith(("application/xml", "text/xml")):
         fail(f"{label}: Content-Type {ctype!r}, expected application/xml")
+    return shown
+
+
+def _check_xml(label: str, status: int, headers: dict[str, str], raw: bytes, dst: str) -> None:
+    shown = _xml_answer(label, status, headers, raw)
     if not raw.lstrip().startswith(b"<?xml"):
         fail(f"{label}: answer has no XML declaration: {shown}")
     try:
@@ -472,12 +478,7 @@ def _check_xml(label: str, status: int, headers: dict[str, str], raw: bytes, dst
 
 def _check_empty(label: str, status: int, headers: dict[str, str], raw: bytes) -> None:
     """A WhatsApp message's answer: 200 and an empty <Response/> (the reply goes through the API)."""
-    shown = raw.decode("utf-8", "replace")[:500]
-    if status != 200:
-        fail(f"{label}: expected 200, got {status}: {shown}")
-    ctype = headers.get("content-type", "")
-    if not ctype.lower().startswith(("application/xml", "text/xml")):
-        fail(f"{label}: Content-Type {ctype!r}, expected application/xml")
+    shown = _xml_answer(label, status, headers, raw)
     try:
         root = ET.fromstring(raw)
     except ET.ParseError as exc:
