@@ -255,9 +255,9 @@ def on_starting(server):
     version compiled here is kept too, so workers that boot after the file broke
     answer from it.
     """
-    from app import outbound_settings
+    from app import logs, outbound_settings
     from app.rules import RulesError
-    from app.rules.holder import compile_and_keep, keep_dir
+    from app.rules.holder import WARNED_ENV, compile_and_keep, keep_dir
 
     _check_listening(server)
     if _METRICS.empty:  # not after a USR2 upgrade: the old workers still write in the folder
@@ -267,16 +267,21 @@ def on_starting(server):
         _say("warning", "VERIFY_SIGNATURES=false: requests are answered without checking that "
              "Plivo sent them; use this only for local experiments")
     try:
-        compile_and_keep(settings["RULES_PATH"], keep_dir(os.path.join(_HERE, "instance")),
-                         outbound=outbound_settings(settings))
+        ruleset = compile_and_keep(settings["RULES_PATH"], keep_dir(os.path.join(_HERE, "instance")),
+                                   outbound=outbound_settings(settings))
     except Exception as exc:  # noqa: BLE001 - any failure to load refuses the start, in one place
         problems = exc.problems if isinstance(exc, RulesError) else [
             f"{settings['RULES_PATH']}: cannot load: {type(exc).__name__}: {exc}"]
-        if _FORMAT != "json":  # JSON: one line, the problems a list in it
+        if _FORMAT != "json":  # JSON: one line, the problems a list in it (scrubbed by its formatter)
             for problem in problems:
-                _say("error", problem, prefix=False)
+                _say("error", logs.scrub(str(problem)), prefix=False)
         _refuse(f"{settings['RULES_PATH']} has {len(problems)} problem(s); "
                 "fix them (flask --app wsgi rules check) and start again", problems=[str(p) for p in problems])
+    # The warnings once per start, here; the workers compile the same file and say nothing more.
+    for warning in ruleset.warnings:
+        _say("warning", logs.scrub(f"{warning.where}: warning: {warning.message}"), prefix=False,
+             rules_path=warning.path, digest=ruleset.digest)
+    os.environ[WARNED_ENV] = ruleset.digest
     _migrate(server, settings)
 
 

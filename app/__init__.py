@@ -67,7 +67,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     # The last good rules are kept per rules file in the instance folder, shared by the workers.
     holder = RulesHolder(app.config["RULES_PATH"], app.config["RULES_RELOAD_INTERVAL"],
-                         keep_dir=keep_dir(app.instance_path), outbound=outbound_settings(app.config))
+                         keep_dir=keep_dir(app.instance_path), outbound=outbound_settings(app.config, serving=not in_cli))
     if not in_cli:
         holder.load()
         if not app.testing:
@@ -87,9 +87,7 @@ def create_app(test_config: dict | None = None) -> Flask:
             migrate.upgrade(store.engine)
         except DatabaseUrlError as exc:
             _refuse(config.ConfigError(str(exc)), ctx)
-    # Serving, the API needs the id and a token; a command (simulate) shows what a service
-    # with this PLIVO_AUTH_ID would do, since commands need no token.
-    api = bool(app.config["PLIVO_AUTH_ID"] and (app.config["PLIVO_AUTH_TOKENS"] or in_cli))
+    api = outbound_settings(app.config, serving=not in_cli).api
     sender = None
     if not in_cli and not app.testing:
         Pruner(store, app.config["RETENTION_DAYS"]).start()
@@ -137,10 +135,15 @@ def create_app(test_config: dict | None = None) -> Flask:
     return app
 
 
-def outbound_settings(settings) -> Outbound:
-    """What the rules may use, given the settings: the Message API, signed webhook calls."""
-    return Outbound(api=bool(settings.get("PLIVO_AUTH_ID") and settings.get("PLIVO_AUTH_TOKENS")),
-                    webhook_secret=bool(settings.get("WEBHOOK_SECRET")))
+def outbound_settings(settings, *, serving: bool = True) -> Outbound:
+    """What the rules may use, given the settings: the Message API, signed webhook calls.
+
+    Serving, the Message API needs PLIVO_AUTH_ID and a token. A command sends nothing, so it
+    needs no token: it judges (`rules check`) or shows (`simulate`) what a service with this
+    PLIVO_AUTH_ID would do.
+    """
+    api = bool(settings.get("PLIVO_AUTH_ID") and (settings.get("PLIVO_AUTH_TOKENS") or not serving))
+    return Outbound(api=api, webhook_secret=bool(settings.get("WEBHOOK_SECRET")))
 
 
 def _recorder(settings, *, serving: bool, start: bool):

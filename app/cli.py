@@ -155,7 +155,7 @@ def rules_check(path: str | None) -> None:
     """Check a rules file (default: RULES_PATH). Exit 1 if it has errors."""
     from . import outbound_settings
     path = path or current_app.config["RULES_PATH"]
-    ruleset, errors, warnings = check_rules(path, outbound_settings(current_app.config))
+    ruleset, errors, warnings = check_rules(path, outbound_settings(current_app.config, serving=False))
     for line in errors:
         click.echo(line, err=True)
     for line in warnings:

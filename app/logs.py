@@ -28,13 +28,18 @@ import time
 # Attributes every LogRecord has; anything else was passed with `extra=`.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 
-#: A query string (`?a=b...`) after a URL or path, or a phone number: `+` (or `%2B`) and digits,
+#: A URL's user information (`https://admin:S3cret@host`: a password, or a token given as the
+#: user name) and a query string (`?a=b...`) after a URL or path: both can hold credentials.
+_USERINFO = r"""(?P<userinfo>(?<=://)[^\s/?#@"'<>]+@)"""
+_QUERY = r"""(?P<query>(?<=[^\s?])\?[^\s"'<>?]*=[^\s"'<>]*)"""
+_CREDENTIALS = re.compile(f"{_USERINFO}|{_QUERY}")
+
+#: What `_CREDENTIALS` finds, or a phone number: `+` (or `%2B`) and digits,
 #: grouped or not (`+1 415 555 0100`, `+1 (415) 555-0100`), a North American number written
 #: `(415) 555-0100` or `415-555-0100`, or a run of 8 to 15 digits standing alone. Standing alone
 #: is judged with ASCII letters and digits, so `id_14155550100` and `14155550100.` are numbers,
 #: while uuid groups, hex digests, versions, addresses, dates and times are not.
-_PRIVATE = re.compile(r"""
-    (?P<query>(?<=[^\s?])\?[^\s"'<>?]*=[^\s"'<>]*)
+_PRIVATE = re.compile(_USERINFO + "|" + _QUERY + r"""
   | (?P<number>
       (?<![\dA-Za-z+])                      # not inside a word or a longer number
       (?<![\dA-Fa-f]-)(?<![\dA-Za-z]\.)     # nor a later group of a uuid, a version or an address
@@ -50,6 +55,8 @@ _NUMBER_DIGITS = 8
 
 
 def _hide(match: re.Match) -> str:
+    if match.group("userinfo") is not None:
+        return "…@"
     if match.group("query") is not None:
         return "?…"
     found = match.group()
@@ -60,8 +67,16 @@ def _hide(match: re.Match) -> str:
 
 
 def scrub(text: str) -> str:
-    """`text` with query strings dropped and phone numbers cut to their last four digits."""
+    """`text` with URLs' user information and query strings dropped and phone numbers cut to
+    their last four digits."""
     return _PRIVATE.sub(_hide, text)
+
+
+def hide_credentials(text: str) -> str:
+    """`text` with the user information (`user:password@`) and query strings of URLs in it
+    replaced by `…`, and nothing else changed: for what an operator reads about their own
+    file (`rules check`), which may show numbers but should not show a password."""
+    return _CREDENTIALS.sub(_hide, text)
 
 
 def scrub_value(value, depth: int = 0):

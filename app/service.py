@@ -259,7 +259,7 @@ class Responder:
         if log.isEnabledFor(logging.INFO):
             log.info("message answered", extra={
                 "uuid": msg.uuid, "type": msg.type, "rules": _rules(decision, plan),
-                "compliance": plan.compliance, "messages": len(plan.outgoing),
+                "compliance": plan.compliance, "possible_optout": plan.possible_optout, "messages": len(plan.outgoing),
                 "api": sum(v == "api" for v in plan.via), "webhooks": len(plan.webhooks), "held": len(plan.held),
             })
 

@@ -7,7 +7,10 @@ not the one in the Plivo application, a trailing `/` lost on the way) refuses
 every request although its token is right. The request's own signature is
 tried against a few such nearby URLs with the configured tokens: if one
 verifies, the URL is the problem and the hint names the setting that fixes
-it; if none does, the token is likelier wrong.
+it. If none does, the token is likelier wrong, unless the URL checked cannot
+be the one Plivo calls: without PUBLIC_URL, a Host that is an IP address or an
+internal name (a proxy in front that passes no X-Forwarded-Host sends its own
+Host, and the real one cannot be tried) makes PUBLIC_URL the likelier fix.
 
 Hints never hold a token or a signature, nor a query string (a GET webhook
 carries the numbers and the text there).
@@ -21,6 +24,7 @@ would without hints.
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -82,7 +86,42 @@ def explain(tokens: Sequence[str], method: str, url: str, headers: Mapping[str, 
         matching = _no_query(candidate)
         return Hint("url", f"the URL is likelier wrong than the token: the signature matches {matching}, "
                            f"but {checked} was checked; {fix}", matching)
+    inner = None if public_url else _internal_host(urlsplit(url).hostname or "")
+    if inner is not None:
+        base = checked[:len(checked) - len(urlsplit(checked).path)]
+        return Hint("url", f"the URL is likelier wrong than the token: {checked} was checked, and {inner}, "
+                           "seldom the address Plivo calls (a proxy in front that passes no X-Forwarded-Host?): "
+                           "set PUBLIC_URL to the base of the URL in the Plivo application (as "
+                           f"https://sms.example.com); if Plivo does call {base}, PLIVO_AUTH_TOKEN is wrong")
     return Hint("token", TOKEN_HINT)
+
+
+#: Name endings of hosts only a private network knows.
+_INTERNAL_SUFFIXES = (".local", ".localdomain", ".internal", ".lan", ".home.arpa", ".intranet", ".corp",
+                      ".svc", ".cluster.local", ".localhost")
+
+
+def _internal_host(host: str) -> str | None:
+    """Why `host` (a URL's hostname) is unlikely to be the one in the Plivo application, or None
+    when it may well be (a public name)."""
+    host = host.strip("[]").rstrip(".").lower()
+    if not host:
+        return None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None:
+        if address.is_loopback:
+            return f"{host} is a loopback address"
+        if address.is_private or address.is_link_local or address.is_unspecified:
+            return f"{host} is a private address"
+        return f"{host} is an IP address, not a name"
+    if host == "localhost":
+        return "localhost is a loopback name"
+    if "." not in host or host.endswith(_INTERNAL_SUFFIXES):
+        return f"{host} is an internal name"
+    return None
 
 
 def candidates(url: str, public_url: str | None, environ: Mapping | None) -> list[tuple[str, str]]:

@@ -126,20 +126,25 @@ def healthz():
     return Response("ok\n", 200, content_type="text/plain; charset=utf-8")
 
 
+def _problems(error) -> list[str]:
+    """The rules file's problems as `path:line: kind`: never their messages, which may quote the
+    file (a URL with its password), since /readyz answers anyone. The log and `rules check` say more."""
+    return [p.brief for p in error.problems[:20]] if error is not None else []
+
+
 @bp.get("/readyz")
 def readyz():
     responder = current_app.extensions["responder"]
     holder = responder.holder
     ruleset = holder.current()
     if ruleset is None:
-        return jsonify(status="not ready", reason="rules not loaded",
-                       problems=[str(p) for p in holder.error.problems[:20]] if holder.error else []), 503
+        return jsonify(status="not ready", reason="rules not loaded", problems=_problems(holder.error)), 503
     if responder.store is not None and not responder.store.ping():
         return jsonify(status="not ready", reason="database does not answer"), 503
     # pid: which worker answered, so the digests of every worker can be compared.
     body = {"status": "ready", "rules": len(ruleset.rules), "digest": ruleset.digest, "pid": os.getpid()}
     if holder.error is not None:
-        body["reload_failed"] = [str(p) for p in holder.error.problems[:20]]
+        body["reload_failed"] = _problems(holder.error)
     return jsonify(body), 200
 
 

@@ -136,3 +136,36 @@ def test_shipped_rules_answer_stop_start_help_with_the_built_in_compliance(runne
     assert "matched: to-the-team, everything-else" in result.output and "resubscribed" not in result.output
     result = runner.invoke(args=["simulate", "Help!", "--from", "14155550123", "--to", "14155550100"])
     assert "Acme support: help@acme.example" in result.output
+
+
+WHATSAPP_AND_MEDIA = ("version: 1\nrules:\n"
+                      "  - {name: wa, when: {type: whatsapp}, reply: hi}\n"
+                      "  - {name: pic, when: {keyword: pic}, reply: here, media: 'https://cdn.example.com/a.png'}\n")
+
+
+def test_rules_check_with_an_auth_id_and_no_token_judges_as_that_service_would(tmp_path):
+    """A command sends nothing, so it needs no token: with PLIVO_AUTH_ID set, WhatsApp replies
+    and media are allowed, as they are in the service that has this id (and its token)."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(WHATSAPP_AND_MEDIA)
+    result = flask_cmd("rules", "check", str(rules), PLIVO_AUTH_ID="MAXXXXXXXXXXXXXXXXXX")
+    assert result.returncode == 0, result.stderr
+    assert "needs PLIVO_AUTH_ID" not in result.stderr + result.stdout
+    assert f"{rules}: OK, 2 rule(s), 0 warning(s)" in result.stdout
+    # without the id the same file is refused, and the message names it
+    result = flask_cmd("rules", "check", str(rules))
+    assert result.returncode == 1
+    assert f"{rules}:3: rule 'wa': replies to WhatsApp go through Plivo's Message API, which needs " \
+           "PLIVO_AUTH_ID to be set" in result.stderr
+
+
+def test_rules_check_shows_a_bad_url_without_its_password_or_query(tmp_path):
+    """`rules check` prints the whole message to the person at the terminal, but a URL in it
+    loses its user information and query: they are the same secrets the log must not hold."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\nrules:\n  - name: crm\n"
+                     "    webhook: 'htps://admin:S3cret@crm.example.com/hooks?api_key=k3y'\n")
+    result = flask_cmd("rules", "check", str(rules), WEBHOOK_SECRET="s")
+    assert result.returncode == 1
+    assert f"{rules}:4: 'webhook' takes an http(s) URL, got 'htps://…@crm.example.com/hooks?…'" in result.stderr
+    assert "S3cret" not in result.stderr + result.stdout and "api_key" not in result.stderr + result.stdout

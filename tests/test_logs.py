@@ -155,6 +155,17 @@ def test_scrub_keeps_what_is_not_a_number():
         "ValueError: invalid literal for int() with base 10: '… …'")
 
 
+def test_scrub_drops_the_credentials_of_urls():
+    """A rules file's URL may hold a password or a token: no log line shows it (issue 13)."""
+    from app.logs import hide_credentials, scrub
+    text = "got 'htps://admin:S3cret@crm.example.com/hooks?api_key=k3y', and https://tok3n@h.example/x"
+    assert scrub(text) == "got 'htps://…@crm.example.com/hooks?…', and https://…@h.example/x"
+    assert scrub(scrub(text)) == scrub(text)
+    assert scrub("mail bob@example.com, see http://h.example/a@b") == "mail bob@example.com, see http://h.example/a@b"
+    # for the operator's own terminal (`rules check`): the credentials go, the numbers stay
+    assert hide_credentials(text + " +14155550123") == scrub(text) + " +14155550123"
+
+
 def test_extra_fields_are_scrubbed_too_strings_only():
     import logging
 

@@ -1692,3 +1692,72 @@ def test_a_reload_of_a_hostile_file_keeps_the_rules_in_use(tmp_path):
     assert holder.load() is False
     assert holder.current() is first
     assert [(p.line, p.message) for p in holder.error.problems] == [(3, "lists and mappings are nested more than 50 deep")]
+
+
+# -- what a problem says without quoting the file (issue 13) -------------------------
+def test_every_problem_has_a_short_kind_that_quotes_nothing():
+    """/readyz shows `path:line: kind` only: the kinds name what is wrong, never a value."""
+    found = problems(textwrap.dedent("""\
+        version: 1
+        settings: {timezone: Nowhere/Land}
+        rules:
+          - name: a
+            when: {regex: '(', keyword: [two words]}
+            reply: "{{ nope }}"
+          - name: a
+            reply: x
+            reply: y
+          - name: b
+            when: {hours: '25:00-26:00', days: [someday]}
+            silent: maybe
+            webhook: 'htps://admin:S3cret@crm.example.com/hooks?api_key=k3y'
+            colour: red
+        compliance: {scope: galaxy}
+        """))
+    assert [p.brief for p in found] == [
+        "/r.yaml:2: unknown timezone", "/r.yaml:5: bad regex", "/r.yaml:5: bad value",
+        "/r.yaml:6: bad template", "/r.yaml:7: duplicate name", "/r.yaml:9: duplicate key",
+        "/r.yaml:11: bad time", "/r.yaml:11: unknown value", "/r.yaml:12: bad value",
+        "/r.yaml:13: bad url", "/r.yaml:14: unknown key", "/r.yaml:15: bad value"]
+    assert str(found[0]).startswith("/r.yaml:2: unknown timezone 'Nowhere/Land'")  # the message says more
+
+
+def test_a_url_error_quotes_the_url_without_its_password_or_query():
+    p = one(doc("""\
+        - name: crm
+          webhook: 'htps://admin:S3cret@crm.example.com/hooks?api_key=k3y'
+        """), 4)
+    assert p.message == "'webhook' takes an http(s) URL, got 'htps://…@crm.example.com/hooks?…'"
+    assert p.kind == "bad url"
+    p = one(doc("""\
+        - name: pic
+          reply: here
+          media: ['https://bob:pw@cdn.example.com/a b.png?sig=x']
+        """), 5)
+    assert "S3cret" not in p.message and "bob:pw" not in p.message and "sig=x" not in p.message
+
+
+def test_a_bad_regex_is_reported_once_not_again_as_a_rule_without_a_regex():
+    """A template's `match.*` names cannot be checked against a regex that does not compile:
+    the regex's own error is the one problem, not also "the rule has no regex"."""
+    for when in ("{regex: '(?P<order>[0-9]+'}", "{regex: 5}", "{regex: '(?P<a>x){1,99999999999}'}"):
+        found = problems(doc(f"""\
+            - name: order
+              when: {when}
+              reply: "Order {{{{ match.order }}}} is on its way"
+            """))
+        assert [(p.line, p.kind) for p in found] == [(4, "bad regex")], [str(p) for p in found]
+    # a good regex still has its group names checked
+    one(doc("""\
+        - name: order
+          when: {regex: '(?P<order>[0-9]+)'}
+          reply: "Order {{ match.number }}"
+        """), 5, "the regex has no group 'number' (groups: order)")
+
+
+@pytest.mark.parametrize("given, suggested", [
+    ("America/New_Yrok", "America/New_York"), ("Europe/Londn", "Europe/London"),
+    ("america/new_york", "America/New_York"), ("Berlin", "Europe/Berlin"), ("US/Pacifc", "US/Pacific")])
+def test_an_unknown_timezone_suggests_the_closest_names(given, suggested):
+    p = one(f"version: 1\nsettings:\n  timezone: {given}\nrules: []\n", 3)
+    assert p.message == f"unknown timezone {given!r}; did you mean {suggested}?"

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 import pytest
 from lxml import etree
 
-from conftest import FORM, TOKEN, make_app, send, signed_headers, sms
+from conftest import FORM, TOKEN, listening, make_app, send, signed_headers, sms
 
 #: Every test here runs on SQLite and on PostgreSQL (conftest.py).
 pytestmark = pytest.mark.usefixtures("database")
@@ -175,11 +175,39 @@ def refused(client, caplog, signed_for: str, *, path="/message", base_url="http:
 
 
 def test_wrong_token_is_said_to_be_likelier_than_the_url(client, caplog):
-    _, record = refused(client, caplog, "http://localhost/message", token="wrong-token")
+    # (a public name: on localhost or an IP address, the URL is the likelier fix, see below)
+    _, record = refused(client, caplog, "http://sms.example.com/message", base_url="http://sms.example.com",
+                        token="wrong-token")
     assert record.likely_wrong == "token"
     assert record.getMessage() == (
         "signature rejected: bad signature; the token is likelier wrong than the URL (no nearby URL verifies "
         "either): PLIVO_AUTH_TOKEN must be the auth token of the Plivo account or subaccount that owns the number")
+
+
+@pytest.mark.parametrize("base_url, host, what", [
+    ("http://10.0.0.5:8000", "10.0.0.5", "a private address"),
+    ("http://127.0.0.1:8000", "127.0.0.1", "a loopback address"),
+    ("http://localhost", "localhost", "a loopback name"),
+    ("http://responder:8000", "responder", "an internal name"),
+])
+def test_a_proxy_that_passes_no_forwarded_host_points_at_public_url(client, caplog, base_url, host, what):
+    """Plivo called https://sms.example.com/message; a proxy passed it on with its own Host and
+    no X-Forwarded-Host, so the real URL cannot be tried. A Host that Plivo cannot have called
+    makes PUBLIC_URL, not the token, the likelier fix."""
+    _, record = refused(client, caplog, "https://sms.example.com/message", base_url=base_url)
+    assert record.likely_wrong == "url"
+    assert record.getMessage() == (
+        f"signature rejected: bad signature; the URL is likelier wrong than the token: {base_url}/message was "
+        f"checked, and {host} is {what}, seldom the address Plivo calls (a proxy in front that passes no "
+        "X-Forwarded-Host?): set PUBLIC_URL to the base of the URL in the Plivo application (as "
+        f"https://sms.example.com); if Plivo does call {base_url}, PLIVO_AUTH_TOKEN is wrong")
+
+
+def test_with_public_url_set_an_internal_host_is_no_reason_to_doubt_the_url(tmp_path, caplog):
+    client = make_app(tmp_path, PUBLIC_URL="https://sms.example.com").test_client()
+    _, record = refused(client, caplog, "https://sms.example.com/message", base_url="http://10.0.0.5:8000",
+                        token="wrong-token")
+    assert record.likely_wrong == "token"
 
 
 def test_untrusted_forwarded_headers_that_would_verify_point_at_trusted_proxies(tmp_path, caplog):
@@ -243,7 +271,8 @@ def test_a_hint_is_worked_out_at_most_once_per_interval(client, caplog, monkeypa
     clock = [1000.0]
     client.application.extensions["responder"].hints = signature_hint.Throttle(10.0, clock=lambda: clock[0])
 
-    _, first = refused(client, caplog, "http://localhost/message", token="wrong-token")
+    _, first = refused(client, caplog, "http://sms.example.com/message", base_url="http://sms.example.com",
+                       token="wrong-token")
     assert first.likely_wrong == "token" and len(calls) == 1
     clock[0] += 2.5
     _, second = refused(client, caplog, "https://localhost/message")  # a URL hint would be found: not sought
@@ -410,6 +439,38 @@ def test_not_ready_without_rules(tmp_path):
     assert "missing.yaml" in r.json["problems"][0]
     # Plivo retries a 503, so the message is not lost while the file is fixed.
     assert_short(send(client, sms("hours")), 503, "rules are not loaded")
+
+
+CRM_RULES = """\
+    version: 1
+    rules:
+      - name: crm
+        webhook: 'htps://admin:S3cret@crm.example.com/hooks?api_key=k3y'
+      - name: pic
+        reply: hi
+        colour: red
+    """
+
+
+def test_not_ready_shows_where_and_what_kind_of_problem_never_the_file(tmp_path, caplog):
+    """/readyz answers anyone: `path:line: kind`, never a message that may quote the file."""
+    with listening(caplog, "app.rules"):
+        app = make_app(tmp_path, CRM_RULES, WEBHOOK_SECRET="s")
+    r = app.test_client().get("/readyz")
+    assert r.status_code == 503 and r.json["reason"] == "rules not loaded"
+    path = tmp_path / "rules.yaml"
+    assert r.json["problems"] == [f"{path}:4: bad url", f"{path}:7: unknown key"]
+    assert "S3cret" not in r.text and "api_key" not in r.text and "colour" not in r.text
+    logged = caplog.text + repr([record.__dict__ for record in caplog.records])
+    assert "rules not loaded" in logged and "S3cret" not in logged and "api_key" not in logged
+
+
+def test_the_message_answered_line_says_whether_it_may_be_an_opt_out(client, caplog):
+    with listening(caplog, "app.service"):
+        assert send(client, sms("please stop texting me", MessageUUID="m-flag")).status_code == 200
+        assert send(client, sms("hours", MessageUUID="m-plain")).status_code == 200
+    answered = {r.uuid: r for r in caplog.records if r.getMessage() == "message answered"}
+    assert answered["m-flag"].possible_optout is True and answered["m-plain"].possible_optout is False
 
 
 @pytest.mark.parametrize("field,value", [("From", "14155550123<14155550124"), ("To", "1415 555"),

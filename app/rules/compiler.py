@@ -13,18 +13,19 @@ import os
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from datetime import datetime, timedelta
 
 from .. import smsenc
+from ..logs import hide_credentials
 from ..inbound import INTENTS, TYPES
 from . import regexes, source
 from .compliance import Compliance, Keywords, ReplyLimit, fold
 from .engine import (DEFAULT_FORWARD_TEXT, Check, Forward, Rule, RuleSet, Webhook, digits,
                      first_keyword, normalize_text, normalize_word)
 from .source import Problem, RulesError, YList, YMap
-from .templates import TemplateProblem, compile_template
+from .templates import UNKNOWN_GROUPS, TemplateProblem, compile_template
 
 VERSION = 1
 TOP_KEYS = ("version", "settings", "compliance", "limits", "rules")
@@ -95,22 +96,22 @@ class _Compiler:
         self.rule_name = ""  # the rule being compiled
 
     # -- reporting -----------------------------------------------------------------
-    def error(self, line: int, message: str) -> None:
-        self.errors.append(Problem(self.path, line, message))
+    def error(self, line: int, message: str, kind: str = "bad value") -> None:
+        self.errors.append(Problem(self.path, line, message, kind))
 
     def warn(self, line: int, message: str) -> None:
-        self.warnings.append(Problem(self.path, line, message))
+        self.warnings.append(Problem(self.path, line, message, "warning"))
 
     def keys(self, mapping: YMap, allowed: tuple[str, ...], where: str,
              not_yet: frozenset[str] = frozenset()) -> None:
         for key in mapping:
             if key in allowed:
                 if key in not_yet:
-                    self.error(mapping.key_line(key), f"{key!r} is not available yet")
+                    self.error(mapping.key_line(key), f"{key!r} is not available yet", kind="unknown key")
                 continue
             hint = difflib.get_close_matches(str(key), allowed, n=1)
             why = f"did you mean {hint[0]!r}?" if hint else f"expected one of: {', '.join(allowed)}"
-            self.error(mapping.key_line(key), f"unknown key {key!r} in {where} ({why})")
+            self.error(mapping.key_line(key), f"unknown key {key!r} in {where} ({why})", kind="unknown key")
 
     # -- scalar helpers ------------------------------------------------------------
     def values(self, mapping: YMap, key: str, kinds=(str, int)) -> list[tuple[object, int]]:
@@ -119,7 +120,7 @@ class _Compiler:
         if isinstance(value, YList):
             items = [(v, value.item_line(i)) for i, v in enumerate(value)]
             if not items:
-                self.error(mapping.value_line(key), f"{key!r} needs at least one value")
+                self.error(mapping.value_line(key), f"{key!r} needs at least one value", kind="missing value")
         else:
             items = [(value, mapping.value_line(key))]
         good = []
@@ -139,12 +140,12 @@ class _Compiler:
 
     def template(self, text, line: int, groups) -> object:
         if not isinstance(text, str):
-            self.error(line, f"a template must be text, got {_show(text)}")
+            self.error(line, f"a template must be text, got {_show(text)}", kind="bad template")
             return None
         try:
             return compile_template(text, line, groups, self.templates)
         except TemplateProblem as exc:
-            self.error(line, str(exc))
+            self.error(line, str(exc), kind="bad template")
             return None
 
     def numbers(self, mapping: YMap, key: str) -> tuple[list[str], list[str]]:
@@ -166,24 +167,25 @@ class _Compiler:
     # -- the document --------------------------------------------------------------
     def document(self, data, digest: str) -> RuleSet | None:
         if data is None:
-            self.error(0, "the file is empty: it needs 'version: 1' and 'rules:'")
+            self.error(0, "the file is empty: it needs 'version: 1' and 'rules:'", kind="empty file")
             return None
         if not isinstance(data, YMap):
             self.error(getattr(data, "line", 1) or 1, "the top level must be a mapping with 'version' and 'rules'")
             return None
         self.keys(data, TOP_KEYS, "the top level", NOT_YET_TOP)
         if "version" not in data:
-            self.error(1, "missing 'version: 1'")
+            self.error(1, "missing 'version: 1'", kind="missing key")
         elif type(data["version"]) is not int or data["version"] != VERSION:
             self.error(data.value_line("version"),
-                       f"unsupported version {_show(data['version'])}: this service reads version {VERSION}")
+                       f"unsupported version {_show(data['version'])}: this service reads version {VERSION}",
+                       kind="bad version")
         tz = self.settings(data)
         compliance = self.compliance(data)
         limit = self.limits(data)
         rules: list[Rule] = []
         shapes: list[_Shape] = []
         if "rules" not in data:
-            self.error(1, "missing 'rules:' (a list of rules)")
+            self.error(1, "missing 'rules:' (a list of rules)", kind="missing key")
         elif not isinstance(data["rules"], YList):
             self.error(data.value_line("rules"), f"'rules' must be a list, got {_show(data['rules'])}")
         else:
@@ -224,7 +226,7 @@ class _Compiler:
             try:
                 tz = ZoneInfo(name.strip())
             except (ZoneInfoNotFoundError, ValueError, OSError):
-                self.error(line, f"unknown timezone {name!r} (an IANA name such as America/New_York)")
+                self.error(line, _unknown_timezone(name), kind="unknown timezone")
                 return tz
             self.timezone_set = True
             if _FIXED_OFFSET.match(name.strip()):
@@ -284,7 +286,7 @@ class _Compiler:
                     elif folded in seen and seen[folded][0] != key:
                         other, first = seen[folded]
                         self.error(line, f"compliance.{key}: keyword {word!r} is already an "
-                                         f"{other} keyword (line {first})")
+                                         f"{other} keyword (line {first})", kind="duplicate keyword")
                     else:
                         seen.setdefault(folded, (key, line))
                         chosen.add(folded)
@@ -294,7 +296,7 @@ class _Compiler:
                 if not isinstance(text, str) or not text.strip():
                     self.error(line, f"compliance.{key}: 'reply' must be a non-empty text, got {_show(text)}")
                 elif "{{" in text or "{%" in text:
-                    self.error(line, f"compliance.{key}: 'reply' is plain text, not a template")
+                    self.error(line, f"compliance.{key}: 'reply' is plain text, not a template", kind="bad template")
                 else:
                     reply = text
         for word in words:
@@ -322,7 +324,8 @@ class _Compiler:
         self.keys(spec, LIMIT_KEYS, "replies_per_sender")
         missing = [k for k in LIMIT_KEYS if k not in spec]
         if missing:
-            self.error(spec.line, f"'replies_per_sender' needs {' and '.join(repr(k) for k in missing)}")
+            self.error(spec.line, f"'replies_per_sender' needs {' and '.join(repr(k) for k in missing)}",
+                       kind="missing key")
             return None
         count, per = spec["count"], spec["per"]
         ok = True
@@ -349,7 +352,7 @@ class _Compiler:
         self.keys(item, RULE_KEYS, "a rule", NOT_YET_RULE)
         name = item.get("name")
         if "name" not in item:
-            self.error(item.line, "a rule needs a 'name'")
+            self.error(item.line, "a rule needs a 'name'", kind="missing key")
             name = f"#{index + 1}"
         elif not isinstance(name, str) or not name.strip():
             self.error(item.value_line("name"), f"'name' must be text, got {_show(name)}")
@@ -357,7 +360,8 @@ class _Compiler:
         else:
             name = name.strip()
             if name in seen:
-                self.error(item.value_line("name"), f"duplicate rule name {name!r} (first at line {seen[name]})")
+                self.error(item.value_line("name"), f"duplicate rule name {name!r} (first at line {seen[name]})",
+                           kind="duplicate name")
             else:
                 seen[name] = item.value_line("name")
 
@@ -378,7 +382,7 @@ class _Compiler:
             value = item["reply"]
             if isinstance(value, YList):
                 if not value:
-                    self.error(item.value_line("reply"), "'reply' needs at least one text")
+                    self.error(item.value_line("reply"), "'reply' needs at least one text", kind="missing value")
                 entries = [(v, value.item_line(i)) for i, v in enumerate(value)]
             else:
                 entries = [(value, item.value_line("reply"))]
@@ -394,11 +398,12 @@ class _Compiler:
         silent = self.boolean(item, "silent") if "silent" in item else False
         cont = self.boolean(item, "continue") if "continue" in item else False
         if silent and (replies or forward is not None or media):
-            self.error(item.key_line("silent"), "'silent: true' cannot go with 'reply', 'forward' or 'media'")
+            self.error(item.key_line("silent"), "'silent: true' cannot go with 'reply', 'forward' or 'media'",
+                       kind="conflicting keys")
         if len(self.errors) == before and not (replies or "forward" in item or media or "webhook" in item
                                                or silent or NOT_YET_RULE & set(item)):
             self.error(item.line, f"rule {name!r} does nothing: give it 'reply', 'forward', 'media', "
-                                  "'webhook' or 'silent: true'")
+                                  "'webhook' or 'silent: true'", kind="rule does nothing")
         only_whatsapp = types == frozenset({"whatsapp"})
         if self.outbound is not None:
             self.needs_settings(item, name, webhook, media, only_whatsapp and bool(replies or forward))
@@ -426,28 +431,33 @@ class _Compiler:
         """The actions that cannot work with the service's settings (`outbound`)."""
         if webhook is not None and not self.outbound.webhook_secret:
             self.error(item.key_line("webhook"), f"rule {name!r}: 'webhook' needs WEBHOOK_SECRET to be set "
-                                                 "(the key that signs each call, X-Responder-Signature)")
+                                                 "(the key that signs each call, X-Responder-Signature)",
+                                                 kind="needs a setting")
         if media and not self.outbound.api:
             self.error(item.key_line("media"), f"rule {name!r}: 'media' is sent through Plivo's Message API, "
-                                               "which needs PLIVO_AUTH_ID to be set")
+                                               "which needs PLIVO_AUTH_ID to be set", kind="needs a setting")
         if answers_whatsapp and not self.outbound.api:
             key = "reply" if "reply" in item else "forward"
             self.error(item.key_line(key), f"rule {name!r}: replies to WhatsApp go through Plivo's Message API, "
-                                           "which needs PLIVO_AUTH_ID to be set")
+                                           "which needs PLIVO_AUTH_ID to be set", kind="needs a setting")
 
     def url(self, value, line: int, what: str) -> str | None:
-        """An http(s) URL with a host, as given (not a template), or None after an error."""
+        """An http(s) URL with a host, as given (not a template), or None after an error.
+
+        A URL is quoted in the error without its user information and query (`user:password@`,
+        `?api_key=...`): the operator's terminal and the service's log are no place for them."""
         if not isinstance(value, str) or not value:
-            self.error(line, f"{what}, got {_show(value)}")
+            self.error(line, f"{what}, got {_show(value)}", kind="bad url")
             return None
+        shown = _show(hide_credentials(value))
         if "{{" in value or "{%" in value:
-            self.error(line, f"{what}, not templates: got {_show(value)}")
+            self.error(line, f"{what}, not templates: got {shown}", kind="bad url")
             return None
         if len(value) > URL_MAX:
-            self.error(line, f"{what} of at most {URL_MAX:,} characters, got one of {len(value):,}")
+            self.error(line, f"{what} of at most {URL_MAX:,} characters, got one of {len(value):,}", kind="bad url")
             return None
         if any(ch.isspace() or not ch.isprintable() for ch in value):
-            self.error(line, f"{what} without spaces or control characters, got {_show(value)}")
+            self.error(line, f"{what} without spaces or control characters, got {shown}", kind="bad url")
             return None
         try:
             parts = urlsplit(value)
@@ -456,7 +466,7 @@ class _Compiler:
         except ValueError:
             ok = False
         if not ok:
-            self.error(line, f"{what}, got {_show(value)}")
+            self.error(line, f"{what}, got {shown}", kind="bad url")
             return None
         return value
 
@@ -465,7 +475,8 @@ class _Compiler:
         value = item["media"]
         if isinstance(value, YList):
             if not value:
-                self.error(item.value_line("media"), f"'media' needs at least one URL (at most {MEDIA_MAX})")
+                self.error(item.value_line("media"), f"'media' needs at least one URL (at most {MEDIA_MAX})",
+                           kind="missing value")
                 return ()
             if len(value) > MEDIA_MAX:
                 self.error(value.item_line(MEDIA_MAX),
@@ -503,7 +514,7 @@ class _Compiler:
             else:
                 method = given.strip().upper()
         if "url" not in value:
-            self.error(value.line, "'webhook' needs 'url'")
+            self.error(value.line, "'webhook' needs 'url'", kind="missing key")
             return None
         url = self.url(value["url"], value.value_line("url"), "'webhook.url' takes an http(s) URL")
         if url is None or method is None:
@@ -517,7 +528,7 @@ class _Compiler:
             return None
         self.keys(value, FORWARD_KEYS, "forward")
         if "to" not in value:
-            self.error(value.line, "'forward' needs 'to' (one number or a list)")
+            self.error(value.line, "'forward' needs 'to' (one number or a list)", kind="missing key")
             return None
         exact, prefixes = self.numbers(value, "to")
         if prefixes:
@@ -599,7 +610,7 @@ class _Compiler:
                 if not isinstance(inner, YMap):
                     self.error(when.value_line(key), f"'not' takes a mapping of conditions, got {_show(inner)}")
                 elif not inner:
-                    self.error(when.value_line(key), "'not' needs at least one condition")
+                    self.error(when.value_line(key), "'not' needs at least one condition", kind="missing value")
                 else:
                     sub, _, _, _, _ = self.when(inner)
                     sub.sort(key=lambda pair: pair[0])
@@ -613,7 +624,8 @@ class _Compiler:
         for value, line in self.values(when, key, kinds=(str,)):
             word = value.strip().lower()
             if word not in allowed:
-                self.error(line, f"{key!r}: unknown value {value!r} (expected: {', '.join(allowed)})")
+                self.error(line, f"{key!r}: unknown value {value!r} (expected: {', '.join(allowed)})",
+                           kind="unknown value")
             else:
                 chosen.add(word)
         return frozenset(chosen)
@@ -622,19 +634,19 @@ class _Compiler:
         pattern = when["regex"]
         line = when.value_line("regex")
         if not isinstance(pattern, str) or not pattern:
-            self.error(line, f"'regex' takes one pattern as text, got {_show(pattern)}")
-            return None, None
+            self.error(line, f"'regex' takes one pattern as text, got {_show(pattern)}", kind="bad regex")
+            return None, UNKNOWN_GROUPS
         try:
             compiled = regexes.compile_pattern(pattern)
         except re.error as exc:
-            self.error(line, f"bad regex: {exc.msg} at position {exc.pos}")
-            return None, None
+            self.error(line, f"bad regex: {exc.msg} at position {exc.pos}", kind="bad regex")
+            return None, UNKNOWN_GROUPS
         except (OverflowError, RecursionError, ValueError, MemoryError) as exc:  # e.g. a{1,99999999999}
-            self.error(line, f"bad regex: {type(exc).__name__}: {exc}")
-            return None, None
+            self.error(line, f"bad regex: {type(exc).__name__}: {exc}", kind="bad regex")
+            return None, UNKNOWN_GROUPS
         except regexes.regex.error as exc:  # Python's re takes it, the bounded engine does not
-            self.error(line, f"unsupported regex: {exc}")
-            return None, None
+            self.error(line, f"unsupported regex: {exc}", kind="bad regex")
+            return None, UNKNOWN_GROUPS
         if regexes.nested_quantifier(pattern):
             self.warn(line, f"rule {self.rule_name!r}: the regex has a nested quantifier such as (a+)+, "
                             "(a|aa)+ or (.*a){20}, which can take exponential time on some texts; a search "
@@ -647,15 +659,16 @@ class _Compiler:
         line = when.value_line("hours")
         m = _HOURS.match(value) if isinstance(value, str) else None
         if not m:
-            self.error(line, f"'hours' takes \"HH:MM-HH:MM\" (for example \"17:00-09:00\"), got {_show(value)}")
+            self.error(line, f"'hours' takes \"HH:MM-HH:MM\" (for example \"17:00-09:00\"), got {_show(value)}",
+                       kind="bad time")
             return None
         h1, m1, h2, m2 = (int(g) for g in m.groups())
         if h1 > 23 or m1 > 59 or h2 > 24 or m2 > 59 or (h2 == 24 and m2):
-            self.error(line, f"'hours': {value!r} is not a time of day")
+            self.error(line, f"'hours': {value!r} is not a time of day", kind="bad time")
             return None
         start, end = h1 * 60 + m1, h2 * 60 + m2
         if start == end:
-            self.error(line, f"'hours': {value!r} starts and ends at the same time")
+            self.error(line, f"'hours': {value!r} starts and ends at the same time", kind="bad time")
             return None
         return _between(start, end)
 
@@ -792,7 +805,7 @@ def read(path: str, what: str = "rules file") -> str:
         with open(path, "rb") as fh:
             raw = fh.read()
     except OSError as exc:
-        raise RulesError([Problem(path, 0, f"cannot read the {what}: {exc.strerror or exc}")]) from None
+        raise RulesError([Problem(path, 0, f"cannot read the {what}: {exc.strerror or exc}", "cannot read")]) from None
     return decode(raw, path, what)
 
 
@@ -802,12 +815,30 @@ def decode(raw: bytes, path: str, what: str = "rules file") -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise RulesError([Problem(path, line, f"the {what} is not valid UTF-8")]) from None
+        raise RulesError([Problem(path, line, f"the {what} is not valid UTF-8", "not UTF-8")]) from None
 
 
 def load(path: str, *, outbound: Outbound | None = None) -> RuleSet:
     """Read and compile a rules file (`outbound` as for `compile_text`)."""
     return compile_text(read(path), path, outbound=outbound)
+
+
+def _unknown_timezone(name: str) -> str:
+    """The error for a timezone name that is not an IANA name, with the closest ones (worked out
+    only here, on an error: the list has some 600 names)."""
+    given = name.strip()
+    zones = sorted(available_timezones())
+    folded = given.casefold().replace(" ", "_")
+    # The name in other case, or a city alone ("berlin", "New York"); else the nearest spellings,
+    # those nearly as near as the nearest.
+    close = [z for z in zones if folded in (z.casefold(), z.casefold().rsplit("/", 1)[-1])]
+    if not close:
+        near = [(difflib.SequenceMatcher(None, given, z).ratio(), z)
+                for z in difflib.get_close_matches(given, zones, n=3, cutoff=0.7)]
+        close = [z for ratio, z in near if ratio >= near[0][0] - 0.05]
+    if close:
+        return f"unknown timezone {name!r}; did you mean {' or '.join(close)}?"
+    return f"unknown timezone {name!r} (an IANA name such as America/New_York)"
 
 
 def _count(n: int, noun: str) -> str:

@@ -26,6 +26,13 @@ look. While the file stays bad each process looks at the copy every interval and
 it when it holds other rules, at least as new as its own. So every worker ends on the same
 rules, a worker started while the file is bad (a respawn, a HUP) answers like the others, and
 two services with different rules files in one folder never answer from each other's copy.
+
+The warnings of a version (a rule that can never match, a reply that costs several units, ...)
+are logged once per service start and once per new version, one WARNING line each with its
+`path:line`, not once per worker: the gunicorn master logs those of the file it checks at
+start (and tells its workers, `WARNED_ENV`); later, the process whose offer first writes a
+version into the kept copy logs its warnings. A process without a master (`flask run`) logs
+those of the rules it starts with; one without a kept copy, those of every version it loads.
 """
 
 from __future__ import annotations
@@ -53,6 +60,17 @@ KEEP_FOLDER = "rules-kept"
 LOCK_WAIT = 1.0
 #: Seconds after which the temporary file of an unfinished write is left over for sure.
 STALE_TMP = 300.0
+#: Set by the gunicorn master to the digest of the rules whose warnings it logged at start,
+#: so that its workers, which compile the same file again, do not log them a second time.
+WARNED_ENV = "RESPONDER_RULES_WARNED"
+
+
+def log_warnings(ruleset: RuleSet) -> None:
+    """One WARNING line per warning of `ruleset`, as `rules check` prints it:
+    `path:line: warning: message`."""
+    for warning in ruleset.warnings:
+        log.warning("%s: warning: %s", warning.where, warning.message,
+                    extra={"rules_path": warning.path, "digest": ruleset.digest})
 
 
 def keep_dir(instance_path: str) -> str:
@@ -142,10 +160,11 @@ class KeptCopy:
         """Keep `version` unless the copy holds a newer one; True when the copy is now `version`."""
         return self.keep(version, wait=wait) is True
 
-    def keep(self, version: Version, *, wait: float = LOCK_WAIT) -> bool | None:
+    def keep(self, version: Version, *, wait: float = LOCK_WAIT, on_write=None) -> bool | None:
         """Offer `version`: True when the copy is now `version`, False when it holds newer rules,
         None when it cannot be told now (the lock stayed held for `wait` seconds, or the folder
-        cannot be written; logged once), so the offer should be made again later.
+        cannot be written; logged once), so the offer should be made again later. When this
+        offer writes the copy, `on_write` is called (under the lock) with the version it held.
 
         `version` replaces the copy when the rules file still holds it (its signature is the
         file's now), whatever the change times say: the copy's may come from a clock that was
@@ -168,6 +187,8 @@ class KeptCopy:
                     return kept.digest == version.digest
                 if kept != version:
                     self._write(version)
+                    if on_write is not None:
+                        on_write(kept)
         except OSError as exc:
             return self._cannot_keep(str(exc))
         self._trouble = None
@@ -277,7 +298,8 @@ def read_file(path: str) -> tuple[bytes, tuple[int, int], tuple | None]:
             raw = fh.read()
             after = os.fstat(fh.fileno())
     except OSError as exc:
-        raise Unreadable([Problem(path, 0, f"cannot read the rules file: {exc.strerror or exc}")]) from None
+        raise Unreadable([Problem(path, 0, f"cannot read the rules file: {exc.strerror or exc}",
+                                  "cannot read")]) from None
     signature = _signature(before)
     return raw, (before.st_ctime_ns, before.st_mtime_ns), signature if signature == _signature(after) else None
 
@@ -338,6 +360,7 @@ class RulesHolder:
         self._retrying: str | None = None      # a failure read again at every look, logged once
         self._to_offer: Version | None = None  # rules still to offer to the kept copy
         self._kept_stuck = False               # the last offer could not be made (its lock stayed held)
+        self._to_warn: tuple[Version, RuleSet] | None = None  # warnings to log if our offer is the first
         self._poll_on_request = bool(interval)
         self._next_check = 0.0
         self._lock = threading.Lock()          # guards the rules in use and the looks at the file
@@ -440,19 +463,32 @@ class RulesHolder:
         except Exception as exc:  # noqa: BLE001 - whatever went wrong, a bad file must not cost the rules in use
             if str(exc) != self._retrying:
                 log.exception("the rules file %s could not be compiled", self.abspath)
-            error = RulesError([Problem(self.abspath, 0, f"cannot load: {type(exc).__name__}: {exc}")])
+            error = RulesError([Problem(self.abspath, 0, f"cannot load: {type(exc).__name__}: {exc}", "cannot load")])
             return self._not_loaded(error, seen=_READ_AGAIN, retry=True, reason=str(exc))
         old = self.ruleset
         self.ruleset, self._version, self.error, self._seen = ruleset, version, None, seen
         self._retrying = None
         if self.kept is not None:
             self._to_offer = version
+        self._warn(version, ruleset, first=old is None)
         shadowed = [str(w) for w in ruleset.warnings if "can never match" in w.message]
         log.info("rules %s: %d rules from %s (%s)", "reloaded" if old else "loaded",
                  len(ruleset.rules), self.abspath, ruleset.digest,
                  extra={"warnings": len(ruleset.warnings), "shadowed": shadowed} if shadowed
                  else {"warnings": len(ruleset.warnings)})
         return True
+
+    def _warn(self, version: Version, ruleset: RuleSet, *, first: bool) -> None:
+        """Log the warnings of rules just compiled from the file, or leave them to `_keep`."""
+        self._to_warn = None
+        if not ruleset.warnings:
+            return
+        if first and os.environ.get(WARNED_ENV) == ruleset.digest:
+            return  # the gunicorn master logged them at start
+        if self.kept is None or (first and WARNED_ENV not in os.environ):
+            log_warnings(ruleset)  # this process's start (no master), or no copy tells a new version
+        else:
+            self._to_warn = (version, ruleset)  # logged if this process is the first to keep them
 
     def _not_loaded(self, error: RulesError, *, seen: tuple | None, retry: bool, reason: str | None = None) -> bool:
         """The file gave no rules at this look: go on with the newest good ones; False.
@@ -556,10 +592,21 @@ class RulesHolder:
         if version is None or self.kept is None or not self._offering.acquire(blocking=False):
             return
         try:
-            done = self.kept.keep(version, wait=0.0 if self._kept_stuck else LOCK_WAIT)
+            replaced = []  # the version this offer replaced in the copy, if it wrote it
+            done = self.kept.keep(version, wait=0.0 if self._kept_stuck else LOCK_WAIT,
+                                  on_write=replaced.append)
             self._kept_stuck = done is None
             if not self._kept_stuck and self._to_offer is version:
                 self._to_offer = None
+            warn = self._to_warn
+            if warn is not None and warn[0] is version:
+                # First to keep them: a new version (not the same text touched). Not kept now
+                # (its lock stayed held, the folder cannot be written): logged anyway, rather
+                # than maybe never.
+                self._to_warn = None
+                new = bool(replaced) and (replaced[0] is None or replaced[0].digest != version.digest)
+                if new or done is None:
+                    log_warnings(warn[1])
         finally:
             self._offering.release()
 

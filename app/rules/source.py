@@ -19,7 +19,7 @@ before PyYAML builds anything recursively.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import yaml
 
@@ -31,11 +31,22 @@ class Problem:
     path: str
     line: int  # 1-based; 0 when the problem concerns the whole file
     message: str
+    #: A few words that say what is wrong without quoting the file (`bad url`, `unknown key`):
+    #: what /readyz shows, since a message may quote a value (a URL with its password).
+    kind: str = field(default="bad value", compare=False)
 
     def __str__(self) -> str:
-        if self.line:
-            return f"{self.path}:{self.line}: {self.message}"
-        return f"{self.path}: {self.message}"
+        return f"{self.where}: {self.message}"
+
+    @property
+    def where(self) -> str:
+        """`path:line`, or the path alone for a problem of the whole file."""
+        return f"{self.path}:{self.line}" if self.line else self.path
+
+    @property
+    def brief(self) -> str:
+        """`path:line: kind`: the problem without any of the file's content."""
+        return f"{self.where}: {self.kind}"
 
 
 class RulesError(Exception):
@@ -150,10 +161,10 @@ def _construct_map(loader: _Loader, node) -> YMap:
         try:
             hash(key)
         except TypeError:
-            loader.problems.append(Problem(loader.path, line, "a key must be a plain value"))
+            loader.problems.append(Problem(loader.path, line, "a key must be a plain value", "bad key"))
             continue
         if key in out and i >= merged_count and key not in merged:
-            loader.problems.append(Problem(loader.path, line, f"duplicate key {key!r}"))
+            loader.problems.append(Problem(loader.path, line, f"duplicate key {key!r}", "duplicate key"))
             continue
         if i < merged_count:
             merged.add(key)
@@ -188,7 +199,7 @@ def parse(text: str, path: str) -> tuple[object, list[Problem]]:
     """
     problems: list[Problem] = []
     if len(text) > MAX_CHARS:
-        raise RulesError([Problem(path, 1, f"the file is larger than {MAX_CHARS:,} characters")])
+        raise RulesError([Problem(path, 1, f"the file is larger than {MAX_CHARS:,} characters", "file too large")])
     loader = None
     try:
         deep = _too_deep(text, path)  # before composing: PyYAML builds nested values recursively
@@ -205,25 +216,28 @@ def parse(text: str, path: str) -> tuple[object, list[Problem]]:
     except yaml.reader.ReaderError as exc:
         line = text[: exc.position].count("\n") + 1
         raise RulesError([Problem(path, line, f"character {exc.character!r} is not allowed in YAML "
-                                              "(control characters must be escaped in double quotes)")]) from None
+                                              "(control characters must be escaped in double quotes)",
+                                  "bad YAML")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
         what = exc.problem or exc.context or "not valid YAML"
-        raise RulesError([Problem(path, line, f"YAML syntax error: {what}")]) from None
+        raise RulesError([Problem(path, line, f"YAML syntax error: {what}", "bad YAML")]) from None
     except yaml.YAMLError as exc:  # e.g. a document that is not text
-        raise RulesError([Problem(path, 1, f"YAML error: {exc}")]) from None
+        raise RulesError([Problem(path, 1, f"YAML error: {exc}", "bad YAML")]) from None
     except UnicodeEncodeError:  # a lone surrogate: only text not read from a file can hold one
         found = _SURROGATE.search(text)
         where = found.start() if found else 0
         raise RulesError([Problem(path, text[:where].count("\n") + 1,
-                                  f"character {text[where]!r} is not allowed in YAML")]) from None
+                                  f"character {text[where]!r} is not allowed in YAML", "bad YAML")]) from None
     except RulesError:
         raise
     except (RecursionError, MemoryError):
-        raise RulesError([Problem(path, 1, "the file is nested too deeply or too large to read")]) from None
+        raise RulesError([Problem(path, 1, "the file is nested too deeply or too large to read",
+                                  "file too large")]) from None
     except Exception as exc:  # noqa: BLE001 - the checks above should leave nothing to fail here
-        raise RulesError([Problem(path, 1, f"cannot read the file ({type(exc).__name__}: {exc})")]) from None
+        raise RulesError([Problem(path, 1, f"cannot read the file ({type(exc).__name__}: {exc})",
+                                  "bad YAML")]) from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -246,7 +260,7 @@ def _too_deep(text: str, path: str) -> Problem | None:
             depth += 1
             if depth > MAX_DEPTH:
                 return Problem(path, event.start_mark.line + 1,
-                               f"lists and mappings are nested more than {MAX_DEPTH} deep")
+                               f"lists and mappings are nested more than {MAX_DEPTH} deep", "nested too deep")
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
     return None
@@ -271,7 +285,7 @@ def _check_nodes(root, path: str) -> list[Problem]:
     on_path: set[int] = set()
 
     def stop(line: int, message: str) -> _Stop:
-        problems.append(Problem(path, line, message))
+        problems.append(Problem(path, line, message, "bad YAML"))
         return _Stop()
 
     def check_tag(node) -> None:
@@ -284,10 +298,12 @@ def _check_nodes(root, path: str) -> list[Problem]:
             kind, fits = "mapping", tag == _MAP
         if not fits:
             if tag in _SCALAR_TAGS or tag in (_SEQ, _MAP):
-                problems.append(Problem(path, line, f"the YAML tag {_tag_name(tag)} does not fit a {kind}"))
+                problems.append(Problem(path, line, f"the YAML tag {_tag_name(tag)} does not fit a {kind}",
+                                        "bad YAML"))
             else:
                 problems.append(Problem(path, line, f"unsupported YAML tag {_tag_name(tag)}: a rules file holds "
-                                                    "only text, numbers, true/false, lists and mappings"))
+                                                    "only text, numbers, true/false, lists and mappings",
+                                        "bad YAML"))
         elif tag == _BOOL and node.value.lower() not in ("true", "false"):
             problems.append(Problem(path, line, f"!!bool takes true or false, got {_short(node.value)}"))
         elif tag == _FLOAT:

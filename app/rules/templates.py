@@ -129,6 +129,11 @@ _ENV = _Sandbox(
 _ENV.filters["strftime"] = _strftime
 
 
+#: The `groups` of a rule whose regex is wrong (that error is reported already): the `match.*`
+#: names of its templates are not checked, so the one mistake is not reported twice.
+UNKNOWN_GROUPS: frozenset[str] = frozenset({"(a regex with an error)"})
+
+
 class TemplateProblem(ValueError):
     """A template cannot be used; the message says why (one line)."""
 
@@ -205,7 +210,8 @@ def _check_strftime(ast: nodes.Template) -> None:
 
 def compile_template(source: str, line: int, groups: frozenset[str] | None,
                      cache: dict[str, object] | None = None) -> Template:
-    """Check and compile one template. `groups`: the rule's regex groups (None: no regex).
+    """Check and compile one template. `groups`: the rule's regex groups (None: no regex;
+    `UNKNOWN_GROUPS`: a regex with an error).
 
     `cache` (source -> compiled) lets one load compile a repeated text once.
     """
@@ -227,7 +233,7 @@ def compile_template(source: str, line: int, groups: frozenset[str] | None,
             f"(known: {', '.join(NAMES)})"
         )
     _check_strftime(ast)
-    for attr in sorted(_match_attrs(ast)):
+    for attr in sorted(_match_attrs(ast)) if groups is not UNKNOWN_GROUPS else ():
         if groups is None:
             raise TemplateProblem(f"template uses match.{attr} but the rule has no regex")
         if attr not in groups:
