@@ -750,3 +750,83 @@ def test_temporary_files_of_unfinished_writes_are_removed_when_a_copy_is_opened(
     os.utime(old, (long_ago, long_ago))
     KeptCopy(str(keep), str(path))
     assert sorted(os.listdir(keep)) == sorted(os.path.basename(p) for p in (fresh, others))
+
+
+# -- rule warnings: logged once per start and once per new version (issue 13) -------------------
+def shadowed(name: str) -> str:
+    """Rules with one warning: rule `name` can never match (the catch-all before it stops)."""
+    return f"version: 1\nrules:\n  - name: all\n    reply: A\n  - name: {name}\n    reply: B\n"
+
+
+@pytest.fixture
+def warned():
+    """The rule-warning lines logged by `app.rules` during the test, each once (a handler of its
+    own: the app's loggers may or may not propagate, depending on the tests run before)."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            if record.levelno == logging.WARNING and ": warning: " in record.getMessage():
+                lines.append(record.getMessage())
+
+    logger = logging.getLogger("app.rules")
+    handler, level = Collect(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield lines
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_without_a_master_the_warnings_are_logged_at_start_and_for_each_new_version(tmp_path, warned, monkeypatch):
+    monkeypatch.delenv(holder_module.WARNED_ENV, raising=False)
+    path = tmp_path / "rules.yaml"
+    write(path, shadowed("first"))
+    holder = RulesHolder(str(path), keep_dir=str(tmp_path / "kept"))
+    holder.load()
+    assert warned == [f"{path}:5: warning: rule 'first' can never match: rule 'all' (line 3) matches "
+                              "first and stops"]
+    again = RulesHolder(str(path), keep_dir=str(tmp_path / "kept"))  # a restart: the copy holds them already
+    again.load()
+    assert len(warned) == 2  # a start, so said again
+    write(path, shadowed("second"))
+    holder.refresh()
+    again.refresh()  # the same new version in a second process: said by the first to keep it
+    assert [m.split("rule ")[1] for m in warned[2:]] == ["'second' can never match: "]
+
+
+def test_under_a_master_each_version_is_logged_by_one_worker_only(tmp_path, warned, monkeypatch):
+    """The master logged the warnings of the file it checked at start; its workers compile the
+    same file (said nothing more), and of a new version only the first worker to keep it speaks."""
+    path = tmp_path / "rules.yaml"
+    write(path, shadowed("first"))
+    master = compile_and_keep(str(path), str(tmp_path / "kept"))
+    monkeypatch.setenv(holder_module.WARNED_ENV, master.digest)
+    workers = [RulesHolder(str(path), keep_dir=str(tmp_path / "kept")) for _ in range(3)]
+    for worker in workers:
+        worker.load()
+    assert warned == []
+    write(path, shadowed("second"))
+    for worker in workers:
+        worker.refresh()
+    assert len(warned) == 1 and "rule 'second' can never match" in warned[0]
+    os.utime(path, (_MTIME[0] + 5, _MTIME[0] + 5))  # touched, not changed: no new version
+    for worker in workers:
+        worker.refresh()
+    assert len(warned) == 1
+    respawned = RulesHolder(str(path), keep_dir=str(tmp_path / "kept"))  # a worker replaced later
+    respawned.load()
+    assert len(warned) == 1
+
+
+def test_without_a_kept_copy_every_new_version_is_logged(tmp_path, warned, monkeypatch):
+    monkeypatch.setenv(holder_module.WARNED_ENV, "not-these-rules")
+    path = tmp_path / "rules.yaml"
+    write(path, shadowed("first"))
+    holder = RulesHolder(str(path))
+    holder.load()
+    write(path, GOOD_A)
+    holder.refresh()
+    write(path, shadowed("second"))
+    holder.refresh()
+    assert [m.split("rule ")[1] for m in warned] == ["'first' can never match: ", "'second' can never match: "]

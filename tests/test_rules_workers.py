@@ -310,3 +310,27 @@ def test_a_hup_with_a_broken_file_answers_with_this_services_rules_not_the_neigh
     assert bakery.workers() <= set(logged_by(bakery, "rules not loaded from the file: " + str(bakery.rules), since))
     assert set(price_answers(garage, 10)) == {"garage price list v2"}
     assert_every_worker_on(garage, rules("garage", 2))
+
+
+# -- rule warnings: once per start and once per new version, not per worker (issue 13) ------------
+
+def warned_rules(business: str, version: int) -> str:
+    """`rules()` and a second rule that can never match (a warning at its line, 4)."""
+    return rules(business, version) + f"  - {{name: again-v{version}, when: {{keyword: price}}, reply: never}}\n"
+
+
+def test_rule_warnings_are_logged_once_at_start_and_once_per_new_version(start):
+    srv = start("bakery", warned_rules("bakery", 1))
+    # At start the master logs them; the workers compile the same file and say nothing more.
+    said = [r for r in log_records(srv) if "warning: rule 'again-v1' can never match" in r["msg"]]
+    assert len(said) == 1 and said[0]["level"] == "WARNING", said
+    assert said[0]["msg"] == (f"{srv.rules}:4: warning: rule 'again-v1' can never match: rule 'price' (line 3) "
+                              "matches first and stops")
+    since = log_size(srv)
+    replace(srv.rules, warned_rules("bakery", 2))
+    every_worker_logs(srv, f"({digest(warned_rules('bakery', 2))})", since, changed_at(srv.rules))
+    # Every worker is done with version 2 (offered it to the kept copy) once each has loaded a third.
+    replace(srv.rules, rules("bakery", 3))
+    every_worker_logs(srv, f"({digest(rules('bakery', 3))})", since, changed_at(srv.rules))
+    assert len(messages(srv, "warning: rule 'again-v2' can never match", since)) == 1
+    assert messages(srv, "again-v1", since) == []

@@ -90,10 +90,78 @@ def test_rejection_is_logged_with_url_and_headers(server, tmp_path):
     assert f"{server.base}/message" in line and "X-Plivo-Signature-V3" in line
     # A worker works out a hint at most once every 10 s: this line has it, or (another test's
     # wrong token reached this worker just before) says it was skipped, and that earlier line has it.
+    # On 127.0.0.1 without PUBLIC_URL the hint is the URL's (a proxy that passes no Host?), and
+    # names the token for the case that Plivo does call this address.
     hinted = [l for l in log.splitlines() if "signature rejected" in l and "likelier wrong" in l]
-    assert "the token is likelier wrong than the URL" in line or (
-        "hint skipped, one was logged" in line and "the token is likelier wrong than the URL" in hinted[-1])
+    hint = (f"127.0.0.1 is a loopback address, seldom the address Plivo calls (a proxy in front that passes "
+            f"no X-Forwarded-Host?): set PUBLIC_URL to the base of the URL in the Plivo application (as "
+            f"https://sms.example.com); if Plivo does call {server.base}, PLIVO_AUTH_TOKEN is wrong")
+    assert hint in line or ("hint skipped, one was logged" in line and hint in hinted[-1])
     assert TOKEN not in log and "not-the-token" not in log
+
+
+def test_behind_a_proxy_that_passes_no_host_the_hint_names_public_url(tmp_path):
+    """Plivo called https://sms.example.com/message; the service, behind a proxy that sends no
+    X-Forwarded-Host, sees http://127.0.0.1:PORT/message and cannot try the real URL: the
+    right token, the wrong URL, and the hint says so (it used to blame the token)."""
+    srv = Server(tmp_path, WEB_CONCURRENCY="1")
+    try:
+        params = sms("hours")
+        headers = {**signed_headers("https://sms.example.com/message", params), "Content-Type": FORM}
+        r = requests.post(srv.base + "/message", data=urlencode(params), headers=headers, timeout=10)
+        assert r.status_code == 403
+        deadline = time.monotonic() + 10
+        line = None
+        while line is None and time.monotonic() < deadline:  # the worker writes the line as it answers
+            line = next((l for l in srv.log_path.read_text().splitlines() if "signature rejected" in l), None)
+            if line is None:
+                time.sleep(0.05)  # polling interval, not a wait for the outcome
+    finally:
+        srv.stop()
+    assert line is not None, "no 'signature rejected' line within 10 s"
+    assert '"likely_wrong": "url"' in line
+    assert (f"the URL is likelier wrong than the token: {srv.base}/message was checked, and 127.0.0.1 is a "
+            "loopback address") in line and "set PUBLIC_URL to the base of the URL in the Plivo application" in line
+
+
+CRM_RULES = ("version: 1\nrules:\n  - name: crm\n"
+             "    webhook: 'htps://admin:S3cret@crm.example.com/hooks?api_key=k3y'\n"
+             "  - {name: pic, reply: hi, colour: red}\n")
+
+
+def test_a_bad_rules_file_shows_in_readyz_and_the_log_without_its_secrets(tmp_path):
+    """/readyz answers anyone: `path:line: kind` only. The log line of the failed reload says
+    more, but no URL's password or query (issue 13)."""
+    srv = Server(tmp_path, WEB_CONCURRENCY="1", WEBHOOK_SECRET="s")
+    try:
+        srv.rules.write_text(CRM_RULES)
+        os.utime(srv.rules, (time.time() + 5, time.time() + 5))
+        deadline = time.monotonic() + 15
+        ready = requests.get(srv.base + "/readyz", timeout=10)
+        while "reload_failed" not in ready.json() and time.monotonic() < deadline:
+            time.sleep(0.1)
+            ready = requests.get(srv.base + "/readyz", timeout=10)
+        assert ready.status_code == 200
+        assert ready.json()["reload_failed"] == [f"{srv.rules}:4: bad url", f"{srv.rules}:5: unknown key"]
+        assert "S3cret" not in ready.text and "api_key" not in ready.text and "admin" not in ready.text
+        while "rules reload failed" not in srv.log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        srv.stop()
+    log = srv.log_path.read_text()
+    assert "rules reload failed" in log and f"{srv.rules}:4: " in log
+    assert "S3cret" not in log and "api_key" not in log
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_refused_start_does_not_print_a_urls_password(tmp_path, fmt):
+    bad = tmp_path / "rules.yaml"
+    bad.write_text(CRM_RULES)
+    result = run_gunicorn(server_env(PLIVO_AUTH_TOKEN=TOKEN, PORT=str(free_port()), RULES_PATH=str(bad),
+                                     WEBHOOK_SECRET="s", LOG_FORMAT=fmt))
+    assert result.returncode != 0
+    assert f"{bad}:4: 'webhook' takes an http(s) URL" in result.stderr
+    assert "S3cret" not in result.stderr and "api_key" not in result.stderr
 
 
 @pytest.fixture
