@@ -277,12 +277,13 @@ def on_starting(server):
                 _say("error", logs.scrub(str(problem)), prefix=False)
         _refuse(f"{settings['RULES_PATH']} has {len(problems)} problem(s); "
                 "fix them (flask --app wsgi rules check) and start again", problems=[str(p) for p in problems])
-    # The warnings once per start, here; the workers compile the same file and say nothing more.
+    _migrate(server, settings)
+    # The warnings once per start, here, once nothing can refuse it; the workers compile the
+    # same file and say nothing more.
     for warning in ruleset.warnings:
         _say("warning", logs.scrub(f"{warning.where}: warning: {warning.message}"), prefix=False,
              rules_path=warning.path, digest=ruleset.digest)
     os.environ[WARNED_ENV] = ruleset.digest
-    _migrate(server, settings)
 
 
 def _check_listening(server):
