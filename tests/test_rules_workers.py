@@ -327,10 +327,15 @@ def test_rule_warnings_are_logged_once_at_start_and_once_per_new_version(start):
     assert said[0]["msg"] == (f"{srv.rules}:4: warning: rule 'again-v1' can never match: rule 'price' (line 3) "
                               "matches first and stops")
     since = log_size(srv)
+
+    def every_worker_loaded(text: str) -> None:  # (how fast is the business of other tests)
+        fragment = f"({digest(text)})"
+        assert wait_for(lambda: srv.workers() <= set(logged_by(srv, fragment, since)), time.monotonic() + PATIENCE)
+
     replace(srv.rules, warned_rules("bakery", 2))
-    every_worker_logs(srv, f"({digest(warned_rules('bakery', 2))})", since, changed_at(srv.rules))
+    every_worker_loaded(warned_rules("bakery", 2))
     # Every worker is done with version 2 (offered it to the kept copy) once each has loaded a third.
     replace(srv.rules, rules("bakery", 3))
-    every_worker_logs(srv, f"({digest(rules('bakery', 3))})", since, changed_at(srv.rules))
+    every_worker_loaded(rules("bakery", 3))
     assert len(messages(srv, "warning: rule 'again-v2' can never match", since)) == 1
     assert messages(srv, "again-v1", since) == []
