@@ -48,7 +48,7 @@ def _metrics_folder() -> None:
     _METRICS = choice = _folders.choose(os.environ, os.getpid())
     path = choice.path
     if path is None:
-        path = tempfile.mkdtemp(prefix="responder-metrics-")
+        path = _temporary_folder()
     else:
         try:
             os.makedirs(path, exist_ok=True)
@@ -61,6 +61,24 @@ def _metrics_folder() -> None:
         os.environ[_folders.MARK] = _folders.mark(os.getpid(), path)
     else:
         os.environ.pop(_folders.MARK, None)
+
+
+def _temporary_folder() -> str:
+    """A new folder for the metric files in the temporary folder (TMPDIR, /tmp, /var/tmp, the
+    working folder), else in /dev/shm (a tmpfs that stays writable in a container whose root
+    filesystem is read-only); one line naming what to set when there is none."""
+    try:
+        return tempfile.mkdtemp(prefix="responder-metrics-")
+    except OSError:
+        pass
+    if os.path.isdir(_folders.SHM):
+        try:
+            return tempfile.mkdtemp(prefix="responder-metrics-", dir=_folders.SHM)
+        except OSError:
+            pass
+    _refuse(f"{_folders.VARIABLE} is not set and there is no writable temporary folder "
+            f"(TMPDIR, /tmp, /var/tmp, {_folders.SHM}) to keep the workers' metric files in: set "
+            f"{_folders.VARIABLE} to a writable folder, or mount a writable /tmp (a tmpfs)")
 
 
 def _remove_metrics_folder() -> None:
@@ -100,6 +118,11 @@ except _config.ConfigError as exc:
         _FORMAT = "text"
     _refuse(str(exc))
 _FORMAT = _settings["LOG_FORMAT"]
+
+# Metrics: the folder is set before anything imports the app, and with it prometheus_client
+# (which picks multiprocess mode once, at import, from this variable): with it set only
+# later, each worker would count alone and a scrape would show one worker's counts.
+_metrics_folder()
 
 
 def _int_env(name: str, default: int) -> int:
@@ -206,9 +229,6 @@ accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = _settings["LOG_LEVEL"].lower()
 
-# Metrics: the folder is set before the import below, which brings in prometheus_client.
-_metrics_folder()
-
 from gunicorn.glogging import Logger as _GunicornLogger  # noqa: E402
 
 from app import logs as _logs  # noqa: E402
@@ -260,6 +280,10 @@ def on_starting(server):
     from app.rules.holder import compile_and_keep, keep_dir
 
     _check_listening(server)
+    from app import metrics
+    if not metrics.MULTIPROCESS:  # each worker would count alone: a scrape would show one worker
+        _refuse(f"metrics: prometheus_client was imported before {_folders.VARIABLE} was set "
+                "(gunicorn.conf.py must set it first)")
     if _METRICS.empty:  # not after a USR2 upgrade: the old workers still write in the folder
         _empty_metrics_folder()
     settings = _settings

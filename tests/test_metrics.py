@@ -287,6 +287,39 @@ def test_every_worker_reports_the_same_totals_and_a_killed_worker_keeps_its_coun
         server.stop()
 
 
+def healthz_counted_by_every_worker(server: Server, calls: int) -> None:
+    """`calls` /healthz answered, split unevenly between the workers (each answering its share
+    alone), then every worker in turn answers two scrapes with the sum: a worker that reports
+    only its own count reads less."""
+    workers = sorted(server.workers())
+    shares = [calls - (len(workers) - 1) * (calls // (2 * len(workers)))] + \
+        [calls // (2 * len(workers))] * (len(workers) - 1)
+    for pid, share in zip(workers, shares):
+        with only(server, pid):
+            for _ in range(share):
+                assert requests.get(server.base + "/healthz", timeout=10,
+                                    headers={"Connection": "close"}).status_code == 200
+    for pid in workers:
+        with only(server, pid):
+            for _ in range(2):
+                samples = live_scrape(server)
+                assert value(samples, "responder_requests_total", endpoint="healthz", status="200") == calls, pid
+
+
+def test_with_the_folder_unset_every_scrape_sums_every_worker(tmp_path):
+    """PROMETHEUS_MULTIPROC_DIR truly absent from the environment (as scripts/serve and the image
+    start the service): gunicorn.conf.py makes the folder before anything imports prometheus_client."""
+    server = Server(tmp_path, WEB_CONCURRENCY="2", PROMETHEUS_MULTIPROC_DIR=None)
+    try:
+        assert "PROMETHEUS_MULTIPROC_DIR" not in environ_of(server.proc.pid)
+        folder = folder_of(server)
+        assert folder.name.startswith("responder-metrics-")
+        healthz_counted_by_every_worker(server, 10)
+    finally:
+        server.stop()
+    assert not folder.exists()   # made by the master, removed with it
+
+
 def test_a_bad_or_missing_metrics_folder_never_stops_the_service(tmp_path):
     """An empty file (a worker killed as it made it) is skipped by every scrape, and removed with
     its dead worker; a folder removed under the running service is made again by the next
