@@ -63,17 +63,25 @@ def _metrics_folder() -> None:
         os.environ.pop(_folders.MARK, None)
 
 
-def _temporary_folder() -> str:
-    """A new folder for the metric files in the temporary folder (TMPDIR, /tmp, /var/tmp, the
-    working folder), else in /dev/shm (a tmpfs that stays writable in a container whose root
-    filesystem is read-only); one line naming what to set when there is none."""
+def _temporary_base() -> str | None:
+    """Where to make temporary files: the temporary folder (TMPDIR, /tmp, /var/tmp, the working
+    folder, the first one writable), else /dev/shm (a tmpfs that stays writable in a container
+    whose root filesystem is read-only), else None."""
     try:
-        return tempfile.mkdtemp(prefix="responder-metrics-")
+        return tempfile.gettempdir()
     except OSError:
         pass
-    if os.path.isdir(_folders.SHM):
+    if os.path.isdir(_folders.SHM) and os.access(_folders.SHM, os.W_OK | os.X_OK):
+        return _folders.SHM
+    return None
+
+
+def _temporary_folder() -> str:
+    """A new folder for the metric files, or one line naming what to set when there is nowhere
+    to make it."""
+    if _TMP is not None:
         try:
-            return tempfile.mkdtemp(prefix="responder-metrics-", dir=_folders.SHM)
+            return tempfile.mkdtemp(prefix="responder-metrics-", dir=_TMP)
         except OSError:
             pass
     _refuse(f"{_folders.VARIABLE} is not set and there is no writable temporary folder "
@@ -122,7 +130,11 @@ _FORMAT = _settings["LOG_FORMAT"]
 # Metrics: the folder is set before anything imports the app, and with it prometheus_client
 # (which picks multiprocess mode once, at import, from this variable): with it set only
 # later, each worker would count alone and a scrape would show one worker's counts.
+_TMP = _temporary_base()
 _metrics_folder()
+# Each worker's heartbeat file (made and unlinked at once): gunicorn's default is the temporary
+# folder, which a read-only root filesystem may not have; then the metrics folder, writable.
+worker_tmp_dir = _TMP or os.environ[_folders.VARIABLE]
 
 
 def _int_env(name: str, default: int) -> int:
@@ -287,6 +299,7 @@ def on_starting(server):
     if _METRICS.empty:  # not after a USR2 upgrade: the old workers still write in the folder
         _empty_metrics_folder()
     settings = _settings
+    engine, url = _engine(settings)  # before the rules: a database that cannot be used is one line
     if not settings["VERIFY_SIGNATURES"]:
         _say("warning", "VERIFY_SIGNATURES=false: requests are answered without checking that "
              "Plivo sent them; use this only for local experiments")
@@ -301,7 +314,7 @@ def on_starting(server):
                 _say("error", problem, prefix=False)
         _refuse(f"{settings['RULES_PATH']} has {len(problems)} problem(s); "
                 "fix them (flask --app wsgi rules check) and start again", problems=[str(p) for p in problems])
-    _migrate(server, settings)
+    _migrate(server, engine, url)
 
 
 def _check_listening(server):
@@ -374,16 +387,27 @@ def worker_exit(server, worker):
     stop_all(timeout=max(1.0, graceful_timeout - 5))
 
 
-def _migrate(server, settings):
-    """Check DATABASE_URL and apply the migrations; the engine is gone before the fork."""
-    from app.store import migrate
-    from app.store.db import DatabaseUrlError, check_connection, display, make_engine
+def _engine(settings):
+    """(engine, url) for DATABASE_URL, or a refusal in one line: a malformed URL, or a SQLite
+    file this user cannot write. Nothing is connected yet."""
+    from app.store.db import DatabaseUrlError, make_engine
 
     url = _config.database_url(settings["DATABASE_URL"], os.path.join(_HERE, "instance"))
     try:
-        engine = make_engine(url, pool_size=1)
+        return make_engine(url, pool_size=1), url
+    except DatabaseUrlError as exc:
+        _refuse(str(exc))
+
+
+def _migrate(server, engine, url):
+    """Check that the database answers and apply the migrations; the engine is gone before the fork."""
+    from app.store import migrate
+    from app.store.db import DatabaseUrlError, check_connection, display
+
+    try:
         check_connection(engine)
     except DatabaseUrlError as exc:
+        engine.dispose()
         _refuse(str(exc))
     try:
         before, after = migrate.upgrade(engine)
