@@ -15,6 +15,7 @@ scrape of /metrics adds up every worker's counts whichever worker answers.
 
 import errno
 import glob
+import ipaddress
 import os
 import shutil
 import socket
@@ -154,8 +155,20 @@ def _port() -> int:
     return int(text)
 
 
+def _host() -> str:
+    """HOST: the IP address to listen on (default 0.0.0.0, every interface; 127.0.0.1 for a
+    proxy on the same host), in gunicorn's form (IPv6 in brackets)."""
+    given = os.environ.get("HOST", "")
+    try:
+        address = ipaddress.ip_address(given.strip().removeprefix("[").removesuffix("]") or "0.0.0.0")
+    except ValueError:
+        _refuse(f"HOST must be an IP address to listen on (0.0.0.0 for every interface, 127.0.0.1 for "
+                f"this host only, :: or ::1 for IPv6), got {given!r}")
+    return f"[{address}]" if address.version == 6 else str(address)
+
+
 wsgi_app = "wsgi:app"
-bind = [f"0.0.0.0:{_port()}"]
+bind = [f"{_host()}:{_port()}"]
 workers = _int_env("WEB_CONCURRENCY", 2)
 # Threaded workers whose threads only ever see whole requests (app/http_worker.py).
 # Each request is short CPU work (verify, match, render); what must not hold a thread
@@ -331,15 +344,35 @@ def _check_listening(server):
         host, port = address[0], address[1]
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            with socket.socket(family, socket.SOCK_STREAM) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
-                probe.bind((host, port))
+            _probe(family, host, port)
         except OSError as exc:
             where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
             if exc.errno == errno.EADDRINUSE:
-                _refuse(f"port {port} is already in use ({where}): stop whatever listens there, or "
-                        f"start on another port, e.g. PORT={port + 1 if port < 65535 else 8000} ./scripts/serve")
+                free = _free_port_after(family, host, port)
+                _refuse(f"port {port} is already in use ({where}): stop whatever listens there, or start "
+                        + (f"on another port, e.g. PORT={free} ./scripts/serve" if free is not None
+                           else "on another port (PORT)"))
             _refuse(f"cannot listen on {where}: {exc.strerror or exc}")
+
+
+def _probe(family, host: str, port: int) -> None:
+    """Bind `host:port` as gunicorn will and let go at once; OSError when that fails."""
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        probe.bind((host, port))
+
+
+def _bindable(family, host: str, port: int) -> bool:
+    try:
+        _probe(family, host, port)
+    except OSError:
+        return False
+    return True
+
+
+def _free_port_after(family, host: str, port: int, tries: int = 20) -> int | None:
+    """The first of the next `tries` ports that is free at this moment, or None."""
+    return next((p for p in range(port + 1, min(port + tries, 65535) + 1) if _bindable(family, host, p)), None)
 
 
 def _empty_metrics_folder():
