@@ -1,6 +1,6 @@
 """gunicorn settings, driven by environment variables (reference: docs/settings.md).
 
-    gunicorn -c gunicorn.conf.py            # wsgi:app on 0.0.0.0:$PORT, $WEB_CONCURRENCY workers
+    gunicorn -c gunicorn.conf.py            # wsgi:app on $HOST:$PORT (0.0.0.0:8000), $WEB_CONCURRENCY workers
 
 Before any worker starts, the master checks the settings and the rules file
 and refuses to start with a clear message if either is wrong, instead of
@@ -11,6 +11,8 @@ formatter (LOG_FORMAT), gunicorn's own error and access logs included. The
 workers keep their metric counts in PROMETHEUS_MULTIPROC_DIR (a temporary
 folder made here when it is not set, removed when the master exits), so a
 scrape of /metrics adds up every worker's counts whichever worker answers.
+The variable is set before anything imports the app: keep every `from app`
+import below `_metrics_folder()`.
 """
 
 import errno
