@@ -28,13 +28,15 @@ COPY requirements.txt ./
 RUN pip install --no-cache-dir -r requirements.txt
 
 # The code stays owned by root (read-only for the service); only the instance
-# folder, where the SQLite database lives, belongs to the service user.
+# folder, where the SQLite database lives, belongs to the service user, and to
+# group 0 with the same rights (chgrp 0, g=u: OpenShift runs the image as an
+# arbitrary user id in group 0, which must be able to write the database too).
 COPY app/ ./app/
 COPY migrations/ ./migrations/
 COPY config.py metrics_folder.py wsgi.py gunicorn.conf.py rules.yaml rules.test.yaml ./
 RUN mkdir -p /app/instance \
-    && chown app:app /app/instance \
-    && chmod 0750 /app/instance
+    && chown app:0 /app/instance \
+    && chmod 0770 /app/instance
 
 USER 10001:10001
 

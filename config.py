@@ -49,7 +49,13 @@ DEFAULTS: dict[str, Any] = {
     # Recording real traffic: the folder each signed inbound message is written to, and what is hidden.
     "RECORD_DIR": None,
     "RECORD_MASK": "numbers",
+    # When set, /metrics answers only `Authorization: Bearer <METRICS_TOKEN>`.
+    "METRICS_TOKEN": None,
 }
+
+#: Secret settings that may instead be given as a file, NAME_FILE=/run/secrets/... (Docker and
+#: Kubernetes secrets): its content without the trailing newline. Giving both is an error.
+SECRETS = ("PLIVO_AUTH_TOKEN", "WEBHOOK_SECRET", "DATABASE_URL", "METRICS_TOKEN")
 
 #: The longest RULES_RELOAD_INTERVAL, seconds: an hour between looks at the file is already a long wait.
 RULES_RELOAD_MAX = 3600
@@ -180,13 +186,33 @@ def _tokens(value: Any) -> tuple[str, ...]:
     return tuple(p.strip() for p in parts if p and p.strip())
 
 
+def secret_files(environ: Mapping[str, Any]) -> dict[str, str]:
+    """{NAME: the content of NAME_FILE} for the secrets given as files, read once at start."""
+    out = {}
+    for name in SECRETS:
+        path = _text(f"{name}_FILE", environ.get(f"{name}_FILE"))
+        if path is None:
+            continue
+        if _text(name, environ.get(name)) is not None:
+            raise ConfigError(f"{name} and {name}_FILE are both set: give one of them")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{name}_FILE: {path} is not UTF-8 text") from None
+        out[name] = text[:-1] if text.endswith("\n") else text
+    return out
+
+
 def load(environ: Mapping[str, Any], *, require_token: bool = True) -> dict[str, Any]:
     """Typed settings from `environ` (strings, or already-typed values in tests).
 
     Besides the documented names the result holds `PLIVO_AUTH_TOKENS`, the tuple of
     tokens that signatures are checked against.
     """
-    raw = {**DEFAULTS, **{k: v for k, v in environ.items() if k in DEFAULTS}}
+    raw = {**DEFAULTS, **{k: v for k, v in environ.items() if k in DEFAULTS}, **secret_files(environ)}
     out: dict[str, Any] = {}
     out["PLIVO_AUTH_TOKENS"] = _tokens(raw["PLIVO_AUTH_TOKEN"])
     out["PLIVO_AUTH_TOKEN"] = ",".join(out["PLIVO_AUTH_TOKENS"]) or None
@@ -219,6 +245,7 @@ def load(environ: Mapping[str, Any], *, require_token: bool = True) -> dict[str,
     # Only a process that serves (require_token) makes the recording folder and checks it.
     out["RECORD_DIR"] = record_dir(raw["RECORD_DIR"], make=require_token)
     out["RECORD_MASK"] = record_mask(raw["RECORD_MASK"])
+    out["METRICS_TOKEN"] = _text("METRICS_TOKEN", raw["METRICS_TOKEN"])
     if require_token and out["VERIFY_SIGNATURES"] and not out["PLIVO_AUTH_TOKENS"]:
         raise ConfigError(
             "PLIVO_AUTH_TOKEN is not set: set it to your Plivo auth token "

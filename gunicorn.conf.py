@@ -1,6 +1,6 @@
 """gunicorn settings, driven by environment variables (reference: docs/settings.md).
 
-    gunicorn -c gunicorn.conf.py            # wsgi:app on 0.0.0.0:$PORT, $WEB_CONCURRENCY workers
+    gunicorn -c gunicorn.conf.py            # wsgi:app on $HOST:$PORT (0.0.0.0:8000), $WEB_CONCURRENCY workers
 
 Before any worker starts, the master checks the settings and the rules file
 and refuses to start with a clear message if either is wrong, instead of
@@ -11,10 +11,13 @@ formatter (LOG_FORMAT), gunicorn's own error and access logs included. The
 workers keep their metric counts in PROMETHEUS_MULTIPROC_DIR (a temporary
 folder made here when it is not set, removed when the master exits), so a
 scrape of /metrics adds up every worker's counts whichever worker answers.
+The variable is set before anything imports the app: keep every `from app`
+import below `_metrics_folder()`.
 """
 
 import errno
 import glob
+import ipaddress
 import os
 import shutil
 import socket
@@ -48,7 +51,7 @@ def _metrics_folder() -> None:
     _METRICS = choice = _folders.choose(os.environ, os.getpid())
     path = choice.path
     if path is None:
-        path = tempfile.mkdtemp(prefix="responder-metrics-")
+        path = _temporary_folder()
     else:
         try:
             os.makedirs(path, exist_ok=True)
@@ -61,6 +64,32 @@ def _metrics_folder() -> None:
         os.environ[_folders.MARK] = _folders.mark(os.getpid(), path)
     else:
         os.environ.pop(_folders.MARK, None)
+
+
+def _temporary_base() -> str | None:
+    """Where to make temporary files: the temporary folder (TMPDIR, /tmp, /var/tmp, the working
+    folder, the first one writable), else /dev/shm (a tmpfs that stays writable in a container
+    whose root filesystem is read-only), else None."""
+    try:
+        return tempfile.gettempdir()
+    except OSError:
+        pass
+    if os.path.isdir(_folders.SHM) and os.access(_folders.SHM, os.W_OK | os.X_OK):
+        return _folders.SHM
+    return None
+
+
+def _temporary_folder() -> str:
+    """A new folder for the metric files, or one line naming what to set when there is nowhere
+    to make it."""
+    if _TMP is not None:
+        try:
+            return tempfile.mkdtemp(prefix="responder-metrics-", dir=_TMP)
+        except OSError:
+            pass
+    _refuse(f"{_folders.VARIABLE} is not set and there is no writable temporary folder "
+            f"(TMPDIR, /tmp, /var/tmp, {_folders.SHM}) to keep the workers' metric files in: set "
+            f"{_folders.VARIABLE} to a writable folder, or mount a writable /tmp (a tmpfs)")
 
 
 def _remove_metrics_folder() -> None:
@@ -101,6 +130,15 @@ except _config.ConfigError as exc:
     _refuse(str(exc))
 _FORMAT = _settings["LOG_FORMAT"]
 
+# Metrics: the folder is set before anything imports the app, and with it prometheus_client
+# (which picks multiprocess mode once, at import, from this variable): with it set only
+# later, each worker would count alone and a scrape would show one worker's counts.
+_TMP = _temporary_base()
+_metrics_folder()
+# Each worker's heartbeat file (made and unlinked at once): gunicorn's default is the temporary
+# folder, which a read-only root filesystem may not have; then the metrics folder, writable.
+worker_tmp_dir = _TMP or os.environ[_folders.VARIABLE]
+
 
 def _int_env(name: str, default: int) -> int:
     """A whole-number setting (1 or more), checked like every other setting in config.py."""
@@ -119,8 +157,20 @@ def _port() -> int:
     return int(text)
 
 
+def _host() -> str:
+    """HOST: the IP address to listen on (default 0.0.0.0, every interface; 127.0.0.1 for a
+    proxy on the same host), in gunicorn's form (IPv6 in brackets)."""
+    given = os.environ.get("HOST", "")
+    try:
+        address = ipaddress.ip_address(given.strip().removeprefix("[").removesuffix("]") or "0.0.0.0")
+    except ValueError:
+        _refuse(f"HOST must be an IP address to listen on (0.0.0.0 for every interface, 127.0.0.1 for "
+                f"this host only, :: or ::1 for IPv6), got {given!r}")
+    return f"[{address}]" if address.version == 6 else str(address)
+
+
 wsgi_app = "wsgi:app"
-bind = [f"0.0.0.0:{_port()}"]
+bind = [f"{_host()}:{_port()}"]
 workers = _int_env("WEB_CONCURRENCY", 2)
 # Threaded workers whose threads only ever see whole requests (app/http_worker.py).
 # Each request is short CPU work (verify, match, render); what must not hold a thread
@@ -206,9 +256,6 @@ accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = _settings["LOG_LEVEL"].lower()
 
-# Metrics: the folder is set before the import below, which brings in prometheus_client.
-_metrics_folder()
-
 from gunicorn.glogging import Logger as _GunicornLogger  # noqa: E402
 
 from app import logs as _logs  # noqa: E402
@@ -260,9 +307,14 @@ def on_starting(server):
     from app.rules.holder import WARNED_ENV, compile_and_keep, keep_dir
 
     _check_listening(server)
+    from app import metrics
+    if not metrics.MULTIPROCESS:  # each worker would count alone: a scrape would show one worker
+        _refuse(f"metrics: prometheus_client was imported before {_folders.VARIABLE} was set "
+                "(gunicorn.conf.py must set it first)")
     if _METRICS.empty:  # not after a USR2 upgrade: the old workers still write in the folder
         _empty_metrics_folder()
     settings = _settings
+    engine, url = _engine(settings)  # before the rules: a database that cannot be used is one line
     if not settings["VERIFY_SIGNATURES"]:
         _say("warning", "VERIFY_SIGNATURES=false: requests are answered without checking that "
              "Plivo sent them; use this only for local experiments")
@@ -277,7 +329,7 @@ def on_starting(server):
                 _say("error", logs.scrub(str(problem)), prefix=False)
         _refuse(f"{settings['RULES_PATH']} has {len(problems)} problem(s); "
                 "fix them (flask --app wsgi rules check) and start again", problems=[str(p) for p in problems])
-    _migrate(server, settings)
+    _migrate(server, engine, url)
     # The warnings once per start, here, once nothing can refuse it; the workers compile the
     # same file and say nothing more.
     for warning in ruleset.warnings:
@@ -300,15 +352,35 @@ def _check_listening(server):
         host, port = address[0], address[1]
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            with socket.socket(family, socket.SOCK_STREAM) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
-                probe.bind((host, port))
+            _probe(family, host, port)
         except OSError as exc:
             where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
             if exc.errno == errno.EADDRINUSE:
-                _refuse(f"port {port} is already in use ({where}): stop whatever listens there, or "
-                        f"start on another port, e.g. PORT={port + 1 if port < 65535 else 8000} ./scripts/serve")
+                free = _free_port_after(family, host, port)
+                _refuse(f"port {port} is already in use ({where}): stop whatever listens there, or start "
+                        + (f"on another port, e.g. PORT={free} ./scripts/serve" if free is not None
+                           else "on another port (PORT)"))
             _refuse(f"cannot listen on {where}: {exc.strerror or exc}")
+
+
+def _probe(family, host: str, port: int) -> None:
+    """Bind `host:port` as gunicorn will and let go at once; OSError when that fails."""
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        probe.bind((host, port))
+
+
+def _bindable(family, host: str, port: int) -> bool:
+    try:
+        _probe(family, host, port)
+    except OSError:
+        return False
+    return True
+
+
+def _free_port_after(family, host: str, port: int, tries: int = 20) -> int | None:
+    """The first of the next `tries` ports that is free at this moment, or None."""
+    return next((p for p in range(port + 1, min(port + tries, 65535) + 1) if _bindable(family, host, p)), None)
 
 
 def _empty_metrics_folder():
@@ -356,16 +428,27 @@ def worker_exit(server, worker):
     stop_all(timeout=max(1.0, graceful_timeout - 5))
 
 
-def _migrate(server, settings):
-    """Check DATABASE_URL and apply the migrations; the engine is gone before the fork."""
-    from app.store import migrate
-    from app.store.db import DatabaseUrlError, check_connection, display, make_engine
+def _engine(settings):
+    """(engine, url) for DATABASE_URL, or a refusal in one line: a malformed URL, or a SQLite
+    file this user cannot write. Nothing is connected yet."""
+    from app.store.db import DatabaseUrlError, make_engine
 
     url = _config.database_url(settings["DATABASE_URL"], os.path.join(_HERE, "instance"))
     try:
-        engine = make_engine(url, pool_size=1)
+        return make_engine(url, pool_size=1), url
+    except DatabaseUrlError as exc:
+        _refuse(str(exc))
+
+
+def _migrate(server, engine, url):
+    """Check that the database answers and apply the migrations; the engine is gone before the fork."""
+    from app.store import migrate
+    from app.store.db import DatabaseUrlError, check_connection, display
+
+    try:
         check_connection(engine)
     except DatabaseUrlError as exc:
+        engine.dispose()
         _refuse(str(exc))
     try:
         before, after = migrate.upgrade(engine)

@@ -22,6 +22,8 @@ from typing import NamedTuple
 VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 #: `<pid>:<path>` of the folder a master made for itself.
 MARK = "RESPONDER_METRICS_DIR_MADE"
+#: Where a master makes its folder when no temporary folder is writable (a read-only root).
+SHM = "/dev/shm"
 
 
 class Choice(NamedTuple):

@@ -24,7 +24,7 @@ from .store import DatabaseUrlError, Store
 log = logging.getLogger("app")
 
 #: Keys of test_config that are not settings but test hooks.
-_HOOKS = ("TESTING", "CLOCK", "INSTANCE_PATH")
+_HOOKS = ("TESTING", "CLOCK", "INSTANCE_PATH", "METRICS_EVERY")
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -127,7 +127,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     _register_errors(app)
     cli.register(app)
 
-    app.extensions["metrics"] = metrics.Exporter(store, holder)
+    app.extensions["metrics"] = metrics.Exporter(store, holder, token=app.config["METRICS_TOKEN"],
+                                                 every=app.config.get("METRICS_EVERY", metrics.STATE_SECONDS))
     if metrics.counting():
         # Outermost, so every request is counted and timed: errors and unknown paths too.
         app.wsgi_app = metrics.Instrumented(app.wsgi_app, metrics.endpoints_of(

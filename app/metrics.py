@@ -8,8 +8,10 @@ included, so every worker answers a scrape with the same totals. Without the
 variable (in-process tests, `flask run`) they are ordinary in-process metrics.
 
 Figures that belong to the database (outbox items per status, opted-out
-numbers) are not counted by any worker: they are read from the database at
-each scrape, so they are right whichever worker, host or command changed them.
+numbers) are not counted by any worker: they are read from the database, so
+they are right whichever worker, host or command changed them; each worker
+reads them at most once every STATE_SECONDS, however often it is scraped.
+With METRICS_TOKEN set, a scrape needs `Authorization: Bearer <token>`.
 
 Label values are bounded: endpoints are the app's route names ("other" for any
 other path), statuses the HTTP codes, rules the names in the rules file.
@@ -19,6 +21,7 @@ Nothing here imports Flask.
 from __future__ import annotations
 
 import glob
+import hmac
 import logging
 import os
 import threading
@@ -49,6 +52,9 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 #: The `endpoint` label of any path that is not one of the app's routes.
 OTHER = "other"
 DELIVERY_NEW, DELIVERY_REPEAT = "new", "repeat"
+#: Seconds a worker answers scrapes with the database figures it read last: a storm of
+#: scrapes costs the database one read of them (two small queries) per worker this often.
+STATE_SECONDS = 5.0
 
 # `_created` series double the output and mean nothing across restarting workers.
 disable_created_metrics()
@@ -237,30 +243,38 @@ class _Forward:
 class StateCollector:
     """Figures read when scraped: the database's outbox and opt-outs, this worker's rules.
 
+    The database figures are read at most once every `every` seconds of `clock` (a monotonic
+    clock); scrapes in between get the figures read last, and while one thread reads them,
+    the others do not wait for it (but the first scrape's do). The rules' figures are this
+    worker's, as they are now.
+
     A database that does not answer leaves its figures out and sets
     responder_database_up to 0; that is logged once, until it answers again.
     """
 
-    def __init__(self, store, holder=None):
+    def __init__(self, store, holder=None, *, every: float = STATE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic):
         self.store = store
         self.holder = holder
+        self.every = every
+        self.clock = clock
         self._down = False
         self._lock = threading.Lock()
+        self._reading = threading.Lock()
+        #: (when to read again, (outbox counts, opted-out numbers) or None: no answer), or None
+        self._read: tuple[float, tuple | None] | None = None
 
     def collect(self):
         yield from self._rules()
         if self.store is None:
             return
-        up = GaugeMetricFamily("responder_database_up", "1 when the database answered this scrape, else 0")
-        try:
-            counts = self.store.outbox_counts()
-            optedout = self.store.count_optouts()
-        except Exception as exc:  # noqa: BLE001 - a scrape must answer whatever the database does
-            self._note(exc)
+        up = GaugeMetricFamily("responder_database_up", "1 when the database answered its last read, else 0")
+        figures = self._figures()
+        if figures is None:
             up.add_metric([], 0)
             yield up
             return
-        self._note(None)
+        counts, optedout = figures
         up.add_metric([], 1)
         yield up
         items = GaugeMetricFamily("responder_outbox_items", "Outbox items (Message API sends and webhook "
@@ -273,6 +287,31 @@ class StateCollector:
                                     "read from the database")
         numbers.add_metric([], optedout)
         yield numbers
+
+    def _figures(self) -> tuple | None:
+        """(outbox counts, opted-out numbers), or None when the database did not answer:
+        read again only once the last read is `every` seconds old."""
+        read = self._read
+        if read is not None and self.clock() < read[0]:
+            return read[1]
+        # One thread reads; the others answer with the last figures meanwhile (none yet: wait).
+        if not self._reading.acquire(blocking=read is None):
+            return read[1]
+        try:
+            read = self._read
+            if read is not None and self.clock() < read[0]:
+                return read[1]   # read by another thread while this one waited
+            try:
+                figures = (self.store.outbox_counts(), self.store.count_optouts())
+            except Exception as exc:  # noqa: BLE001 - a scrape must answer whatever the database does
+                self._note(exc)
+                figures = None
+            else:
+                self._note(None)
+            self._read = (self.clock() + self.every, figures)
+            return figures
+        finally:
+            self._reading.release()
 
     def _rules(self):
         if self.holder is None:
@@ -347,16 +386,27 @@ class _Multiprocess:
 
 
 class Exporter:
-    """Renders the text of a scrape: the counted metrics plus the state read now."""
+    """Renders the text of a scrape: the counted metrics plus the state (see StateCollector for
+    `every` and `clock`); with a `token`, only for a request that brings it."""
 
-    def __init__(self, store=None, holder=None):
+    def __init__(self, store=None, holder=None, *, token: str | None = None, every: float = STATE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic):
+        self._token = token.encode("utf-8") if token else None
         self.registry = CollectorRegistry(auto_describe=False)
         if MULTIPROCESS:
             # every worker's files, summed at each scrape
             self.registry.register(_Multiprocess(os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")))
         else:
             self.registry.register(_Forward(REGISTRY))
-        self.registry.register(StateCollector(store, holder))
+        self.registry.register(StateCollector(store, holder, every=every, clock=clock))
+
+    def allows(self, authorization: str | None) -> bool:
+        """Whether a request with this Authorization header may scrape: always without a token,
+        else only `Bearer <token>` (compared in constant time)."""
+        if self._token is None:
+            return True
+        scheme, _, given = (authorization or "").strip().partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("utf-8"), self._token)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -151,4 +151,8 @@ def readyz():
 @bp.get("/metrics")
 def metrics():
     """Prometheus' text format: the counts of every worker, and the state read now."""
-    return Response(current_app.extensions["metrics"].render(), 200, content_type=CONTENT_TYPE)
+    exporter = current_app.extensions["metrics"]
+    if not exporter.allows(request.headers.get("Authorization")):
+        return Response("401 Unauthorized: /metrics needs Authorization: Bearer <METRICS_TOKEN>\n", 401,
+                        headers={"WWW-Authenticate": "Bearer"}, content_type="text/plain; charset=utf-8")
+    return Response(exporter.render(), 200, content_type=CONTENT_TYPE)

@@ -39,7 +39,7 @@ def server_env(**extra) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in (
         "PUBLIC_URL", "TRUSTED_PROXIES", "VERIFY_SIGNATURES", "RULES_PATH",
         "MAX_CONTENT_LENGTH", "DATABASE_URL", "LOG_LEVEL", "LOG_FORMAT", "PORT", "WEB_CONCURRENCY",
-        "PROMETHEUS_MULTIPROC_DIR", "RESPONDER_METRICS_DIR_MADE")
+        "PROMETHEUS_MULTIPROC_DIR", "RESPONDER_METRICS_DIR_MADE", "HOST", "METRICS_TOKEN")
         and not k.startswith(("PLIVO_", "OUTBOX_", "WEBHOOK_", "RECORD_"))}
     env.update(extra)
     return env
@@ -58,11 +58,13 @@ class Server:
         settings.setdefault("WEB_CONCURRENCY", "2")
         settings.setdefault("DATABASE_URL", f"sqlite:///{tmp}/responder.sqlite3")
         # Its metric files under `tmp`, so a gunicorn killed before it can remove a folder of
-        # its own leaves nothing in /tmp ("" lets gunicorn.conf.py make and remove one).
+        # its own leaves nothing in /tmp ("" or None lets gunicorn.conf.py make and remove one).
         settings.setdefault("PROMETHEUS_MULTIPROC_DIR", str(tmp / "metrics"))
         env = server_env(PLIVO_AUTH_TOKEN=TOKEN, PORT=str(self.port),
                          RULES_PATH=str(self.rules), RULES_RELOAD_INTERVAL="0.2",
                          MAX_CONTENT_LENGTH="4096", LOG_FORMAT="json", **settings)
+        # A setting given as None is left out of the environment altogether (unset, not "").
+        env = {k: v for k, v in env.items() if v is not None}
         self.log_path = tmp / log_name
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)

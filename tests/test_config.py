@@ -60,3 +60,24 @@ def test_rules_reload_interval_refuses_what_would_silently_turn_reloading_off_or
                                              ("3600", 3600.0)])
 def test_rules_reload_interval_accepts_zero_for_off_and_up_to_an_hour(value, expected):
     assert config.load({"PLIVO_AUTH_TOKEN": "t", "RULES_RELOAD_INTERVAL": value})["RULES_RELOAD_INTERVAL"] == expected
+
+
+def test_metrics_token_is_off_by_default_and_read_from_the_environment():
+    assert config.load({"PLIVO_AUTH_TOKEN": "t"})["METRICS_TOKEN"] is None
+    assert config.load({"PLIVO_AUTH_TOKEN": "t", "METRICS_TOKEN": "  "})["METRICS_TOKEN"] is None
+    assert config.load({"PLIVO_AUTH_TOKEN": "t", "METRICS_TOKEN": "m1"})["METRICS_TOKEN"] == "m1"
+
+
+@pytest.mark.parametrize("name", config.SECRETS)
+def test_a_secret_may_be_given_as_a_file_but_not_twice(tmp_path, name):
+    secret = tmp_path / "secret"
+    value = "sqlite:////srv/x.sqlite3" if name == "DATABASE_URL" else "s3cret"
+    secret.write_text(value + "\n", encoding="utf-8")   # as `echo` and editors write it
+    base = {} if name == "PLIVO_AUTH_TOKEN" else {"PLIVO_AUTH_TOKEN": "t"}
+    assert config.load({**base, f"{name}_FILE": str(secret)})[name] == value
+    with pytest.raises(ConfigError) as exc:
+        config.load({**base, name: "x", f"{name}_FILE": str(secret)})
+    assert str(exc.value) == f"{name} and {name}_FILE are both set: give one of them"
+    with pytest.raises(ConfigError) as exc:
+        config.load({**base, f"{name}_FILE": str(tmp_path / "missing")})
+    assert str(exc.value) == f"{name}_FILE: cannot read {tmp_path / 'missing'}: No such file or directory"

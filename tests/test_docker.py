@@ -18,6 +18,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -387,3 +388,218 @@ def test_venv_script_refuses_a_python_older_than_the_minimum(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"error: Python {minimum} or newer is needed, Python {major}.{minor - 1}.9 found"
     assert not (tmp_path / ".venv").exists()
+
+
+# --------------------------------------------------------------------------
+# The image's start, reproduced: its files laid out as the Dockerfile copies them, the
+# instance folder with the Dockerfile's owner and mode, its ENV and CMD, run as its USER (or
+# as an arbitrary user id in group 0, as OpenShift runs images), and the read-only root
+# filesystem of `docker run --read-only` in a mount namespace of its own.
+
+#: A user id in no /etc/passwd, in group 0: how OpenShift runs an image.
+ARBITRARY_UID = 1000680000
+
+
+def _image_ids() -> dict[str, int]:
+    """{name: id} of the users and groups the Dockerfile makes, and root's."""
+    ids = {"root": 0, "0": 0}
+    runs = " ".join(_all("RUN"))
+    for name_flag, id_flag, cmd in (("", "--gid", "groupadd"), ("", "--uid", "useradd")):
+        for match in re.finditer(rf"{cmd}\b[^&]*?{id_flag}\s+(\d+)[^&]*?\s(\w+)\s*(?:&&|$)", runs):
+            ids.setdefault(match.group(2), int(match.group(1)))
+    return ids
+
+
+def _number(name: str) -> int:
+    ids = _image_ids()
+    return int(name) if name.isdigit() else ids[name]
+
+
+def _image_user() -> tuple[int, int]:
+    user, _, group = _all("USER")[-1].partition(":")
+    return _number(user), _number(group or user)
+
+
+def _instance_modes() -> tuple[int, int, int]:
+    """(uid, gid, mode) the Dockerfile gives /app/instance."""
+    runs = " ".join(_all("RUN"))
+    owner = re.search(r"chown\s+(\S+)\s+/app/instance", runs).group(1)
+    user, _, group = owner.partition(":")
+    uid, gid = _number(user), _number(group or user)
+    chgrp = re.search(r"chgrp\s+(\S+)\s+/app/instance", runs)
+    if chgrp:
+        gid = _number(chgrp.group(1))
+    mode = int(re.search(r"chmod\s+(0?[0-7]{3})\s+/app/instance", runs).group(1), 8)
+    return uid, gid, mode
+
+
+def _image_env() -> dict[str, str]:
+    """The environment the image's CMD starts in (as `docker run -e PLIVO_AUTH_TOKEN=...` gives it)."""
+    from conftest import TOKEN
+    return {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", "HOME": "/",
+            **_env(), "PLIVO_AUTH_TOKEN": TOKEN}
+
+
+@pytest.fixture
+def image_root():
+    """A folder standing for the image's /app: the files the Dockerfile copies, no instance folder yet.
+    (Not under pytest's tmp_path, whose parents only root may enter.)"""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run the service as the image's user ids")
+    base = Path(tempfile.mkdtemp(prefix="responder-image-"))
+    base.chmod(0o755)
+    app = base / "app"
+    app.mkdir()
+    try:
+        for args in _all("COPY"):
+            parts = [p for p in args.split() if not p.startswith("--")]
+            for src in parts[:-1]:
+                target = app / (src if src.endswith("/") else Path(src).name)
+                if (ROOT / src).is_dir():
+                    shutil.copytree(ROOT / src, target, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    shutil.copy(ROOT / src, target)
+        yield app
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _make_instance(app: Path, uid: int, gid: int, mode: int) -> Path:
+    instance = app / "instance"
+    instance.mkdir()
+    os.chown(instance, uid, gid)
+    instance.chmod(mode)
+    return instance
+
+
+def _image_command(app: Path, uid: int, gid: int, read_only: tuple[str, ...] = (),
+                   writable_instance: bool = False) -> list[str]:
+    """The image's CMD, run as uid:gid; with `read_only`, those folders are made read-only in a
+    mount namespace of the command's own (with `writable_instance`, a tmpfs volume on instance/)."""
+    cmd = _exec_form(_all("CMD")[-1])
+    cmd = [str(Path(sys.executable).with_name(cmd[0])), *cmd[1:]]
+    as_user = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *cmd]
+    if not read_only:
+        return as_user
+    mounts = [f"mount --bind {shlex.quote(d)} {shlex.quote(d)} && mount -o remount,bind,ro {shlex.quote(d)}"
+              for d in read_only]
+    if writable_instance:
+        mounts.append(f"mount -t tmpfs -o mode=0770,uid={uid},gid={gid} tmpfs {shlex.quote(str(app / 'instance'))}")
+    return ["unshare", "--mount", "sh", "-c", " && ".join(mounts) + ' && exec "$@"', "sh", *as_user]
+
+
+def _can_unshare() -> bool:
+    return subprocess.run(["unshare", "--mount", "sh", "-c", "mount --bind /tmp /tmp"],
+                          capture_output=True, timeout=30).returncode == 0
+
+
+def _start_image(app: Path, log: Path, command: list[str], **env):
+    """The image's CMD in /app (WORKDIR), its log in `log`; a `servers.Server` to talk to it."""
+    from servers import Server, free_port
+
+    server = Server.__new__(Server)
+    server.port = free_port()
+    server.base = f"http://127.0.0.1:{server.port}"
+    server.rules = app / "rules.yaml"
+    server.log_path = log
+    server.log = open(log, "wb")
+    environ = {**_image_env(), "PORT": str(server.port), **env}
+    server.proc = subprocess.Popen(command, cwd=app, env=environ, stdout=server.log, stderr=subprocess.STDOUT)
+    return server
+
+
+def _started(server, workers: int = 2):
+    try:
+        server._wait_ready(None, workers)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _refused(server) -> str:
+    """The one line that says why a start was refused (after gunicorn's "Starting" line, for
+    what the master checks once gunicorn runs): it exits 1 within 30 s."""
+    try:
+        assert server.proc.wait(timeout=30) == 1
+    finally:
+        server.stop()
+    text = server.log_path.read_text()
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert lines and all("Starting gunicorn" in line for line in lines[:-1]), text
+    assert "Traceback" not in text
+    return lines[-1]
+
+
+def test_the_image_as_shipped_sums_every_worker_in_every_scrape(image_root, tmp_path):
+    """The Dockerfile's ENV (no PROMETHEUS_MULTIPROC_DIR) and CMD, as its USER, default WEB_CONCURRENCY."""
+    from test_metrics import healthz_counted_by_every_worker
+
+    assert "PROMETHEUS_MULTIPROC_DIR" not in _image_env()
+    _make_instance(image_root, *_instance_modes())
+    uid, gid = _image_user()
+    assert uid != 0
+    server = _started(_start_image(image_root, tmp_path / "image.log", _image_command(image_root, uid, gid)))
+    try:
+        healthz_counted_by_every_worker(server, 10)
+    finally:
+        server.stop()
+
+
+def test_an_arbitrary_user_id_in_group_0_starts_and_records_in_the_images_sqlite(image_root, tmp_path):
+    from conftest import sms
+
+    instance = _make_instance(image_root, *_instance_modes())
+    server = _started(_start_image(image_root, tmp_path / "image.log",
+                                   _image_command(image_root, ARBITRARY_UID, 0)))
+    try:
+        assert server.post(sms("hours")).status_code == 200
+    finally:
+        server.stop()
+    database = instance / "responder.sqlite3"
+    assert database.stat().st_uid == ARBITRARY_UID
+    import sqlite3
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("select count(*) from messages").fetchone() == (1,)
+
+
+def test_an_instance_folder_the_user_cannot_write_refuses_in_one_line(image_root, tmp_path):
+    """The image's folder as it was (0750, the service user's group): an arbitrary user id is
+    told, in one line, what to do instead of a traceback."""
+    uid, gid = _image_user()
+    _make_instance(image_root, uid, gid, 0o750)
+    line = _refused(_start_image(image_root, tmp_path / "image.log",
+                                 _image_command(image_root, ARBITRARY_UID, 0), LOG_FORMAT="text"))
+    assert line.startswith(f"error: DATABASE_URL: the folder {image_root / 'instance'} of the SQLite file "
+                           "is not writable by this user"), line
+
+
+def test_a_read_only_root_with_a_writable_instance_volume_starts_and_sums_every_worker(image_root, tmp_path):
+    """`docker run --read-only -v data:/app/instance`: no writable /tmp; the metric files go to /dev/shm."""
+    from test_metrics import folder_of, healthz_counted_by_every_worker
+
+    if not _can_unshare():
+        pytest.skip("cannot make a mount namespace here")
+    _make_instance(image_root, *_instance_modes())
+    uid, gid = _image_user()
+    command = _image_command(image_root, uid, gid, read_only=("/tmp", "/var/tmp"), writable_instance=True)
+    unwritable = image_root / "not-writable"
+    unwritable.mkdir(mode=0o555)
+    server = _started(_start_image(image_root, tmp_path / "image.log", command, TMPDIR=str(unwritable)))
+    try:
+        assert folder_of(server).parent == Path("/dev/shm")
+        healthz_counted_by_every_worker(server, 6)
+    finally:
+        server.stop()
+
+
+def test_no_writable_temporary_folder_refuses_in_one_line_naming_the_setting(image_root, tmp_path):
+    if not _can_unshare():
+        pytest.skip("cannot make a mount namespace here")
+    _make_instance(image_root, *_instance_modes())
+    uid, gid = _image_user()
+    command = _image_command(image_root, uid, gid, read_only=("/tmp", "/var/tmp", "/dev/shm"),
+                             writable_instance=True)
+    line = _refused(_start_image(image_root, tmp_path / "image.log", command, LOG_FORMAT="text"))
+    assert line.startswith("error: PROMETHEUS_MULTIPROC_DIR is not set and there is no writable "
+                           "temporary folder"), line

@@ -75,7 +75,7 @@ def test_every_setting_is_in_the_reference():
     reference = (ROOT / "docs" / "settings.md").read_text(encoding="utf-8")
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for name in [*config.DEFAULTS, "PORT", "WEB_CONCURRENCY", "GUNICORN_THREADS", "GUNICORN_ACCESS_LOG",
-                 "GUNICORN_CONTROL_SOCKET", "PROMETHEUS_MULTIPROC_DIR", "REQUEST_READ_TIMEOUT",
+                 "GUNICORN_CONTROL_SOCKET", "PROMETHEUS_MULTIPROC_DIR", "REQUEST_READ_TIMEOUT", "HOST",
                  "GUNICORN_WORKER_CONNECTIONS"]:
         assert f"`{name}`" in reference, f"docs/settings.md does not describe {name}"
         assert f"`{name}`" in readme, f"README.md's settings table does not list {name}"

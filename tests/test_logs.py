@@ -7,11 +7,14 @@ refused at once."""
 from __future__ import annotations
 
 import json
+import random
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -243,18 +246,75 @@ def test_port_out_of_range_is_one_line(start):
     assert record["level"] == "ERROR" and record["msg"] == "PORT must be a port number from 1 to 65535, got 'http'"
 
 
-def test_port_in_use_is_refused_at_once(start):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+def _listen_on_all(first: int, count: int) -> list[socket.socket]:
+    """Listening sockets on 127.0.0.1 ports first .. first+count-1 (OSError if one is in use)."""
+    sockets: list[socket.socket] = []
+    try:
+        for port in range(first, first + count):
+            taken = socket.socket()
+            sockets.append(taken)
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # TIME_WAIT is no use
+            taken.bind(("127.0.0.1", port))
+            taken.listen()
+    except OSError:
+        for taken in sockets:
+            taken.close()
+        raise
+    return sockets
+
+
+@contextmanager
+def ports_taken(count: int):
+    """`count` consecutive ports on 127.0.0.1, each with a listening socket: the first one's number.
+    (Below the kernel's range for outgoing connections, where a run of free ports is likely.)"""
+    for _ in range(50):
+        first = random.randrange(20000, 32000 - count)
+        try:
+            sockets = _listen_on_all(first, count)
+        except OSError:
+            continue   # one of them was in use: another run of ports
+        try:
+            yield first
+        finally:
+            for taken in sockets:
+                taken.close()
+        return
+    raise AssertionError(f"no {count} consecutive free ports")
+
+
+def test_port_in_use_is_refused_at_once_with_a_port_that_is_free(start):
+    with ports_taken(2) as port:   # the next one is taken too: it is not suggested
         result, seconds = start(timeout=20, PORT=str(port), LOG_FORMAT="text")
         as_json = start(timeout=20, PORT=str(port))[0]
     line = only_line(result)
-    assert line.startswith(f"error: port {port} is already in use") and f"PORT={port + 1} ./scripts/serve" in line
+    assert line.startswith(f"error: port {port} is already in use"), line
+    suggested = int(re.search(r"PORT=(\d+) \./scripts/serve", line).group(1))
+    assert port + 2 <= suggested <= port + 20, line
     assert seconds < 5, f"took {seconds:.1f} s (gunicorn's own retries take 5 s)"
     record = json.loads(only_line(as_json))
     assert record["level"] == "ERROR" and record["msg"].startswith(f"port {port} is already in use")
+
+
+def test_port_in_use_suggests_none_when_the_next_ones_are_taken_too(start):
+    with ports_taken(21) as port:
+        line = only_line(start(timeout=20, PORT=str(port), LOG_FORMAT="text")[0])
+    assert line == (f"error: port {port} is already in use (0.0.0.0:{port}): stop whatever listens there, "
+                    "or start on another port (PORT)")
+
+
+def test_host_is_the_listening_address_and_a_bad_one_is_one_line(tmp_path, start):
+    line = only_line(start(HOST="localhost:80", LOG_FORMAT="text")[0])
+    assert line == ("error: HOST must be an IP address to listen on (0.0.0.0 for every interface, 127.0.0.1 "
+                    "for this host only, :: or ::1 for IPv6), got 'localhost:80'")
+    server = Server(tmp_path, HOST="127.0.0.1", WEB_CONCURRENCY="1")
+    try:
+        assert requests.get(server.base + "/healthz", timeout=10).status_code == 200
+        assert f"Listening at: http://127.0.0.1:{server.port} " in server.log_path.read_text()
+        with socket.socket() as other:   # the other addresses are not taken: nothing listens there
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            other.bind(("127.0.0.2", server.port))
+    finally:
+        server.stop()
 
 
 def test_refusals_are_json_lines_by_default(tmp_path, start):

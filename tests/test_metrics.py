@@ -62,7 +62,8 @@ def delta(before: dict, after: dict, name: str, **labels) -> float:
 # -- in process ------------------------------------------------------------------------------
 @pytest.mark.usefixtures("database")
 def test_counts_of_each_kind_of_request(tmp_path):
-    app = make_app(tmp_path, RULES, PLIVO_AUTH_ID="MAMETRICS")
+    # METRICS_EVERY=0: the database figures are read at every scrape (they change between them here)
+    app = make_app(tmp_path, RULES, PLIVO_AUTH_ID="MAMETRICS", METRICS_EVERY=0)
     client = app.test_client()
     before = scrape(client)
 
@@ -152,6 +153,110 @@ def test_database_that_does_not_answer_leaves_its_figures_out(tmp_path, caplog):
     # (pytest may hand caplog one record twice: once from the logger, once from `app`)
     warnings = list({id(r): r for r in caplog.records if r.name == "app.metrics"}.values())
     assert len(warnings) == 1 and "did not answer" in warnings[0].getMessage()
+
+
+def test_with_a_metrics_token_a_scrape_needs_it(tmp_path):
+    secret = tmp_path / "metrics-token"
+    secret.write_text("m3trics-t0ken\n", encoding="utf-8")
+    client = make_app(tmp_path, RULES, METRICS_TOKEN_FILE=str(secret)).test_client()
+    for authorization in (None, "Bearer wrong", "Bearer m3trics-t0ken-and-more", "Bearer m3trics-t0ke",
+                          "m3trics-t0ken", "Basic bTN0cmljcy10MGtlbg==", "Bearer ", "Bearer m3trics-t0kén"):
+        r = client.get("/metrics", headers={"Authorization": authorization} if authorization else {})
+        assert r.status_code == 401, authorization
+        assert r.headers["WWW-Authenticate"] == "Bearer"
+        assert r.get_data(as_text=True) == "401 Unauthorized: /metrics needs Authorization: Bearer <METRICS_TOKEN>\n"
+    for authorization in ("Bearer m3trics-t0ken", "bearer  m3trics-t0ken "):
+        r = client.get("/metrics", headers={"Authorization": authorization})
+        assert r.status_code == 200, authorization
+        assert value(parse(r.get_data(as_text=True)), "responder_requests_total", endpoint="metrics",
+                     status="401") == 8
+    # without the setting, /metrics stays open
+    (tmp_path / "open").mkdir()
+    assert make_app(tmp_path / "open", RULES).test_client().get("/metrics").status_code == 200
+
+
+def _database_reads(store) -> list[str]:
+    """The statements `store` sends that read the figures a scrape shows (a real database's
+    statements, seen through SQLAlchemy's event, nothing replaced)."""
+    import sqlalchemy as sa
+    seen: list[str] = []
+
+    def before(conn, cursor, statement, parameters, context, executemany):
+        if "outbox" in statement.lower() or "optouts" in statement.lower():
+            seen.append(statement)
+    sa.event.listen(store.engine, "before_cursor_execute", before)
+    return seen
+
+
+def test_a_scrape_storm_reads_the_database_once_per_interval(tmp_path, database):
+    """A worker reads the database figures at most once every STATE_SECONDS, however many threads
+    scrape it; between reads it answers with the figures it read last."""
+    import threading
+    from app import metrics
+    app = make_app(tmp_path, RULES, PLIVO_AUTH_ID="MAMETRICS")   # the service's interval
+    store = app.extensions["responder"].store
+    reads = _database_reads(store)
+    answers, failures = [], []
+
+    def storm():
+        client = app.test_client()
+        try:
+            for _ in range(25):
+                answers.append(value(scrape(client), "responder_outbox_items", status="pending"))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+    started = time.monotonic()
+    threads = [threading.Thread(target=storm) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not failures and len(answers) == 200
+    if time.monotonic() - started < metrics.STATE_SECONDS:   # (a very slow machine may read twice)
+        assert len(reads) == 2, reads   # the outbox's GROUP BY and the opted-out count, once
+    assert len(reads) <= 2 * (1 + (time.monotonic() - started) // metrics.STATE_SECONDS)
+
+    # on an injected monotonic clock: the figures are read again once they are `every` seconds old
+    now = [1000.0]
+    exporter = metrics.Exporter(store, every=5, clock=lambda: now[0])
+    reads.clear()
+    assert value(parse(exporter.render().decode()), "responder_outbox_items", status="pending") == 0
+    assert len(reads) == 2
+    assert send(app.test_client(), sms("hours", Type="whatsapp", Text=None, Body="hours")).status_code == 200
+    reads.clear()
+    now[0] += 4.9
+    samples = parse(exporter.render().decode())
+    assert value(samples, "responder_outbox_items", status="pending") == 0 and reads == []   # the last figures
+    assert value(samples, "responder_database_up") == 1
+    now[0] += 0.1
+    assert value(parse(exporter.render().decode()), "responder_outbox_items", status="pending") == 1
+    assert len(reads) == 2
+
+
+def test_a_scrape_shows_no_rules_file_content_but_rule_names_and_the_digest(tmp_path):
+    """A rules file may hold a password in a URL: a scrape names the rules and the file's digest, nothing more."""
+    rules = """\
+        version: 1
+        rules:
+          - name: crm
+            when: {regex: '^(?P<word>private-pattern)-(\\d+)$'}
+            reply: "reply-text-not-for-scrapes"
+            webhook: "https://admin:S3cretPass@crm.example/hooks?api_key=K3yK3y"
+          - {name: hours, when: {keyword: hours-keyword-here}, reply: "another-reply-text"}
+    """
+    app = make_app(tmp_path, rules, WEBHOOK_SECRET="w" * 32, METRICS_EVERY=0)
+    client = app.test_client()
+    assert send(client, sms("private-pattern-12")).status_code == 200
+    assert send(client, sms("hours-keyword-here")).status_code == 200
+    text = client.get("/metrics").get_data(as_text=True)
+    for secret in ("S3cretPass", "K3yK3y", "crm.example", "admin", "private-pattern", "reply-text",
+                   "hours-keyword-here", "another-reply", str(tmp_path)):
+        assert secret not in text, secret
+    ruleset = app.extensions["responder"].holder.current()
+    assert value(parse(text), "responder_rules_info", digest=ruleset.digest) == 1
+    # (in-process counts are the test process's: other tests' rule names may be there too)
+    assert {dict(labels).get("rule") for name, labels in parse(text) if name == "responder_rule_matches_total"} \
+        >= {"crm", "hours"}
 
 
 def test_endpoint_labels_are_route_names():
@@ -285,6 +390,39 @@ def test_every_worker_reports_the_same_totals_and_a_killed_worker_keeps_its_coun
                                status="200") == sent + 1, 5, "the new message counted")
     finally:
         server.stop()
+
+
+def healthz_counted_by_every_worker(server: Server, calls: int) -> None:
+    """`calls` /healthz answered, split unevenly between the workers (each answering its share
+    alone), then every worker in turn answers two scrapes with the sum: a worker that reports
+    only its own count reads less."""
+    workers = sorted(server.workers())
+    shares = [calls - (len(workers) - 1) * (calls // (2 * len(workers)))] + \
+        [calls // (2 * len(workers))] * (len(workers) - 1)
+    for pid, share in zip(workers, shares):
+        with only(server, pid):
+            for _ in range(share):
+                assert requests.get(server.base + "/healthz", timeout=10,
+                                    headers={"Connection": "close"}).status_code == 200
+    for pid in workers:
+        with only(server, pid):
+            for _ in range(2):
+                samples = live_scrape(server)
+                assert value(samples, "responder_requests_total", endpoint="healthz", status="200") == calls, pid
+
+
+def test_with_the_folder_unset_every_scrape_sums_every_worker(tmp_path):
+    """PROMETHEUS_MULTIPROC_DIR truly absent from the environment (as scripts/serve and the image
+    start the service): gunicorn.conf.py makes the folder before anything imports prometheus_client."""
+    server = Server(tmp_path, WEB_CONCURRENCY="2", PROMETHEUS_MULTIPROC_DIR=None)
+    try:
+        assert "PROMETHEUS_MULTIPROC_DIR" not in environ_of(server.proc.pid)
+        folder = folder_of(server)
+        assert folder.name.startswith("responder-metrics-")
+        healthz_counted_by_every_worker(server, 10)
+    finally:
+        server.stop()
+    assert not folder.exists()   # made by the master, removed with it
 
 
 def test_a_bad_or_missing_metrics_folder_never_stops_the_service(tmp_path):

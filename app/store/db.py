@@ -51,6 +51,19 @@ def parse_url(raw: str) -> URL:
     raise DatabaseUrlError(f"DATABASE_URL: {backend!r} databases are not supported; use sqlite or postgresql")
 
 
+def _unwritable(path: str) -> str | None:
+    """Why this process cannot write the SQLite file `path` (SQLite also writes its journal
+    beside it), or None. A read-only root filesystem or an image run as another user id
+    (OpenShift: an arbitrary one, in group 0) ends here rather than at the first write."""
+    directory = os.path.dirname(path)
+    if os.access(directory, os.W_OK | os.X_OK) and (not os.path.exists(path) or os.access(path, os.W_OK)):
+        return None
+    what = f"the SQLite file {path}" if os.access(directory, os.W_OK | os.X_OK) else f"the folder {directory} of the SQLite file"
+    return (f"DATABASE_URL: {what} is not writable by this user (uid {os.getuid()}, gid {os.getgid()}): "
+            "mount a writable volume there (any user id in group 0 can write it after chgrp 0 and chmod g=u), "
+            "or set DATABASE_URL to a database this user can write")
+
+
 def make_engine(raw: str, *, pool_size: int = 8) -> sa.Engine:
     """An engine for `raw` (DATABASE_URL). Connects lazily: nothing is opened here."""
     url = parse_url(raw)
@@ -61,6 +74,9 @@ def make_engine(raw: str, *, pool_size: int = 8) -> sa.Engine:
         except OSError as exc:
             raise DatabaseUrlError(f"DATABASE_URL: cannot make the folder {directory} for the SQLite file: "
                                    f"{exc.strerror or exc}") from None
+        problem = _unwritable(os.path.abspath(url.database))
+        if problem is not None:
+            raise DatabaseUrlError(problem)
         engine = sa.create_engine(
             url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=BUSY_TIMEOUT_MS / 1000,
             connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
