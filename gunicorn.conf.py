@@ -161,11 +161,14 @@ def _host() -> str:
     """HOST: the IP address to listen on (default 0.0.0.0, every interface; 127.0.0.1 for a
     proxy on the same host), in gunicorn's form (IPv6 in brackets)."""
     given = os.environ.get("HOST", "")
+    text = given.strip().removeprefix("[").removesuffix("]") or "0.0.0.0"
+    if text.lower() == "localhost":  # what people write for "this host only"
+        text = "127.0.0.1"
     try:
-        address = ipaddress.ip_address(given.strip().removeprefix("[").removesuffix("]") or "0.0.0.0")
+        address = ipaddress.ip_address(text)
     except ValueError:
         _refuse(f"HOST must be an IP address to listen on (0.0.0.0 for every interface, 127.0.0.1 for "
-                f"this host only, :: or ::1 for IPv6), got {given!r}")
+                f"this host only (or localhost), :: or ::1 for IPv6), got {given!r}")
     return f"[{address}]" if address.version == 6 else str(address)
 
 

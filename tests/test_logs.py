@@ -305,8 +305,8 @@ def test_port_in_use_suggests_none_when_the_next_ones_are_taken_too(start):
 def test_host_is_the_listening_address_and_a_bad_one_is_one_line(tmp_path, start):
     line = only_line(start(HOST="localhost:80", LOG_FORMAT="text")[0])
     assert line == ("error: HOST must be an IP address to listen on (0.0.0.0 for every interface, 127.0.0.1 "
-                    "for this host only, :: or ::1 for IPv6), got 'localhost:80'")
-    server = Server(tmp_path, HOST="127.0.0.1", WEB_CONCURRENCY="1")
+                    "for this host only (or localhost), :: or ::1 for IPv6), got 'localhost:80'")
+    server = Server(tmp_path, HOST="localhost", WEB_CONCURRENCY="1")  # the same as 127.0.0.1
     try:
         assert requests.get(server.base + "/healthz", timeout=10).status_code == 200
         assert f"Listening at: http://127.0.0.1:{server.port} " in server.log_path.read_text()
