@@ -15,6 +15,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 import sqlalchemy as sa
 
 from app.outbound import webhook
@@ -320,3 +321,78 @@ def test_one_64_kb_message_causes_at_most_10_message_api_requests_and_a_forward_
     ]
     assert [m["text"] for m in answer] == pieces[:10]
     assert outbox_status(database) == Counter(sent=13)  # an SMS's text replies are all in its XML
+
+
+def test_replay_goes_only_to_a_target_that_holds_its_outbox_and_that_target_sends_nothing(
+        tmp_path, database, start, standin):
+    """Issue 13: a replay target must send nothing anywhere. With OUTBOX_SENDER=hold a service
+    answers and records as production would, its Message API sends and webhook calls included,
+    but writes them `held`: no sender of that database takes them. `replay` asks the target's
+    /readyz first and refuses one that does not hold (unless --allow-sending)."""
+    import json
+    import subprocess
+    import sys
+    from urllib.parse import urlencode
+
+    from app.recording import dumps
+    from conftest import FORM, ROOT
+    from servers import server_env
+
+    receiver = Receiver()
+    rules = f"""version: 1
+rules:
+  - name: lead
+    when: {{keyword: quote}}
+    reply: "Thanks, we will call you back today."
+    forward: {{to: ["14155550901"]}}
+    webhook: "{receiver.url}"
+"""
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    messages = [whatsapp(f"quote number {n}", From=f"1305555{n:04d}") for n in range(3)]
+    for n, params in enumerate(messages):
+        (folder / f"{n}.json").write_text(dumps({
+            "description": "a WhatsApp lead", "method": "POST", "url": "https://sms.example.com/message",
+            "headers": {"Content-Type": FORM}, "body": urlencode(params),
+            "expect": {"status": 200, "content_type": "application/xml; charset=utf-8", "messages": []}}))
+    env = server_env(PLIVO_AUTH_TOKEN=TOKEN, DATABASE_URL=database, PLIVO_AUTH_ID=standin.auth_id,
+                     PLIVO_API_URL=standin.url, WEBHOOK_SECRET=SECRET, LOG_FORMAT="text")
+
+    def flask(*args, **extra):
+        return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT,
+                              env={**env, **extra}, capture_output=True, text=True, timeout=60)
+
+    try:
+        held = start(database, rules=rules, WEBHOOK_SECRET=SECRET, OUTBOX_SENDER="hold")
+        assert requests.get(held.base + "/readyz", timeout=10).json()["outbox"] == "hold"
+        done = flask("replay", str(folder), "--url", held.base + "/message")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1] == "3 recording(s): 3 answered 2xx, 0 not"
+        # Recorded as production would: a reply and a forward through the API, a webhook call.
+        assert outbox_status(database) == Counter(held=9)
+        engine = sa.create_engine(parse_url(database))
+        try:
+            with engine.connect() as conn:
+                kinds = Counter(conn.execute(sa.text("SELECT kind, role FROM outbox")).all())
+        finally:
+            engine.dispose()
+        assert kinds == Counter({("message", "reply"): 3, ("message", "forward"): 3, ("webhook", "webhook"): 3})
+        # No sender of that database takes a held item: not even one started without the hold.
+        run = flask("outbox", "run", "--once")
+        assert run.returncode == 0, run.stderr
+        assert "9 held" in run.stderr
+        refused = flask("outbox", "run", "--once", OUTBOX_SENDER="hold")
+        assert refused.returncode == 1 and "OUTBOX_SENDER=hold" in refused.stderr
+        listing = json.loads(flask("outbox", "list", "--json", "--status", "held").stdout)
+        assert len(listing) == 9
+        held.stop()
+
+        # A target that sends is refused before anything reaches it.
+        sends = start(database, rules=rules, WEBHOOK_SECRET=SECRET)
+        refused = flask("replay", str(folder), "--url", sends.base + "/message")
+        assert refused.returncode == 1 and refused.stdout == ""
+        assert "runs with OUTBOX_SENDER=web" in refused.stderr and "--allow-sending" in refused.stderr
+        assert outbox_status(database) == Counter(held=9)
+    finally:
+        receiver.close()
+    assert standin.calls == [] and receiver.calls == []
