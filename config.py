@@ -20,7 +20,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 _LOG_FORMATS = {"json", "text"}
-_OUTBOX_SENDERS = {"web", "off"}
+_OUTBOX_SENDERS = {"web", "off", "hold"}
 
 DEFAULTS: dict[str, Any] = {
     "PLIVO_AUTH_TOKEN": None,
@@ -236,7 +236,7 @@ def load(environ: Mapping[str, Any], *, require_token: bool = True) -> dict[str,
     out["RULES_RELOAD_INTERVAL"] = _reload_interval(raw["RULES_RELOAD_INTERVAL"])
     sender = str(raw["OUTBOX_SENDER"]).strip().lower()
     if sender not in _OUTBOX_SENDERS:
-        raise ConfigError(f"OUTBOX_SENDER must be web or off, got {raw['OUTBOX_SENDER']!r}")
+        raise ConfigError(f"OUTBOX_SENDER must be web, off or hold, got {raw['OUTBOX_SENDER']!r}")
     out["OUTBOX_SENDER"] = sender
     out["PLIVO_API_RATE"] = _positive("PLIVO_API_RATE", raw["PLIVO_API_RATE"], "requests per second", 0.01, 1000)
     out["WEBHOOK_SECRET"] = _text("WEBHOOK_SECRET", raw["WEBHOOK_SECRET"])

@@ -102,6 +102,9 @@ def create_app(test_config: dict | None = None) -> Flask:
                                 app.config["OUTBOX_LEASE"], 2 * app.config["OUTBOX_LEASE"])
             else:
                 sender = None
+        elif app.config["OUTBOX_SENDER"] == "hold":
+            log.warning("OUTBOX_SENDER=hold: nothing is sent; Message API sends and webhook calls are "
+                        "recorded as held outbox items (a replay target, not a service)")
         if not api and holder.ruleset is not None and holder.ruleset.answers_whatsapp:
             log.warning("PLIVO_AUTH_ID is not set: WhatsApp messages will be recorded but get no replies "
                         "(Plivo takes WhatsApp replies only through its Message API)")
@@ -110,7 +113,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["responder"] = Responder(
         tokens=app.config["PLIVO_AUTH_TOKENS"], verify=app.config["VERIFY_SIGNATURES"],
         public_url=app.config["PUBLIC_URL"], holder=holder, store=store, clock=app.config.get("CLOCK"),
-        api=api, webhooks=bool(app.config["WEBHOOK_SECRET"]),
+        api=api, webhooks=bool(app.config["WEBHOOK_SECRET"]), hold=app.config["OUTBOX_SENDER"] == "hold",
         on_queued=sender.wake if sender is not None else None,
         on_answered=recorder.submit if recorder is not None else None,
     )

@@ -271,10 +271,15 @@ def sign(url, token, nonce, method, data, curl):
 @click.option("--token", help="Auth token to sign with (default: the first of PLIVO_AUTH_TOKEN).")
 @click.option("--timeout", type=click.FloatRange(min=0.1, max=600), default=10.0, show_default=True,
               help="Seconds to wait for each answer.")
+@click.option("--allow-sending", is_flag=True,
+              help="Replay even to a service that does not hold its outbox (it may send replies, "
+                   "forwards and webhook calls on to real numbers and systems).")
 @with_appcontext
-def replay_cmd(fixtures, url, token, timeout):
+def replay_cmd(fixtures, url, token, timeout, allow_sending):
     """Send recorded webhooks (FIXTURES: a file, or a folder of *.json) to a running service,
-    signed anew for URL. Exit 1 if any answer is not 2xx or a file cannot be read."""
+    signed anew for URL. Exit 1 if any answer is not 2xx or a file cannot be read.
+
+    The service must run with OUTBOX_SENDER=hold (its /readyz says so), unless --allow-sending."""
     from .recording.replay import ReplayError, fixture_paths, replay
 
     token = token or next(iter(current_app.config["PLIVO_AUTH_TOKENS"]), None)
@@ -284,7 +289,7 @@ def replay_cmd(fixtures, url, token, timeout):
         raise click.BadParameter(f"{url!r} is not an http(s) URL", param_hint="--url")
     good = bad = 0
     try:
-        for outcome in replay(fixture_paths(fixtures), url, token, timeout=timeout):
+        for outcome in replay(fixture_paths(fixtures), url, token, timeout=timeout, require_hold=not allow_sending):
             shown = outcome.status if outcome.status is not None else "-"
             click.echo(f"{outcome.path}: {shown}" + (f" {outcome.reason}" if outcome.reason else ""))
             good, bad = good + outcome.ok, bad + (not outcome.ok)
@@ -403,6 +408,10 @@ def outbox_run(once):
 
     from .outbound.sender import build_sender
 
+    if current_app.config["OUTBOX_SENDER"] == "hold":
+        click.echo("error: OUTBOX_SENDER=hold: this instance sends nothing (its outbox items are written "
+                   "held, and no sender takes them); unset it to send", err=True)
+        sys.exit(1)
     with _database() as store:
         sender = build_sender(store, current_app.config)
         if not sender.kinds:
@@ -425,7 +434,7 @@ def outbox_run(once):
 
 @outbox_cli.command("list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array, newest first.")
-@click.option("--status", type=click.Choice(["pending", "sending", "sent", "failed", "unknown", "cancelled"]),
+@click.option("--status", type=click.Choice(["pending", "sending", "sent", "failed", "unknown", "cancelled", "held"]),
               help="Only items in this status.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
 @with_appcontext

@@ -13,11 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from . import smsenc
 from .inbound import Inbound
 from .rules.compliance import HELP, OPTIN, OPTOUT, Compliance, ReplyLimit
 from .rules.engine import Decision, Outgoing
 
-__all__ = ["HELP", "OPTIN", "OPTOUT", "FreshState", "Plan", "State", "numbers_to_check", "plan"]
+__all__ = ["HELP", "OPTIN", "OPTOUT", "FORWARD_CUT", "FreshState", "Plan", "State", "numbers_to_check", "plan"]
+
+#: Why the end of a forward was not sent: a forward is one message (SMS: 1,600 GSM-7 or 737
+#: UCS-2 characters), cut with an ellipsis, however long the text it forwards.
+FORWARD_CUT = "a forward is one message (the rest was cut)"
 
 
 class State(Protocol):
@@ -46,6 +51,9 @@ class Plan:
     possible_optout: bool = False
     via: list[str] = field(default_factory=list)   # per outgoing text: "xml" or "api" (set by the service)
     webhooks: list = field(default_factory=list)   # (rule name, Webhook) calls to make
+    # Per outgoing text, its Message API requests [(dst, type, text, media)], at most
+    # MAX_API_REQUESTS in all; () for a text in the XML answer (set by the service).
+    sends: list = field(default_factory=list)
 
 
 def numbers_to_check(msg: Inbound, decision: Decision | None) -> list[str]:
@@ -87,12 +95,17 @@ def plan(msg: Inbound, compliance: Compliance, limit: ReplyLimit | None,
                 if remaining is not None:
                     remaining -= 1
             continue
+        text, rest = smsenc.cut(out.text)  # a forward (always SMS) is one message
         allowed = tuple(d for d in out.dst if d not in state.opted_out)
         for dst in out.dst:
             if dst in state.opted_out:
-                result.held.append({"dst": dst, "text": out.text, "reason": "opted out"})
-        if allowed == out.dst:
+                result.held.append({"dst": dst, "text": text, "reason": "opted out"})
+        if not allowed:
+            continue
+        if rest:
+            result.held.append({"dst": "<".join(allowed), "text": rest, "reason": FORWARD_CUT})
+        if allowed == out.dst and not rest:
             result.outgoing.append(out)
-        elif allowed:
-            result.outgoing.append(Outgoing(out.rule, out.kind, out.src, allowed, out.text))
+        else:
+            result.outgoing.append(Outgoing(out.rule, out.kind, out.src, allowed, text))
     return result

@@ -8,6 +8,7 @@ which this module calls with plain values.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,13 @@ NO_API = "PLIVO_AUTH_ID is not set (the Message API is needed)"
 NO_WEBHOOK_SECRET = "WEBHOOK_SECRET is not set"
 #: Longest WhatsApp text Plivo takes in one message.
 MAX_WHATSAPP = 4096
+#: The most Message API requests one inbound message causes: replies, forwards, the pieces
+#: of a long text and each media file count, one per destination. Webhook calls do not
+#: (one per matching rule, to your own systems).
+MAX_API_REQUESTS = 10
+#: Why (part of) a text was not sent: past one of these bounds.
+API_CAP = f"over the {MAX_API_REQUESTS} Message API requests one message may cause"
+XML_CAP = f"over the {plivoxml.MAX_MESSAGES} Messages one XML answer carries"
 _V2_HEADERS = frozenset({signature.HEADER_V2, signature.HEADER_MA_V2, signature.HEADER_V2_NONCE})
 #: Plivo accepts XML replies to these; WhatsApp (and anything new) needs the Message API.
 XML_TYPES = frozenset({"sms", "mms"})
@@ -82,7 +90,8 @@ class Responder:
                  holder: RulesHolder, store: Store | None = None,
                  clock: Callable[[], datetime] | None = None, api: bool = False,
                  webhooks: bool = False, on_queued: Callable[[], None] | None = None,
-                 on_answered: Callable[[HttpRequest, Answer, RuleSet, datetime], object] | None = None):
+                 on_answered: Callable[[HttpRequest, Answer, RuleSet, datetime], object] | None = None,
+                 hold: bool = False):
         self.tokens = tuple(tokens)
         self.verify = verify
         self.public_url = public_url
@@ -92,6 +101,7 @@ class Responder:
         self.clock = clock
         self.api = api                # PLIVO_AUTH_ID is set: WhatsApp and media replies are queued
         self.webhooks = webhooks      # WEBHOOK_SECRET is set: webhook calls are queued
+        self.hold = hold              # OUTBOX_SENDER=hold: queued items are written held, never sent
         self.on_queued = on_queued    # wakes this process's outbox sender
         # Gets every message answered (not the refused), with the time the rules decided at: RECORD_DIR.
         self.on_answered = on_answered
@@ -234,7 +244,7 @@ class Responder:
                 plan, answer = self.render(msg, ruleset, work["kind"], work["via"], work["decision"], state)
             work["plan"] = plan
             work["change"] = _real_change(plan, msg.from_ in state.opted_out)
-            record = _record(msg, work["decision"], plan, answer, ruleset, now)
+            record = _record(msg, work["decision"], plan, answer, ruleset, now, self.hold)
             work["queued"] = len(record.outbox)
             return record, _to_stored(answer)
 
@@ -303,6 +313,7 @@ class Responder:
             else:
                 plan.held.extend({"dst": d, "text": out.text, "reason": NO_API} for d in out.dst)
         plan.outgoing, plan.via = outgoing, via
+        _cap(msg, plan)
         if decision is not None and decision.webhooks and plan.compliance is None:
             if self.webhooks:
                 plan.webhooks = list(decision.webhooks)
@@ -389,7 +400,7 @@ def _storable(text: str) -> str:
 
 
 def _record(msg: Inbound, decision: Decision | None, plan: policy.Plan, answer: Answer,
-            ruleset: RuleSet, now: datetime) -> Record:
+            ruleset: RuleSet, now: datetime, hold: bool = False) -> Record:
     """The rows that say what came, what was decided and what was sent or queued."""
     params = msg.params
     if any("\x00" in k or "\x00" in v for k, v in params.items()):
@@ -406,36 +417,84 @@ def _record(msg: Inbound, decision: Decision | None, plan: policy.Plan, answer: 
             "position": i, "kind": o.kind, "rule": o.rule, "src": o.src, "dst": "<".join(o.dst),
             "sender": msg.from_, "limited": o.kind == "reply", "text": _storable(o.text), "via": via,
         } for i, (o, via) in enumerate(zip(plan.outgoing, plan.via))],
-        outbox=_outbox(msg, plan, now),
+        outbox=_outbox(msg, plan, now, hold),
         change=(plan.change[0], plan.change[1], ruleset.compliance.scope) if plan.change else None,
     )
 
 
-def _outbox(msg: Inbound, plan: policy.Plan, now: datetime) -> list[dict]:
-    """Outbox rows: one Message API request per destination and piece of text, and one
-    call per webhook. A reply to a WhatsApp sender goes as WhatsApp (media one file per
-    message, the text with the first); a forward of it, to a person's phone, as SMS; a
-    text with media to an SMS/MMS sender as MMS. Long SMS texts are split as in the XML."""
-    rows: list[dict] = []
-    whatsapp = msg.type not in XML_TYPES
-    for position, (out, via) in enumerate(zip(plan.outgoing, plan.via)):
-        if via != "api":
-            continue
-        text = _storable(out.text)
-        if whatsapp and out.kind != "forward":
-            kind = "whatsapp"
-            pieces = [text[i:i + MAX_WHATSAPP] for i in range(0, len(text), MAX_WHATSAPP)] or [""]
-            media = [[url] for url in out.media] or [[]]
-            sends = [(pieces[0], media[0])] + [("", m) for m in media[1:]] + [(p, []) for p in pieces[1:]]
-        elif out.media:
-            kind, sends = "mms", [(text, list(out.media))]
+def _cap(msg: Inbound, plan: policy.Plan) -> None:
+    """Bound what one inbound message sends, in rule order: at most MAX_API_REQUESTS Message
+    API requests (`plan.sends`) and the Messages one XML answer carries. What is past either
+    bound is held with the reason; a text of which nothing goes is not sent at all."""
+    api_left, xml_left = MAX_API_REQUESTS, plivoxml.MAX_MESSAGES
+    outgoing, via, sends = [], [], []
+    for out, how in zip(plan.outgoing, plan.via):
+        requests: list = []
+        if how == "xml":
+            pieces = smsenc.split(plivoxml.clean_text(out.text))  # as plivoxml.render splits it
+            kept = len(pieces[:xml_left])
+            xml_left -= kept
+            if kept < len(pieces):
+                plan.held.append({"dst": "<".join(out.dst), "text": " ".join(pieces[kept:]),
+                                  "reason": _over(XML_CAP, kept, len(pieces))})
+                if not kept:
+                    continue
         else:
-            kind, sends = "sms", [(piece, []) for piece in smsenc.split(text)]
-        for dst in out.dst:
-            for piece, media in sends:
-                if piece or media:
-                    rows.append({"kind": "message", "role": out.kind, "position": position, "rule": out.rule,
-                                 "src": out.src, "dst": dst, "type": kind, "text": piece, "media": media})
+            kind, pieces = _api_pieces(msg, out)
+            dsts = []
+            for dst in out.dst:
+                kept = len(pieces[:api_left])
+                api_left -= kept
+                requests.extend((dst, kind, text, media) for text, media in pieces[:kept])
+                if kept:
+                    dsts.append(dst)
+                if kept < len(pieces):
+                    plan.held.append({"dst": dst, "text": ("" if kind == "whatsapp" else " ").join(
+                        text for text, _ in pieces[kept:]), "reason": _over(API_CAP, kept, len(pieces))})
+            if pieces and not dsts:
+                continue
+            if len(dsts) < len(out.dst):
+                out = dataclasses.replace(out, dst=tuple(dsts))
+        outgoing.append(out)
+        via.append(how)
+        sends.append(requests)
+    plan.outgoing, plan.via, plan.sends = outgoing, via, sends
+
+
+def _over(bound: str, kept: int, parts: int) -> str:
+    """The reason a text, or its parts after the first `kept` of `parts`, was not sent."""
+    return f"{bound} ({parts - kept} of {parts} parts)" if kept else bound
+
+
+def _api_pieces(msg: Inbound, out) -> tuple[str, list[tuple[str, list[str]]]]:
+    """(type, [(text, media URLs)]): the Message API requests one text makes to each of its
+    destinations. A reply to a WhatsApp sender goes as WhatsApp (media one file per
+    message, the text with the first; a text over 4,096 characters in pieces); a forward
+    of it, to a person's phone, as SMS; a text with media to an SMS/MMS sender as MMS.
+    Long SMS texts are split as in the XML."""
+    text = _storable(out.text)
+    if msg.type not in XML_TYPES and out.kind != "forward":
+        pieces = [text[i:i + MAX_WHATSAPP] for i in range(0, len(text), MAX_WHATSAPP)] or [""]
+        media = [[url] for url in out.media] or [[]]
+        sends = [(pieces[0], media[0])] + [("", m) for m in media[1:]] + [(p, []) for p in pieces[1:]]
+        kind = "whatsapp"
+    elif out.media:
+        kind, sends = "mms", [(text, list(out.media))]
+    else:
+        kind, sends = "sms", [(piece, []) for piece in smsenc.split(text)]
+    return kind, [(piece, media) for piece, media in sends if piece or media]
+
+
+def _outbox(msg: Inbound, plan: policy.Plan, now: datetime, hold: bool = False) -> list[dict]:
+    """Outbox rows: the Message API requests of `plan.sends`, and one call per webhook.
+    `hold` (OUTBOX_SENDER=hold): written `held`, so no sender of the database takes them."""
+    rows: list[dict] = []
+    status = "held" if hold else "pending"
+    for position, (out, requests) in enumerate(zip(plan.outgoing, plan.sends)):
+        for dst, kind, piece, media in requests:
+            rows.append({"kind": "message", "role": out.kind, "position": position, "rule": out.rule,
+                         "src": out.src, "dst": dst, "type": kind, "text": piece, "media": media,
+                         "status": status})
     if plan.webhooks:
         received_at = now.replace(tzinfo=timezone.utc).isoformat().replace("+00:00", "Z")
         for rule, hook in plan.webhooks:
@@ -444,5 +503,5 @@ def _outbox(msg: Inbound, plan: policy.Plan, now: datetime) -> list[dict]:
                 "media": list(msg.media), "intent": msg.intent or None, "rule": rule, "received_at": received_at,
             })
             rows.append({"kind": "webhook", "role": "webhook", "rule": rule, "dst": hook.url, "type": "json",
-                         "method": hook.method, "text": _storable(body.decode("utf-8"))})
+                         "method": hook.method, "text": _storable(body.decode("utf-8")), "status": status})
     return rows

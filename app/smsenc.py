@@ -26,6 +26,7 @@ __all__ = [
     "UCS2_SINGLE",
     "UCS2_PART",
     "analyse",
+    "cut",
     "split",
 ]
 
@@ -162,6 +163,38 @@ def _fit(text: str, start: int, limit: int, double) -> int:
 
 
 _ALWAYS_FITS = MAX_UCS2 // 2  # characters that fit in one message in any encoding
+
+#: What `cut` puts where it cut: three dots keep a GSM-7 text GSM-7 (U+2026 would make the
+#: whole text UCS-2, 737 characters instead of 1,600); a UCS-2 text takes the one character.
+GSM7_ELLIPSIS = "..."
+UCS2_ELLIPSIS = "\u2026"
+
+
+def cut(text: str) -> tuple[str, str]:
+    """(what one Plivo message carries of ``text``, the rest that it does not).
+
+    A text that fits (``split`` gives one piece) comes back whole with ``""``. Otherwise
+    the longer of two starts: the GSM-7 characters that fit in ``MAX_GSM7`` septets with
+    ``...`` after them, or the characters that fit in ``MAX_UCS2`` UTF-16 units with
+    ``…``. Trailing whitespace before the ellipsis is dropped; the rest is the text from
+    the cut on. Never inside a character or a surrogate pair.
+    """
+    if len(text) <= _ALWAYS_FITS:
+        return text, ""
+    enc = analyse(text)
+    if enc.length <= (MAX_GSM7 if enc.is_gsm7 else MAX_UCS2):
+        return text, ""
+    room, gsm = MAX_GSM7 - len(GSM7_ELLIPSIS), 0
+    for ch in text:
+        if ch not in GSM_ALL:
+            break
+        room -= 2 if ch in GSM_EXTENSION else 1
+        if room < 0:
+            break
+        gsm += 1
+    ucs = _fit(text, 0, MAX_UCS2 - len(UCS2_ELLIPSIS), _is_astral)
+    end, ellipsis = (gsm, GSM7_ELLIPSIS) if gsm >= ucs else (ucs, UCS2_ELLIPSIS)
+    return text[:end].rstrip() + ellipsis, text[end:]
 
 
 def split(text: str) -> list[str]:

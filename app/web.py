@@ -142,7 +142,9 @@ def readyz():
     if responder.store is not None and not responder.store.ping():
         return jsonify(status="not ready", reason="database does not answer"), 503
     # pid: which worker answered, so the digests of every worker can be compared.
-    body = {"status": "ready", "rules": len(ruleset.rules), "digest": ruleset.digest, "pid": os.getpid()}
+    # outbox: OUTBOX_SENDER, so `replay` can tell a target that holds every item (`hold`).
+    body = {"status": "ready", "rules": len(ruleset.rules), "digest": ruleset.digest, "pid": os.getpid(),
+            "outbox": current_app.config["OUTBOX_SENDER"]}
     if holder.error is not None:
         body["reload_failed"] = _problems(holder.error)
     return jsonify(body), 200

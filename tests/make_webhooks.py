@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import sys
-import textwrap
 import uuid
 from pathlib import Path
 from urllib.parse import urlencode
@@ -209,13 +208,6 @@ def catch_all(text: str, frm: str = SENDER, to: str = LINE, callback: str | None
     return [msg(f"From {frm}: {text}", TEAM, to, cb[0]), msg(reply, frm, to, cb[1])]
 
 
-def pieces(text: str, limit: int) -> list[str]:
-    """An independent oracle for the split of a single-spaced text without extension
-    characters or surrogate pairs: greedy, at whitespace, the space at each cut dropped."""
-    return textwrap.wrap(text, width=limit, break_long_words=False, break_on_hyphens=False,
-                         expand_tabs=False, replace_whitespace=False, drop_whitespace=True)
-
-
 def _long_text(sentence: str, limit: int) -> str:
     """`sentence` repeated, cut at the last space so that it holds at most `limit` characters."""
     text = " ".join([sentence] * (limit // len(sentence) + 2))
@@ -320,19 +312,19 @@ def build() -> dict[str, dict]:
     add(n, f"A {len(TEXT_400)}-character SMS (3 units): the forward carries it whole in one Message",
         p(n, TEXT_400), xml(*catch_all(TEXT_400)))
 
-    n = "sms-long-forward-split-gsm7"
+    n = "sms-long-forward-cut-gsm7"
     forward = f"From {SENDER}: {TEXT_1600}"
     add(n, f"A {len(TEXT_1600)}-character GSM-7 SMS (11 units): its {len(forward)}-character "
-           "forward exceeds 1,600 and is split at whitespace into several Messages",
+           "forward exceeds 1,600 and is cut to one Message, ending in '...' (it stays GSM-7)",
         p(n, TEXT_1600),
-        xml(*(msg(piece, TEAM) for piece in pieces(forward, smsenc.MAX_GSM7)), msg(THANKS)))
+        xml(msg(forward[:smsenc.MAX_GSM7 - 3].rstrip() + "...", TEAM), msg(THANKS)))
 
-    n = "sms-long-forward-split-ucs2"
+    n = "sms-long-forward-cut-ucs2"
     forward = f"From {SENDER}: {TEXT_737}"
     add(n, f"A {len(TEXT_737)}-character Cyrillic (UCS-2) SMS: its {len(forward)}-character "
-           "forward exceeds 737 and is split at whitespace into several Messages",
+           "forward exceeds 737 and is cut to one Message, ending in '\u2026'",
         p(n, TEXT_737),
-        xml(*(msg(piece, TEAM) for piece in pieces(forward, smsenc.MAX_UCS2)), msg(THANKS)))
+        xml(msg(forward[:smsenc.MAX_UCS2 - 1].rstrip() + "\u2026", TEAM), msg(THANKS)))
 
     # Other message types ---------------------------------------------------------------
     n = "mms-photo"

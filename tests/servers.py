@@ -56,13 +56,14 @@ class Server:
         else:
             self.rules.write_text(rules, encoding="utf-8")
         settings.setdefault("WEB_CONCURRENCY", "2")
+        settings.setdefault("MAX_CONTENT_LENGTH", "4096")
         settings.setdefault("DATABASE_URL", f"sqlite:///{tmp}/responder.sqlite3")
         # Its metric files under `tmp`, so a gunicorn killed before it can remove a folder of
         # its own leaves nothing in /tmp ("" or None lets gunicorn.conf.py make and remove one).
         settings.setdefault("PROMETHEUS_MULTIPROC_DIR", str(tmp / "metrics"))
         env = server_env(PLIVO_AUTH_TOKEN=TOKEN, PORT=str(self.port),
                          RULES_PATH=str(self.rules), RULES_RELOAD_INTERVAL="0.2",
-                         MAX_CONTENT_LENGTH="4096", LOG_FORMAT="json", **settings)
+                         LOG_FORMAT="json", **settings)
         # A setting given as None is left out of the environment altogether (unset, not "").
         env = {k: v for k, v in env.items() if v is not None}
         self.log_path = tmp / log_name

@@ -15,6 +15,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 import sqlalchemy as sa
 
 from app.outbound import webhook
@@ -215,3 +216,183 @@ def test_outbox_sender_off_leaves_sending_to_flask_outbox_run(database, start, s
             runner.kill()
         runner.communicate(timeout=10)
     sent_once_each(standin, messages + more)
+
+
+def message_rows(url: str) -> dict[str, dict]:
+    """uuid -> {"held": [...], "outbox": number of Message API rows} of every message recorded."""
+    import json
+
+    engine = sa.create_engine(parse_url(url))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT m.uuid, m.held, (SELECT count(*) FROM outbox o WHERE o.message_id = m.id "
+                "AND o.kind = 'message') FROM messages m")).all()
+    finally:
+        engine.dispose()
+    return {uuid: {"held": held if isinstance(held, list) else json.loads(held), "outbox": n}
+            for uuid, held, n in rows}
+
+
+#: One reply, a forward to two numbers, and (for texts that start with "echo") a reply that
+#: repeats the whole text first.
+CAP_RULES = """version: 1
+rules:
+  - name: echo
+    when: {keyword: echo}
+    reply: "You wrote: {{ text }}"
+    continue: true
+  - name: team
+    reply: "Thanks, a person will answer soon."
+    forward: {to: ["14155550901", "14155550902"]}
+"""
+TEAM_OF_TWO = ["14155550901", "14155550902"]
+
+
+def long_text(first: str, size: int = 63_000) -> str:
+    """A GSM-7 text of `size` characters (its form body is under 64 KB), words of 9 letters."""
+    return (first + " " + "abcdefghi " * (size // 10))[:size]
+
+
+def test_one_64_kb_message_causes_at_most_10_message_api_requests_and_a_forward_is_one_message(
+        database, start, standin):
+    """Issue 13 item 5: a 64 KB WhatsApp text matching a forward rule to two numbers caused 83
+    Message API sends (41 SMS pieces to each number). Now the forward is one message, cut with
+    '...', and however long the replies, one message causes at most 10 requests; what is cut
+    or not sent is held with the reason. The XML answer of an SMS likewise."""
+    from app import smsenc
+    from app.policy import FORWARD_CUT
+    from app.recording import parse_messages
+    from app.service import API_CAP, MAX_API_REQUESTS, XML_CAP
+
+    thanks = "Thanks, a person will answer soon."
+    team = "<".join(TEAM_OF_TWO)
+    srv = start(database, rules=CAP_RULES, MAX_CONTENT_LENGTH="65536", WEB_CONCURRENCY="1")
+    plain, echo = whatsapp(long_text("hello")), whatsapp(long_text("echo"))
+    for params in (plain, echo):
+        assert srv.post(params).content == EMPTY
+    rows = message_rows(database)
+    # The reply, and the forward to each of two numbers: 3 requests; the forward cut to one message.
+    assert rows[plain["MessageUUID"]]["outbox"] == 3
+    forward = f"From {plain['From']}: {plain['Body']}"
+    [cut] = rows[plain["MessageUUID"]]["held"]
+    assert cut["dst"] == team and cut["reason"] == FORWARD_CUT
+    assert forward.endswith(cut["text"]) and len(cut["text"]) > len(forward) - smsenc.MAX_GSM7
+    # The echo repeats 63,000 characters in 16 WhatsApp pieces, then come the reply and two
+    # forwards: 19 requests, of which the first 10 go.
+    echoed = "You wrote: " + echo["Body"]
+    assert rows[echo["MessageUUID"]]["outbox"] == MAX_API_REQUESTS == 10
+    held = rows[echo["MessageUUID"]]["held"]
+    assert [(h["dst"], h["reason"]) for h in held] == [
+        (team, FORWARD_CUT),
+        (echo["From"], f"{API_CAP} (6 of 16 parts)"),
+        (echo["From"], API_CAP),
+        (TEAM_OF_TWO[0], API_CAP),
+        (TEAM_OF_TWO[1], API_CAP),
+    ]
+    assert held[1]["text"] == echoed[10 * 4096:] and held[2]["text"] == thanks
+
+    wait_for(lambda: outbox_status(database) == Counter(sent=13), 60, "13 items sent")
+    assert len(standin.sends) == 13
+    to_team = [c.json for c in standin.sends if c.json["dst"] in TEAM_OF_TWO]
+    assert sorted(c["dst"] for c in to_team) == TEAM_OF_TWO
+    for send in to_team:
+        assert send["type"] == "sms" and send["text"].endswith("...")
+        assert forward.startswith(send["text"][:-3]) and len(smsenc.split(send["text"])) == 1
+    to_echo = [c.json["text"] for c in standin.sends if c.json["dst"] == echo["From"] and c.json["text"] != thanks]
+    assert sorted(to_echo) == sorted(echoed[i:i + 4096] for i in range(0, 10 * 4096, 4096))
+
+    # SMS: the forward is one <Message> to both numbers, cut alike; the XML carries at most 10.
+    plain_sms, echo_sms = sms(long_text("hello")), sms(long_text("echo"))
+    [reply, fwd] = parse_messages(srv.post(plain_sms).content)
+    assert fwd["dst"] == team and fwd["text"].endswith("...") and len(smsenc.split(fwd["text"])) == 1
+    assert f"From {plain_sms['From']}: {plain_sms['Text']}".startswith(fwd["text"][:-3])
+    assert reply["text"] == thanks
+    answer = parse_messages(srv.post(echo_sms).content)
+    assert len(answer) == 10 and all(m["dst"] == echo_sms["From"] for m in answer)
+    rows = message_rows(database)
+    assert [h["reason"] for h in rows[plain_sms["MessageUUID"]]["held"]] == [FORWARD_CUT]
+    pieces = smsenc.split("You wrote: " + echo_sms["Text"])
+    assert [(h["dst"], h["reason"]) for h in rows[echo_sms["MessageUUID"]]["held"]] == [
+        (team, FORWARD_CUT),
+        (echo_sms["From"], f"{XML_CAP} ({len(pieces) - 10} of {len(pieces)} parts)"),
+        (echo_sms["From"], XML_CAP),
+        (team, XML_CAP),
+    ]
+    assert [m["text"] for m in answer] == pieces[:10]
+    assert outbox_status(database) == Counter(sent=13)  # an SMS's text replies are all in its XML
+
+
+def test_replay_goes_only_to_a_target_that_holds_its_outbox_and_that_target_sends_nothing(
+        tmp_path, database, start, standin):
+    """Issue 13: a replay target must send nothing anywhere. With OUTBOX_SENDER=hold a service
+    answers and records as production would, its Message API sends and webhook calls included,
+    but writes them `held`: no sender of that database takes them. `replay` asks the target's
+    /readyz first and refuses one that does not hold (unless --allow-sending)."""
+    import json
+    import subprocess
+    import sys
+    from urllib.parse import urlencode
+
+    from app.recording import dumps
+    from conftest import FORM, ROOT
+    from servers import server_env
+
+    receiver = Receiver()
+    rules = f"""version: 1
+rules:
+  - name: lead
+    when: {{keyword: quote}}
+    reply: "Thanks, we will call you back today."
+    forward: {{to: ["14155550901"]}}
+    webhook: "{receiver.url}"
+"""
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    messages = [whatsapp(f"quote number {n}", From=f"1305555{n:04d}") for n in range(3)]
+    for n, params in enumerate(messages):
+        (folder / f"{n}.json").write_text(dumps({
+            "description": "a WhatsApp lead", "method": "POST", "url": "https://sms.example.com/message",
+            "headers": {"Content-Type": FORM}, "body": urlencode(params),
+            "expect": {"status": 200, "content_type": "application/xml; charset=utf-8", "messages": []}}))
+    env = server_env(PLIVO_AUTH_TOKEN=TOKEN, DATABASE_URL=database, PLIVO_AUTH_ID=standin.auth_id,
+                     PLIVO_API_URL=standin.url, WEBHOOK_SECRET=SECRET, LOG_FORMAT="text")
+
+    def flask(*args, **extra):
+        return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT,
+                              env={**env, **extra}, capture_output=True, text=True, timeout=60)
+
+    try:
+        held = start(database, rules=rules, WEBHOOK_SECRET=SECRET, OUTBOX_SENDER="hold")
+        assert requests.get(held.base + "/readyz", timeout=10).json()["outbox"] == "hold"
+        done = flask("replay", str(folder), "--url", held.base + "/message")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1] == "3 recording(s): 3 answered 2xx, 0 not"
+        # Recorded as production would: a reply and a forward through the API, a webhook call.
+        assert outbox_status(database) == Counter(held=9)
+        engine = sa.create_engine(parse_url(database))
+        try:
+            with engine.connect() as conn:
+                kinds = Counter(conn.execute(sa.text("SELECT kind, role FROM outbox")).all())
+        finally:
+            engine.dispose()
+        assert kinds == Counter({("message", "reply"): 3, ("message", "forward"): 3, ("webhook", "webhook"): 3})
+        # No sender of that database takes a held item: not even one started without the hold.
+        run = flask("outbox", "run", "--once")
+        assert run.returncode == 0, run.stderr
+        assert "9 held" in run.stderr
+        refused = flask("outbox", "run", "--once", OUTBOX_SENDER="hold")
+        assert refused.returncode == 1 and "OUTBOX_SENDER=hold" in refused.stderr
+        listing = json.loads(flask("outbox", "list", "--json", "--status", "held").stdout)
+        assert len(listing) == 9
+        held.stop()
+
+        # A target that sends is refused before anything reaches it.
+        sends = start(database, rules=rules, WEBHOOK_SECRET=SECRET)
+        refused = flask("replay", str(folder), "--url", sends.base + "/message")
+        assert refused.returncode == 1 and refused.stdout == ""
+        assert "runs with OUTBOX_SENDER=web" in refused.stderr and "--allow-sending" in refused.stderr
+        assert outbox_status(database) == Counter(held=9)
+    finally:
+        receiver.close()
+    assert standin.calls == [] and receiver.calls == []

@@ -606,7 +606,7 @@ def test_real_server_records_and_replay_sends_to_another(tmp_path):
                      recording["expect"])
 
     (tmp_path / "b").mkdir()
-    target = Server(tmp_path / "b")
+    target = Server(tmp_path / "b", OUTBOX_SENDER="hold")  # `replay` sends only to a target that holds
     try:
         env = server_env(PLIVO_AUTH_TOKEN=TOKEN, DATABASE_URL=f"sqlite:///{tmp_path}/cli.sqlite3",
                          LOG_FORMAT="text")
@@ -784,3 +784,13 @@ def test_with_the_real_clock_the_recording_replays_to_its_own_answer(tmp_path):
     recording = load(path)
     assert before <= datetime.fromisoformat(recording["now"]) <= after
     check_answer(replay(make_app_for(tmp_path / "again", recording).test_client(), recording), recording["expect"])
+
+
+def test_replay_asks_the_readyz_beside_the_path_it_sends_to():
+    from app.recording.replay import readyz_url
+
+    assert readyz_url("http://127.0.0.1:8000/message") == "http://127.0.0.1:8000/readyz"
+    assert readyz_url("http://127.0.0.1:8000") == "http://127.0.0.1:8000/readyz"
+    assert readyz_url("https://example.com/in/message/?tenant=a") == "https://example.com/in/readyz"
+    assert readyz_url("https://example.com/in/status") == "https://example.com/in/readyz"
+    assert readyz_url("https://example.com/hooks/sms") == "https://example.com/readyz"

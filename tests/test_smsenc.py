@@ -240,3 +240,39 @@ def test_split_reconstructs_with_removed_whitespace():
     pieces = split(text)
     assert len(pieces) == 3
     assert " ".join(pieces) == text
+
+
+# --- cut: a text to one message, with an ellipsis -----------------------------------
+
+
+@pytest.mark.parametrize("text", ["", "hello", "a" * MAX_GSM7, "ж" * MAX_UCS2, EURO * 800, EMOJI * 368])
+def test_cut_keeps_a_text_that_fits(text):
+    assert smsenc.cut(text) == (text, "")
+
+
+@pytest.mark.parametrize("text, kept, ellipsis", [
+    ("a" * 1601, "a" * 1597, "..."),                      # GSM-7 stays GSM-7: 3 dots, not U+2026
+    ("word " * 400, ("word " * 320)[:1597].rstrip(), "..."),  # no space left before the dots
+    (EURO * 801, EURO * 798, "..."),                       # extension characters count twice
+    ("ж" * 738, "ж" * 736, "\u2026"),                       # UCS-2 already: the one character
+    (EMOJI * 369, EMOJI * 368, "\u2026"),                   # never half a surrogate pair
+    ("a" * 1000 + "ж" * 10, "a" * 1000, "..."),             # the longer start: 1,000 GSM-7 ...
+    ("a" * 10 + "ж" * 1000, "a" * 10 + "ж" * 726, "\u2026"),  # ... or 736 UCS-2 characters
+])
+def test_cut_to_one_message(text, kept, ellipsis):
+    sent, rest = smsenc.cut(text)
+    assert sent == kept + ellipsis
+    assert len(split(sent)) == 1 and text.startswith(sent[:-len(ellipsis)].rstrip())
+    assert text.endswith(rest) and len(text) - len(rest) >= len(kept)
+    assert analyse(sent).is_gsm7 == (ellipsis == "...")
+
+
+def test_cut_random_texts_always_fit_one_message():
+    for text in _random_texts(20261207, 300):
+        sent, rest = smsenc.cut(text)
+        assert len(split(sent)) <= 1
+        if rest:
+            assert sent.endswith(("...", "\u2026")) and len(split(text)) > 1
+            assert text.startswith(sent[:-3] if sent.endswith("...") else sent[:-1])
+        else:
+            assert sent == text

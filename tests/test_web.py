@@ -388,13 +388,12 @@ def test_control_characters_are_removed_from_xml(client):
     assert forwarded_texts(r) == ["From 14155550123: hithere\x7f ok\ttab"]
 
 
-def test_5000_character_text_is_split(client):
+def test_a_5000_character_text_is_forwarded_as_one_message_cut_with_three_dots(client):
+    """A forward is one message (issue 13): cut to 1,600 GSM-7 characters, the last three '...'."""
     text = " ".join(["word"] * 1000)[:5000]
     r = send(client, sms(text))
     assert r.status_code == 200
-    parts = forwarded_texts(r)
-    assert len(parts) == 4
-    assert " ".join(parts) == "From 14155550123: " + text
+    assert forwarded_texts(r) == [("From 14155550123: " + text)[:1597].rstrip() + "..."]
 
 
 def test_emoji_and_unicode(client):
@@ -510,7 +509,9 @@ def test_a_huge_forward_is_capped(tmp_path):
     params = sms(" ".join(["word"] * 12000)[:60000])
     app = make_app(tmp_path)
     r = send(app.test_client(), params)
-    assert r.status_code == 200 and len(messages(r)) == 10
+    assert r.status_code == 200 and len(messages(r)) == 2  # the forward, cut to one message, and the reply
+    [forward] = forwarded_texts(r)
+    assert len(forward) == 1600 and forward.endswith("...")
 
 
 @pytest.mark.parametrize("path", ["//message", "/%2Fmessage", "//status", "/message//", "/%2fstatus/"])

@@ -5,6 +5,10 @@ URL has no path: the path the recording's service was sent, its PUBLIC_URL path 
 and the recording's query string appended),
 with fresh V2 and V3 signatures for that URL made with the token given. The service
 answers it as it would answer Plivo.
+
+Only to a service that sends nothing on (`OUTBOX_SENDER=hold`, which its `/readyz` says):
+a recording of production traffic, replayed at a service that sends, would reach real
+numbers and webhook receivers again. `target_holds` asks it before anything is sent.
 """
 
 from __future__ import annotations
@@ -72,11 +76,51 @@ def prepare(recording: dict, url: str, token: str) -> tuple[str, str, dict[str, 
     return method, full, headers, body
 
 
-def replay(paths: list[Path], url: str, token: str, *, timeout: float = 10.0) -> Iterator[Outcome]:
+def readyz_url(url: str) -> str:
+    """The `/readyz` of the service that `url` reaches: beside its `/message` or `/status`
+    (a path prefix of a proxy kept), else at the root."""
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    prefix = next((path[:-len(tail)] for tail in ("/message", "/status") if path.endswith(tail)), "")
+    return urlunsplit((parts.scheme, parts.netloc, prefix + "/readyz", "", ""))
+
+
+def target_holds(url: str, *, timeout: float = 10.0) -> str | None:
+    """None when the service at `url` holds every outgoing item (its `/readyz` says
+    `"outbox": "hold"`); otherwise why it cannot be taken to. Raises ReplayError when
+    it cannot be reached at all."""
+    import requests
+
+    probe = readyz_url(url)
+    try:
+        response = requests.get(probe, timeout=timeout, allow_redirects=False,
+                                headers={"User-Agent": USER_AGENT})
+    except requests.exceptions.ConnectionError as exc:
+        raise ReplayError(f"cannot reach {probe}: {_cause(exc)}") from None
+    except requests.exceptions.RequestException as exc:
+        return f"{probe} did not answer: {_cause(exc)}"
+    try:
+        said = response.json()
+    except ValueError:
+        said = None
+    outbox = said.get("outbox") if isinstance(said, dict) else None
+    if response.status_code == 200 and outbox == "hold":
+        return None
+    if response.status_code != 200:
+        return f"{probe} answered {response.status_code}"
+    if not isinstance(outbox, str):
+        return f"{probe} does not say whether it holds its outbox (another service, or an older version)"
+    return f"it runs with OUTBOX_SENDER={outbox[:20]}"
+
+
+def replay(paths: list[Path], url: str, token: str, *, timeout: float = 10.0,
+           require_hold: bool = True) -> Iterator[Outcome]:
     """Send each recording in turn; yield its outcome. Raises ReplayError when the service
-    cannot be reached at all (nothing after that could be sent either)."""
+    cannot be reached at all (nothing after that could be sent either), or, before the
+    first request and with `require_hold`, when it does not say that it holds its outbox."""
     import requests  # only this command needs it in the web process's imports
 
+    checked = not require_hold
     with requests.Session() as session:
         for path in paths:
             try:
@@ -85,6 +129,14 @@ def replay(paths: list[Path], url: str, token: str, *, timeout: float = 10.0) ->
             except (OSError, ValueError) as exc:
                 yield Outcome(path, None, f"cannot read: {_one_line(exc, path)}")
                 continue
+            if not checked:
+                why = target_holds(url, timeout=timeout)
+                if why is not None:
+                    raise ReplayError(f"{url.split('?')[0]} may send on what it answers (WhatsApp and media "
+                                      f"replies, forwards through the Message API, webhook calls): {why}; "
+                                      "start it with OUTBOX_SENDER=hold and a database of its own, "
+                                      "or pass --allow-sending")
+                checked = True
             try:
                 response = session.request(method, full, headers=headers, data=body, timeout=timeout,
                                            allow_redirects=False)

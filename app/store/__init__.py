@@ -427,7 +427,8 @@ class Store(OutboxStore):
             return []
         queued = self._sql.time(utcnow())
         return [(queued, r["kind"], r["role"], message_id, r.get("position"), r.get("rule"), r.get("src"),
-                 r["dst"], r["type"], r.get("method"), r["text"], json.dumps(r.get("media") or []), "pending", 0,
+                 r["dst"], r["type"], r.get("method"), r["text"], json.dumps(r.get("media") or []),
+                 r.get("status", "pending"), 0,
                  queued) for r in items]
 
     # -- delivery reports ----------------------------------------------------------
