@@ -92,7 +92,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     api = bool(app.config["PLIVO_AUTH_ID"] and (app.config["PLIVO_AUTH_TOKENS"] or in_cli))
     sender = None
     if not in_cli and not app.testing:
-        Pruner(store, app.config["RETENTION_DAYS"]).start()
+        Pruner(store, app.config["RETENTION_DAYS"], replay_days=app.config["REPLAY_DAYS"]).start()
         if app.config["OUTBOX_SENDER"] == "web":
             # One sender thread per worker, started here, after the fork (the app is not preloaded).
             sender = build_sender(store, app.config)

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from lxml import etree
 
+from app.store import seen_key
 from conftest import FORM, MONDAY_10AM, TOKEN, make_app, send, signed_headers, sms
 
 pytestmark = pytest.mark.usefixtures("database")
@@ -395,11 +396,11 @@ def test_prune_deletes_old_rows_but_never_opt_outs(tmp_path):
     clock.advance(days=40)
     send(client, sms("hours"))
     counts = store.prune(30, now=clock.now)
-    assert counts == {"outbox": 0, "messages": 2, "reports": 1, "nonces": 3}
+    assert counts == {"outbox": 0, "messages": 2, "reports": 1, "seen": 5}  # 3 nonces, 2 MessageUUIDs
     assert [m["text"] for m in messages(app)] == ["hours"]
     assert len(rows(app, "SELECT id FROM replies")) == 1
     assert [o["number"] for o in store.list_optouts()] == ["14155550111"]
-    assert store.prune(30, now=clock.now) == {"outbox": 0, "messages": 0, "reports": 0, "nonces": 0}
+    assert store.prune(30, now=clock.now) == {"outbox": 0, "messages": 0, "reports": 0, "seen": 0}
 
 
 # -- odd input never costs a message (review findings) ------------------------------------------
@@ -494,7 +495,8 @@ def test_a_nonce_no_signature_covers_is_not_kept(app, client):
     for made_up in ("a1", "a2", "a3"):
         headers = {**v3, "X-Plivo-Signature-V2": "bogus", "X-Plivo-Signature-V2-Nonce": made_up}
         assert _post(client, params, headers).status_code == 200
-    assert rows(app, "SELECT nonce FROM nonces") == [("3333",)]
+    assert [bytes(k) for (k,) in rows(app, "SELECT key FROM seen WHERE digest IS NOT NULL")] == [
+        seen_key("nonce", "3333")]
 
 
 def test_report_with_a_nul_in_its_reference_is_stored(app, client):

@@ -55,7 +55,7 @@ def test_downgrade_and_upgrade_again(tmp_path):
         conn.commit()
     assert sa.inspect(engine).get_table_names() == ["alembic_version"]
     migrate.upgrade(engine)
-    assert set(sa.inspect(engine).get_table_names()) >= {"messages", "replies", "reports", "optouts", "nonces"}
+    assert set(sa.inspect(engine).get_table_names()) >= {"messages", "replies", "reports", "optouts", "seen"}
     engine.dispose()
 
 

@@ -35,9 +35,12 @@ class Sql:
         self.find = f"SELECT id FROM messages WHERE uuid = {p}"
         self.redeliver = (f"UPDATE messages SET deliveries = deliveries + 1 WHERE uuid = {p} "
                           "RETURNING answer_status, answer_type, answer_body")
-        self.nonce = (f"INSERT INTO nonces (nonce, message_uuid, seen_at) VALUES ({p}, {p}, {p}) "
-                      "ON CONFLICT (nonce) DO NOTHING RETURNING nonce")
-        self.nonce_owner = f"SELECT message_uuid FROM nonces WHERE nonce = {p}"
+        # Replay protection (table `seen`): a nonce with its request's digest, a MessageUUID alone.
+        self.nonce = (f"INSERT INTO seen (key, digest, day) VALUES ({p}, {p}, {p}) "
+                      "ON CONFLICT (key) DO NOTHING RETURNING key")
+        self.nonce_digest = f"SELECT digest FROM seen WHERE key = {p}"
+        self.uuid = (f"INSERT INTO seen (key, digest, day) VALUES ({p}, NULL, {p}) "
+                     "ON CONFLICT (key) DO NOTHING RETURNING key")
         self.lock = "SELECT pg_advisory_xact_lock(%s)"
         self.recent = (f"SELECT count(*) FROM replies WHERE sender = {p} AND limited "
                        f"AND created_at >= {p}")
@@ -52,6 +55,7 @@ class Sql:
         self.remove_optouts = f"DELETE FROM optouts WHERE number = {p}"
         self.remove_optout_for = f"DELETE FROM optouts WHERE number = {p} AND to_number IN ('', {p})"
         self._opted_out: dict[int, str] = {}
+        self._claim: dict[int, str] = {}
         self._replies_and_outbox: dict[tuple[int, int], str] = {}
 
     def opted_out(self, count: int) -> str:
@@ -75,6 +79,26 @@ class Sql:
             sql = self._replies_and_outbox[(replies, items)] = (
                 f"WITH r AS (INSERT INTO replies ({', '.join(REPLY_COLUMNS)}) VALUES {rows(REPLY_COLUMNS, replies)}) "
                 f"INSERT INTO outbox ({', '.join(OUTBOX_COLUMNS)}) VALUES {rows(OUTBOX_COLUMNS, items)}")
+        return sql
+
+    def claim(self, nonces: int) -> str:
+        """PostgreSQL: a message's MessageUUID and its `nonces` nonces claimed in one statement
+        (one round trip), parameters: the uuid's key and day, then (key, digest, day) per nonce.
+        One row: whether the uuid is new (1 or 0), and the digest each nonce is now kept with
+        (the request's own, or that of the request that used it first: the upsert waits for
+        a concurrent one and returns its row)."""
+        sql = self._claim.get(nonces)
+        if sql is None:
+            uuid = ("WITH u AS (INSERT INTO seen (key, digest, day) VALUES (%s, NULL, %s) "
+                    "ON CONFLICT (key) DO NOTHING RETURNING 1)")
+            if not nonces:
+                sql = f"{uuid} SELECT (SELECT count(*) FROM u), ARRAY[]::bytea[]"
+            else:
+                rows = ", ".join(["(%s, %s, %s)"] * nonces)
+                sql = (f"{uuid}, n AS (INSERT INTO seen (key, digest, day) VALUES {rows} "
+                       "ON CONFLICT (key) DO UPDATE SET day = seen.day RETURNING digest) "
+                       "SELECT (SELECT count(*) FROM u), ARRAY(SELECT digest FROM n)")
+            self._claim[nonces] = sql
         return sql
 
     def opted_out_params(self, numbers, to: str) -> tuple:
