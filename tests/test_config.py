@@ -60,3 +60,18 @@ def test_rules_reload_interval_refuses_what_would_silently_turn_reloading_off_or
                                              ("3600", 3600.0)])
 def test_rules_reload_interval_accepts_zero_for_off_and_up_to_an_hour(value, expected):
     assert config.load({"PLIVO_AUTH_TOKEN": "t", "RULES_RELOAD_INTERVAL": value})["RULES_RELOAD_INTERVAL"] == expected
+
+
+def test_replay_days_default_and_at_least_retention_days():
+    s = config.load({"PLIVO_AUTH_TOKEN": "t"})
+    assert (s["RETENTION_DAYS"], s["REPLAY_DAYS"]) == (90, 400)
+    assert config.load({"PLIVO_AUTH_TOKEN": "t", "RETENTION_DAYS": "30", "REPLAY_DAYS": "30"})["REPLAY_DAYS"] == 30
+    for value in ("abc", "0", "-5"):
+        with pytest.raises(ConfigError) as exc:
+            config.load({"PLIVO_AUTH_TOKEN": "t", "REPLAY_DAYS": value})
+        assert str(exc.value).startswith("REPLAY_DAYS") and "\n" not in str(exc.value)
+    # Shorter than the retention, a pruned message's uuid and nonce would be forgotten first.
+    with pytest.raises(ConfigError) as exc:
+        config.load({"PLIVO_AUTH_TOKEN": "t", "RETENTION_DAYS": "90", "REPLAY_DAYS": "30"})
+    assert str(exc.value) == ("REPLAY_DAYS must be at least RETENTION_DAYS (90), got '30': "
+                              "a pruned message could be replayed")

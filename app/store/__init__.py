@@ -341,7 +341,8 @@ class Store(OutboxStore):
         """Answer one delivery of a message: (the answer, True if this call decided it).
 
         A MessageUUID already recorded gets its stored answer (one more delivery
-        counted) and neither callback runs. Otherwise `prepare()` runs the rules
+        counted) and `finish` does not run (on SQLite `prepare` may have run first,
+        outside the write turn; its work is then unused). Otherwise `prepare()` runs the rules
         and says which state to read, and `finish(state)` renders the answer;
         the claim, the nonces, the message, its replies and any opt-out change are
         written in one transaction. `finish` runs inside it: quick and pure.
