@@ -33,7 +33,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Iterable, Mapping
-from urllib.parse import parse_qsl, urlparse, urlunsplit
+from urllib.parse import parse_qsl, urlparse, urlsplit, urlunsplit
 
 __all__ = [
     "HEADER_V2", "HEADER_MA_V2", "HEADER_V2_NONCE",
@@ -271,14 +271,18 @@ def verify(tokens, method: str, url: str, headers: Mapping, params=()) -> str:
 
 
 def request_digest(method: str, url: str, body: bytes) -> bytes:
-    """16 bytes of SHA-256 over the method, the full URL (query included) and the raw body.
+    """16 bytes of SHA-256 over the method, the URL's path and query, and the raw body.
 
     What a nonce is kept with: a V2 signature covers only the URL without its query and
     the nonce, so a used nonce is accepted again only with the very same request (a
-    retry); a captured header set with another body or query is a replay.
+    retry); a captured header set with another body or query is a replay. The scheme and
+    host are left out: every signature already binds them to the nonce, and a retry
+    reaching another port or name of the same service is still the same request.
     """
+    parts = urlsplit(url)
     h = hashlib.sha256(method.upper().encode("ascii", "replace"))
-    h.update(b"\x00" + url.encode("utf-8", "surrogatepass") + b"\x00")
+    h.update(b"\x00" + urlunsplit(("", "", parts.path, parts.query, parts.fragment))
+             .encode("utf-8", "surrogatepass") + b"\x00")
     h.update(body)
     return h.digest()[:16]
 

@@ -535,6 +535,8 @@ def test_request_digest_tells_apart_what_v2_does_not_sign():
               # the separators hold: the URL's end cannot be moved into the body
               request_digest("POST", URL + "F", body[1:])}
     assert digest not in others and len(others) == 6
+    # the scheme and host are bound by the signature itself (a V2 for another host is another)
+    assert request_digest("POST", "http://10.0.0.1:8000/message", body) == digest
     # and each of those still verifies with one V2 header set: the digest is what refuses them
     headers = {HEADER_V2: v2_signature(TOKEN, URL, NONCE), HEADER_V2_NONCE: NONCE}
     assert verify([TOKEN], "GET", URL + "?a=1", headers) == "V2"

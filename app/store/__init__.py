@@ -172,6 +172,11 @@ def seen_key(kind: str, value: str) -> bytes:
     return hashlib.sha256(f"{kind}:{value}".encode("utf-8", "surrogatepass")).digest()[:16]
 
 
+def _nonce_keys(nonces: Sequence[str]) -> list[bytes]:
+    """The keys of a request's nonces, in one order everywhere (no deadlock between claims)."""
+    return sorted({seen_key("nonce", n) for n in nonces})
+
+
 _EPOCH = date(1970, 1, 1)
 
 
@@ -321,19 +326,24 @@ class Store(OutboxStore):
         driver-level statements and returns its first row: the SQLite hot path passes its
         cursor, the Core paths their connection.
         """
-        sql = self._sql
         day = day_number(now)
         repeated = bool(given)
-        for key in sorted({seen_key("nonce", n) for n in given}):  # one order everywhere: no deadlock
-            if fetch(sql.nonce, (key, digest, day)) is not None:
+        for key in _nonce_keys(given):
+            if fetch(self._sql.nonce, (key, digest, day)) is None:
+                repeated = self._same_request(fetch, key, digest) and repeated
+            else:
                 repeated = False
-                continue
-            kept = fetch(sql.nonce_digest, (key,))
-            if kept is None:  # gone meanwhile (a concurrent claim rolled back): nothing to compare
-                repeated = False
-            elif kept[0] is None or bytes(kept[0]) != digest:
-                raise Replayed(key.hex())  # (a nonce kept before 0003 has no digest: never again)
         return repeated
+
+    def _same_request(self, fetch, key: bytes, digest: bytes) -> bool:
+        """A nonce that was there already: True if it came with this very request (a retry),
+        `Replayed` if with another one."""
+        kept = fetch(self._sql.nonce_digest, (key,))
+        if kept is None:  # gone meanwhile (pruned): nothing to compare
+            return False
+        if kept[0] is None or bytes(kept[0]) != digest:
+            raise Replayed(key.hex())  # (a nonce kept before 0003 has no digest: never again)
+        return True
 
     # -- inbound messages (the hot path: driver connections, see hot.py) ---------
     def message(self, claim: Claim, prepare: Callable[[], Needs],
@@ -364,17 +374,16 @@ class Store(OutboxStore):
             needs = prepare()
             try:
                 with self._raw(write=True) as cur:
-                    self._use_nonce_raw(cur, claim)
-                    if self._use_uuid_raw(cur, claim):
+                    if self._claim_raw(cur, claim):
                         return self._decide_and_insert(cur, claim, needs, finish), True
                     # decided meanwhile by another worker, or long ago and pruned since
                     return self._redeliver_raw(cur, claim), False
             except _Conflict:
                 pass  # claimed meanwhile by another worker: answer as it answered
         with self._raw(write=True) as cur:
-            self._use_nonce_raw(cur, claim)
+            new = self._claim_raw(cur, claim)
             stored = self._redeliver_raw(cur, claim)
-            if stored is None and self._use_uuid_raw(cur, claim):
+            if stored is None and new:
                 raise Unavailable("could not record the message")  # (rolls the claim back)
         return stored, False
 
@@ -388,7 +397,7 @@ class Store(OutboxStore):
             try:
                 with self._raw(write=True) as cur:
                     cur.execute(self._sql.lock, (_key64(claim.sender),))
-                    new = self._claim_postgres(cur, claim)
+                    new = self._claim_raw(cur, claim)
                     if not new or attempt:  # (after a conflict: a message kept without its uuid)
                         stored = self._redeliver_raw(cur, claim)
                         if stored is not None or not new:
@@ -398,25 +407,20 @@ class Store(OutboxStore):
                 continue  # the same uuid from another sender number, at the same moment
         raise Unavailable("could not record the message")
 
-    def _claim_postgres(self, cur, claim: Claim) -> bool:
-        """Claim the nonces and the MessageUUID (one round trip); True if the uuid is new."""
+    def _claim_raw(self, cur, claim: Claim) -> bool:
+        """Claim the MessageUUID and the nonces (one statement; a nonce used before costs one
+        more); True if the uuid is new. `Replayed` for a nonce used by another request."""
         day = day_number(claim.now)
-        keys = sorted({seen_key("nonce", n) for n in claim.nonces})  # one order everywhere: no deadlock
-        params = [seen_key("uuid", claim.uuid), day]
+        keys = _nonce_keys(claim.nonces)
+        uuid = seen_key("uuid", claim.uuid)
+        params = [uuid, day]
         for key in keys:
             params += (key, claim.digest, day)
-        new, kept = cur.execute(self._sql.claim(len(keys)), params).fetchone()
-        for digest in kept:
-            if digest is None or bytes(digest) != claim.digest:
-                raise Replayed("nonce")
-        return new > 0
-
-    def _use_nonce_raw(self, cur, claim: Claim) -> None:
-        self._claim_nonces(lambda q, p: cur.execute(q, p).fetchone(), claim.nonces, claim.digest, claim.now)
-
-    def _use_uuid_raw(self, cur, claim: Claim) -> bool:
-        """Remember the MessageUUID (for REPLAY_DAYS); True if it was new."""
-        return cur.execute(self._sql.uuid, (seen_key("uuid", claim.uuid), day_number(claim.now))).fetchone() is not None
+        new = {bytes(row[0]) for row in cur.execute(self._sql.claim(len(keys)), params).fetchall()}
+        for key in keys:
+            if key not in new:
+                self._same_request(lambda q, p: cur.execute(q, p).fetchone(), key, claim.digest)
+        return uuid in new
 
     def _redeliver_raw(self, cur, claim: Claim) -> Stored | None:
         row = cur.execute(self._sql.redeliver, (claim.uuid,)).fetchone()

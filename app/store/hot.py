@@ -39,8 +39,6 @@ class Sql:
         self.nonce = (f"INSERT INTO seen (key, digest, day) VALUES ({p}, {p}, {p}) "
                       "ON CONFLICT (key) DO NOTHING RETURNING key")
         self.nonce_digest = f"SELECT digest FROM seen WHERE key = {p}"
-        self.uuid = (f"INSERT INTO seen (key, digest, day) VALUES ({p}, NULL, {p}) "
-                     "ON CONFLICT (key) DO NOTHING RETURNING key")
         self.lock = "SELECT pg_advisory_xact_lock(%s)"
         self.recent = (f"SELECT count(*) FROM replies WHERE sender = {p} AND limited "
                        f"AND created_at >= {p}")
@@ -82,23 +80,15 @@ class Sql:
         return sql
 
     def claim(self, nonces: int) -> str:
-        """PostgreSQL: a message's MessageUUID and its `nonces` nonces claimed in one statement
-        (one round trip), parameters: the uuid's key and day, then (key, digest, day) per nonce.
-        One row: whether the uuid is new (1 or 0), and the digest each nonce is now kept with
-        (the request's own, or that of the request that used it first: the upsert waits for
-        a concurrent one and returns its row)."""
+        """A message's MessageUUID and its `nonces` nonces claimed in one statement, parameters:
+        the uuid's key and day, then (key, digest, day) per nonce. Returns the keys that went
+        in (PostgreSQL waits for a concurrent claim of a key, and then skips it if it stays)."""
         sql = self._claim.get(nonces)
         if sql is None:
-            uuid = ("WITH u AS (INSERT INTO seen (key, digest, day) VALUES (%s, NULL, %s) "
-                    "ON CONFLICT (key) DO NOTHING RETURNING 1)")
-            if not nonces:
-                sql = f"{uuid} SELECT (SELECT count(*) FROM u), ARRAY[]::bytea[]"
-            else:
-                rows = ", ".join(["(%s, %s, %s)"] * nonces)
-                sql = (f"{uuid}, n AS (INSERT INTO seen (key, digest, day) VALUES {rows} "
-                       "ON CONFLICT (key) DO UPDATE SET day = seen.day RETURNING digest) "
-                       "SELECT (SELECT count(*) FROM u), ARRAY(SELECT digest FROM n)")
-            self._claim[nonces] = sql
+            p = self.p
+            rows = ", ".join([f"({p}, NULL, {p})"] + [f"({p}, {p}, {p})"] * nonces)
+            sql = self._claim[nonces] = (f"INSERT INTO seen (key, digest, day) VALUES {rows} "
+                                         "ON CONFLICT (key) DO NOTHING RETURNING key")
         return sql
 
     def opted_out_params(self, numbers, to: str) -> tuple:
