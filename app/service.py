@@ -106,7 +106,7 @@ class Responder:
         Raises `Rejected` with the short answer otherwise: 400/413 for a malformed
         request, 403 for a missing or wrong signature. The nonces are every
         signature nonce the request carries (V2 and V3 may differ): each is claimed with
-        the digest of the method, URL with query and body, so no header set can be used
+        the digest of the method, path with query and body, so no header set can be used
         again but by the very same request (a retry). Empty when signatures are not checked.
         """
         try:
