@@ -36,8 +36,10 @@ DEFAULTS: dict[str, Any] = {
     "LOG_FORMAT": "json",
     # Seconds between checks of the rules file for changes (0 to RULES_RELOAD_MAX); 0 turns reloading off.
     "RULES_RELOAD_INTERVAL": 5.0,
-    # Messages, delivery reports, nonces and finished outbox items older than this many days are deleted.
+    # Messages, delivery reports and finished outbox items older than this many days are deleted.
     "RETENTION_DAYS": 90,
+    # Days a used signature nonce and a MessageUUID are remembered (at least RETENTION_DAYS).
+    "REPLAY_DAYS": 400,
     # Outbound: who sends the outbox, how fast, and the webhook action's key.
     "OUTBOX_SENDER": "web",
     "PLIVO_API_RATE": 5.0,
@@ -233,6 +235,10 @@ def load(environ: Mapping[str, Any], *, require_token: bool = True) -> dict[str,
         raise ConfigError(f"LOG_FORMAT must be json or text, got {raw['LOG_FORMAT']!r}")
     out["LOG_FORMAT"] = fmt
     out["RETENTION_DAYS"] = whole_number("RETENTION_DAYS", raw["RETENTION_DAYS"], 1)
+    out["REPLAY_DAYS"] = whole_number("REPLAY_DAYS", raw["REPLAY_DAYS"], 1)
+    if out["REPLAY_DAYS"] < out["RETENTION_DAYS"]:
+        raise ConfigError(f"REPLAY_DAYS must be at least RETENTION_DAYS ({out['RETENTION_DAYS']}), "
+                          f"got {raw['REPLAY_DAYS']!r}: a pruned message could be replayed")
     out["RULES_RELOAD_INTERVAL"] = _reload_interval(raw["RULES_RELOAD_INTERVAL"])
     sender = str(raw["OUTBOX_SENDER"]).strip().lower()
     if sender not in _OUTBOX_SENDERS:

@@ -90,7 +90,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     api = outbound_settings(app.config, serving=not in_cli).api
     sender = None
     if not in_cli and not app.testing:
-        Pruner(store, app.config["RETENTION_DAYS"]).start()
+        Pruner(store, app.config["RETENTION_DAYS"], replay_days=app.config["REPLAY_DAYS"]).start()
         if app.config["OUTBOX_SENDER"] == "web":
             # One sender thread per worker, started here, after the fork (the app is not preloaded).
             sender = build_sender(store, app.config)

@@ -322,11 +322,15 @@ def db_upgrade():
 @click.option("--days", type=click.IntRange(min=1), help="Keep this many days (default: RETENTION_DAYS).")
 @with_appcontext
 def db_prune(days):
-    """Delete messages, delivery reports and nonces older than RETENTION_DAYS now (opt-outs stay)."""
+    """Delete messages and delivery reports older than RETENTION_DAYS, and the nonces and
+    MessageUUIDs kept against replays older than REPLAY_DAYS, now (opt-outs stay)."""
     days = days or current_app.config["RETENTION_DAYS"]
+    replay_days = max(days, current_app.config["REPLAY_DAYS"])
     with _database() as store:
-        counts = store.prune(days)
-    click.echo(", ".join(f"{n} {name}" for name, n in counts.items()) + f" older than {days} days deleted")
+        counts = store.prune(days, replay_days=replay_days)
+    seen = counts.pop("seen", 0)
+    click.echo(", ".join(f"{n} {name}" for name, n in counts.items()) + f" older than {days} days deleted; "
+               f"{seen} nonces and MessageUUIDs older than {replay_days} days forgotten")
 
 
 @click.command("messages")

@@ -1,4 +1,5 @@
-"""Background upkeep of a serving process: deleting rows older than RETENTION_DAYS.
+"""Background upkeep of a serving process: deleting rows older than RETENTION_DAYS
+(the nonces and MessageUUIDs kept against replays: older than REPLAY_DAYS).
 
 Never on the request path: one daemon thread per process wakes about once an
 hour (at a random offset, so workers and hosts spread out) and prunes in small
@@ -19,9 +20,10 @@ INTERVAL_S = 3600.0
 
 
 class Pruner:
-    def __init__(self, store: Store, days: int, interval: float = INTERVAL_S):
+    def __init__(self, store: Store, days: int, interval: float = INTERVAL_S, replay_days: int | None = None):
         self.store = store
         self.days = days
+        self.replay_days = replay_days
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -41,7 +43,7 @@ class Pruner:
 
     def run_once(self) -> dict[str, int] | None:
         try:
-            counts = self.store.prune(self.days)
+            counts = self.store.prune(self.days, replay_days=self.replay_days)
         except StoreError as exc:
             log.warning("pruning old rows failed, will try again: %s", exc)
             return None

@@ -109,13 +109,15 @@ class Responder:
         self.hints = signature_hint.Throttle()
 
     # -- shared steps ------------------------------------------------------------
-    def _authentic(self, req: HttpRequest) -> tuple[list, list, str | None]:
-        """(query pairs, body pairs, nonces) of a well-formed request that Plivo signed.
+    def _authentic(self, req: HttpRequest) -> tuple[list, list, tuple[str, ...], bytes]:
+        """(query pairs, body pairs, nonces, the request's digest) of a well-formed request
+        that Plivo signed.
 
         Raises `Rejected` with the short answer otherwise: 400/413 for a malformed
         request, 403 for a missing or wrong signature. The nonces are every
-        signature nonce the request carries (V2 and V3 may differ): each is claimed, so
-        no header set can be replayed with another body (empty when not checked).
+        signature nonce the request carries (V2 and V3 may differ): each is claimed with
+        the digest of the method, path with query and body, so no header set can be used
+        again but by the very same request (a retry). Empty when signatures are not checked.
         """
         try:
             query = parse_form(req.query)
@@ -126,6 +128,7 @@ class Responder:
         except InboundError as exc:
             raise Rejected(text_answer(exc.status, str(exc))) from None
         nonces: tuple[str, ...] = ()
+        digest = b""
         if self.verify:
             try:
                 scheme = signature.verify(self.tokens, req.method, req.url, req.headers, body)
@@ -135,7 +138,8 @@ class Responder:
                 metrics.rejected(what)
                 raise Rejected(text_answer(403, f"{what} Plivo signature")) from None
             nonces = self._verified_nonces(req, body, scheme)
-        return query, body, nonces
+            digest = signature.request_digest(req.method, req.url, req.body)
+        return query, body, nonces, digest
 
     def _log_refused(self, req: HttpRequest, body: list, exc: signature.SignatureError) -> None:
         """One warning for a refused signature; for a wrong one, whether the URL or the token
@@ -182,7 +186,7 @@ class Responder:
     # -- endpoints -----------------------------------------------------------------
     def handle_message(self, req: HttpRequest) -> Answer:
         try:
-            query, body, nonces = self._authentic(req)
+            query, body, nonces, digest = self._authentic(req)
             msg = parse_message(body + query)  # body values win over the query's
         except Rejected as exc:
             return exc.answer
@@ -200,7 +204,7 @@ class Responder:
             metrics.decided(_rules(decision, plan), plan.change[0] if plan.change else None)
             return self._answered(req, answer, ruleset, local)
         try:
-            answer, fresh = self._recorded(msg, ruleset, nonces, local, now)
+            answer, fresh = self._recorded(msg, ruleset, nonces, digest, local, now)
         except Replayed:
             metrics.rejected("replayed")
             log.warning("replayed signature refused", extra={"uuid": msg.uuid})
@@ -218,11 +222,14 @@ class Responder:
             self.on_answered(req, answer, ruleset, local)
         return answer
 
-    def _recorded(self, msg: Inbound, ruleset: RuleSet, nonces: tuple[str, ...],
+    def _recorded(self, msg: Inbound, ruleset: RuleSet, nonces: tuple[str, ...], digest: bytes,
                   local: datetime | None, now: datetime) -> tuple[Answer, bool]:
         """Answer a message once: a known MessageUUID gets its stored answer, byte for byte.
         `local`: the clock the rules see (None: the real one); `now`: the same in naive UTC.
-        (the answer, whether it was decided now rather than stored before)."""
+        (the answer, whether it was decided now rather than stored before).
+
+        A MessageUUID decided so long ago that its message is pruned (it is remembered for
+        REPLAY_DAYS) is not decided again: it gets an empty `<Response/>` and nothing is sent."""
         work: dict = {}
 
         def prepare() -> Needs:  # only for a MessageUUID not seen before
@@ -248,8 +255,13 @@ class Responder:
             work["queued"] = len(record.outbox)
             return record, _to_stored(answer)
 
-        claim = Claim(uuid=msg.uuid, nonces=nonces, sender=msg.from_, to=msg.to, now=now)
+        claim = Claim(uuid=msg.uuid, nonces=nonces, sender=msg.from_, to=msg.to, now=now, digest=digest)
         stored, fresh = self.store.message(claim, prepare, finish)
+        if stored is None:
+            metrics.repeated()
+            log.info("message delivered again after its record was pruned: empty answer, nothing sent",
+                     extra={"uuid": msg.uuid})
+            return Answer(200, plivoxml.EMPTY, plivoxml.CONTENT_TYPE), False
         if fresh:
             metrics.decided(_rules(work["decision"], work["plan"]), work["change"])
             self._log_answered(msg, work["decision"], work["plan"])
@@ -344,7 +356,7 @@ class Responder:
     def handle_status(self, req: HttpRequest) -> Answer:
         """A delivery report: verified, stored, and linked to the reply it reports on."""
         try:
-            query, body, nonces = self._authentic(req)
+            query, body, nonces, digest = self._authentic(req)
         except Rejected as exc:
             return exc.answer
         params = dict(reversed(query))
@@ -354,7 +366,7 @@ class Responder:
         ref = params.pop("ref", None)
         if self.store is not None:
             try:
-                reply_id = self.store.record_report(params, nonces, ref, self._now()[1])
+                reply_id, recorded = self.store.record_report(params, nonces, digest, ref, self._now()[1])
             except Replayed:
                 metrics.rejected("replayed")
                 log.warning("replayed signature refused", extra={"uuid": params["MessageUUID"]})
@@ -364,7 +376,11 @@ class Responder:
                           extra={"uuid": params["MessageUUID"]})
                 return text_answer(503, "the report could not be recorded; try again")
         else:
-            reply_id = None
+            reply_id, recorded = None, True
+        if not recorded:
+            log.info("delivery report sent again with the same nonce: already recorded",
+                     extra={"uuid": params.get("MessageUUID")})
+            return text_answer(200, "ok")
         log.info("delivery report", extra={
             "uuid": params.get("MessageUUID"), "status": params.get("Status", ""),
             "error_code": params.get("ErrorCode", ""), "linked": reply_id is not None,

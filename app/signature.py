@@ -29,16 +29,17 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import hmac
 import secrets
 from collections.abc import Iterable, Mapping
-from urllib.parse import parse_qsl, urlparse, urlunsplit
+from urllib.parse import parse_qsl, urlparse, urlsplit, urlunsplit
 
 __all__ = [
     "HEADER_V2", "HEADER_MA_V2", "HEADER_V2_NONCE",
     "HEADER_V3", "HEADER_MA_V3", "HEADER_V3_NONCE",
     "SignatureError", "MissingSignature", "MissingNonce", "BadSignature",
-    "v2_signature", "v3_signature", "verify", "sign_headers",
+    "v2_signature", "v3_signature", "verify", "sign_headers", "request_digest",
 ]
 
 HEADER_V2 = "X-Plivo-Signature-V2"
@@ -267,6 +268,23 @@ def verify(tokens, method: str, url: str, headers: Mapping, params=()) -> str:
             raise BadSignature("bad signature", url, present)
         return matched
     raise MissingSignature("no Plivo signature header", url, present)
+
+
+def request_digest(method: str, url: str, body: bytes) -> bytes:
+    """16 bytes of SHA-256 over the method, the URL's path and query, and the raw body.
+
+    What a nonce is kept with: a V2 signature covers only the URL without its query and
+    the nonce, so a used nonce is accepted again only with the very same request (a
+    retry); a captured header set with another body or query is a replay. The scheme and
+    host are left out: every signature already binds them to the nonce, and a retry
+    reaching another port or name of the same service is still the same request.
+    """
+    parts = urlsplit(url)
+    h = hashlib.sha256(method.upper().encode("ascii", "replace"))
+    h.update(b"\x00" + urlunsplit(("", "", parts.path, parts.query, parts.fragment))
+             .encode("utf-8", "surrogatepass") + b"\x00")
+    h.update(body)
+    return h.digest()[:16]
 
 
 #: (signature headers, nonce header, the string signed), strongest scheme first.

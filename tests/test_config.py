@@ -81,3 +81,18 @@ def test_a_secret_may_be_given_as_a_file_but_not_twice(tmp_path, name):
     with pytest.raises(ConfigError) as exc:
         config.load({**base, f"{name}_FILE": str(tmp_path / "missing")})
     assert str(exc.value) == f"{name}_FILE: cannot read {tmp_path / 'missing'}: No such file or directory"
+
+
+def test_replay_days_default_and_at_least_retention_days():
+    s = config.load({"PLIVO_AUTH_TOKEN": "t"})
+    assert (s["RETENTION_DAYS"], s["REPLAY_DAYS"]) == (90, 400)
+    assert config.load({"PLIVO_AUTH_TOKEN": "t", "RETENTION_DAYS": "30", "REPLAY_DAYS": "30"})["REPLAY_DAYS"] == 30
+    for value in ("abc", "0", "-5"):
+        with pytest.raises(ConfigError) as exc:
+            config.load({"PLIVO_AUTH_TOKEN": "t", "REPLAY_DAYS": value})
+        assert str(exc.value).startswith("REPLAY_DAYS") and "\n" not in str(exc.value)
+    # Shorter than the retention, a pruned message's uuid and nonce would be forgotten first.
+    with pytest.raises(ConfigError) as exc:
+        config.load({"PLIVO_AUTH_TOKEN": "t", "RETENTION_DAYS": "90", "REPLAY_DAYS": "30"})
+    assert str(exc.value) == ("REPLAY_DAYS must be at least RETENTION_DAYS (90), got '30': "
+                              "a pruned message could be replayed")

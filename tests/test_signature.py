@@ -9,7 +9,7 @@ import pytest
 from app.signature import (
     HEADER_MA_V2, HEADER_MA_V3, HEADER_V2, HEADER_V2_NONCE, HEADER_V3,
     HEADER_V3_NONCE, BadSignature, MissingNonce, MissingSignature,
-    SignatureError, sign_headers, v2_signature, v3_signature, verify,
+    SignatureError, request_digest, sign_headers, v2_signature, v3_signature, verify,
 )
 
 TOKEN = "my_auth_token"
@@ -520,3 +520,24 @@ def test_explain_a_url_that_cannot_be_parsed_without_raising():
     why = explain([TOKEN], "POST", "http://[/message", headers, PARAMS, public_url=None,
                   environ={"HTTP_HOST": "[", "wsgi.url_scheme": "http"})
     assert (why.likely, why.message) == ("url", "http://[/message cannot be parsed as a URL (a malformed Host header?)")
+
+
+# -- the request a nonce is kept with -------------------------------------------------------
+def test_request_digest_tells_apart_what_v2_does_not_sign():
+    """V2 signs the URL without its query, and the nonce: the digest kept with a used nonce
+    covers the method, the query and the body too, so only the very same request matches."""
+    body = b"From=14155550123&Text=hello"
+    digest = request_digest("POST", URL, body)
+    assert len(digest) == 16 and digest == request_digest("post", URL, body)
+    others = {request_digest("GET", URL, body), request_digest("POST", URL + "?a=1", body),
+              request_digest("POST", URL, body + b"x"), request_digest("POST", URL + "/", body),
+              request_digest("POST", URL, b""),
+              # the separators hold: the URL's end cannot be moved into the body
+              request_digest("POST", URL + "F", body[1:])}
+    assert digest not in others and len(others) == 6
+    # the scheme and host are bound by the signature itself (a V2 for another host is another)
+    assert request_digest("POST", "http://10.0.0.1:8000/message", body) == digest
+    # and each of those still verifies with one V2 header set: the digest is what refuses them
+    headers = {HEADER_V2: v2_signature(TOKEN, URL, NONCE), HEADER_V2_NONCE: NONCE}
+    assert verify([TOKEN], "GET", URL + "?a=1", headers) == "V2"
+    assert verify([TOKEN], "POST", URL, headers, [("Text", "forged")]) == "V2"

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from lxml import etree
 
+from app.store import seen_key
 from conftest import FORM, MONDAY_10AM, TOKEN, make_app, send, signed_headers, sms
 
 pytestmark = pytest.mark.usefixtures("database")
@@ -175,6 +176,95 @@ def test_nonce_replay_on_status_is_refused(app, client):
     r = _post(client, other, signed_headers("http://localhost/status", other, nonce="98765432109876543210"),
               "/status")
     assert (r.status_code, r.get_data(as_text=True)) == (403, "replayed Plivo signature\n")
+
+
+def _v2_only(url, params, nonce, method="POST"):
+    return {k: v for k, v in signed_headers(url, params, method, nonce=nonce).items() if "V3" not in k}
+
+
+def _count(app, table: str) -> int:
+    return rows(app, f"SELECT count(*) FROM {table}")[0][0]
+
+
+def test_report_v2_headers_with_another_body_or_query_are_refused_and_change_nothing(app, client):
+    """A captured /status report's V2 headers (URL without query, nonce) kept, the body or the
+    query changed: the victim is not opted out, no other reply is set to failed, nothing is
+    stored; the very same report again is a retry that writes nothing."""
+    first = sms("hours")
+    assert texts(send(client, first)) == [HOURS]
+    url = "http://localhost/status"
+    ref = f"ref={first['MessageUUID']}.0"
+    report = {"MessageUUID": "plivo-1", "Status": "delivered", "From": LINE, "To": SENDER}
+    headers = _v2_only(url, report, nonce="55555555555555555555")
+    assert _post(client, report, headers, f"/status?{ref}").status_code == 200
+    assert messages(app)[0]["replies"][0]["status"] == "delivered"
+    forged = [(dict(report, Status="failed"), ref),
+              (dict(report, ErrorCode="200", To="14155550777"), ref),          # opt the victim out
+              (dict(report, Status="failed", Sequence="2"), ref),
+              (report, "ref=someone-else.0"),                                  # another query
+              (report, f"{ref}&x=1")]
+    for body, query in forged:
+        r = _post(client, body, headers, f"/status?{query}")
+        assert (r.status_code, r.get_data(as_text=True)) == (403, "replayed Plivo signature\n"), (body, query)
+    assert _count(app, "reports") == 1 and app.extensions["responder"].store.list_optouts() == []
+    assert messages(app)[0]["replies"][0]["status"] == "delivered"
+    r = _post(client, report, headers, f"/status?{ref}")  # the identical request: a retry
+    assert (r.status_code, r.get_data(as_text=True)) == (200, "ok\n")
+    assert _count(app, "reports") == 1
+
+
+def test_message_v2_headers_with_another_body_or_query_are_refused_even_for_the_same_uuid(app, client):
+    url = "http://localhost/message"
+    first = sms("hours")
+    headers = _v2_only(url, first, nonce="66666666666666666666")
+    answer = _post(client, first, headers)
+    assert texts(answer) == [HOURS]
+    for body, path in [(dict(first, Text="STOP"), "/message"), (dict(first, From="14155550777"), "/message"),
+                       (first, "/message?x=1")]:
+        r = _post(client, body, headers, path)
+        assert (r.status_code, r.get_data(as_text=True)) == (403, "replayed Plivo signature\n"), (body, path)
+    # a GET with the parameters in the query, under the same headers
+    r = client.get("/message?" + urlencode(first), headers=headers, base_url="http://localhost")
+    assert r.status_code == 403
+    again = _post(client, first, headers)  # the identical request: the stored answer, byte for byte
+    assert (again.status_code, again.data, again.headers["Content-Type"]) == (
+        200, answer.data, answer.headers["Content-Type"])
+    [m] = messages(app)
+    assert m["deliveries"] == 2 and m["text"] == "hours"
+    assert app.extensions["responder"].store.list_optouts() == []
+
+
+def test_a_pruned_message_is_never_decided_again(tmp_path):
+    """After RETENTION_DAYS its record is gone, but its MessageUUID and nonces are kept for
+    REPLAY_DAYS: the request again (same nonce, or a new one as Plivo's retries) gets an
+    empty answer and changes nothing: no reply, no outbox item, no opt-out."""
+    clock = Clock()
+    app = make_app(tmp_path, CLOCK=clock, PLIVO_AUTH_ID="MAXXXXXXXXXXXXXXXXXX")
+    client = app.test_client()
+    store = app.extensions["responder"].store
+    url = "http://localhost/message"
+    stop, whatsapp = sms("STOP"), sms("hours", From="14155550444", Type="whatsapp", Text=None, Body="hours")
+    sent = {}
+    for params in (stop, whatsapp):
+        sent[params["MessageUUID"]] = headers = signed_headers(url, params, nonce=params["MessageUUID"][:20])
+        assert _post(client, params, headers).status_code == 200
+    assert texts(send(client, sms("START"))) == [OPTED_IN]  # back in: a replayed STOP must not undo it
+    assert store.list_optouts() == [] and _count(app, "outbox") == 1
+    clock.advance(days=91)
+    assert store.prune(90, now=clock.now, replay_days=400)["messages"] == 3
+    assert messages(app) == []
+    for params in (stop, whatsapp):
+        for headers in (sent[params["MessageUUID"]], signed_headers(url, params)):  # same nonce, a new one
+            r = _post(client, params, headers)
+            assert (r.status_code, r.data) == (200, EMPTY)
+    assert messages(app) == [] and store.list_optouts() == [] and _count(app, "outbox") == 1
+    # a nonce of a pruned message is still refused with another request
+    r = _post(client, sms("hours"), {k: v for k, v in sent[stop["MessageUUID"]].items() if "V3" not in k})
+    assert (r.status_code, r.get_data(as_text=True)) == (403, "replayed Plivo signature\n")
+    # REPLAY_DAYS after the last of them they are forgotten too
+    clock.advance(days=401)
+    assert store.prune(90, now=clock.now, replay_days=400)["seen"] > 0
+    assert _count(app, "seen") == 0
 
 
 # -- compliance -----------------------------------------------------------------------------
@@ -395,11 +485,11 @@ def test_prune_deletes_old_rows_but_never_opt_outs(tmp_path):
     clock.advance(days=40)
     send(client, sms("hours"))
     counts = store.prune(30, now=clock.now)
-    assert counts == {"outbox": 0, "messages": 2, "reports": 1, "nonces": 3}
+    assert counts == {"outbox": 0, "messages": 2, "reports": 1, "seen": 5}  # 3 nonces, 2 MessageUUIDs
     assert [m["text"] for m in messages(app)] == ["hours"]
     assert len(rows(app, "SELECT id FROM replies")) == 1
     assert [o["number"] for o in store.list_optouts()] == ["14155550111"]
-    assert store.prune(30, now=clock.now) == {"outbox": 0, "messages": 0, "reports": 0, "nonces": 0}
+    assert store.prune(30, now=clock.now) == {"outbox": 0, "messages": 0, "reports": 0, "seen": 0}
 
 
 # -- odd input never costs a message (review findings) ------------------------------------------
@@ -494,7 +584,8 @@ def test_a_nonce_no_signature_covers_is_not_kept(app, client):
     for made_up in ("a1", "a2", "a3"):
         headers = {**v3, "X-Plivo-Signature-V2": "bogus", "X-Plivo-Signature-V2-Nonce": made_up}
         assert _post(client, params, headers).status_code == 200
-    assert rows(app, "SELECT nonce FROM nonces") == [("3333",)]
+    assert [bytes(k) for (k,) in rows(app, "SELECT key FROM seen WHERE digest IS NOT NULL")] == [
+        seen_key("nonce", "3333")]
 
 
 def test_report_with_a_nul_in_its_reference_is_stored(app, client):

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid as uuidlib
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from urllib.parse import urlencode
 
 import pytest
@@ -24,6 +25,7 @@ import sqlalchemy as sa
 
 import conftest
 from app.plivoxml import EMPTY
+from app.store import Store, utcnow
 from app.store.db import parse_url
 from conftest import FORM, PG_ADMIN_URL, ROOT, empty_postgres, postgres_database, signed_headers, sms
 from servers import Server, Servers
@@ -140,6 +142,94 @@ def test_retries_and_replays(database, start):
     assert log[first["MessageUUID"]] == (3, answer.content)
     assert other["MessageUUID"] not in log
     assert len(log) == 3  # hours, STOP, hours (opted out): nothing else was recorded
+
+
+def v2_post(srv: Server, params: dict, headers: dict, *, path: str = "/message",
+            query: str = "") -> requests.Response:
+    """A POST under given signature headers (a captured set: V2 does not sign the body or query)."""
+    return requests.post(srv.base + path + (f"?{query}" if query else ""), data=urlencode(params),
+                         headers={**headers, "Content-Type": FORM}, timeout=10)
+
+
+def v2_headers(srv: Server, path: str, nonce: str) -> dict:
+    """The V2 headers of a request to `path` (they do not depend on its body or query)."""
+    return {k: v for k, v in signed_headers(srv.base + path, {}, nonce=nonce).items() if "V3" not in k}
+
+
+def sql(url: str, query: str) -> list[tuple]:
+    engine = sa.create_engine(parse_url(url))
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.exec_driver_sql(query)]
+    finally:
+        engine.dispose()
+
+
+def test_captured_v2_headers_cannot_carry_another_body_or_query(database, start):
+    """Issue 13, 3: a captured header set replayed with another body or query is refused on
+    /message and /status alike, and changes nothing; the very same request is a retry."""
+    srv = start(database)
+    sender, victim = "12125550011", "12125550666"
+    first = sms("hours", From=sender)
+    message_headers = v2_headers(srv, "/message", new_nonce())
+    answer = v2_post(srv, first, message_headers)
+    assert (answer.status_code, answer.content) == (200, hours_reply(sender))
+    for params, query in [(dict(first, Text="STOP"), ""), (dict(first, From=victim, Text="STOP"), ""),
+                          (first, "x=1")]:
+        r = v2_post(srv, params, message_headers, query=query)
+        assert (r.status_code, r.content) == (403, b"replayed Plivo signature\n"), (params, query)
+
+    ref = f"ref={first['MessageUUID']}.0"
+    report = {"MessageUUID": str(uuidlib.uuid4()), "Status": "delivered", "Sequence": "1",
+              "From": OUR_NUMBER, "To": sender, "MessageTime": "2026-11-23 15:00:00"}
+    status_headers = v2_headers(srv, "/status", new_nonce())
+    ok = v2_post(srv, report, status_headers, path="/status", query=ref)
+    assert (ok.status_code, ok.content) == (200, b"ok\n")
+    forged = [(dict(report, Status="failed", Sequence=str(i)), ref) for i in range(2, 22)]  # 20 new rows once
+    forged += [(dict(report, ErrorCode="200", To=victim), ref),       # the victim opted out "by Plivo"
+               (report, "ref=someone-else.0"), (report, f"{ref}&x=1")]
+    for params, query in forged:
+        r = v2_post(srv, params, status_headers, path="/status", query=query)
+        assert (r.status_code, r.content) == (403, b"replayed Plivo signature\n"), (params, query)
+
+    # The identical requests again: retries (the stored answer; nothing written again).
+    again = v2_post(srv, first, message_headers)
+    assert (again.status_code, again.content) == (200, answer.content)
+    again = v2_post(srv, report, status_headers, path="/status", query=ref)
+    assert (again.status_code, again.content) == (200, b"ok\n")
+
+    assert logged(database) == {first["MessageUUID"]: (2, answer.content)}
+    assert sql(database, "SELECT count(*) FROM reports") == [(1,)]
+    assert sql(database, "SELECT number FROM optouts") == []
+    assert sql(database, "SELECT status FROM replies") == [("delivered",)]
+
+
+def test_a_pruned_message_replayed_to_the_server_is_not_decided_again(database, start):
+    """Issue 13, 9: after the messages are pruned (RETENTION_DAYS), their requests again, with
+    the same nonce or a new one, get an empty answer: no reply, no outbox item, no opt-out."""
+    srv = start(database, PLIVO_AUTH_ID="MAXXXXXXXXXXXXXXXXXX", OUTBOX_SENDER="off")
+    stop = sms("STOP", From="12125550021")
+    whatsapp = sms("hours", From="12125550022", Type="whatsapp", Text=None, Body="hours")
+    nonces = {}
+    for params in (stop, whatsapp):
+        nonces[params["MessageUUID"]] = nonce = new_nonce()
+        assert post(srv, params, nonce=nonce).status_code == 200
+    assert b"resubscribed" in post(srv, sms("START", From="12125550021")).content
+    assert sql(database, "SELECT count(*) FROM outbox") == [(1,)] and sql(database, "SELECT * FROM optouts") == []
+
+    store = Store(database, pool_size=1)
+    try:
+        later = utcnow() + timedelta(days=91)
+        assert store.prune(90, now=later, replay_days=400)["messages"] == 3
+    finally:
+        store.dispose()
+
+    for params in (stop, whatsapp):
+        for nonce in (nonces[params["MessageUUID"]], None):  # the captured request; a retry's new nonce
+            r = post(srv, params, nonce=nonce)
+            assert (r.status_code, r.content) == (200, EMPTY), r.content
+    assert logged(database) == {}
+    assert sql(database, "SELECT count(*) FROM outbox") == [(1,)] and sql(database, "SELECT * FROM optouts") == []
 
 
 # -- 2. two instances, one PostgreSQL database -----------------------------------------------

@@ -12,10 +12,12 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from app.store import Store, migrate
+from datetime import datetime
+
+from app.store import Claim, Needs, Replayed, Store, day_number, migrate, seen_key
 from app.store.db import DatabaseUrlError, make_engine, parse_url
 from app.store.schema import metadata
-from conftest import ROOT, TOKEN, make_app, postgres_database, send, sms
+from conftest import PG_ADMIN_URL, ROOT, TOKEN, make_app, postgres_database, send, sms
 from test_server import GUNICORN, free_port, server_env
 
 
@@ -55,8 +57,70 @@ def test_downgrade_and_upgrade_again(tmp_path):
         conn.commit()
     assert sa.inspect(engine).get_table_names() == ["alembic_version"]
     migrate.upgrade(engine)
-    assert set(sa.inspect(engine).get_table_names()) >= {"messages", "replies", "reports", "optouts", "nonces"}
+    assert set(sa.inspect(engine).get_table_names()) >= {"messages", "replies", "reports", "optouts", "seen"}
     engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_url(request, tmp_path):
+    """A new, empty database (no schema) on each backend; PostgreSQL's dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/empty.sqlite3"
+        return
+    postgres_database()  # skips when PostgreSQL does not answer
+    name = f"responder_mig_{os.getpid()}_{request.node.name[-12:].strip('[]').replace('-', '_')}"
+    admin = sa.create_engine(parse_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield parse_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def test_migration_0003_carries_messages_uuids_and_nonces_over_to_seen(empty_url):
+    """The keys the migration makes in SQL are those the service makes (app.store.seen_key):
+    a message recorded before 0003, pruned after it, is still never decided again."""
+    engine = make_engine(empty_url, pool_size=1)
+    try:
+        migrate.upgrade(engine, "0002")
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO messages (uuid, received_at, from_number, to_number, type, text, intent, params, "
+                "rules, possible_optout, held, deliveries, answer_status, answer_type, answer_body) VALUES "
+                "('old-uuid-\u00e9', :at, '14155550123', '14155550100', 'sms', 'STOP', '', '{}', '[]', false, "
+                "'[]', 1, 200, 'application/xml', :body)"),
+                {"at": datetime(2026, 1, 2, 23, 59, 59), "body": b"<Response/>"})
+            for nonce, at in (("12345678901234567890", datetime(2026, 1, 3, 0, 0, 1)),
+                              ("sha256:" + "ab" * 32, datetime(2026, 1, 3))):  # kept hashed: not carried
+                conn.execute(sa.text("INSERT INTO nonces (nonce, message_uuid, seen_at) VALUES (:n, 'old-uuid', :at)"),
+                             {"n": nonce, "at": at})
+        migrate.upgrade(engine)
+        with engine.connect() as conn:
+            kept = {bytes(k): (d, day) for k, d, day in conn.exec_driver_sql("SELECT key, digest, day FROM seen")}
+        assert kept == {seen_key("uuid", "old-uuid-\u00e9"): (None, day_number(datetime(2026, 1, 2))),
+                        seen_key("nonce", "12345678901234567890"): (None, day_number(datetime(2026, 1, 3)))}
+        assert "nonces" not in sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+    store = Store(empty_url, pool_size=1)
+    try:
+        assert store.prune(1, replay_days=4000)["messages"] == 1
+
+        def never(*_):
+            raise AssertionError("decided again")
+        claim = Claim(uuid="old-uuid-\u00e9", nonces=["another"], sender="14155550123", to="14155550100",
+                      now=datetime(2026, 12, 1), digest=b"d" * 16)
+        # (on SQLite the rules may run before the write turn; what they decide is not used)
+        assert store.message(claim, Needs, never) == (None, False)
+        claim.nonces, claim.uuid = ["12345678901234567890"], "new-uuid"  # the old nonce: never again
+        with pytest.raises(Replayed):
+            store.message(claim, Needs, never)
+    finally:
+        store.dispose()
 
 
 # -- DATABASE_URL -----------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 The pipeline calls `Store` with strings, numbers and small dataclasses; no
 SQLAlchemy object leaves this package. Every inbound message is one short
-transaction (`message`): check the signature nonces, read the state that
+transaction (`message`): claim the signature nonces and the MessageUUID, read the state that
 matters to it, let the caller decide and render, then write the message, its
 replies and any opt-out change together. A MessageUUID is claimed by a unique
 index, so two deliveries at the same moment are decided once: the loser's
@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
@@ -35,7 +35,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from .db import DatabaseUrlError, check_connection, display, make_engine, memory_engine, parse_url
 from .hot import MESSAGE_COLUMNS, Sql
 from .outbox import Claimed, Item, OutboxStore
-from .schema import api_slots, messages, metadata, nonces, optouts, outbox, replies, reports
+from .schema import api_slots, messages, metadata, optouts, outbox, replies, reports, seen
 
 __all__ = ["Store", "StoreError", "Unavailable", "Replayed", "Stored", "Claim", "Needs", "Record", "State",
            "Item", "Claimed",
@@ -56,7 +56,7 @@ class Unavailable(StoreError):
 
 
 class Replayed(StoreError):
-    """A signature nonce already used with another MessageUUID: answer 403."""
+    """A signature nonce already used by another request (not this one again): answer 403."""
 
 
 class _Conflict(StoreError):
@@ -94,6 +94,7 @@ class Claim:
     sender: str
     to: str
     now: datetime                     # naive UTC
+    digest: bytes = b""               # the request's signature.request_digest (kept with its nonces)
 
 
 @dataclass(slots=True)
@@ -165,11 +166,23 @@ def _field(params: dict[str, str], name: str, limit: int) -> str:
     return value[:limit]
 
 
-def nonce_key(nonce: str) -> str:
-    """A nonce as kept: itself when short and printable, else a SHA-256 of it (no two collide)."""
-    if len(nonce) <= 64 and nonce.isprintable():
-        return nonce
-    return "sha256:" + hashlib.sha256(nonce.encode("utf-8", "surrogatepass")).hexdigest()
+def seen_key(kind: str, value: str) -> bytes:
+    """A nonce ("nonce") or a MessageUUID ("uuid") as table `seen` keeps it: 16 bytes of
+    SHA-256 of "kind:value" (fixed size whatever comes; the two kinds never meet)."""
+    return hashlib.sha256(f"{kind}:{value}".encode("utf-8", "surrogatepass")).digest()[:16]
+
+
+def _nonce_keys(nonces: Sequence[str]) -> list[bytes]:
+    """The keys of a request's nonces, in one order everywhere (no deadlock between claims)."""
+    return sorted({seen_key("nonce", n) for n in nonces})
+
+
+_EPOCH = date(1970, 1, 1)
+
+
+def day_number(moment: datetime) -> int:
+    """The UTC day of a naive UTC time, as table `seen` keeps it: days since 1970-01-01."""
+    return (moment.date() - _EPOCH).days
 
 
 def _key64(text: str) -> int:
@@ -303,33 +316,50 @@ class Store(OutboxStore):
         except Unavailable:
             return False
 
-    # -- nonces ------------------------------------------------------------------
-    def _claim_nonces(self, fetch, given: Sequence[str], uuid: str, now: datetime) -> None:
-        """Remember each nonce for `uuid`; `Replayed` when one came before with another uuid.
+    # -- replay protection (table `seen`) ------------------------------------------
+    def _claim_nonces(self, fetch, given: Sequence[str], digest: bytes, now: datetime) -> bool:
+        """Remember each nonce with the request's `digest`; True when every one was used
+        before by this very request (a retry: its outcome is already recorded).
 
-        `fetch(sql, params)` runs one of the driver-level statements and returns its first
-        row: the hot path passes its cursor, the Core paths their connection.
+        `Replayed` when one was used by another request (another body, query, URL or
+        method: what a V2 signature does not cover). `fetch(sql, params)` runs one of the
+        driver-level statements and returns its first row: the SQLite hot path passes its
+        cursor, the Core paths their connection.
         """
-        sql = self._sql
-        for nonce in sorted(set(map(nonce_key, given))):  # one order everywhere: no deadlock
-            if fetch(sql.nonce, (nonce, uuid, sql.time(now))) is not None:
-                continue
-            owner = fetch(sql.nonce_owner, (nonce,))
-            if owner is not None and owner[0] != uuid:
-                raise Replayed(nonce)
+        day = day_number(now)
+        repeated = bool(given)
+        for key in _nonce_keys(given):
+            if fetch(self._sql.nonce, (key, digest, day)) is None:
+                repeated = self._same_request(fetch, key, digest) and repeated
+            else:
+                repeated = False
+        return repeated
+
+    def _same_request(self, fetch, key: bytes, digest: bytes) -> bool:
+        """A nonce that was there already: True if it came with this very request (a retry),
+        `Replayed` if with another one."""
+        kept = fetch(self._sql.nonce_digest, (key,))
+        if kept is None:  # gone meanwhile (pruned): nothing to compare
+            return False
+        if kept[0] is None or bytes(kept[0]) != digest:
+            raise Replayed(key.hex())  # (a nonce kept before 0003 has no digest: never again)
+        return True
 
     # -- inbound messages (the hot path: driver connections, see hot.py) ---------
     def message(self, claim: Claim, prepare: Callable[[], Needs],
-                finish: Callable[[State], tuple[Record, Stored]]) -> tuple[Stored, bool]:
+                finish: Callable[[State], tuple[Record, Stored]]) -> tuple[Stored | None, bool]:
         """Answer one delivery of a message: (the answer, True if this call decided it).
 
         A MessageUUID already recorded gets its stored answer (one more delivery
-        counted) and neither callback runs. Otherwise `prepare()` runs the rules
+        counted) and `finish` does not run (on SQLite `prepare` may have run first,
+        outside the write turn; its work is then unused). Otherwise `prepare()` runs the rules
         and says which state to read, and `finish(state)` renders the answer;
-        the claim, the nonce, the message, its replies and any opt-out change are
+        the claim, the nonces, the message, its replies and any opt-out change are
         written in one transaction. `finish` runs inside it: quick and pure.
-        A nonce first seen with another uuid raises `Replayed`; a database that
-        does not answer raises `Unavailable`.
+        A MessageUUID decided before whose message has been pruned (it is remembered
+        for REPLAY_DAYS) gives (None, False): nothing is decided again, and there is no
+        stored answer left to repeat. A nonce used before by another request raises
+        `Replayed`; a database that does not answer raises `Unavailable`.
         """
         if self.postgres:
             return self._message_postgres(claim, prepare, finish)
@@ -344,37 +374,53 @@ class Store(OutboxStore):
             needs = prepare()
             try:
                 with self._raw(write=True) as cur:
-                    self._use_nonce_raw(cur, claim)
-                    answer = self._decide_and_insert(cur, claim, needs, finish)
-                return answer, True
+                    if self._claim_raw(cur, claim):
+                        return self._decide_and_insert(cur, claim, needs, finish), True
+                    # decided meanwhile by another worker, or long ago and pruned since
+                    return self._redeliver_raw(cur, claim), False
             except _Conflict:
                 pass  # claimed meanwhile by another worker: answer as it answered
         with self._raw(write=True) as cur:
-            self._use_nonce_raw(cur, claim)
+            new = self._claim_raw(cur, claim)
             stored = self._redeliver_raw(cur, claim)
-        if stored is None:
-            raise Unavailable("could not record the message")
+            if stored is None and new:
+                raise Unavailable("could not record the message")  # (rolls the claim back)
         return stored, False
 
     def _message_postgres(self, claim, prepare, finish):
         # One transaction, few round trips: one sender's messages are decided one after
         # another (an advisory lock for the transaction), so opt-outs and limits hold exactly
         # across workers and hosts, and a retry is found by the same UPDATE that counts it.
-        for _ in range(2):
+        # The nonces and the MessageUUID are claimed in one statement: a new uuid goes straight
+        # on to the decision, a known one to its stored answer.
+        for attempt in range(2):
             try:
                 with self._raw(write=True) as cur:
                     cur.execute(self._sql.lock, (_key64(claim.sender),))
-                    self._use_nonce_raw(cur, claim)
-                    stored = self._redeliver_raw(cur, claim)
-                    if stored is not None:
-                        return stored, False
+                    new = self._claim_raw(cur, claim)
+                    if not new or attempt:  # (after a conflict: a message kept without its uuid)
+                        stored = self._redeliver_raw(cur, claim)
+                        if stored is not None or not new:
+                            return stored, False  # None: decided long ago, pruned since
                     return self._decide_and_insert(cur, claim, prepare(), finish), True
             except _Conflict:
                 continue  # the same uuid from another sender number, at the same moment
         raise Unavailable("could not record the message")
 
-    def _use_nonce_raw(self, cur, claim: Claim) -> None:
-        self._claim_nonces(lambda q, p: cur.execute(q, p).fetchone(), claim.nonces, claim.uuid, claim.now)
+    def _claim_raw(self, cur, claim: Claim) -> bool:
+        """Claim the MessageUUID and the nonces (one statement; a nonce used before costs one
+        more); True if the uuid is new. `Replayed` for a nonce used by another request."""
+        day = day_number(claim.now)
+        keys = _nonce_keys(claim.nonces)
+        uuid = seen_key("uuid", claim.uuid)
+        params = [uuid, day]
+        for key in keys:
+            params += (key, claim.digest, day)
+        new = {bytes(row[0]) for row in cur.execute(self._sql.claim(len(keys)), params).fetchall()}
+        for key in keys:
+            if key not in new:
+                self._same_request(lambda q, p: cur.execute(q, p).fetchone(), key, claim.digest)
+        return uuid in new
 
     def _redeliver_raw(self, cur, claim: Claim) -> Stored | None:
         row = cur.execute(self._sql.redeliver, (claim.uuid,)).fetchone()
@@ -432,16 +478,19 @@ class Store(OutboxStore):
                  queued) for r in items]
 
     # -- delivery reports ----------------------------------------------------------
-    def record_report(self, params: dict[str, str], nonces: Sequence[str], ref: str | None,
-                      now: datetime | None = None) -> int | None:
-        """Store one delivery report and update the reply it reports on; the reply's id or None."""
+    def record_report(self, params: dict[str, str], nonces: Sequence[str], digest: bytes, ref: str | None,
+                      now: datetime | None = None) -> tuple[int | None, bool]:
+        """Store one delivery report and update the reply it reports on: (the reply's id or
+        None, False when this very request came before with the same nonces: a retry, whose
+        report is already recorded, so nothing is written again)."""
         now = as_utc(now)
         uuid = _field(params, "MessageUUID", 64)
         status = _field(params, "Status", 16).lower()
         sequence = _field(params, "Sequence", 32)
         parent = _field(params, "ParentMessageUUID", 64) or None
         with self._write() as conn:
-            self._claim_nonces(lambda q, p: conn.exec_driver_sql(q, p).first(), nonces, uuid, now)
+            if self._claim_nonces(lambda q, p: conn.exec_driver_sql(q, p).first(), nonces, digest, now):
+                return None, False
             reply = self._find_reply(conn, ref, uuid, parent)
             reply_id = reply[0] if reply is not None else None
             error_code = _field(params, "ErrorCode", 16)
@@ -460,14 +509,14 @@ class Store(OutboxStore):
                 "reply_id": reply_id, "params": params,
             })
             if reply is None or not status:
-                return reply_id
+                return reply_id, True
             if reply[2] is None:
                 conn.execute(_SET_PLIVO_UUID, {"reply_id": reply_id, "plivo_uuid": parent or uuid})
             key = status_key(status, sequence, _field(params, "MessageTime", 26))
             if reply[1] is None or key > reply[1]:
                 conn.execute(_SET_STATUS, {"reply_id": reply_id, "status": status,
                                            "status_key": key, "status_at": now})
-            return reply_id
+            return reply_id, True
 
     def _find_reply(self, conn: sa.Connection, ref: str | None, uuid: str, parent: str | None):
         if ref:
@@ -553,21 +602,24 @@ class Store(OutboxStore):
         } for r in rows]
 
     # -- retention -----------------------------------------------------------------------
-    def prune(self, days: int, now: datetime | None = None, batch: int = 1000) -> dict[str, int]:
-        """Delete finished outbox items, messages (with their replies), reports and nonces
-        older than `days`.
+    def prune(self, days: int, now: datetime | None = None, batch: int = 1000,
+              replay_days: int | None = None) -> dict[str, int]:
+        """Delete finished outbox items, messages (with their replies) and reports older than
+        `days`, and the nonces and MessageUUIDs remembered (`seen`) older than `replay_days`
+        (never fewer than `days`: a pruned message's uuid is still known).
 
         Opt-outs are never deleted, nor outbox items still to send. Works in small batches
         so no transaction is long.
         """
         cutoff = as_utc(now) - timedelta(days=days)
+        forget = day_number(as_utc(now) - timedelta(days=max(days, replay_days or days)))
         counts = {}
         finished = outbox.c.status.in_(("sent", "failed", "cancelled"))
         for name, table, key, old in (
                 ("outbox", outbox, outbox.c.id, sa.and_(finished, outbox.c.finished_at < cutoff)),
                 ("messages", messages, messages.c.id, messages.c.received_at < cutoff),
                 ("reports", reports, reports.c.id, reports.c.received_at < cutoff),
-                ("nonces", nonces, nonces.c.nonce, nonces.c.seen_at < cutoff)):
+                ("seen", seen, seen.c.key, seen.c.day < forget)):
             total = 0
             while True:
                 with self._write() as conn:

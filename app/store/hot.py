@@ -35,9 +35,10 @@ class Sql:
         self.find = f"SELECT id FROM messages WHERE uuid = {p}"
         self.redeliver = (f"UPDATE messages SET deliveries = deliveries + 1 WHERE uuid = {p} "
                           "RETURNING answer_status, answer_type, answer_body")
-        self.nonce = (f"INSERT INTO nonces (nonce, message_uuid, seen_at) VALUES ({p}, {p}, {p}) "
-                      "ON CONFLICT (nonce) DO NOTHING RETURNING nonce")
-        self.nonce_owner = f"SELECT message_uuid FROM nonces WHERE nonce = {p}"
+        # Replay protection (table `seen`): a nonce with its request's digest, a MessageUUID alone.
+        self.nonce = (f"INSERT INTO seen (key, digest, day) VALUES ({p}, {p}, {p}) "
+                      "ON CONFLICT (key) DO NOTHING RETURNING key")
+        self.nonce_digest = f"SELECT digest FROM seen WHERE key = {p}"
         self.lock = "SELECT pg_advisory_xact_lock(%s)"
         self.recent = (f"SELECT count(*) FROM replies WHERE sender = {p} AND limited "
                        f"AND created_at >= {p}")
@@ -52,6 +53,7 @@ class Sql:
         self.remove_optouts = f"DELETE FROM optouts WHERE number = {p}"
         self.remove_optout_for = f"DELETE FROM optouts WHERE number = {p} AND to_number IN ('', {p})"
         self._opted_out: dict[int, str] = {}
+        self._claim: dict[int, str] = {}
         self._replies_and_outbox: dict[tuple[int, int], str] = {}
 
     def opted_out(self, count: int) -> str:
@@ -75,6 +77,18 @@ class Sql:
             sql = self._replies_and_outbox[(replies, items)] = (
                 f"WITH r AS (INSERT INTO replies ({', '.join(REPLY_COLUMNS)}) VALUES {rows(REPLY_COLUMNS, replies)}) "
                 f"INSERT INTO outbox ({', '.join(OUTBOX_COLUMNS)}) VALUES {rows(OUTBOX_COLUMNS, items)}")
+        return sql
+
+    def claim(self, nonces: int) -> str:
+        """A message's MessageUUID and its `nonces` nonces claimed in one statement, parameters:
+        the uuid's key and day, then (key, digest, day) per nonce. Returns the keys that went
+        in (PostgreSQL waits for a concurrent claim of a key, and then skips it if it stays)."""
+        sql = self._claim.get(nonces)
+        if sql is None:
+            p = self.p
+            rows = ", ".join([f"({p}, NULL, {p})"] + [f"({p}, {p}, {p})"] * nonces)
+            sql = self._claim[nonces] = (f"INSERT INTO seen (key, digest, day) VALUES {rows} "
+                                         "ON CONFLICT (key) DO NOTHING RETURNING key")
         return sql
 
     def opted_out_params(self, numbers, to: str) -> tuple:

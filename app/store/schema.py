@@ -94,12 +94,15 @@ optouts = sa.Table(
     sa.UniqueConstraint("number", "to_number"),
 )
 
-#: Signature nonces seen, with the MessageUUID they came with (replay protection).
-nonces = sa.Table(
-    "nonces", metadata,
-    sa.Column("nonce", sa.String(128), primary_key=True),
-    sa.Column("message_uuid", sa.String(64), nullable=False),
-    sa.Column("seen_at", sa.DateTime, nullable=False, index=True),
+#: Replay protection, kept for REPLAY_DAYS (longer than the messages themselves): every
+#: signature nonce used, with a digest of the request it came with, and every inbound
+#: MessageUUID decided. Compact: a fixed-size key, no text (SQLite: one B-tree, no rowid).
+seen = sa.Table(
+    "seen", metadata,
+    sa.Column("key", sa.LargeBinary, primary_key=True),  # 16 bytes: SHA-256 of "nonce:<nonce>" or "uuid:<uuid>"
+    sa.Column("digest", sa.LargeBinary),                 # nonce: the request's (signature.request_digest); uuid: NULL
+    sa.Column("day", sa.Integer, nullable=False, index=True),  # UTC day of its first use, days since 1970-01-01
+    sqlite_with_rowid=False,
 )
 
 #: Messages and webhook calls to send after the answer, written in the same
