@@ -389,11 +389,13 @@ def test_webhook_action_posts_signed_json_retried_like_any_item(tmp_path, standi
         payload = json.loads(call["body"])
         assert payload == {"uuid": params["MessageUUID"], "from": SENDER, "to": OUR, "type": "sms",
                            "text": "quote for 3 windows", "media": [], "intent": None, "rule": "lead",
-                           "received_at": payload["received_at"]}
+                           "received_at": payload["received_at"], "delivery": str(items(app)[0].id)}
         assert payload["received_at"].endswith("Z")
         headers = {k.lower(): v for k, v in call["headers"].items()}
         webhook.verify(SECRET, headers["x-responder-signature"], call["body"])
-        assert headers["x-responder-delivery"] == str(items(app)[0].id)
+        # the delivery id, signed in the body, is the header's, the same on the retry (SPEC 9)
+        assert headers["x-responder-delivery"] == str(items(app)[0].id) == payload["delivery"]
+        assert receiver.calls[0]["body"] == call["body"]
         [m] = messages(app)
         assert [(w["status"], w["attempts"]) for w in m["webhooks"]] == [("sent", 2)]
         assert standin.sends == []  # the reply itself went in the XML
