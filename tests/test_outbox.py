@@ -696,3 +696,29 @@ def test_a_lease_runs_out_on_time_while_every_sender_thread_is_busy(tmp_path, st
             assert len(standin.sends) < 7  # the API lane was still busy when it ran out
         finally:
             sender.stop(10)
+
+
+# -- issue 13, minor: what `outbox list` shows, what `outbox retry` keeps ---------------------------
+def test_outbox_list_names_its_columns_as_documented_and_a_retry_keeps_created_at(tmp_path, standin):
+    from datetime import timedelta
+    app = outbox_app(tmp_path, standin)
+    send(app.test_client(), whatsapp("hours"))
+    store = app.extensions["responder"].store
+    two_days_ago = items(app)[0].created_at - timedelta(days=2)
+    with store.engine.begin() as conn:  # queued two days ago, failed since
+        conn.execute(sa.text("UPDATE outbox SET created_at = :t, status = 'failed', error = 'HTTP 400: bad'"),
+                     {"t": two_days_ago})
+    runner = app.test_cli_runner()
+    header, row = runner.invoke(args=["outbox", "list"]).output.splitlines()
+    assert header.split() == ["id", "kind", "type", "status", "attempts", "created_at", "due_at", "dst",
+                              "message_uuid", "error"]
+    assert row.split()[:4] == [str(items(app)[0].id), "message", "whatsapp", "failed"]
+    documented = ("id", "kind", "dst", "status", "attempts", "message_uuid", "error")  # SPEC 7
+    listed = json.loads(runner.invoke(args=["outbox", "list", "--json"]).output)[0]
+    assert list(listed)[:7] == list(documented)
+    assert set(header.split()) - {"type", "created_at", "due_at"} == set(documented)
+    assert runner.invoke(args=["outbox", "retry", str(items(app)[0].id)]).exit_code == 0
+    [item] = items(app)
+    assert item.created_at == two_days_ago and item.retried_at is not None  # created_at is not rewritten
+    drain(app)  # ... and the retry has its own day: sent, not given up for the item's age
+    assert items(app)[0].status == "sent" and len(standin.sends) == 1

@@ -244,7 +244,7 @@ rules:
 """
         srv = start(database, rules=rules, WEBHOOK_SECRET=SECRET)
         deliver(srv, [whatsapp("quote", From=f"1512555{n:04d}") for n in range(6)])
-        wait_for(lambda: len(slow.requests) >= 4, 10, "every webhook seat calling the slow receiver")
+        wait_for(lambda: len(slow.requests) >= 2, 10, "calls to the slow receiver under way")
         queued = time.monotonic()
         deliver(srv, [whatsapp("hours", From="15125559999")])
         assert standin.wait_for_sends(1, 30)

@@ -300,7 +300,7 @@ class Sender:
                             extra=self._fields(item))
         elif outcome == UNKNOWN:
             done = self.store.mark_unknown(item, result.error, now)
-        elif now - item.created_at >= self.give_up:
+        elif now - item.queued_at >= self.give_up:
             outcome = FAILED
             done = self.store.mark_failed(
                 item, f"gave up after {item.attempts} attempts in {self.give_up.total_seconds() / 3600:g} h: "
@@ -416,7 +416,7 @@ class Sender:
             if self.store.mark_retry(item, now, "not in Plivo's message list: sending again"):
                 log.warning("outbox item not in Plivo's message list: sending it again", extra=self._fields(item))
             return
-        if uuid is None and now - item.created_at >= self.give_up:
+        if uuid is None and now - item.queued_at >= self.give_up:
             self.store.mark_failed(item, f"gave up: its outcome is unknown and it was not found in Plivo's "
                                          f"message list within {self.give_up.total_seconds() / 3600:g} h", now)
             log.error("outbox: gave up on an item whose outcome is unknown", extra=self._fields(item))

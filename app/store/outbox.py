@@ -57,6 +57,12 @@ class Item:
     rule: str | None
     message_uuid: str | None
     error: str | None
+    retried_at: datetime | None = None
+
+    @property
+    def queued_at(self) -> datetime:
+        """Since when the item waits to be sent: its creation, or an operator's retry."""
+        return self.retried_at or self.created_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +169,7 @@ class OutboxStore:
                     conn.execute(_attempt(item.id, item.attempts, PENDING).values(
                         status=CANCELLED, finished_at=now, error="the number opted out before it was sent"))
                     continue
-                if give_up is not None and now - item.created_at >= give_up:
+                if give_up is not None and now - item.queued_at >= give_up:
                     conn.execute(_attempt(item.id, item.attempts, PENDING).values(
                         status=FAILED, finished_at=now,
                         error=f"gave up: not sent within {give_up.total_seconds() / 3600:g} h"
@@ -318,7 +324,9 @@ class OutboxStore:
             # due_at is never before created_at, so the (status, due_at) index finds them without
             # reading the backlog; one whose due_at moved past the cutoff fails when it comes due.
             return conn.execute(outbox.update().where(outbox.c.status == PENDING, outbox.c.due_at < cutoff,
-                                                      outbox.c.created_at < cutoff).values(
+                                                      outbox.c.created_at < cutoff,
+                                                      sa.or_(outbox.c.retried_at.is_(None),
+                                                             outbox.c.retried_at < cutoff)).values(
                 status=FAILED, finished_at=now,
                 error=f"gave up: not sent within {give_up.total_seconds() / 3600:g} h")).rowcount
 
@@ -380,10 +388,11 @@ class OutboxStore:
         return None if row is None else _item(row)
 
     def retry_item(self, item_id: int, now: datetime) -> Item | None:
-        """An operator's retry of a failed or cancelled item: pending and due now."""
+        """An operator's retry of a failed or cancelled item: pending and due now, with a new day to
+        succeed (counted from `retried_at`; `created_at` stays when it was queued)."""
         with self._write() as conn:
             conn.execute(outbox.update().where(outbox.c.id == item_id, outbox.c.status.in_((FAILED, CANCELLED)))
-                         .values(status=PENDING, due_at=now, finished_at=None, created_at=now))
+                         .values(status=PENDING, due_at=now, finished_at=None, retried_at=now))
             row = conn.execute(_GET, {"id": item_id}).first()
         return None if row is None else _item(row)
 
