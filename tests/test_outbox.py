@@ -275,7 +275,7 @@ def test_a_claim_whose_sender_died_after_its_request_left_is_looked_up_after_its
 
 def test_a_claim_whose_sender_died_before_its_request_left_is_sent_again_not_taken_for_another_message(
         tmp_path, standin):
-    """Issue 13, item 4: a sender killed between its claim and its send, while another system
+    """A sender killed between its claim and its send, while another system
     (the console, a CRM) wrote to the same customer: the item is sent, with its own uuid."""
     import requests
     app = outbox_app(tmp_path, standin)
@@ -458,7 +458,7 @@ def test_webhook_action_posts_signed_json_retried_like_any_item(tmp_path, standi
         assert payload["received_at"].endswith("Z")
         headers = {k.lower(): v for k, v in call["headers"].items()}
         webhook.verify(SECRET, headers["x-responder-signature"], call["body"])
-        # the delivery id, signed in the body, is the header's, the same on the retry (SPEC 9)
+        # the delivery id, signed in the body, is the header's, the same on the retry (docs/rules.md)
         assert headers["x-responder-delivery"] == str(items(app)[0].id) == payload["delivery"]
         assert receiver.calls[0]["body"] == call["body"]
         [m] = messages(app)
@@ -655,7 +655,7 @@ def test_a_report_with_the_opt_out_code_and_no_from_opts_out_nothing(tmp_path, s
     assert app.extensions["responder"].store.list_optouts() == []
 
 
-# -- issue 13: a slow receiver, busy senders -----------------------------------------------------
+# -- a slow receiver, busy senders --------------------------------------------------------------
 def test_a_lease_runs_out_on_time_while_every_sender_thread_is_busy(tmp_path, standin):
     """Every lane busy (a slow API, webhook calls to a receiver that trickles header lines), and
     a claim whose sender died: it is due again within about a second of its lease, not when a
@@ -698,7 +698,7 @@ def test_a_lease_runs_out_on_time_while_every_sender_thread_is_busy(tmp_path, st
             sender.stop(10)
 
 
-# -- issue 13, minor: what `outbox list` shows, what `outbox retry` keeps ---------------------------
+# -- what `outbox list` shows, what `outbox retry` keeps ---------------------------
 def test_outbox_list_names_its_columns_as_documented_and_a_retry_keeps_created_at(tmp_path, standin):
     from datetime import timedelta
     app = outbox_app(tmp_path, standin)
@@ -713,7 +713,7 @@ def test_outbox_list_names_its_columns_as_documented_and_a_retry_keeps_created_a
     assert header.split() == ["id", "kind", "type", "status", "attempts", "created_at", "due_at", "dst",
                               "message_uuid", "error"]
     assert row.split()[:4] == [str(items(app)[0].id), "message", "whatsapp", "failed"]
-    documented = ("id", "kind", "dst", "status", "attempts", "message_uuid", "error")  # SPEC 7
+    documented = ("id", "kind", "dst", "status", "attempts", "message_uuid", "error")  # as docs/commands.md names them
     listed = json.loads(runner.invoke(args=["outbox", "list", "--json"]).output)[0]
     assert list(listed)[:7] == list(documented)
     assert set(header.split()) - {"type", "created_at", "due_at"} == set(documented)

@@ -226,7 +226,7 @@ def test_outbox_sender_off_leaves_sending_to_flask_outbox_run(database, start, s
 
 def test_a_receiver_that_trickles_headers_delays_no_whatsapp_reply_and_is_cut_at_the_deadline(database, start,
                                                                                              standin):
-    """Issue 13, item 2: webhook calls to a receiver that sends a header line every second fill
+    """Webhook calls to a receiver that sends a header line every second fill
     the outbox first; a WhatsApp reply queued behind them still leaves within a few seconds, each
     call ends at its deadline (OUTBOX_LEASE 6 s: 3 s) and is tried again, and no item stays
     `sending` past its lease."""

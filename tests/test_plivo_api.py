@@ -420,7 +420,7 @@ def test_find_asks_pace_before_each_page_and_stops_when_told(standin, api):
     assert not stopped.ok and stopped.error == "stopped"
 
 
-# --- a total deadline (issue 13, item 2) -------------------------------------------------
+# --- a total deadline ------------------------------------------------------------------
 @pytest.mark.parametrize("where", ["headers", "body"])
 def test_an_api_that_trickles_its_answer_is_cut_at_the_deadline_and_the_send_is_unknown(where):
     from trickler import Trickler

@@ -313,7 +313,7 @@ def test_call_sends_the_exact_body_and_signed_headers(receiver, client):
     assert result.outcome == SENT and result.status == 200 and result.error is None
     [got] = receiver.requests
     assert got["method"] == "POST" and got["path"] == "/hook"
-    # the delivery id is in the body too, where the signature covers it (SPEC 9)
+    # the delivery id is in the body too, where the signature covers it (docs/rules.md)
     assert got["body"] == body({**PAYLOAD, "delivery": "42"}) == raw[:-1] + b',"delivery":"42"}'
     h = got["headers"]
     assert h["Content-Type"] == "application/json; charset=utf-8"
@@ -541,7 +541,7 @@ def test_client_refuses_an_empty_secret(secret):
         WebhookClient(secret)
 
 
-# --- a total deadline (issue 13, item 2) -------------------------------------------------
+# --- a total deadline ------------------------------------------------------------------
 def test_a_receiver_that_trickles_header_lines_is_cut_at_the_deadline_and_retried(clock):
     from trickler import Trickler
     with Trickler(every=0.3, lines=40) as slow:  # a line every 0.3 s: each read far inside the read timeout
