@@ -128,6 +128,19 @@ def _start_watchdog() -> None:
     threading.Thread(target=_watchdog, name="responder-http-deadline", daemon=True).start()
 
 
+def _after_fork() -> None:
+    """A forked child has none of the parent's threads, and may have inherited a lock one of them
+    held: start afresh (the watchdog starts again on first use)."""
+    global _lock, _due, _heap, _thread_pid
+    _lock = threading.Lock()
+    _due = threading.Condition(threading.Lock())
+    _heap = []
+    _thread_pid = None
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 class within:
     """`with within(seconds) as watch:` every request this thread makes inside ends by then."""
 
