@@ -656,6 +656,20 @@ def test_a_report_with_the_opt_out_code_and_no_from_opts_out_nothing(tmp_path, s
 
 
 # -- a slow receiver, busy senders --------------------------------------------------------------
+def quote_and_hours(receiver: str) -> str:
+    """Rules: "quote" calls `receiver` and answers nothing, "hours" answers HOURS."""
+    return f"""version: 1
+rules:
+  - name: lead
+    when: {{keyword: quote}}
+    silent: true
+    webhook: "{receiver}/hooks"
+  - name: hours
+    when: {{keyword: hours}}
+    reply: "{HOURS}"
+"""
+
+
 def test_a_lease_runs_out_on_time_while_every_sender_thread_is_busy(tmp_path, standin):
     """Every lane busy (a slow API, webhook calls to a receiver that trickles header lines), and
     a claim whose sender died: it is due again within about a second of its lease, not when a
@@ -664,18 +678,7 @@ def test_a_lease_runs_out_on_time_while_every_sender_thread_is_busy(tmp_path, st
     from app.store import utcnow
     from trickler import Trickler
     with Trickler(every=0.5, lines=60) as slow:
-        rules = f"""
-            version: 1
-            rules:
-              - name: lead
-                when: {{keyword: quote}}
-                silent: true
-                webhook: "{slow.url}/hooks"
-              - name: hours
-                when: {{keyword: hours}}
-                reply: "{HOURS}"
-        """
-        app = outbox_app(tmp_path, standin, rules, WEBHOOK_SECRET=SECRET)
+        app = outbox_app(tmp_path, standin, quote_and_hours(slow.url), WEBHOOK_SECRET=SECRET)
         client = app.test_client()
         store = app.extensions["responder"].store
         send(client, whatsapp("hours", From="14155550300"))

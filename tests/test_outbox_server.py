@@ -24,7 +24,7 @@ from app.store.db import parse_url
 from conftest import TOKEN, empty_postgres, postgres_database, sms
 from plivo_standin import Answer, PlivoStandin
 from servers import Server, Servers
-from test_outbox import Receiver, assert_slots_held, wait_until as wait_for
+from test_outbox import Receiver, assert_slots_held, quote_and_hours, wait_until as wait_for
 
 SECRET = "whsec_server_test_secret"
 
@@ -232,17 +232,7 @@ def test_a_receiver_that_trickles_headers_delays_no_whatsapp_reply_and_is_cut_at
     `sending` past its lease."""
     from trickler import Trickler
     with Trickler(every=1.0, lines=60) as slow:  # each read 1 s: inside the 2 s read timeout, for a minute
-        rules = f"""version: 1
-rules:
-  - name: lead
-    when: {{keyword: quote}}
-    silent: true
-    webhook: "{slow.url}/hooks"
-  - name: hours
-    when: {{keyword: hours}}
-    reply: "We are open 9am-5pm."
-"""
-        srv = start(database, rules=rules, WEBHOOK_SECRET=SECRET)
+        srv = start(database, rules=quote_and_hours(slow.url), WEBHOOK_SECRET=SECRET)
         deliver(srv, [whatsapp("quote", From=f"1512555{n:04d}") for n in range(6)])
         wait_for(lambda: len(slow.requests) >= 2, 10, "calls to the slow receiver under way")
         queued = time.monotonic()
