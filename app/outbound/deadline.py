@@ -63,6 +63,7 @@ class Watch:
     def _attach(self, connection, sending: bool) -> None:
         with _lock:
             self._connection = connection
+            connection.responder_watch = self  # the connection's current exchange
             self.sent = self.sent or sending
             expired = self.expired
         if expired:  # the deadline passed before this connection was known: end it now
@@ -74,6 +75,8 @@ class Watch:
                 return
             self.expired = True
             connection = self._connection
+            if connection is not None and getattr(connection, "responder_watch", None) is not self:
+                connection = None  # back in the pool and taken by another exchange: not ours to end
         if connection is not None:
             _shut(connection)
 
