@@ -179,11 +179,13 @@ class OutboxStore:
                 if item.kind == "message":
                     not_before, slot_at = self._take_slot(conn, PLIVO_SLOTS, interval)
                 start = now + timedelta(seconds=max(0.0, not_before - time.time()))
-                # attempted_at stays empty until the request leaves (mark_left): a claim whose
-                # sender dies before that is simply due again, never looked up (see expire_leases).
+                # A message's attempted_at stays empty until its request leaves (mark_left): a claim
+                # whose sender dies before that is simply due again, never looked up (expire_leases).
+                # A webhook call (due again either way) starts now.
+                attempted = None if item.kind == "message" else start
                 conn.execute(_attempt(item.id, item.attempts, PENDING).values(
-                    status=SENDING, attempts=item.attempts + 1, attempted_at=None, lease_until=start + lease))
-                return Claimed(_replace(item, status=SENDING, attempts=item.attempts + 1, attempted_at=None,
+                    status=SENDING, attempts=item.attempts + 1, attempted_at=attempted, lease_until=start + lease))
+                return Claimed(_replace(item, status=SENDING, attempts=item.attempts + 1, attempted_at=attempted,
                                         lease_until=start + lease), not_before, slot_at)
         return None
 
