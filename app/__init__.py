@@ -92,7 +92,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     if not in_cli and not app.testing:
         Pruner(store, app.config["RETENTION_DAYS"], replay_days=app.config["REPLAY_DAYS"]).start()
         if app.config["OUTBOX_SENDER"] == "web":
-            # One sender thread per worker, started here, after the fork (the app is not preloaded).
+            # One sender (its lane threads) per worker, started here, after the fork (the app is not preloaded).
             sender = build_sender(store, app.config)
             if sender.kinds:  # nothing to send with (no PLIVO_AUTH_ID, no WEBHOOK_SECRET): no thread
                 sender.start()

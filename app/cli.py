@@ -105,22 +105,29 @@ def outbox_rows(items) -> list[dict]:
         "message_uuid": i.message_uuid, "error": i.error,
         "role": i.role, "type": i.type if i.kind == "message" else None, "src": i.src, "rule": i.rule,
         "created_at": _iso(i.created_at), "due_at": _iso(i.due_at) if i.status == "pending" else None,
-        "attempted_at": _iso(i.attempted_at),
+        "attempted_at": _iso(i.attempted_at), "retried_at": _iso(i.retried_at),
     } for i in items]
+
+
+#: `outbox list`'s columns: the JSON's keys and names (docs/commands.md), `dst` cut to fit.
+TABLE_COLUMNS = (("id", 6), ("kind", 7), ("type", 8), ("status", 9), ("attempts", 8), ("created_at", 19),
+                  ("due_at", 8), ("dst", 28), ("message_uuid", 36), ("error", 0))
 
 
 def outbox_table(rows: list[dict]) -> list[str]:
     if not rows:
         return ["the outbox is empty"]
-    lines = [f"{'id':>6}  {'status':<9}  {'kind':<8}  {'tries':>5}  {'created (UTC)':<19}  {'to':<28}  error / Plivo uuid"]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.rjust(w) if name in ("id", "attempts") else v.ljust(w)
+                         for (name, w), v in zip(TABLE_COLUMNS, values)).rstrip()
+
+    lines = [line([name for name, _ in TABLE_COLUMNS])]
     for r in rows:
-        what = r["type"] or "webhook"
         dst = r["dst"] if len(r["dst"]) <= 28 else r["dst"][:27] + "…"
-        note = r["error"] or r["message_uuid"] or ""
-        if r["status"] == "pending" and r["due_at"]:
-            note = f"next try {r['due_at'][11:19]}" + (f" after: {r['error']}" if r["error"] else "")
-        lines.append(f"{r['id']:>6}  {r['status']:<9}  {what:<8}  {r['attempts']:>5}  "
-                     f"{r['created_at'][:19].replace('T', ' '):<19}  {dst:<28}  {note}")
+        lines.append(line([str(r["id"]), r["kind"], r["type"] or "-", r["status"], str(r["attempts"]),
+                           r["created_at"][:19].replace("T", " "), (r["due_at"] or "")[11:19] or "-", dst,
+                           r["message_uuid"] or "-", r["error"] or "-"]))
     return lines
 
 

@@ -418,3 +418,22 @@ def test_find_asks_pace_before_each_page_and_stops_when_told(standin, api):
     assert found.ok and len(found.messages) == 25 and len(asked) == 2
     stopped = api.find(src=SRC, dst=DST, since=utcnow() - timedelta(hours=1), pace=lambda: False)
     assert not stopped.ok and stopped.error == "stopped"
+
+
+# --- a total deadline ------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["headers", "body"])
+def test_an_api_that_trickles_its_answer_is_cut_at_the_deadline_and_the_send_is_unknown(where):
+    from trickler import Trickler
+    with Trickler(every=0.3, lines=40, where=where) as slow:  # each read 0.3 s: no read timeout ever fires
+        client = MessageApi(slow.url, "MAXX", "tok", connect_timeout=1.0, read_timeout=2.0, deadline=1.5)
+        started = time.monotonic()
+        result = send(client)
+        took = time.monotonic() - started
+        client.close()
+        assert (result.outcome, result.error) == (UNKNOWN, "no complete answer within 1.5 s")  # it had left
+        assert 1.4 <= took < 5, took  # 12 s without the deadline; a busy machine may be a little late
+        # the list look-up too: a failed, incomplete read, not a hang
+        started = time.monotonic()
+        found = client.find(src=SRC, dst=DST, since=utcnow())
+        assert not found.ok and found.error == "no complete answer within 1.5 s"
+        assert time.monotonic() - started < 5

@@ -9,6 +9,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -312,7 +313,8 @@ def test_call_sends_the_exact_body_and_signed_headers(receiver, client):
     assert result.outcome == SENT and result.status == 200 and result.error is None
     [got] = receiver.requests
     assert got["method"] == "POST" and got["path"] == "/hook"
-    assert got["body"] == raw
+    # the delivery id is in the body too, where the signature covers it (docs/rules.md)
+    assert got["body"] == body({**PAYLOAD, "delivery": "42"}) == raw[:-1] + b',"delivery":"42"}'
     h = got["headers"]
     assert h["Content-Type"] == "application/json; charset=utf-8"
     assert h["User-Agent"] == "plivo-responder-webhook/1"
@@ -320,7 +322,7 @@ def test_call_sends_the_exact_body_and_signed_headers(receiver, client):
     # The signature verifies over the raw bytes the receiver read, at the client's clock (truncated).
     assert verify(SECRET, h[HEADER], got["body"], now=T) == T
     assert h[HEADER] == f"t={T},v1={expected_mac(SECRET, got['body'], T)}"
-    assert json.loads(got["body"].decode("utf-8")) == PAYLOAD
+    assert json.loads(got["body"].decode("utf-8")) == {**PAYLOAD, "delivery": "42"}
 
 
 def test_call_without_item_id_sends_no_delivery_header(receiver, client):
@@ -334,8 +336,10 @@ def test_call_signs_every_attempt_afresh(receiver, client, clock):
     clock.now = T + 3600.2
     client.call(receiver.base + "/hook", "POST", raw, item_id=7)
     first, second = (r["headers"] for r in receiver.requests)
-    assert verify(SECRET, first[HEADER], raw, now=T) == T
-    assert verify(SECRET, second[HEADER], raw, now=T + 3600) == T + 3600
+    sent = body({**PAYLOAD, "delivery": "7"})
+    assert receiver.requests[0]["body"] == receiver.requests[1]["body"] == sent
+    assert verify(SECRET, first[HEADER], sent, now=T) == T
+    assert verify(SECRET, second[HEADER], sent, now=T + 3600) == T + 3600
     assert first[DELIVERY_HEADER] == second[DELIVERY_HEADER] == "7"  # the same delivery, sent again
 
 
@@ -535,3 +539,28 @@ def test_a_given_session_is_used_and_left_open(receiver, clock):
 def test_client_refuses_an_empty_secret(secret):
     with pytest.raises(ValueError):
         WebhookClient(secret)
+
+
+# --- a total deadline ------------------------------------------------------------------
+def test_a_receiver_that_trickles_header_lines_is_cut_at_the_deadline_and_retried(clock):
+    from trickler import Trickler
+    with Trickler(every=0.3, lines=40) as slow:  # a line every 0.3 s: each read far inside the read timeout
+        with WebhookClient(SECRET, connect_timeout=1, read_timeout=2, deadline=1.5, clock=clock) as client:
+            started = time.monotonic()
+            result = client.call(slow.url + "/hook", "POST", body(PAYLOAD), item_id=3)
+            took = time.monotonic() - started
+            assert (result.outcome, result.error) == (RETRY, "no complete answer within 1.5 s")
+            assert 1.4 <= took < 5, took  # 12 s without the deadline
+            # the connection was closed, not reused: the next call opens a new one
+            client.call(slow.url + "/hook", "POST", body(PAYLOAD), item_id=3)
+            assert len(slow.requests) == 2
+
+
+def test_an_answer_whose_body_trickles_is_cut_at_the_deadline_and_retried(clock):
+    from trickler import Trickler
+    with Trickler(every=0.3, lines=40, where="body") as slow:
+        with WebhookClient(SECRET, connect_timeout=1, read_timeout=2, deadline=1.5, clock=clock) as client:
+            started = time.monotonic()
+            result = client.call(slow.url + "/hook", "POST", body(PAYLOAD))
+            assert (result.outcome, result.error) == (RETRY, "no complete answer within 1.5 s")
+            assert time.monotonic() - started < 5

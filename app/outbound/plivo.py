@@ -36,9 +36,9 @@ from urllib.parse import quote, urlsplit
 
 import requests
 import urllib3.exceptions
-from requests.adapters import HTTPAdapter
 
 from . import FAILED, RETRY, SENT, UNKNOWN, Result
+from .deadline import BodyTooLarge, DeadlineAdapter, read_body, within
 
 __all__ = ["MessageApi", "Found", "USER_AGENT", "MESSAGE_TYPES", "LIST_LIMIT", "LIST_MAX_PAGES"]
 
@@ -53,6 +53,8 @@ LIST_MAX_PAGES = 10
 MAX_DELAY_S = 3600.0
 #: Longest `error` text.
 MAX_ERROR = 200
+#: Largest answer read (a page of the list is ~10 KB); a bigger one is not read.
+MAX_ANSWER = 1024 * 1024
 
 #: Plivo's words for a destination that opted out. Deliberately narrow: a wrong match opts a
 #: customer out, and Plivo's usual signal is a delivery report with ErrorCode 200 (the store
@@ -123,12 +125,24 @@ def _short(text: str, secrets: Sequence[str] = ()) -> str:
     return text
 
 
-def _plivo_error(response: requests.Response) -> str:
-    """Plivo's `error` field (a string, or an object rendered as compact JSON), else the reason phrase."""
+class Expired(Exception):
+    """The exchange outlived its total deadline and was cut; `sent`: the request had started to go."""
+
+    def __init__(self, sent: bool):
+        super().__init__("deadline")
+        self.sent = sent
+
+
+def _json(data: bytes | None):
+    """The parsed JSON of an answer's body, or None."""
     try:
-        body = response.json()
+        return json.loads(data) if data else None
     except ValueError:
-        body = None
+        return None
+
+
+def _plivo_error(response: requests.Response, body) -> str:
+    """Plivo's `error` field (a string, or an object rendered as compact JSON), else the reason phrase."""
     error = body.get("error") if isinstance(body, dict) else None
     if error is None and isinstance(body, dict):
         error = body.get("message")
@@ -154,12 +168,15 @@ def _chain(exc: BaseException):
         todo.extend(e for e in linked if isinstance(e, BaseException))
 
 
-def _network(exc: BaseException, connect_timeout: float, read_timeout: float) -> tuple[str, str]:
+def _network(exc: BaseException, connect_timeout: float, read_timeout: float,
+             deadline: float | None = None) -> tuple[str, str]:
     """(outcome, short error) for an exception that came instead of an answer.
 
     RETRY only when the request certainly did not leave: the connection was
     never made. Everything else is UNKNOWN.
     """
+    if isinstance(exc, Expired):
+        return (UNKNOWN if exc.sent else RETRY), f"no complete answer within {deadline:g} s"
     if isinstance(exc, requests.ConnectTimeout):
         return RETRY, f"connect timeout after {connect_timeout:g} s"
     if isinstance(exc, requests.ReadTimeout):
@@ -194,7 +211,7 @@ class MessageApi:
     """
 
     def __init__(self, base_url: str, auth_id: str, token: str, *, connect_timeout: float = 5.0,
-                 read_timeout: float = 15.0, session: requests.Session | None = None):
+                 read_timeout: float = 15.0, deadline: float = 20.0, session: requests.Session | None = None):
         parts = urlsplit(base_url or "")
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("the Plivo API URL must be an http(s) URL")
@@ -205,6 +222,9 @@ class MessageApi:
         self.path = f"/v1/Account/{quote(auth_id, safe='')}/Message/"
         self.url = self.base_url + self.path
         self.timeout = (float(connect_timeout), float(read_timeout))
+        #: Every request (a send, one page of the list) ends within this many seconds, whatever
+        #: the server does: headers or body trickled a byte at a time are cut (deadline.py).
+        self.deadline = float(deadline)
         self._secrets = (token,)
         self.session = session if session is not None else requests.Session()
         self.session.auth = (auth_id, token)
@@ -212,7 +232,7 @@ class MessageApi:
         # No cookies: a load balancer's cookie is no state we want, and it keeps the session read-only.
         self.session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
         if session is None:
-            adapter = HTTPAdapter(max_retries=0, pool_connections=1, pool_maxsize=16)
+            adapter = DeadlineAdapter(max_retries=0, pool_connections=1, pool_maxsize=16)
             self.session.mount("http://", adapter)
             self.session.mount("https://", adapter)
 
@@ -228,6 +248,28 @@ class MessageApi:
 
     def __repr__(self) -> str:
         return f"MessageApi({self.base_url!r}, auth_id={self.auth_id!r})"
+
+    def _exchange(self, method: str, **kwargs) -> tuple[requests.Response, object]:
+        """One request and its whole answer within `deadline`: (response, the body's JSON or None).
+
+        Raises what requests raises, or Expired when the deadline cut the exchange.
+        """
+        with within(self.deadline) as watch:
+            try:
+                response = self.session.request(method, self.url, timeout=self.timeout, allow_redirects=False,
+                                                stream=True, **kwargs)
+                with response:
+                    try:
+                        data = read_body(response, MAX_ANSWER, watch)
+                    except BodyTooLarge:
+                        data = None
+            except Exception as exc:
+                if watch.expired or isinstance(exc, TimeoutError):
+                    raise Expired(watch.sent) from exc
+                raise
+        if watch.expired:  # cut: http.client takes the cut for the end of the headers, so it may look whole
+            raise Expired(watch.sent)
+        return response, _json(data)
 
     # --- send ---------------------------------------------------------------
 
@@ -250,25 +292,26 @@ class MessageApi:
         secrets = self._secrets + ((text,) if text and len(text) >= _MIN_SCRUB else ())
         started = time.monotonic()
         try:
-            response = self.session.post(self.url, json=body, timeout=self.timeout, allow_redirects=False)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
-            outcome, error = _network(exc, *self.timeout)
+            response, data = self._exchange("POST", json=body)
+        except (Expired, requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
+                OSError) as exc:
+            outcome, error = _network(exc, *self.timeout, self.deadline)
             log.debug("Message API send: %s (%s) after %.3f s", outcome, error, time.monotonic() - started)
             return Result(outcome, error=error)
-        result = self._answer(response, secrets)
+        result = self._answer(response, data, secrets)
         log.debug("Message API send: HTTP %s -> %s in %.3f s", response.status_code, result.outcome,
                   time.monotonic() - started)
         return result
 
-    def _answer(self, response: requests.Response, secrets: Sequence[str]) -> Result:
+    def _answer(self, response: requests.Response, data, secrets: Sequence[str]) -> Result:
         status = response.status_code
         if 200 <= status < 300:
-            uuids = _uuids(response)
+            uuids = _uuids(data)
             if uuids:
                 return Result(SENT, message_uuids=uuids, status=status)
             return Result(UNKNOWN, status=status, error=f"HTTP {status} without a message_uuid")
         delay = retry_after(response.headers.get("Retry-After"))
-        error = _short(f"HTTP {status}: {_plivo_error(response)}", secrets)
+        error = _short(f"HTTP {status}: {_plivo_error(response, data)}", secrets)
         if status == 429 or status >= 500:
             return Result(RETRY, delay=delay, error=error, status=status)
         if 400 <= status < 500:
@@ -304,16 +347,17 @@ class MessageApi:
             if pace is not None and not pace():
                 return Found(False, messages, error="stopped")
             try:
-                response = self.session.get(self.url, params={**params, "offset": offset},
-                                            timeout=self.timeout, allow_redirects=False)
-            except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
-                return Found(False, messages, error=_network(exc, *self.timeout)[1])
+                response, page = self._exchange("GET", params={**params, "offset": offset})
+            except (Expired, requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
+                    OSError) as exc:
+                return Found(False, messages, error=_network(exc, *self.timeout, self.deadline)[1])
             status = response.status_code
             if not 200 <= status < 300:
                 return Found(False, messages, status=status, delay=retry_after(response.headers.get("Retry-After")),
-                             error=_short(f"HTTP {status}: {_plivo_error(response)}", self._secrets))
+                             error=_short(f"HTTP {status}: {_plivo_error(response, page)}", self._secrets))
             try:
-                page = response.json()
+                if not isinstance(page, dict):
+                    raise TypeError
                 objects, meta = page["objects"], page.get("meta") or {}
                 if not isinstance(objects, list) or not isinstance(meta, dict):
                     raise TypeError
@@ -360,12 +404,8 @@ def message_time(value) -> datetime | None:
     return moment.astimezone(timezone.utc).replace(tzinfo=None)
 
 
-def _uuids(response: requests.Response) -> tuple[str, ...]:
-    """The message_uuid list of a 2xx answer (a single string tolerated); () if there is none."""
-    try:
-        body = response.json()
-    except ValueError:
-        return ()
+def _uuids(body) -> tuple[str, ...]:
+    """The message_uuid list of a 2xx answer's JSON (a single string tolerated); () if there is none."""
     value = body.get("message_uuid") if isinstance(body, dict) else None
     if isinstance(value, str):
         value = [value]

@@ -1,18 +1,25 @@
 """The outbox sender: takes due items from the database and sends them, once.
 
-One `Sender` runs in each web worker (a thread, `OUTBOX_SENDER=web`) or in
-`flask outbox run`; any number of them share one database. Each loop:
+One `Sender` runs in each web worker (threads, `OUTBOX_SENDER=web`) or in
+`flask outbox run`; any number of them share one database. Its threads:
 
-1. every few seconds, claims whose lease ran out are looked at: a message's
-   outcome is `unknown` (its sender died, or lost the answer), and unknown
-   items are looked up in Plivo's message list: found, they are `sent` with
-   that uuid; still not found a safe delay after the attempt, sent again;
-2. the next due item is claimed (with the next slot of the shared request
-   schedule for Message API requests: `PLIVO_API_RATE` a second in all),
-   sent when its slot comes, and its outcome written back: `sent`, `failed`
-   (a 4xx other than 429; kept with Plivo's error), `pending` again after a
-   growing, jittered delay (connection errors, timeouts before sending, 429
-   with its Retry-After, 5xx), or `unknown`.
+- lanes, one per kind (LANES seats each): Message API sends, and webhook calls.
+  A lane claims the next due item of its kind and sends it, so a slow or dead
+  webhook receiver never holds a WhatsApp reply. Every request ends within a
+  total deadline (deadline.py), well inside its lease. A message's claim comes
+  with the next slot of the shared request schedule (`PLIVO_API_RATE` a second
+  across every sender); when the slot comes, the request is marked as leaving
+  (`attempted_at`, one short write) and sent, and its outcome written back:
+  `sent`, `failed` (a 4xx other than 429; kept with Plivo's error), `pending`
+  again after a growing, jittered delay (connection errors, timeouts before
+  sending, 429 with its Retry-After, 5xx), or `unknown`. The first message seat
+  also looks unknown items up in Plivo's message list every few seconds: found,
+  they are `sent` with that uuid; still not found a safe delay after the
+  attempt, sent again.
+- the lease keeper: every second or so, claims whose lease ran out end, however
+  busy the lanes are: a message whose request never left is due again (sent
+  with no look-up, which could take another system's message for it), one
+  whose request left is `unknown`; items queued too long fail.
 
 It knows nothing of Flask or rules: it gets a `Store`, the two HTTP clients,
 and numbers.
@@ -45,6 +52,14 @@ LOOKUP_SINCE_S = 15 * 3600.0
 LOOKUP_MARGIN_S = 60.0
 #: Unknown items looked up per round, so a few that cannot be settled do not starve the rest.
 LOOKUPS_PER_ROUND = 5
+#: Threads of each lane in one sender. Message API requests go one at a time per sender (the
+#: shared rate spaces them anyway); webhook calls two at a time, in their own lane, so a slow
+#: receiver never holds a Message API send, nor the other calls while it holds one seat.
+LANES = {"message": 1, "webhook": 2}
+#: A request leaves at most this long (or half a slot, if more) after its slot, else takes another.
+LATE_S = 0.05
+#: Slots taken again for one request before it goes back to the queue (a machine that busy).
+MAX_RETAKES = 20
 _LONG_NUMBER = re.compile(r"\d{5,}")
 
 _running: "weakref.WeakSet[Sender]" = weakref.WeakSet()
@@ -90,6 +105,9 @@ class Sender:
         self.api = api                # plivo.MessageApi, or None without PLIVO_AUTH_ID
         self.webhooks = webhooks      # webhook.WebhookClient, or None without WEBHOOK_SECRET
         self.interval = 1.0 / rate
+        #: A request leaves at most this long after its slot; a sender held up longer (a busy
+        #: machine) takes a new slot rather than send into the next one's.
+        self.late = max(self.interval / 2, LATE_S)
         self.lease = timedelta(seconds=lease)
         self.max_delay = max_delay
         self.callback_url = callback_url
@@ -103,36 +121,71 @@ class Sender:
         self.lookup_every = timedelta(seconds=min(30.0, max(2.0, lease / 4)))
         self.kinds = tuple(k for k, client in (("message", api), ("webhook", webhooks)) if client is not None)
         self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._wakes: list[threading.Event] = []
+        self._threads: list[threading.Thread] = []
         self._next_reconcile = 0.0
 
-    # -- the thread ------------------------------------------------------------------
+    # -- the threads -------------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="responder-outbox", daemon=True)
+        """One thread per lane seat (LANES) and the lease keeper; they run until `stop`."""
+        self._threads = self._spawn(until_idle=False)
         _running.add(self)
-        self._thread.start()
 
     def wake(self) -> None:
         """Something was queued: look now instead of at the next poll."""
-        self._wake.set()
+        for wake in list(self._wakes):
+            wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Finish the attempt in flight (bounded by the HTTP timeouts), then return."""
+        """Finish the attempts in flight (bounded by the HTTP deadline), then return."""
         self._stop.set()
-        self._wake.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        self.wake()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
         _running.discard(self)
 
     def run(self, until_idle: bool = False) -> None:
         """Send until stopped (or, with `until_idle`, until nothing is due or unresolved)."""
         if not self.kinds:
             log.warning("outbox sender has nothing to send with: set PLIVO_AUTH_ID and/or WEBHOOK_SECRET")
+            return
+        self._threads = self._spawn(until_idle)
+        for thread in self._threads:
+            while thread.is_alive():
+                thread.join(0.5)
+
+    def _spawn(self, until_idle: bool) -> list[threading.Thread]:
+        """The lanes: Message API sends (and look-ups) and webhook calls never wait behind each other."""
+        lanes, wakes = [], []
+        for kind, client in (("message", self.api), ("webhook", self.webhooks)):
+            if client is None:
+                continue
+            for seat in range(LANES[kind]):
+                own = client if seat == 0 or not hasattr(client, "clone") else client.clone()
+                wakes.append(threading.Event())
+                lanes.append(threading.Thread(target=self._lane, name=f"responder-outbox-{kind}-{seat}", daemon=True,
+                                              args=(kind, own, wakes[-1], until_idle, kind == "message" and seat == 0)))
+        keeper = threading.Thread(target=self._keep_leases, args=(until_idle, lanes),
+                                  name="responder-outbox-leases", daemon=True)
+        self._wakes = wakes
+        for thread in (*lanes, keeper):
+            thread.start()
+        return [*lanes, keeper]
+
+    def _lane(self, kind: str, client, wake: threading.Event, until_idle: bool, looks_up: bool) -> None:
+        """One seat of a lane: claims and sends items of its kind; the first Message API seat
+        also looks up unknown items."""
+        kinds = (kind,)
+        next_lookup = 0.0
         failures = 0
         while not self._stop.is_set():
             try:
-                busy = self.run_once()
+                if looks_up and time.monotonic() >= next_lookup:
+                    next_lookup = time.monotonic() + self.reconcile_every
+                    self.look_up_unknown()
+                busy = self._step(kinds, client)
                 failures = 0
             except StoreError as exc:
                 failures += 1
@@ -144,41 +197,91 @@ class Sender:
                 busy = False
             if busy:
                 continue
-            if until_idle and failures == 0 and not self._open_work():
+            if until_idle and failures == 0 and not self._open_work(kinds):
                 return
-            self._wake.wait(self.poll * min(2 ** failures, 30))
-            self._wake.clear()
+            wake.wait(self.poll * min(2 ** failures, 30))
+            wake.clear()
 
-    def _open_work(self) -> bool:
-        """Items this sender could still move (not those of a kind it has no client for)."""
-        counts = self.store.outbox_counts(self.kinds)
-        return bool(counts["pending"] or counts["sending"] or (counts["unknown"] and self.api is not None))
+    def _keep_leases(self, until_idle: bool, lanes: list[threading.Thread]) -> None:
+        """Leases run out on time whatever the lanes are doing: a cheap look every second or so."""
+        tick = min(1.0, self.reconcile_every, self.lease.total_seconds() / 5)
+        next_give_up = 0.0
+        while not self._stop.wait(tick):
+            if until_idle and not any(t.is_alive() for t in lanes):
+                return
+            try:
+                if self.expire_leases():
+                    self.wake()
+                if time.monotonic() >= next_give_up:
+                    next_give_up = time.monotonic() + self.reconcile_every
+                    self.give_up_waiting()
+            except StoreError as exc:
+                log.warning("outbox: the database did not answer, trying again: %s", exc)
+            except Exception:  # noqa: BLE001
+                log.exception("outbox: unexpected error")
+
+    def _open_work(self, kinds: tuple[str, ...]) -> bool:
+        """Items of these kinds still to move (unknown ones only when they can be looked up)."""
+        counts = self.store.outbox_counts(kinds)
+        return bool(counts["pending"] or counts["sending"]
+                    or (counts["unknown"] and self.api is not None and "message" in kinds))
 
     # -- one step ----------------------------------------------------------------------
     def run_once(self) -> bool:
-        """Reconcile if it is time, then claim and send one due item; True if one was handled."""
+        """Reconcile if it is time, then claim and send one due item of any kind; True if one was
+        handled (one thread doing everything: for tests and tools; `start` runs the lanes)."""
         if time.monotonic() >= self._next_reconcile:
             self._next_reconcile = time.monotonic() + self.reconcile_every
             self.reconcile()
         if not self.kinds:
             return False
+        return self._step(self.kinds, self.webhooks)
+
+    def _step(self, kinds: tuple[str, ...], webhooks) -> bool:
+        """Claim one due item of `kinds` and send it; False if none was due."""
         now = utcnow()
-        if not self.store.outbox_due(now, self.kinds):
+        if not self.store.outbox_due(now, kinds):
             return False
-        claimed = self.store.claim(now, self.lease, self.interval, self.kinds, self.give_up)
+        claimed = self.store.claim(now, self.lease, self.interval, kinds, self.give_up)
         if claimed is None:
             return False
         item = claimed.item
-        wait = claimed.not_before - time.time()
-        if wait > 0 and self._stop.wait(wait):
-            self.store.release(item, utcnow())  # stopping before the request left: not an attempt
-            return False
-        self.record(item, self.attempt(item))
+        if item.kind == "message":
+            item = self._leave(claimed)
+            if item is None:
+                return True
+            result = self.attempt(item)
+        else:
+            result = webhooks.call(item.dst, item.method or "POST", item.text.encode("utf-8"), item_id=item.id)
+        self.record(item, result)
         return True
 
+    def _leave(self, claimed) -> Item | None:
+        """Wait for the claim's slot and mark the request as leaving; None if it must not go.
+
+        A request leaves in its slot or at most `late` after it; a sender held up longer takes
+        the next free slot instead. So Message API requests are never closer together than the
+        schedule's slots (PLIVO_API_RATE a second, across every sender of the database).
+        """
+        item, slot, at = claimed.item, claimed.not_before, claimed.slot_at or utcnow()
+        for _ in range(MAX_RETAKES):
+            wait = slot - time.time()
+            if wait > 0 and self._stop.wait(wait):
+                self.store.release(item, utcnow())  # stopping before the request left: not an attempt
+                return None
+            if time.time() <= slot + self.late:
+                left = self.store.mark_left(item, at, utcnow() + self.lease, utcnow())
+                if left is None:
+                    log.warning("outbox: the claim ran out before its request left; not sent",
+                                extra=self._fields(item))
+                return left
+            slot, at = self.store.take_slot_at(self.interval)
+        self.store.release(item, utcnow())
+        log.warning("outbox: too busy to send within %.0f ms of a slot; trying later", self.late * 1000,
+                    extra=self._fields(item))
+        return None
+
     def attempt(self, item: Item) -> Result:
-        if item.kind == "webhook":
-            return self.webhooks.call(item.dst, item.method or "POST", item.text.encode("utf-8"), item_id=item.id)
         return self.api.send(src=item.src, dst=item.dst, text=item.text, type=item.type,
                              media_urls=item.media, callback_url=self.callback_url)
 
@@ -197,7 +300,7 @@ class Sender:
                             extra=self._fields(item))
         elif outcome == UNKNOWN:
             done = self.store.mark_unknown(item, result.error, now)
-        elif now - item.created_at >= self.give_up:
+        elif now - item.queued_at >= self.give_up:
             outcome = FAILED
             done = self.store.mark_failed(
                 item, f"gave up after {item.attempts} attempts in {self.give_up.total_seconds() / 3600:g} h: "
@@ -238,17 +341,30 @@ class Sender:
 
     # -- items whose outcome is unknown ----------------------------------------------
     def reconcile(self) -> None:
-        """Expired leases become unknown; items waiting too long fail; unknown items are looked
-        up in Plivo's message list."""
-        now = utcnow()
-        expired, hooks = self.store.expire_leases(now)
-        if expired or hooks:
-            log.warning("outbox: %d claim(s) ran out without an outcome", expired + hooks)
-        old = self.store.give_up_waiting(now, self.give_up)
+        """Expired leases end; items waiting too long fail; unknown items are looked up in
+        Plivo's message list."""
+        self.expire_leases()
+        self.give_up_waiting()
+        self.look_up_unknown()
+
+    def expire_leases(self) -> int:
+        """Claims whose lease ran out: due again if their request never left, else unknown."""
+        unsent, unknown, hooks = self.store.expire_leases(utcnow()) if self.store.leases_due(utcnow()) else (0, 0, 0)
+        if unsent or hooks:
+            log.warning("outbox: %d claim(s) ran out before their request left: due again", unsent + hooks)
+        if unknown:
+            log.warning("outbox: %d claim(s) ran out after their request left: to be looked up", unknown)
+        return unsent + unknown + hooks
+
+    def give_up_waiting(self) -> None:
+        old = self.store.give_up_waiting(utcnow(), self.give_up)
         if old:
             log.error("outbox: gave up on %d item(s) not sent within %g h", old, self.give_up.total_seconds() / 3600)
+
+    def look_up_unknown(self) -> None:
         if self.api is None:
             return
+        now = utcnow()
         for item in self.store.unknown_items(now, LOOKUPS_PER_ROUND):
             if self._stop.is_set():
                 return
@@ -262,9 +378,15 @@ class Sender:
                 log.exception("outbox: lookup failed", extra=self._fields(item))
 
     def _pace(self) -> bool:
-        """Wait for the next slot of the shared request schedule; False if stopping meanwhile."""
-        slot = self.store.take_slot(self.interval)
-        return not (slot > time.time() and self._stop.wait(slot - time.time()))
+        """Wait for the next slot of the shared request schedule (a new one if held up past
+        `late`, as for a send); False if stopping meanwhile."""
+        for _ in range(MAX_RETAKES):
+            slot = self.store.take_slot(self.interval)
+            if slot > time.time() and self._stop.wait(slot - time.time()):
+                return False
+            if time.time() <= slot + self.late:
+                return True
+        return False
 
     def _look_up(self, item: Item) -> None:
         attempted = item.attempted_at or item.created_at
@@ -294,14 +416,15 @@ class Sender:
             if self.store.mark_retry(item, now, "not in Plivo's message list: sending again"):
                 log.warning("outbox item not in Plivo's message list: sending it again", extra=self._fields(item))
             return
-        if uuid is None and now - item.created_at >= self.give_up:
+        if uuid is None and now - item.queued_at >= self.give_up:
             self.store.mark_failed(item, f"gave up: its outcome is unknown and it was not found in Plivo's "
                                          f"message list within {self.give_up.total_seconds() / 3600:g} h", now)
             log.error("outbox: gave up on an item whose outcome is unknown", extra=self._fields(item))
 
-def timeouts(lease: float) -> tuple[float, float]:
-    """(connect, read) timeouts that end every request well inside its lease."""
-    return min(5.0, lease / 6), min(15.0, lease / 3)
+def timeouts(lease: float) -> tuple[float, float, float]:
+    """(connect, read, total) timeouts: every request ends, whatever the other side does, well
+    inside its lease (20 s with the default 60 s lease)."""
+    return min(5.0, lease / 6), min(15.0, lease / 3), min(20.0, lease / 2)
 
 
 def build_sender(store: Store, settings) -> Sender:
@@ -309,15 +432,16 @@ def build_sender(store: Store, settings) -> Sender:
     from .plivo import MessageApi
     from .webhook import WebhookClient
 
-    connect, read = timeouts(settings["OUTBOX_LEASE"])
+    connect, read, total = timeouts(settings["OUTBOX_LEASE"])
     tokens = settings.get("PLIVO_AUTH_TOKENS") or ()
     api = None
     if settings.get("PLIVO_AUTH_ID") and tokens:
         api = MessageApi(settings["PLIVO_API_URL"], settings["PLIVO_AUTH_ID"], tokens[0],
-                         connect_timeout=connect, read_timeout=read)
+                         connect_timeout=connect, read_timeout=read, deadline=total)
     webhooks = None
     if settings.get("WEBHOOK_SECRET"):
-        webhooks = WebhookClient(settings["WEBHOOK_SECRET"], connect_timeout=connect, read_timeout=read)
+        webhooks = WebhookClient(settings["WEBHOOK_SECRET"], connect_timeout=connect, read_timeout=read,
+                                 deadline=total)
     public = settings.get("PUBLIC_URL")
     return Sender(store, api=api, webhooks=webhooks, rate=settings["PLIVO_API_RATE"],
                   lease=settings["OUTBOX_LEASE"], max_delay=settings["OUTBOX_MAX_DELAY"],

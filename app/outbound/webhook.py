@@ -36,10 +36,11 @@ import urllib3.exceptions
 from requests import exceptions as rex
 
 from app.outbound import FAILED, RETRY, SENT, Result
+from app.outbound.deadline import DeadlineAdapter, within
 
 __all__ = [
     "HEADER", "DELIVERY_HEADER", "METHODS", "SignatureError",
-    "body", "sign", "verify", "retry_after", "WebhookClient",
+    "body", "with_delivery", "sign", "verify", "retry_after", "WebhookClient",
 ]
 
 HEADER = "X-Responder-Signature"
@@ -231,6 +232,19 @@ def _connection_error(exc: rex.ConnectionError) -> str:
     return "connection lost after sending"
 
 
+def with_delivery(raw: bytes, delivery: str) -> bytes:
+    """`raw` (a JSON object from `body()`) with its "delivery" id, so the signature covers it.
+    Anything else is left as it is."""
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        return raw
+    if not isinstance(payload, dict):
+        return raw
+    payload["delivery"] = delivery
+    return body(payload)
+
+
 class WebhookClient:
     """Sends signed webhook calls over one `requests.Session` (connections are reused).
 
@@ -240,23 +254,41 @@ class WebhookClient:
     """
 
     def __init__(self, secret: str, *, connect_timeout: float = 5.0, read_timeout: float = 15.0,
-                 session: requests.Session | None = None, clock: Callable[[], float] = time.time):
+                 deadline: float = 20.0, session: requests.Session | None = None,
+                 clock: Callable[[], float] = time.time):
+        self._secret = secret
         self._key = _key(secret)
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        #: A call ends within this many seconds in all, whatever the receiver does (deadline.py).
+        self.deadline = deadline
         self._own_session = session is None
-        self._session = requests.Session() if session is None else session
+        if session is None:
+            session = requests.Session()
+            adapter = DeadlineAdapter(max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        self._session = session
         self._clock = clock
+
+    def clone(self) -> WebhookClient:
+        """Another client like this one with its own session (one per sending thread)."""
+        return WebhookClient(self._secret, connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
+                             deadline=self.deadline, clock=self._clock)
 
     def call(self, url: str, method: str, body: bytes, *, item_id: int | None = None) -> Result:
         """Send `body` (the JSON bytes from `body()`) to `url`; what came of it as a Result.
 
         The signature is made now, for this attempt, so a retry a day later is
-        fresh; `item_id` goes out as X-Responder-Delivery, the same on every attempt.
+        fresh; `item_id` goes out as X-Responder-Delivery, the same on every attempt,
+        and as the body's "delivery" (a JSON object's), where the signature covers it.
+        The whole call ends within `deadline` seconds.
         """
         method = (method or "POST").upper()
         if method not in METHODS:
             return self._done(url, method, Result(FAILED, error="unsupported method"))
+        if item_id is not None:
+            body = with_delivery(body, str(item_id))
         headers = {
             "Content-Type": CONTENT_TYPE,
             "User-Agent": USER_AGENT,
@@ -264,51 +296,61 @@ class WebhookClient:
         }
         if item_id is not None:
             headers[DELIVERY_HEADER] = str(item_id)
+        with within(self.deadline) as watch:
+            try:
+                result = self._exchange(url, method, body, headers)
+            except Exception:  # noqa: BLE001 - whatever the cut connection raised: never raise
+                if not watch.expired:
+                    raise
+                result = None
+        if watch.expired:  # cut (http.client takes the cut for the end of the headers): not an answer
+            result = Result(RETRY, error=f"no complete answer within {self.deadline:g} s")
+        return self._done(url, method, result)
+
+    def _exchange(self, url: str, method: str, body: bytes, headers: dict) -> Result:
         try:
             response = self._session.request(
                 method, url, data=bytes(body), headers=headers,
                 timeout=(self.connect_timeout, self.read_timeout),
                 allow_redirects=False, stream=True)
         except rex.InvalidProxyURL:  # the environment's proxy setting, not the webhook's URL
-            return self._done(url, method, Result(RETRY, error="invalid proxy settings"))
+            return Result(RETRY, error="invalid proxy settings")
         except rex.MissingSchema:
-            return self._done(url, method, Result(FAILED, error="URL has no scheme"))
+            return Result(FAILED, error="URL has no scheme")
         except rex.InvalidSchema:
-            return self._done(url, method, Result(FAILED, error="URL scheme not supported"))
+            return Result(FAILED, error="URL scheme not supported")
         except rex.InvalidURL:
-            return self._done(url, method, Result(FAILED, error="invalid URL"))
+            return Result(FAILED, error="invalid URL")
         except rex.ConnectTimeout:
-            return self._done(url, method, Result(
-                RETRY, error=f"connect timeout after {self.connect_timeout:g} s"))
+            return Result(
+                RETRY, error=f"connect timeout after {self.connect_timeout:g} s")
         except rex.ReadTimeout:
-            return self._done(url, method, Result(RETRY, error=f"no answer within {self.read_timeout:g} s"))
+            return Result(RETRY, error=f"no answer within {self.read_timeout:g} s")
         except rex.SSLError:
-            return self._done(url, method, Result(RETRY, error="TLS error"))
+            return Result(RETRY, error="TLS error")
         except rex.ProxyError:
-            return self._done(url, method, Result(RETRY, error="proxy error"))
+            return Result(RETRY, error="proxy error")
         except rex.ConnectionError as exc:
-            return self._done(url, method, Result(RETRY, error=_connection_error(exc)))
+            return Result(RETRY, error=_connection_error(exc))
         except rex.RequestException as exc:  # nothing else is expected; still never raise
-            return self._done(url, method, Result(RETRY, error=f"request failed ({type(exc).__name__})"))
+            return Result(RETRY, error=f"request failed ({type(exc).__name__})")
         status = response.status_code
         wait = response.headers.get("Retry-After")
         self._drain(response)
         if 200 <= status < 300:
-            return self._done(url, method, Result(SENT, status=status))
-        return self._done(url, method, Result(
-            RETRY, delay=retry_after(wait, self._clock()), error=f"HTTP {status}", status=status))
+            return Result(SENT, status=status)
+        return Result(RETRY, delay=retry_after(wait, self._clock()), error=f"HTTP {status}", status=status)
 
     def _drain(self, response: requests.Response) -> None:
         """Read and drop the answer's body, so its connection goes back to the pool.
 
-        The status already decided the outcome: a body that is too big, too slow
-        (more than `read_timeout` in all) or broken only costs the connection.
-        Read undecoded, so a compressed body is never inflated.
+        Up to _MAX_DRAIN bytes, undecoded (a compressed body is never inflated); a body
+        that is too big or broken only costs the connection, one too slow is cut by the
+        call's deadline.
         """
-        deadline = time.monotonic() + self.read_timeout
         read = 0
         try:
-            while read <= _MAX_DRAIN and time.monotonic() < deadline:
+            while read <= _MAX_DRAIN:
                 chunk = response.raw.read(8192, decode_content=False)
                 if not chunk:
                     break

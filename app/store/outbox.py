@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
@@ -57,14 +57,23 @@ class Item:
     rule: str | None
     message_uuid: str | None
     error: str | None
+    retried_at: datetime | None = None
+
+    @property
+    def queued_at(self) -> datetime:
+        """Since when the item waits to be sent: its creation, or an operator's retry."""
+        return self.retried_at or self.created_at
 
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """A claimed item and the moment its request may leave (the rate's slot, unix seconds)."""
+    """A claimed item and the moment its request may leave: the rate's slot, as unix seconds on
+    this host's clock (`not_before`) and as the database's clock has it (`slot_at`, naive UTC;
+    what `attempted_at` records when the request leaves)."""
 
     item: Item
     not_before: float
+    slot_at: datetime | None = None
 
 
 _b = sa.bindparam
@@ -160,28 +169,45 @@ class OutboxStore:
                     conn.execute(_attempt(item.id, item.attempts, PENDING).values(
                         status=CANCELLED, finished_at=now, error="the number opted out before it was sent"))
                     continue
-                if give_up is not None and now - item.created_at >= give_up:
+                if give_up is not None and now - item.queued_at >= give_up:
                     conn.execute(_attempt(item.id, item.attempts, PENDING).values(
                         status=FAILED, finished_at=now,
                         error=f"gave up: not sent within {give_up.total_seconds() / 3600:g} h"
                               + (f" (last error: {item.error})" if item.error else "")))
                     continue
-                not_before = time.time()
+                not_before, slot_at = time.time(), None
                 if item.kind == "message":
-                    not_before = self._take_slot(conn, PLIVO_SLOTS, interval)
+                    not_before, slot_at = self._take_slot(conn, PLIVO_SLOTS, interval)
                 start = now + timedelta(seconds=max(0.0, not_before - time.time()))
+                # A message's attempted_at stays empty until its request leaves (mark_left): a claim
+                # whose sender dies before that is simply due again, never looked up (expire_leases).
+                # A webhook call (due again either way) starts now.
+                attempted = None if item.kind == "message" else start
                 conn.execute(_attempt(item.id, item.attempts, PENDING).values(
-                    status=SENDING, attempts=item.attempts + 1, attempted_at=start, lease_until=start + lease))
-                return Claimed(_replace(item, status=SENDING, attempts=item.attempts + 1, attempted_at=start,
-                                        lease_until=start + lease), not_before)
+                    status=SENDING, attempts=item.attempts + 1, attempted_at=attempted, lease_until=start + lease))
+                return Claimed(_replace(item, status=SENDING, attempts=item.attempts + 1, attempted_at=attempted,
+                                        lease_until=start + lease), not_before, slot_at)
         return None
 
+    def mark_left(self, item: Item, at: datetime, lease_until: datetime, now: datetime) -> Item | None:
+        """The request of this claim leaves now (written just before it is sent): from here on, a
+        claim that runs out is `unknown` and looked up. None if the claim is no longer this
+        sender's (its lease ran out, another sender has it): then nothing may be sent."""
+        with self._write() as conn:
+            done = conn.execute(_attempt(item.id, item.attempts, SENDING).where(outbox.c.lease_until > now)
+                                .values(attempted_at=at, lease_until=lease_until)).rowcount
+        return _replace(item, attempted_at=at, lease_until=lease_until) if done else None
+
     def take_slot(self, interval: float, name: str = PLIVO_SLOTS) -> float:
-        """The next slot of the shared request schedule (unix seconds): for lookups."""
+        """The next slot of the shared request schedule (unix seconds, this host's clock): for lookups."""
+        return self.take_slot_at(interval, name)[0]
+
+    def take_slot_at(self, interval: float, name: str = PLIVO_SLOTS) -> tuple[float, datetime]:
+        """The next slot: (unix seconds on this host's clock, naive UTC on the database's)."""
         with self._write() as conn:
             return self._take_slot(conn, name, interval)
 
-    def _take_slot(self, conn: sa.Connection, name: str, interval: float) -> float:
+    def _take_slot(self, conn: sa.Connection, name: str, interval: float) -> tuple[float, datetime]:
         # One row per schedule: the next free moment. Taking a slot moves it `interval` on;
         # a schedule that fell behind the clock starts again from now (no bursts to catch up).
         # PostgreSQL's clock is the one every host shares; its offset to ours is applied.
@@ -197,7 +223,10 @@ class OutboxStore:
             else {"next_at": sa.func.max(api_slots.c.next_at, db_now) + interval},
         ).returning(api_slots.c.next_at)
         next_at = conn.execute(upsert).scalar_one()
-        return next_at - interval + offset
+        slot = next_at - interval
+        # The database's slot exactly (slots are exactly `interval` apart there); ours is moved by
+        # the offset, which the round trip only ever makes later, never earlier.
+        return slot + offset, datetime.fromtimestamp(slot, timezone.utc).replace(tzinfo=None)
 
     def release(self, item: Item, now: datetime) -> None:
         """A claimed item whose request never left (the sender is stopping): pending again."""
@@ -263,19 +292,31 @@ class OutboxStore:
             return bool(conn.execute(_attempt(item.id, item.attempts, UNKNOWN).values(**values)).rowcount)
 
     # -- items whose sender went away ------------------------------------------------
-    def expire_leases(self, now: datetime) -> tuple[int, int]:
-        """Claims whose lease ran out: a message's outcome is unknown (it may have left), a
-        webhook is simply due again (receivers drop duplicates by X-Responder-Delivery).
-        (messages, webhooks) changed."""
+    def leases_due(self, now: datetime) -> bool:
+        """True when some claim's lease ran out (a cheap read of the few `sending` rows)."""
+        with self._read() as conn:
+            return conn.execute(sa.select(outbox.c.id).where(outbox.c.status == SENDING, outbox.c.lease_until < now)
+                                .limit(1)).first() is not None
+
+    def expire_leases(self, now: datetime) -> tuple[int, int, int]:
+        """Claims whose lease ran out. A message whose request left (`attempted_at`, see
+        `mark_left`) is `unknown` and will be looked up; one whose request never left is simply
+        due again, with no look-up that could take another message for it; a webhook is due
+        again (receivers drop duplicates by their delivery id).
+        (messages due again, messages unknown, webhooks due again)."""
         expired = sa.and_(outbox.c.status == SENDING, outbox.c.lease_until < now)
         with self._write() as conn:
+            unsent = conn.execute(outbox.update().where(expired, outbox.c.kind == "message",
+                                                        outbox.c.attempted_at.is_(None)).values(
+                status=PENDING, lease_until=None, due_at=now,
+                error="the sender stopped before the request left")).rowcount
             messages = conn.execute(outbox.update().where(expired, outbox.c.kind == "message").values(
                 status=UNKNOWN, lease_until=None, due_at=now,
                 error="the sender stopped before the outcome was known")).rowcount
             hooks = conn.execute(outbox.update().where(expired, outbox.c.kind != "message").values(
                 status=PENDING, due_at=now, lease_until=None,
                 error="the sender stopped before the outcome was known")).rowcount
-        return messages, hooks
+        return unsent, messages, hooks
 
     def give_up_waiting(self, now: datetime, give_up: timedelta) -> int:
         """Pending items queued longer ago than `give_up` fail, all at once (after a long outage
@@ -285,7 +326,9 @@ class OutboxStore:
             # due_at is never before created_at, so the (status, due_at) index finds them without
             # reading the backlog; one whose due_at moved past the cutoff fails when it comes due.
             return conn.execute(outbox.update().where(outbox.c.status == PENDING, outbox.c.due_at < cutoff,
-                                                      outbox.c.created_at < cutoff).values(
+                                                      outbox.c.created_at < cutoff,
+                                                      sa.or_(outbox.c.retried_at.is_(None),
+                                                             outbox.c.retried_at < cutoff)).values(
                 status=FAILED, finished_at=now,
                 error=f"gave up: not sent within {give_up.total_seconds() / 3600:g} h")).rowcount
 
@@ -347,10 +390,11 @@ class OutboxStore:
         return None if row is None else _item(row)
 
     def retry_item(self, item_id: int, now: datetime) -> Item | None:
-        """An operator's retry of a failed or cancelled item: pending and due now."""
+        """An operator's retry of a failed or cancelled item: pending and due now, with a new day to
+        succeed (counted from `retried_at`; `created_at` stays when it was queued)."""
         with self._write() as conn:
             conn.execute(outbox.update().where(outbox.c.id == item_id, outbox.c.status.in_((FAILED, CANCELLED)))
-                         .values(status=PENDING, due_at=now, finished_at=None, created_at=now))
+                         .values(status=PENDING, due_at=now, finished_at=None, retried_at=now))
             row = conn.execute(_GET, {"id": item_id}).first()
         return None if row is None else _item(row)
 

@@ -127,10 +127,11 @@ outbox = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("due_at", sa.DateTime, nullable=False),     # not tried before this
     sa.Column("lease_until", sa.DateTime),                # sending: the sender's claim runs out then
-    sa.Column("attempted_at", sa.DateTime),               # when the latest attempt left
+    sa.Column("attempted_at", sa.DateTime),               # the latest attempt left (a message: its rate slot; NULL: not yet)
     sa.Column("finished_at", sa.DateTime),
     sa.Column("message_uuid", sa.String(64)),             # what Plivo answered
     sa.Column("error", sa.Text),                          # the last error, short and safe to show
+    sa.Column("retried_at", sa.DateTime),                 # an operator's `outbox retry`: a new day to succeed
 )
 # The claim's order (due_at, id) is the index's: the next due item is its first entry.
 sa.Index("ix_outbox_status_due_at", outbox.c.status, outbox.c.due_at, outbox.c.id)
