@@ -1,8 +1,9 @@
 """Background upkeep of a serving process: deleting rows older than RETENTION_DAYS.
 
 Never on the request path: one daemon thread per process wakes about once an
-hour (at a random offset, so workers and hosts spread out) and prunes in small
-batches. Several processes pruning at once only find less to delete.
+hour (at a random offset, so workers and hosts spread out) and prunes in short
+batches that give way to inbound writes (see `Store.prune`). Several processes
+pruning at once only find less to delete.
 """
 
 from __future__ import annotations
