@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -221,6 +222,7 @@ def main() -> None:
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the service, drop the database
     databases = [d.strip() for d in args.databases.split(",") if d.strip()]
     if not databases or any(d not in ("sqlite", "postgresql") for d in databases):
         parser.error("--databases takes sqlite and/or postgresql")

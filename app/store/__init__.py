@@ -580,15 +580,17 @@ class Store(OutboxStore):
     def _prune_table(self, entry: Expiring, old: sa.ColumnElement[bool]) -> int:
         low, high = PRUNE_ROWS
         size, after, total = low * 10, None, 0
-        columns = (entry.key,) if entry.order is entry.key else (entry.key, entry.order)
+        columns = (entry.key,) if entry.order is None or entry.order is entry.key else (entry.key, entry.order)
         while True:
             # Walked in the order of an indexed column from where the last batch ended, so no
             # batch rereads what was deleted (on PostgreSQL, dead index entries until a vacuum).
-            find = sa.select(*columns).where(old)
-            if after is not None:
-                find = find.where(entry.order >= after)
+            find = sa.select(*columns).where(old).limit(size)
+            if entry.order is not None:
+                find = find.order_by(entry.order)
+                if after is not None:
+                    find = find.where(entry.order >= after)
             with self._read() as conn:
-                found = conn.execute(find.order_by(entry.order).limit(size)).all()
+                found = conn.execute(find).all()
             if not found:
                 return total
             keys = [row[0] for row in found]
@@ -600,7 +602,7 @@ class Store(OutboxStore):
                 spent = time.monotonic() - began  # the work, not the commit (PostgreSQL: an fsync)
             if len(found) < size:
                 return total
-            after = found[-1][-1]
+            after = found[-1][-1] if entry.order is not None else None
             budget = PRUNE_BATCH_PG_S if self.postgres else PRUNE_BATCH_S
             size = max(low, min(high, 2 * size, int(size * budget / max(spent, 1e-6))))
             if self._writer is not None:
@@ -623,7 +625,7 @@ class Expiring:
     name: str
     table: sa.Table
     key: sa.Column                  # what the prune deletes by: the primary key
-    order: sa.Column                # an indexed column that old rows are walked in
+    order: sa.Column | None         # an indexed column to walk old rows in (None: as `old` finds them)
     old: Callable[[datetime], sa.ColumnElement[bool]]   # the rows older than a cutoff
     goes_with: tuple[sa.Column, ...] = ()  # links of other tables' rows deleted with each row
 
@@ -631,7 +633,9 @@ class Expiring:
 #: What the prune deletes, in this order: reports before messages, so deleting a message's
 #: replies has no report link left to clear.
 RETENTION = (
-    Expiring("outbox", outbox, outbox.c.id, outbox.c.id,
+    # No index on finished_at: the (status, due_at) index finds finished items, the oldest
+    # first, and an ORDER BY would sort every finished item for each batch.
+    Expiring("outbox", outbox, outbox.c.id, None,
              lambda cutoff: sa.and_(outbox.c.status.in_(("sent", "failed", "cancelled")),
                                     outbox.c.finished_at < cutoff)),
     Expiring("reports", reports, reports.c.id, reports.c.received_at,
