@@ -171,9 +171,11 @@ def run_one(database: str, url: str, work: str, args: argparse.Namespace) -> dic
             try:
                 output, _ = prune.communicate(timeout=args.prune_timeout)
             except subprocess.TimeoutExpired:
-                prune.kill()
-                output, _ = prune.communicate()
-                raise SystemExit(f"bench: {database}: the prune did not end within {args.prune_timeout:g} s")
+                raise SystemExit(f"bench: {database}: the prune did not end within {args.prune_timeout:g} s") from None
+            finally:
+                if prune.poll() is None:
+                    prune.kill()
+                    prune.wait()
             t2 = time.monotonic()
         finally:
             load.stop()

@@ -595,16 +595,19 @@ class Store(OutboxStore):
                 return total
             keys = [row[0] for row in found]
             with self._write() as conn:
-                began = time.monotonic()
+                began, began_cpu = time.monotonic(), time.thread_time()
                 for link in entry.goes_with:  # the old condition of these tables never changes back
                     conn.execute(link.table.delete().where(self._among(link, keys)))
                 total += conn.execute(entry.table.delete().where(self._among(entry.key, keys)).where(old)).rowcount
                 spent = time.monotonic() - began  # the work, not the commit (PostgreSQL: an fsync)
+                # SQLite works in this thread: its CPU time is the batch's cost, which a busy
+                # machine's scheduling delays would otherwise shrink to a few rows a batch.
+                work = spent if self.postgres else time.thread_time() - began_cpu
             if len(found) < size:
                 return total
             after = found[-1][-1] if entry.order is not None else None
-            budget = PRUNE_BATCH_PG_S if self.postgres else PRUNE_BATCH_S
-            size = max(low, min(high, 2 * size, int(size * budget / max(spent, 1e-6))))
+            fit = int(size * (PRUNE_BATCH_PG_S if self.postgres else PRUNE_BATCH_S) / max(work, 1e-6))
+            size = max(low, min(high, 2 * size, max(size // 2, fit)))  # at most halved or doubled
             if self._writer is not None:
                 self._writer.hand_over(spent * PRUNE_PAUSE_RATIO, PRUNE_YIELD_MAX_S)
             else:
