@@ -603,6 +603,8 @@ class Store(OutboxStore):
                 # SQLite works in this thread: its CPU time is the batch's cost, which a busy
                 # machine's scheduling delays would otherwise shrink to a few rows a batch.
                 work = spent if self.postgres else time.thread_time() - began_cpu
+            if not self.postgres:
+                self._checkpoint()
             if len(found) < size:
                 return total
             after = found[-1][-1] if entry.order is not None else None
@@ -612,6 +614,13 @@ class Store(OutboxStore):
                 self._writer.hand_over(spent * PRUNE_PAUSE_RATIO, PRUNE_YIELD_MAX_S)
             else:
                 time.sleep(spent * PRUNE_PAUSE_RATIO)
+
+    def _checkpoint(self) -> None:
+        """Copy what the WAL holds into the database file now, outside the write turn: left to
+        SQLite, the commit that finds the WAL past 1,000 pages does it (and an fsync) while
+        its writer still holds the turn, and a prune fills the WAL fast."""
+        with self._read() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _among(self, column: sa.Column, keys: list) -> sa.ColumnElement[bool]:
         """`column IN keys`; on PostgreSQL `= ANY(array)`: one statement text whatever the
