@@ -2,8 +2,9 @@
 (the nonces and MessageUUIDs kept against replays: older than REPLAY_DAYS).
 
 Never on the request path: one daemon thread per process wakes about once an
-hour (at a random offset, so workers and hosts spread out) and prunes in small
-batches. Several processes pruning at once only find less to delete.
+hour (at a random offset, so workers and hosts spread out) and prunes in short
+batches that give way to inbound writes (see `Store.prune`). Several processes
+pruning at once only find less to delete.
 """
 
 from __future__ import annotations

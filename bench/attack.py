@@ -36,6 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serve import TOKEN, StartFailed, serve  # noqa: E402
 
 KINDS = ("byte", "headers", "body")
 #: Plivo gives up on a webhook after this many seconds.
@@ -265,84 +267,34 @@ rules:
     when: {regex: '^(a|aa)+$'}
     reply: "only a's, again"
 """
-SERVE_TOKEN = "bench-auth-token-not-a-secret"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SERVE_TOKEN = TOKEN
 
 
 def serve_and_attack(args: argparse.Namespace) -> int:
     """Start the service (gunicorn.conf.py, SQLite in a temporary folder), attack it, stop it."""
     import shutil
-    import subprocess
     import tempfile
-    import urllib.request
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     work = tempfile.mkdtemp(prefix="responder-attack-")
-    rules = os.path.join(work, "rules.yaml")
-    with open(rules, "w", encoding="utf-8") as out:
-        out.write(SERVE_RULES)
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PUBLIC_URL", "TRUSTED_PROXIES", "DATABASE_URL", "PROMETHEUS_MULTIPROC_DIR",
-                        "RESPONDER_METRICS_DIR_MADE", "GUNICORN_CMD_ARGS")
-           and not k.startswith(("PLIVO_", "OUTBOX_", "WEBHOOK_", "RECORD_"))}
-    env.update(PLIVO_AUTH_TOKEN=SERVE_TOKEN, PORT=str(port), RULES_PATH=rules, LOG_LEVEL="WARNING",
-               VERIFY_SIGNATURES="true", DATABASE_URL=f"sqlite:///{work}/service.sqlite3",
-               PROMETHEUS_MULTIPROC_DIR=os.path.join(work, "metrics"))
-    gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
-    log_path = os.path.join(work, "service.log")
-    status = 1
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([gunicorn, "-c", os.path.join(root, "gunicorn.conf.py"),
-                                 "--bind", f"127.0.0.1:{port}"], cwd=root, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    with open(log_path, encoding="utf-8", errors="replace") as text:
-                        print(f"bench: the service did not start:\n{text.read()}", file=sys.stderr)
-                    return 1
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
-                        if resp.status == 200:
-                            break
-                except OSError:
-                    pass
-                time.sleep(0.2)
+    try:
+        with serve(work, SERVE_RULES) as svc:
             print(f"bench: under attack for {args.duration:g} s: {args.per_kind} slow sockets of each "
                   f"kind ({', '.join(KINDS)}), a hostile text every {args.hostile_every:g} s, "
                   f"signed SMS at {args.rate:g}/s", file=sys.stderr, flush=True)
-            figures = attack(port, SERVE_TOKEN, duration=args.duration, per_kind=args.per_kind,
+            figures = attack(svc.port, SERVE_TOKEN, duration=args.duration, per_kind=args.per_kind,
                              rate=args.rate, hostile_every=args.hostile_every, text=args.text)
-            print(f"responder under attack: gunicorn.conf.py, WEB_CONCURRENCY={env.get('WEB_CONCURRENCY', '2')}, "
-                  f"REQUEST_READ_TIMEOUT={env.get('REQUEST_READ_TIMEOUT', '5 (default)')}, SQLite")
+            print(f"responder under attack: gunicorn.conf.py, WEB_CONCURRENCY={svc.env.get('WEB_CONCURRENCY', '2')}, "
+                  f"REQUEST_READ_TIMEOUT={svc.env.get('REQUEST_READ_TIMEOUT', '5 (default)')}, SQLite")
             print(report(figures), flush=True)
             if args.json:
                 with open(args.json, "w", encoding="utf-8") as out:
                     json.dump(figures, out, indent=1)
-            status = 0
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
-            try:
-                from app.rules.holder import keep_dir, kept_copy_path
-                kept = kept_copy_path(keep_dir(os.path.join(root, "instance")), rules)
-                if os.path.exists(kept):
-                    os.remove(kept)
-            except Exception:  # noqa: BLE001 - leaving the copy behind is harmless
-                pass
-            shutil.rmtree(work, ignore_errors=True)
-    return status
+        return 0
+    except StartFailed as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:

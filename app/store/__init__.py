@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -45,6 +46,19 @@ log = logging.getLogger("app.store")
 
 #: Longest wait for a SQLite write turn before the message gets 503 (Plivo waits 8 s).
 WRITER_WAIT_S = 5.0
+
+#: The retention prune deletes in batches that each hold the write turn about this long
+#: (the number of rows adapts to it, between PRUNE_ROWS)...
+PRUNE_BATCH_S = 0.005
+PRUNE_ROWS = (10, 2000)
+#: On PostgreSQL a batch locks only the old rows it deletes, in nobody's way: it may take
+#: longer, which spreads the cost of each commit (a WAL flush) over more rows.
+PRUNE_BATCH_PG_S = 0.025
+#: ...then pauses this many times the batch's time (so it takes at most about half the
+#: database's time), and on SQLite then waits, at most PRUNE_YIELD_MAX_S, until every writer
+#: that is waiting for a turn has had it: inbound messages go first.
+PRUNE_PAUSE_RATIO = 1.0
+PRUNE_YIELD_MAX_S = 0.25
 
 
 class StoreError(Exception):
@@ -602,37 +616,103 @@ class Store(OutboxStore):
         } for r in rows]
 
     # -- retention -----------------------------------------------------------------------
-    def prune(self, days: int, now: datetime | None = None, batch: int = 1000,
-              replay_days: int | None = None) -> dict[str, int]:
-        """Delete finished outbox items, messages (with their replies) and reports older than
-        `days`, and the nonces and MessageUUIDs remembered (`seen`) older than `replay_days`
-        (never fewer than `days`: a pruned message's uuid is still known).
+    def prune(self, days: int, now: datetime | None = None, replay_days: int | None = None) -> dict[str, int]:
+        """Delete finished outbox items, delivery reports and messages (with their replies) older
+        than `days`, and the nonces and MessageUUIDs remembered (`seen`) older than `replay_days`
+        (never fewer than `days`: a pruned message's uuid is still known): how many of each.
 
-        Opt-outs are never deleted, nor outbox items still to send. Works in small batches
-        so no transaction is long.
+        Opt-outs are never deleted, nor outbox items still to send. Never in the way of
+        inbound messages: the old rows are found by a read (no write turn), then deleted by
+        key in short transactions of about PRUNE_BATCH_S each, and after each one the prune
+        pauses about as long, then lets every writer already waiting for a turn go first.
         """
         cutoff = as_utc(now) - timedelta(days=days)
         forget = day_number(as_utc(now) - timedelta(days=max(days, replay_days or days)))
-        counts = {}
-        finished = outbox.c.status.in_(("sent", "failed", "cancelled"))
-        for name, table, key, old in (
-                ("outbox", outbox, outbox.c.id, sa.and_(finished, outbox.c.finished_at < cutoff)),
-                ("messages", messages, messages.c.id, messages.c.received_at < cutoff),
-                ("reports", reports, reports.c.id, reports.c.received_at < cutoff),
-                ("seen", seen, seen.c.key, seen.c.day < forget)):
-            total = 0
-            while True:
-                with self._write() as conn:
-                    keys = list(conn.execute(sa.select(key).where(old).limit(batch)).scalars())
-                    if keys:
-                        if table is messages:  # replies go with their message; reports keep a NULL link
-                            conn.execute(replies.delete().where(replies.c.message_id.in_(keys)))
-                        conn.execute(table.delete().where(key.in_(keys)))
-                total += len(keys)
-                if len(keys) < batch:
-                    break
-            counts[name] = total
-        return counts
+        return {entry.name: self._prune_table(entry, entry.old(forget if entry.replay else cutoff))
+                for entry in RETENTION}
+
+    def _prune_table(self, entry: Expiring, old: sa.ColumnElement[bool]) -> int:
+        low, high = PRUNE_ROWS
+        size, after, total = low * 10, None, 0
+        columns = (entry.key,) if entry.order is None or entry.order is entry.key else (entry.key, entry.order)
+        while True:
+            # Walked in the order of an indexed column from where the last batch ended, so no
+            # batch rereads what was deleted (on PostgreSQL, dead index entries until a vacuum).
+            find = sa.select(*columns).where(old).limit(size)
+            if entry.order is not None:
+                find = find.order_by(entry.order)
+                if after is not None:
+                    find = find.where(entry.order >= after)
+            with self._read() as conn:
+                found = conn.execute(find).all()
+            if not found:
+                return total
+            keys = [row[0] for row in found]
+            with self._write() as conn:
+                began, began_cpu = time.monotonic(), time.thread_time()
+                for link in entry.goes_with:  # the old condition of these tables never changes back
+                    conn.execute(link.table.delete().where(self._among(link, keys)))
+                total += conn.execute(entry.table.delete().where(self._among(entry.key, keys)).where(old)).rowcount
+                spent = time.monotonic() - began  # the work, not the commit (PostgreSQL: an fsync)
+                # SQLite works in this thread: its CPU time is the batch's cost, which a busy
+                # machine's scheduling delays would otherwise shrink to a few rows a batch.
+                work = spent if self.postgres else time.thread_time() - began_cpu
+            if not self.postgres:
+                self._checkpoint()
+            if len(found) < size:
+                return total
+            after = found[-1][-1] if entry.order is not None else None
+            fit = int(size * (PRUNE_BATCH_PG_S if self.postgres else PRUNE_BATCH_S) / max(work, 1e-6))
+            size = max(low, min(high, 2 * size, max(size // 2, fit)))  # at most halved or doubled
+            if self._writer is not None:
+                self._writer.hand_over(spent * PRUNE_PAUSE_RATIO, PRUNE_YIELD_MAX_S)
+            else:
+                time.sleep(spent * PRUNE_PAUSE_RATIO)
+
+    def _checkpoint(self) -> None:
+        """Copy what the WAL holds into the database file now, outside the write turn: left to
+        SQLite, the commit that finds the WAL past 1,000 pages does it (and an fsync) while
+        its writer still holds the turn, and a prune fills the WAL fast."""
+        with self._read() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _among(self, column: sa.Column, keys: list) -> sa.ColumnElement[bool]:
+        """`column IN keys`; on PostgreSQL `= ANY(array)`: one statement text whatever the
+        count, so the server plans it once (an IN list is a new statement per length)."""
+        if self.postgres:
+            return column == sa.any_(sa.bindparam("keys", keys, type_=pg_dialect.ARRAY(column.type)))
+        return column.in_(keys)
+
+
+@dataclass(frozen=True)
+class Expiring:
+    """A table the retention prune clears of old rows."""
+
+    name: str
+    table: sa.Table
+    key: sa.Column                  # what the prune deletes by: the primary key
+    order: sa.Column | None         # an indexed column to walk old rows in (None: as `old` finds them)
+    old: Callable[[Any], sa.ColumnElement[bool]]   # the rows older than a cutoff
+    goes_with: tuple[sa.Column, ...] = ()  # links of other tables' rows deleted with each row
+    replay: bool = False            # kept for REPLAY_DAYS: `old` takes a day number, not a time
+
+
+#: What the prune deletes, in this order: reports before messages, so deleting a message's
+#: replies has no report link left to clear.
+RETENTION = (
+    # No index on finished_at: the (status, due_at) index finds finished items, the oldest
+    # first, and an ORDER BY would sort every finished item for each batch.
+    # Held items (OUTBOX_SENDER=hold) are never sent: they go once as old as their message.
+    Expiring("outbox", outbox, outbox.c.id, None,
+             lambda cutoff: sa.or_(sa.and_(outbox.c.status.in_(("sent", "failed", "cancelled")),
+                                           outbox.c.finished_at < cutoff),
+                                   sa.and_(outbox.c.status == "held", outbox.c.created_at < cutoff))),
+    Expiring("reports", reports, reports.c.id, reports.c.received_at,
+             lambda cutoff: reports.c.received_at < cutoff),
+    Expiring("messages", messages, messages.c.id, messages.c.received_at,
+             lambda cutoff: messages.c.received_at < cutoff, goes_with=(replies.c.message_id,)),
+    Expiring("seen", seen, seen.c.key, seen.c.day, lambda day: seen.c.day < day, replay=True),
+)
 
 
 def _reason(exc: BaseException) -> str:
@@ -650,13 +730,23 @@ def _rollback(conn) -> None:
 
 
 class _SqliteWriter:
-    """Mutual exclusion of SQLite writers: a thread lock, then an flock across processes."""
+    """Mutual exclusion of SQLite writers: a thread lock, then an flock across processes.
+
+    A writer that has to wait says so, so that a background writer (the prune) can let it
+    go first: a thread of this process by a count, the one thread of a process that waits
+    for the flock by a shared flock on a second file (`hand_over`).
+    """
 
     def __init__(self, database: str | None):
         self._lock = threading.Lock()
         self._path = os.path.abspath(database) + ".writer-lock" if database else None
         self._fd: int | None = None
         self._fairy = None
+        self._waiting = 0                 # threads of this process waiting for the thread lock
+        self._count = threading.Lock()
+        self._queue_path = self._path + "-queue" if self._path else None
+        self._queue_fd: int | None = None  # shared-locked while this process waits for the flock
+        self._probe_fd: int | None = None  # another open file: tries the queue exclusively
 
     def connection(self, engine: sa.Engine):
         """The process's writing connection (taken from the pool once; call under the lock)."""
@@ -666,8 +756,16 @@ class _SqliteWriter:
 
     def __enter__(self):
         deadline = time.monotonic() + WRITER_WAIT_S
-        if not self._lock.acquire(timeout=WRITER_WAIT_S):
-            raise Unavailable(f"the database is busy: no write turn within {WRITER_WAIT_S:g} s")
+        if not self._lock.acquire(blocking=False):
+            with self._count:
+                self._waiting += 1
+            try:
+                got = self._lock.acquire(timeout=WRITER_WAIT_S)
+            finally:
+                with self._count:
+                    self._waiting -= 1
+            if not got:
+                raise Unavailable(f"the database is busy: no write turn within {WRITER_WAIT_S:g} s")
         try:
             if self._path is not None:
                 if self._fd is None:
@@ -683,18 +781,64 @@ class _SqliteWriter:
     def _flock(self, deadline: float) -> None:
         """The cross-process lock by the deadline: at once when free, else tried again after
         0.1, 0.2, 0.5, then every 1 ms (a turn lasts a few hundred microseconds), so a stuck
-        holder (a stopped process) costs a 503 after the deadline, never a hang."""
+        holder (a stopped process) costs a 503 after the deadline, never a hang. While it
+        waits, the process holds the queue file shared: other processes see a writer waiting."""
         delays = (0.0001, 0.0002, 0.0005)
         attempt = 0
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise Unavailable(f"the database is busy: no write turn within {WRITER_WAIT_S:g} s") from None
-                time.sleep(delays[attempt] if attempt < len(delays) else 0.001)
-                attempt += 1
+        queued = False
+        try:
+            while True:
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise Unavailable(f"the database is busy: no write turn within {WRITER_WAIT_S:g} s") from None
+                    if not queued:
+                        queued = self._queue(fcntl.LOCK_SH)
+                    time.sleep(delays[attempt] if attempt < len(delays) else 0.001)
+                    attempt += 1
+        finally:
+            if queued:
+                fcntl.flock(self._queue_fd, fcntl.LOCK_UN)
+
+    def _queue(self, how: int) -> bool:
+        """Take the queue file's lock (`how`) without waiting: False when another holds it
+        in a way that conflicts. The exclusive try goes through a file of its own, so it
+        also sees this process's own waiting thread."""
+        try:
+            if how == fcntl.LOCK_SH:
+                if self._queue_fd is None:
+                    self._queue_fd = os.open(self._queue_path, os.O_RDWR | os.O_CREAT, 0o600)
+                fd = self._queue_fd
+            else:
+                if self._probe_fd is None:
+                    self._probe_fd = os.open(self._queue_path, os.O_RDWR | os.O_CREAT, 0o600)
+                fd = self._probe_fd
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            return True
+        except OSError:  # BlockingIOError: taken; any other: no queue file, nobody can be seen waiting
+            return False
+
+    def waiting(self) -> bool:
+        """True while another writer waits for a turn: a thread of this process or another process."""
+        if self._waiting:
+            return True
+        if self._queue_path is None:
+            return False
+        if self._queue(fcntl.LOCK_EX):
+            fcntl.flock(self._probe_fd, fcntl.LOCK_UN)
+            return False
+        return self._probe_fd is not None
+
+    def hand_over(self, pause: float, most: float) -> None:
+        """After a background writer's turn, before its next: sleep `pause`, then wait until
+        no writer is waiting (each has had its turn), for at most `most` seconds, so the
+        background writer can never be held back for good by a steady stream of writers."""
+        time.sleep(pause)
+        deadline = time.monotonic() + most
+        while self.waiting() and time.monotonic() < deadline:
+            time.sleep(0.0005)
 
     def __exit__(self, *exc):
         try:
@@ -712,9 +856,11 @@ class _SqliteWriter:
             if self._fairy is not None:
                 self._fairy.close()
                 self._fairy = None
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+            for name in ("_fd", "_queue_fd", "_probe_fd"):
+                fd = getattr(self, name)
+                if fd is not None:
+                    os.close(fd)
+                    setattr(self, name, None)
 
 
 def _iso(moment: datetime | None) -> str | None:
