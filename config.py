@@ -236,6 +236,8 @@ def load(environ: Mapping[str, Any], *, require_token: bool = True) -> dict[str,
     out["LOG_FORMAT"] = fmt
     out["RETENTION_DAYS"] = whole_number("RETENTION_DAYS", raw["RETENTION_DAYS"], 1)
     out["REPLAY_DAYS"] = whole_number("REPLAY_DAYS", raw["REPLAY_DAYS"], 1)
+    if "REPLAY_DAYS" not in environ:  # a longer retention alone keeps what it keeps, no refusal
+        out["REPLAY_DAYS"] = max(out["REPLAY_DAYS"], out["RETENTION_DAYS"])
     if out["REPLAY_DAYS"] < out["RETENTION_DAYS"]:
         raise ConfigError(f"REPLAY_DAYS must be at least RETENTION_DAYS ({out['RETENTION_DAYS']}), "
                           f"got {raw['REPLAY_DAYS']!r}: a pruned message could be replayed")

@@ -91,6 +91,8 @@ def test_replay_days_default_and_at_least_retention_days():
         with pytest.raises(ConfigError) as exc:
             config.load({"PLIVO_AUTH_TOKEN": "t", "REPLAY_DAYS": value})
         assert str(exc.value).startswith("REPLAY_DAYS") and "\n" not in str(exc.value)
+    # Not given, it is never shorter than a longer retention: 400, or RETENTION_DAYS if longer.
+    assert config.load({"PLIVO_AUTH_TOKEN": "t", "RETENTION_DAYS": "3650"})["REPLAY_DAYS"] == 3650
     # Shorter than the retention, a pruned message's uuid and nonce would be forgotten first.
     with pytest.raises(ConfigError) as exc:
         config.load({"PLIVO_AUTH_TOKEN": "t", "RETENTION_DAYS": "90", "REPLAY_DAYS": "30"})
