@@ -21,6 +21,7 @@ from .rules import RuleSet, RulesError, load
 from .rules.engine import digits
 from .store import Store, StoreError, migrate
 from .store.db import display
+from .store.outbox import STATUSES
 
 rules_cli = AppGroup("rules", help="Check and test reply rules files.")
 db_cli = AppGroup("db", help="The database (DATABASE_URL).")
@@ -445,7 +446,7 @@ def outbox_run(once):
 
 @outbox_cli.command("list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array, newest first.")
-@click.option("--status", type=click.Choice(["pending", "sending", "sent", "failed", "unknown", "cancelled", "held"]),
+@click.option("--status", type=click.Choice(STATUSES),
               help="Only items in this status.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
 @with_appcontext

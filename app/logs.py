@@ -30,7 +30,11 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message
 
 #: A URL's user information (`https://admin:S3cret@host`: a password, or a token given as the
 #: user name) and a query string (`?a=b...`) after a URL or path: both can hold credentials.
-_USERINFO = r"""(?P<userinfo>(?<=://)[^\s/?#@"'<>]+@)"""
+#: A user name and a password may hold `@`, `/`, `?` or `#` as people type them
+#: (`https://admin:p@ss/w@host`): after `user:` (not a port: `host:8080/`), everything up to
+#: the last `@` of the URL goes; without a colon, the user part up to the first `@`.
+_USERINFO = (r"""(?P<userinfo>(?<=://)(?:[^\s/?#@"'<>:]*:(?!\d+(?:[/?#\s"'<>]|$))[^\s"'<>]*@"""
+             r"""|[^\s/?#@"'<>]+@))""")
 _QUERY = r"""(?P<query>(?<=[^\s?])\?[^\s"'<>?]*=[^\s"'<>]*)"""
 _CREDENTIALS = re.compile(f"{_USERINFO}|{_QUERY}")
 

@@ -35,6 +35,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics import disable_created_metrics
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from .store.outbox import STATUSES
+
 __all__ = ["CONTENT_TYPE", "MULTIPROCESS", "Exporter", "Instrumented", "StateCollector", "check_folder",
            "counting", "decided", "endpoints_of", "regex_stopped", "rejected", "repeated",
            "stop_counting"]
@@ -46,7 +48,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 #: imported, from PROMETHEUS_MULTIPROC_DIR; what matters is that choice, not the variable now.
 MULTIPROCESS: bool = bool(getattr(_values.ValueClass, "_multiprocess", False))
 #: Statuses of outbox items, every one exposed (0 when there is none).
-OUTBOX_STATUSES = ("pending", "sending", "sent", "failed", "unknown", "cancelled", "held")
+OUTBOX_STATUSES = STATUSES
 #: Seconds. Most answers take a few milliseconds; Plivo gives up after 8 s.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 8.0)
 #: The `endpoint` label of any path that is not one of the app's routes.

@@ -20,6 +20,7 @@ from .outbound import webhook as webhook_body
 from .inbound import Inbound, InboundError, check_content_type, parse_form, parse_message
 from .rules import Decision, RuleSet, RulesHolder, decide
 from .store import Claim, Needs, Record, Replayed, Store, Stored, Unavailable, as_utc, utcnow
+from .store.outbox import HELD, PENDING
 
 log = logging.getLogger("app.service")
 
@@ -505,7 +506,7 @@ def _outbox(msg: Inbound, plan: policy.Plan, now: datetime, hold: bool = False) 
     """Outbox rows: the Message API requests of `plan.sends`, and one call per webhook.
     `hold` (OUTBOX_SENDER=hold): written `held`, so no sender of the database takes them."""
     rows: list[dict] = []
-    status = "held" if hold else "pending"
+    status = HELD if hold else PENDING
     for position, (out, requests) in enumerate(zip(plan.outgoing, plan.sends)):
         for dst, kind, piece, media in requests:
             rows.append({"kind": "message", "role": out.kind, "position": position, "rule": out.rule,

@@ -165,6 +165,11 @@ def test_scrub_drops_the_credentials_of_urls():
     assert scrub(text) == "got 'htps://…@crm.example.com/hooks?…', and https://…@h.example/x"
     assert scrub(scrub(text)) == scrub(text)
     assert scrub("mail bob@example.com, see http://h.example/a@b") == "mail bob@example.com, see http://h.example/a@b"
+    # passwords as people type them: with @, /, ? or # in them; a port is no password
+    assert scrub("https://admin:p@ss@crm.example/h") == "https://…@crm.example/h"
+    assert scrub("'https://admin:pa/ss@crm.example/h'") == "'https://…@crm.example/h'"
+    assert scrub("https://admin:a?b#c@crm.example/h") == "https://…@crm.example/h"
+    assert scrub("http://h.example:8080/a@b") == "http://h.example:8080/a@b"
     # for the operator's own terminal (`rules check`): the credentials go, the numbers stay
     assert hide_credentials(text + " +14155550123") == scrub(text) + " +14155550123"
 

@@ -8,7 +8,8 @@ overwrite what another sender did since.
 
 Statuses: `pending` (waiting for its turn, `due_at`), `sending` (claimed; the
 lease says until when), `sent`, `failed` (refused, or given up), `unknown` (the
-request may have left; looked up in Plivo's message list), `cancelled`.
+request may have left; looked up in Plivo's message list), `cancelled`, `held` (written by an
+`OUTBOX_SENDER=hold` instance: never claimed, pruned with its age).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import sqlalchemy as sa
 from .schema import api_slots, optouts, outbox, replies, reports
 
 PENDING, SENDING, SENT, FAILED, UNKNOWN, CANCELLED = "pending", "sending", "sent", "failed", "unknown", "cancelled"
+HELD = "held"
 KINDS = ("message", "webhook")
-STATUSES = (PENDING, SENDING, SENT, FAILED, UNKNOWN, CANCELLED)
+STATUSES = (PENDING, SENDING, SENT, FAILED, UNKNOWN, CANCELLED, HELD)
 #: Statuses an item can still leave by itself; the rest are final (an operator may retry them).
 OPEN = (PENDING, SENDING, UNKNOWN)
 #: The one text that goes to a number that just opted out: the confirmation of that opt-out.

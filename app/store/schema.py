@@ -107,7 +107,8 @@ seen = sa.Table(
 
 #: Messages and webhook calls to send after the answer, written in the same
 #: transaction as the inbound message and taken by a sender (a web worker's thread or
-#: `flask outbox run`). status: pending -> sending -> sent | failed | unknown | cancelled.
+#: `flask outbox run`). status: pending -> sending -> sent | failed | unknown | cancelled;
+#: `held` (OUTBOX_SENDER=hold) is never sent.
 outbox = sa.Table(
     "outbox", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
