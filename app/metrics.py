@@ -62,7 +62,7 @@ STATE_SECONDS = 5.0
 disable_created_metrics()
 
 REQUESTS = Counter("responder_requests", "HTTP requests answered, by endpoint (route name) and status code",
-                   ["endpoint", "status"])
+                   ["endpoint", "code"])
 REQUEST_SECONDS = Histogram("responder_request_seconds", "Time to answer an HTTP request, by endpoint",
                             ["endpoint"], buckets=BUCKETS)
 SIGNATURE_REJECTIONS = Counter("responder_signature_rejections",

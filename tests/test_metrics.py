@@ -91,11 +91,11 @@ def test_counts_of_each_kind_of_request(tmp_path):
 
     after = scrape(client)
     d = lambda name, **labels: delta(before, after, name, **labels)  # noqa: E731
-    assert d("responder_requests_total", endpoint="message", status="200") == 8
-    assert d("responder_requests_total", endpoint="message", status="403") == 3
-    assert d("responder_requests_total", endpoint="message", status="405") == 1
-    assert d("responder_requests_total", endpoint="other", status="404") == 1
-    assert d("responder_requests_total", endpoint="healthz", status="200") == 1
+    assert d("responder_requests_total", endpoint="message", code="200") == 8
+    assert d("responder_requests_total", endpoint="message", code="403") == 3
+    assert d("responder_requests_total", endpoint="message", code="405") == 1
+    assert d("responder_requests_total", endpoint="other", code="404") == 1
+    assert d("responder_requests_total", endpoint="healthz", code="200") == 1
     assert d("responder_request_seconds_count", endpoint="message") == 12
     assert d("responder_request_seconds_bucket", endpoint="message", le="+Inf") == 12
     assert d("responder_request_seconds_bucket", endpoint="message", le="8.0") == 12
@@ -121,7 +121,7 @@ def test_counts_of_each_kind_of_request(tmp_path):
     last = scrape(client)
     assert delta(after, last, "responder_optouts_total", change="optin") == 1
     assert value(last, "responder_optedout_numbers") == 0
-    assert delta(after, last, "responder_requests_total", endpoint="metrics", status="200") == 1
+    assert delta(after, last, "responder_requests_total", endpoint="metrics", code="200") == 1
 
 
 def test_names_types_and_content_type(tmp_path):
@@ -169,7 +169,7 @@ def test_with_a_metrics_token_a_scrape_needs_it(tmp_path):
         r = client.get("/metrics", headers={"Authorization": authorization})
         assert r.status_code == 200, authorization
         assert value(parse(r.get_data(as_text=True)), "responder_requests_total", endpoint="metrics",
-                     status="401") == 8
+                     code="401") == 8
     # without the setting, /metrics stays open
     (tmp_path / "open").mkdir()
     assert make_app(tmp_path / "open", RULES).test_client().get("/metrics").status_code == 200
@@ -345,7 +345,7 @@ def counted(folder: Path, pid: int, name: str, **labels) -> float:
 
 
 def totals(samples: dict) -> tuple[float, float, float]:
-    return (value(samples, "responder_requests_total", endpoint="message", status="200"),
+    return (value(samples, "responder_requests_total", endpoint="message", code="200"),
             value(samples, "responder_rule_matches_total", rule="hours"),
             value(samples, "responder_request_seconds_count", endpoint="message"))
 
@@ -366,14 +366,14 @@ def test_every_worker_reports_the_same_totals_and_a_killed_worker_keeps_its_coun
             with only(server, pid):
                 for _ in range(4):
                     assert server.post(sms("hours"), headers={"Connection": "close"}).status_code == 200
-            assert counted(folder, pid, "responder_requests_total", endpoint="message", status="200") == 4
+            assert counted(folder, pid, "responder_requests_total", endpoint="message", code="200") == 4
         sent = 4 * len(workers)
         # each worker in turn answers a scrape with every worker's totals
         for pid in workers:
             with only(server, pid):
-                before = counted(folder, pid, "responder_requests_total", endpoint="metrics", status="200")
+                before = counted(folder, pid, "responder_requests_total", endpoint="metrics", code="200")
                 samples = live_scrape(server)
-            assert counted(folder, pid, "responder_requests_total", endpoint="metrics", status="200") == before + 1
+            assert counted(folder, pid, "responder_requests_total", endpoint="metrics", code="200") == before + 1
             assert totals(samples) == (sent, sent, sent), pid
             assert value(samples, "responder_outbox_items", status="pending") == 0
             assert ("responder_outbox_items", (("status", "unknown"),)) in samples
@@ -387,7 +387,7 @@ def test_every_worker_reports_the_same_totals_and_a_killed_worker_keeps_its_coun
                 assert totals(live_scrape(server)) == (sent, sent, sent), pid
         assert server.post(sms("hours")).status_code == 200
         wait_for(lambda: value(live_scrape(server), "responder_requests_total", endpoint="message",
-                               status="200") == sent + 1, 5, "the new message counted")
+                               code="200") == sent + 1, 5, "the new message counted")
     finally:
         server.stop()
 
@@ -408,7 +408,7 @@ def healthz_counted_by_every_worker(server: Server, calls: int) -> None:
         with only(server, pid):
             for _ in range(2):
                 samples = live_scrape(server)
-                assert value(samples, "responder_requests_total", endpoint="healthz", status="200") == calls, pid
+                assert value(samples, "responder_requests_total", endpoint="healthz", code="200") == calls, pid
 
 
 def test_with_the_folder_unset_every_scrape_sums_every_worker(tmp_path):
@@ -438,7 +438,7 @@ def test_a_bad_or_missing_metrics_folder_never_stops_the_service(tmp_path):
             with only(server, pid):
                 for _ in range(2):
                     samples = live_scrape(server)
-                    assert value(samples, "responder_requests_total", endpoint="message", status="200") == 1
+                    assert value(samples, "responder_requests_total", endpoint="message", code="200") == 1
                     assert value(samples, "responder_rules") == 2
                     assert value(samples, "responder_database_up") == 1
         unreadable = [line for line in server.log_path.read_text().splitlines() if "counter_99999.db" in line]
@@ -539,7 +539,7 @@ def test_a_usr2_upgrade_after_a_hup_never_takes_the_running_masters_folder(tmp_p
         for pid in sorted(server.workers()):
             with only(server, pid):
                 assert value(live_scrape(server), "responder_requests_total", endpoint="message",
-                             status="200") == 1
+                             code="200") == 1
 
         # upgrade again and keep it: the old master exits and removes its folder, not the new one's
         os.kill(master, signal.SIGUSR2)
@@ -590,7 +590,7 @@ def test_a_given_folder_is_emptied_at_start_and_kept(tmp_path):
         assert not (folder / "counter_1.db").exists()
         assert server.post(sms("hours")).status_code == 200
         samples = live_scrape(server)
-        assert value(samples, "responder_requests_total", endpoint="message", status="200") == 1
+        assert value(samples, "responder_requests_total", endpoint="message", code="200") == 1
     finally:
         server.stop()
     assert folder.is_dir() and (folder / "notes.txt").exists()
