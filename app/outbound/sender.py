@@ -22,7 +22,9 @@ One `Sender` runs in each web worker (threads, `OUTBOX_SENDER=web`) or in
   whose request left is `unknown`; items queued too long fail.
 
 It knows nothing of Flask or rules: it gets a `Store`, the two HTTP clients,
-and numbers.
+and numbers; and, optionally, `on_result(kind, result)`, called with each outcome it
+records (kind message, lookup or webhook; result sent, retry, failed or unknown: a
+lookup's is what became of the item), which the app wires to its metrics.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import re
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -100,8 +103,10 @@ def show_dst(item: Item) -> str:
 class Sender:
     def __init__(self, store: Store, *, api=None, webhooks=None, rate: float = 5.0, lease: float = 60.0,
                  max_delay: float = 300.0, callback_url: str | None = None, poll: float = 1.0,
-                 reconcile_every: float = 5.0, give_up: float = GIVE_UP_S):
+                 reconcile_every: float = 5.0, give_up: float = GIVE_UP_S,
+                 on_result: Callable[[str, str], None] | None = None):
         self.store = store
+        self.on_result = on_result    # on_result(kind, result) for each outcome recorded (metrics)
         self.api = api                # plivo.MessageApi, or None without PLIVO_AUTH_ID
         self.webhooks = webhooks      # webhook.WebhookClient, or None without WEBHOOK_SECRET
         self.interval = 1.0 / rate
@@ -309,6 +314,8 @@ class Sender:
             delay = backoff(item.attempts, self.max_delay, result.delay)
             done = self.store.mark_retry(item, now + timedelta(seconds=delay), result.error)
             outcome = f"retry in {delay:.1f} s"
+        if done:
+            self._count(item.kind, outcome if outcome in (SENT, FAILED, UNKNOWN) else RETRY)
         fields = self._fields(item, status=result.status, error=masked(result.error),
                               message_uuid=result.message_uuid)
         if not done:
@@ -332,6 +339,11 @@ class Sender:
                 self._stop.wait(0.5 * (attempt + 1))
         return False
 
+    def _count(self, kind: str, result: str, times: int = 1) -> None:
+        if self.on_result is not None:
+            for _ in range(times):
+                self.on_result(kind, result)
+
     @staticmethod
     def _fields(item: Item, **more) -> dict:
         fields = {"item": item.id, "kind": item.kind, "role": item.role, "attempts": item.attempts,
@@ -354,6 +366,8 @@ class Sender:
             log.warning("outbox: %d claim(s) ran out before their request left: due again", unsent + hooks)
         if unknown:
             log.warning("outbox: %d claim(s) ran out after their request left: to be looked up", unknown)
+        self._count("message", UNKNOWN, unknown)
+        self._count("webhook", RETRY, hooks)  # (a webhook's attempt cut short: due again)
         return unsent + unknown + hooks
 
     def give_up_waiting(self) -> None:
@@ -406,6 +420,7 @@ class Sender:
             candidates.append(m["uuid"])
         uuid = self.store.resolve_found(item, candidates, now) if candidates else None
         if uuid is not None:
+            self._count("lookup", SENT)
             log.info("outbox item found in Plivo's message list: it was sent", extra=self._fields(item, message_uuid=uuid))
         elif not found.ok:
             if found.delay:
@@ -414,12 +429,16 @@ class Sender:
                         extra=self._fields(item, error=masked(found.error)))
         elif now - attempted >= self.safe_delay:
             if self.store.mark_retry(item, now, "not in Plivo's message list: sending again"):
+                self._count("lookup", RETRY)
                 log.warning("outbox item not in Plivo's message list: sending it again", extra=self._fields(item))
             return
         if uuid is None and now - item.queued_at >= self.give_up:
             self.store.mark_failed(item, f"gave up: its outcome is unknown and it was not found in Plivo's "
                                          f"message list within {self.give_up.total_seconds() / 3600:g} h", now)
+            self._count("lookup", FAILED)
             log.error("outbox: gave up on an item whose outcome is unknown", extra=self._fields(item))
+        elif uuid is None:
+            self._count("lookup", UNKNOWN)  # not found yet, or the list did not answer: looked up again
 
 def timeouts(lease: float) -> tuple[float, float, float]:
     """(connect, read, total) timeouts: every request ends, whatever the other side does, well
@@ -427,8 +446,9 @@ def timeouts(lease: float) -> tuple[float, float, float]:
     return min(5.0, lease / 6), min(15.0, lease / 3), min(20.0, lease / 2)
 
 
-def build_sender(store: Store, settings) -> Sender:
-    """A sender from the app's settings (`config.load`): the clients it can use, and its pace."""
+def build_sender(store: Store, settings, on_result: Callable[[str, str], None] | None = None) -> Sender:
+    """A sender from the app's settings (`config.load`): the clients it can use, and its pace;
+    `on_result(kind, result)` is told each outcome it records."""
     from .plivo import MessageApi
     from .webhook import WebhookClient
 
@@ -445,4 +465,4 @@ def build_sender(store: Store, settings) -> Sender:
     public = settings.get("PUBLIC_URL")
     return Sender(store, api=api, webhooks=webhooks, rate=settings["PLIVO_API_RATE"],
                   lease=settings["OUTBOX_LEASE"], max_delay=settings["OUTBOX_MAX_DELAY"],
-                  callback_url=f"{public}/status" if public else None)
+                  callback_url=f"{public}/status" if public else None, on_result=on_result)
