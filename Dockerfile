@@ -33,7 +33,7 @@ RUN pip install --no-cache-dir -r requirements.txt
 # arbitrary user id in group 0, which must be able to write the database too).
 COPY app/ ./app/
 COPY migrations/ ./migrations/
-COPY config.py metrics_folder.py wsgi.py gunicorn.conf.py rules.yaml rules.test.yaml ./
+COPY config.py metrics_folder.py wsgi.py gunicorn.conf.py rules.yaml rules.test.yaml pyproject.toml ./
 RUN mkdir -p /app/instance \
     && chown app:0 /app/instance \
     && chmod 0770 /app/instance

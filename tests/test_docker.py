@@ -210,7 +210,7 @@ def test_copies_the_service_files_and_they_exist():
         parts = [p for p in args.split() if not p.startswith("--")]
         sources += parts[:-1]
     for needed in ("requirements.txt", "app/", "config.py", "metrics_folder.py", "wsgi.py",
-                   "gunicorn.conf.py", "rules.yaml", "rules.test.yaml"):
+                   "gunicorn.conf.py", "rules.yaml", "rules.test.yaml", "pyproject.toml"):  # (the version)
         assert needed in sources, f"Dockerfile does not COPY {needed}"
     patterns = _dockerignore_patterns()
     for src in sources:
