@@ -93,7 +93,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         Pruner(store, app.config["RETENTION_DAYS"], replay_days=app.config["REPLAY_DAYS"]).start()
         if app.config["OUTBOX_SENDER"] == "web":
             # One sender (its lane threads) per worker, started here, after the fork (the app is not preloaded).
-            sender = build_sender(store, app.config)
+            # It counts what it records in this worker's metrics (`flask outbox run` counts nothing).
+            sender = build_sender(store, app.config, on_result=metrics.outbox_result)
             if sender.kinds:  # nothing to send with (no PLIVO_AUTH_ID, no WEBHOOK_SECRET): no thread
                 sender.start()
                 if app.config["OUTBOX_LEASE"] < 30:

@@ -14,7 +14,9 @@ reads them at most once every STATE_SECONDS, however often it is scraped.
 With METRICS_TOKEN set, a scrape needs `Authorization: Bearer <token>`.
 
 Label values are bounded: endpoints are the app's route names ("other" for any
-other path), statuses the HTTP codes, rules the names in the rules file.
+other path), statuses the HTTP codes, rules the names in the rules file, delivery
+report statuses Plivo's known ones ("other" for any other), outbox sends their kind
+and result. The version in responder_build_info is read once, at import.
 Nothing here imports Flask.
 """
 
@@ -22,11 +24,14 @@ from __future__ import annotations
 
 import glob
 import hmac
+import importlib.metadata
 import logging
 import os
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client import values as _values
@@ -37,9 +42,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from .store.outbox import STATUSES
 
-__all__ = ["CONTENT_TYPE", "MULTIPROCESS", "Exporter", "Instrumented", "StateCollector", "check_folder",
-           "counting", "decided", "endpoints_of", "regex_stopped", "rejected", "repeated",
-           "stop_counting"]
+__all__ = ["CONTENT_TYPE", "MULTIPROCESS", "VERSION", "Exporter", "Instrumented", "StateCollector",
+           "check_folder", "counting", "decided", "delivery_report", "endpoints_of", "outbox_result",
+           "regex_stopped", "rejected", "repeated", "stop_counting"]
 
 log = logging.getLogger("app.metrics")
 
@@ -57,6 +62,30 @@ DELIVERY_NEW, DELIVERY_REPEAT = "new", "repeat"
 #: Seconds a worker answers scrapes with the database figures it read last: a storm of
 #: scrapes costs the database one read of them (two small queries) per worker this often.
 STATE_SECONDS = 5.0
+#: Plivo's delivery report statuses, the `status` label of responder_delivery_reports_total;
+#: any other (or none) counts as "other", so a sender cannot grow the label set.
+REPORT_STATUSES = frozenset({"queued", "sent", "delivered", "undelivered", "failed", "read", "rejected"})
+#: The labels of responder_outbox_sends_total (the sender's, see app/outbound/sender.py).
+SEND_KINDS = frozenset({"message", "lookup", "webhook"})
+SEND_RESULTS = frozenset({"sent", "retry", "failed", "unknown"})
+
+
+def _version() -> str:
+    """The service's version: pyproject.toml's, from the checkout the service runs from (the image
+    copies it too); else the installed package's; else "unknown". Read once, at import."""
+    try:
+        with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as fh:
+            return str(tomllib.load(fh)["project"]["version"])
+    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
+        pass
+    try:
+        return importlib.metadata.version("responder")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+#: pyproject.toml's version, the `version` label of responder_build_info.
+VERSION = _version()
 
 # `_created` series double the output and mean nothing across restarting workers.
 disable_created_metrics()
@@ -78,6 +107,14 @@ REGEX_STOPPED = Counter("responder_regex_stopped",
                         "Regex searches stopped at a bound, so the rule did not match: reason time "
                         "(the search or the message's regexes took too long) or length (text too long)",
                         ["rule", "reason"])
+DELIVERY_REPORTS = Counter("responder_delivery_reports",
+                           "Delivery reports stored from /status (not the same request sent again), by "
+                           "Plivo's Status, lower-cased (other: any status Plivo does not document)",
+                           ["status"])
+OUTBOX_SENDS = Counter("responder_outbox_sends",
+                       "Outcomes the web workers' outbox senders recorded: kind message (Message API sends), "
+                       "lookup (an unknown send looked up in Plivo's message list) or webhook; result "
+                       "sent, retry, failed or unknown", ["kind", "result"])
 
 _OPTOUT_LABELS = {"out": "optout", "in": "optin"}
 #: Labelled children, looked up once each: `labels()` costs as much as the count itself.
@@ -178,6 +215,19 @@ def regex_stopped(rule: str, reason: str) -> None:
         _child(REGEX_STOPPED, rule, reason).inc()
 
 
+def delivery_report(status: str | None) -> None:
+    """A delivery report stored (a new one, not a retry of the same request): by its Status."""
+    if _counting:
+        label = (status or "").strip().lower()
+        _child(DELIVERY_REPORTS, label if label in REPORT_STATUSES else OTHER).inc()
+
+
+def outbox_result(kind: str, result: str) -> None:
+    """One outcome recorded by an outbox sender (its `on_result`): see OUTBOX_SENDS."""
+    if _counting and kind in SEND_KINDS and result in SEND_RESULTS:
+        _child(OUTBOX_SENDS, kind, result).inc()
+
+
 # -- requests: a WSGI wrapper, one counter and one histogram per request -----------------
 def endpoints_of(rules: Iterable[tuple[str, str, bool]]) -> dict[str, str]:
     """{path: endpoint label} from (path, endpoint, strict_slashes) of the app's routes.
@@ -240,6 +290,16 @@ class _Forward:
 
     def collect(self):
         return self.registry.collect()
+
+
+class _BuildInfo:
+    """responder_build_info: 1, labelled with the version (VERSION, read at import)."""
+
+    def collect(self):
+        info = GaugeMetricFamily("responder_build_info", "The service's build: 1, labelled with its version",
+                                 labels=["version"])
+        info.add_metric([VERSION], 1)
+        yield info
 
 
 class StateCollector:
@@ -400,6 +460,7 @@ class Exporter:
             self.registry.register(_Multiprocess(os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")))
         else:
             self.registry.register(_Forward(REGISTRY))
+        self.registry.register(_BuildInfo())
         self.registry.register(StateCollector(store, holder, every=every, clock=clock))
 
     def allows(self, authorization: str | None) -> bool:

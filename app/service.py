@@ -382,6 +382,7 @@ class Responder:
             log.info("delivery report sent again with the same nonce: already recorded",
                      extra={"uuid": params.get("MessageUUID")})
             return text_answer(200, "ok")
+        metrics.delivery_report(params.get("Status"))
         log.info("delivery report", extra={
             "uuid": params.get("MessageUUID"), "status": params.get("Status", ""),
             "error_code": params.get("ErrorCode", ""), "linked": reply_id is not None,

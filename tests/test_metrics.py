@@ -1,7 +1,8 @@
 """/metrics: the names and labels, what each kind of request counts, the figures read from the
 database; and under a real gunicorn with several workers, the same totals whichever worker
 answers, a killed worker's counts kept, the metrics folder made, emptied and removed; and
-commands, which count nothing."""
+commands, which count nothing. Also the version, delivery reports, and the outcomes the web workers'
+outbox senders record."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import struct
 import subprocess
 import sys
 import time
+import tomllib
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -21,8 +24,11 @@ import requests
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT, listening, make_app, send, signed_headers, sms
+from app.outbound.sender import build_sender
+from conftest import ROOT, TOKEN, listening, make_app, send, signed_headers, sms
+from plivo_standin import Answer, PlivoStandin
 from servers import GUNICORN_SCRIPT, Server
+from test_outbox import Receiver, wait_until, whatsapp
 
 RULES = """\
     version: 1
@@ -33,7 +39,10 @@ RULES = """\
 NAMES = ("responder_requests_total", "responder_request_seconds", "responder_signature_rejections_total",
          "responder_rule_matches_total", "responder_optouts_total", "responder_outbox_items",
          "responder_optedout_numbers", "responder_database_up", "responder_rules_info",
-         "responder_messages_total")
+         "responder_messages_total", "responder_build_info")
+#: pyproject.toml's version, which responder_build_info names.
+with open(ROOT / "pyproject.toml", "rb") as _fh:
+    VERSION = tomllib.load(_fh)["project"]["version"]
 
 
 def parse(text: str) -> dict:
@@ -137,7 +146,10 @@ def test_names_types_and_content_type(tmp_path):
     assert types["responder_requests_total"] == "counter"
     assert types["responder_request_seconds"] == "histogram"
     assert types["responder_outbox_items"] == "gauge"
+    assert types["responder_build_info"] == "gauge"
     assert "_created" not in text
+    builds = [(labels, v) for (name, labels), v in parse(text).items() if name == "responder_build_info"]
+    assert builds == [((("version", VERSION),), 1.0)]
 
 
 def test_database_that_does_not_answer_leaves_its_figures_out(tmp_path, caplog):
@@ -266,6 +278,138 @@ def test_endpoint_labels_are_route_names():
     assert paths == {"/message": "message", "/message/": "message", "/healthz": "healthz"}
 
 
+def report(uuid: str, status: str | None, **extra) -> dict:
+    params = {"MessageUUID": uuid, "Status": status, "To": "14155550123", "From": "14155550100", **extra}
+    return {k: v for k, v in params.items() if v is not None}
+
+
+@pytest.mark.usefixtures("database")
+def test_delivery_reports_are_counted_once_by_a_bounded_status(tmp_path):
+    client = make_app(tmp_path, RULES, METRICS_EVERY=0).test_client()
+    before = scrape(client)
+    for status in ("delivered", "Delivered", "sent", "queued", "undelivered", "failed", "read", "rejected",
+                   "sent-ish", "x" * 200, "", None):
+        assert send(client, report(f"u-{status!s:.20}", status), path="/status").status_code == 200, status
+    # the same request again (Plivo's retry, same nonce): answered, stored once, counted once
+    url = "http://localhost/status"
+    first = report("u-retried", "delivered")
+    headers = signed_headers(url, first, nonce="98765432109876543210")
+    assert client.post("/status", data=first, headers=headers).status_code == 200
+    assert client.post("/status", data=first, headers=headers).status_code == 200
+    # that nonce on another report (a replay): refused, not counted
+    other = report("u-replayed", "delivered")
+    assert client.post("/status", data=other,
+                       headers=signed_headers(url, other, nonce="98765432109876543210")).status_code == 403
+    assert send(client, report("", "delivered"), path="/status").status_code == 400   # no MessageUUID
+    assert send(client, report("u-unsigned", "delivered"), path="/status", sign=False).status_code == 403
+
+    after = scrape(client)
+    d = lambda status: delta(before, after, "responder_delivery_reports_total", status=status)  # noqa: E731
+    assert d("delivered") == 3     # delivered, Delivered, and the retried report once
+    for status in ("sent", "queued", "undelivered", "failed", "read", "rejected"):
+        assert d(status) == 1, status
+    assert d("other") == 4         # sent-ish, the long one, an empty and a missing Status
+    statuses = {dict(labels)["status"] for name, labels in after if name == "responder_delivery_reports_total"}
+    assert statuses <= {"queued", "sent", "delivered", "undelivered", "failed", "read", "rejected", "other"}
+
+
+@pytest.fixture
+def standin():
+    with PlivoStandin(token=TOKEN) as s:
+        yield s
+
+
+SENDS = "responder_outbox_sends_total"
+
+
+@pytest.mark.usefixtures("database")
+def test_outbox_sends_are_counted_by_kind_and_result(tmp_path, standin):
+    """A real sender against the stand-in (and a webhook receiver on loopback), told to count through
+    on_result, as the web workers' are: each outcome it records, once."""
+    from app import metrics
+    receiver = Receiver()
+    try:
+        rules = f"""
+            version: 1
+            rules:
+              - {{name: hours, when: {{keyword: hours}}, reply: "We are open."}}
+              - {{name: lead, when: {{keyword: quote}}, webhook: "{receiver.url}"}}
+        """
+        app = make_app(tmp_path, rules, PLIVO_AUTH_ID=standin.auth_id, PLIVO_API_URL=standin.url,
+                       OUTBOX_LEASE=5, OUTBOX_MAX_DELAY=0.2, PLIVO_API_RATE=200, WEBHOOK_SECRET="w" * 32,
+                       METRICS_EVERY=0)
+        client = app.test_client()
+        store = app.extensions["responder"].store
+        sender = build_sender(store, app.config, on_result=metrics.outbox_result)
+        sender.lookup_every = timedelta(0)      # an unknown item may be looked up again at once
+        before = scrape(client)
+
+        def step(what: str):
+            wait_until(sender.run_once, 10, what)
+
+        # a 5xx, then sent
+        standin.script(Answer(status=500))
+        send(client, whatsapp("hours", From="14155550201"))
+        step("the first attempt")
+        step("the retry")
+        # refused for good
+        standin.script(Answer(status=400, error="invalid dst"))
+        send(client, whatsapp("hours", From="14155550202"))
+        step("the refused attempt")
+        # made, but the answer lost: unknown, then found in the message list
+        standin.script(Answer(drop=True))
+        send(client, whatsapp("hours", From="14155550203"))
+        step("the lost answer")
+        sender.look_up_unknown()
+        # nothing made, the connection lost: unknown; not in the list (yet), then (past the safe
+        # delay) sent again; and another given up while unknown
+        standin.script(Answer(status=503, drop=True))
+        send(client, whatsapp("hours", From="14155550204"))
+        step("the dropped connection")
+        sender.look_up_unknown()
+        safe_delay, sender.safe_delay = sender.safe_delay, timedelta(0)
+        sender.look_up_unknown()
+        sender.safe_delay = safe_delay
+        step("the send after the look-up")
+        standin.script(Answer(status=503, drop=True))
+        send(client, whatsapp("hours", From="14155550205"))
+        step("the second dropped connection")
+        sender.give_up = timedelta(0)
+        sender.look_up_unknown()
+        sender.give_up = timedelta(days=1)
+        # a webhook call: a 500, then taken
+        receiver.answers = [500]
+        send(client, sms("quote please"))
+        step("the webhook call")
+        step("the webhook call again")
+
+        after = scrape(client)
+        d = lambda kind, result: delta(before, after, SENDS, kind=kind, result=result)  # noqa: E731
+        assert {(k, r): d(k, r) for k in ("message", "lookup", "webhook")
+                for r in ("sent", "retry", "failed", "unknown") if d(k, r)} == {
+            ("message", "retry"): 1, ("message", "sent"): 2, ("message", "failed"): 1, ("message", "unknown"): 3,
+            ("lookup", "sent"): 1, ("lookup", "unknown"): 1, ("lookup", "retry"): 1, ("lookup", "failed"): 1,
+            ("webhook", "retry"): 1, ("webhook", "sent"): 1}
+        assert [(i.status) for i in sorted(store.list_outbox(100), key=lambda i: i.id)] == \
+            ["sent", "failed", "sent", "sent", "failed", "sent"]
+    finally:
+        receiver.close()
+
+
+def test_outbox_results_outside_the_known_labels_are_not_counted(tmp_path):
+    from app import metrics
+    client = make_app(tmp_path, RULES).test_client()
+    before = scrape(client)
+    metrics.outbox_result("message", "sent")
+    metrics.outbox_result("message", "retry in 1.0 s")
+    metrics.outbox_result("carrier-pigeon", "sent")
+    after = scrape(client)
+    assert delta(before, after, SENDS, kind="message", result="sent") == 1
+    assert {labels for name, labels in after if name == SENDS} == {labels for name, labels in before
+                                                                   if name == SENDS} | {
+        (("kind", "message"), ("result", "sent"))}
+
+
 # -- under gunicorn ------------------------------------------------------------------------------
 def metric_files(pid: int) -> set[Path]:
     """The metric files a worker has open (prometheus_client keeps each one open)."""
@@ -388,6 +532,37 @@ def test_every_worker_reports_the_same_totals_and_a_killed_worker_keeps_its_coun
         assert server.post(sms("hours")).status_code == 200
         wait_for(lambda: value(live_scrape(server), "responder_requests_total", endpoint="message",
                                code="200") == sent + 1, 5, "the new message counted")
+    finally:
+        server.stop()
+
+
+def test_under_gunicorn_the_workers_senders_and_reports_are_counted(tmp_path, standin):
+    """The wiring: each worker's sender counts what it records, a report on /status counts, and
+    every worker answers with the version and the same totals."""
+    server = Server(tmp_path, WEB_CONCURRENCY="2", PLIVO_AUTH_ID=standin.auth_id, PLIVO_API_URL=standin.url,
+                    OUTBOX_LEASE="6", OUTBOX_MAX_DELAY="0.5", PLIVO_API_RATE="50")
+    try:
+        standin.script(Answer(status=503))
+        assert server.post(whatsapp("hours", From="14155550301")).status_code == 200
+        assert standin.wait_for_sends(1, 20)
+
+        def sent_counted():
+            samples = live_scrape(server)
+            return samples if value(samples, SENDS, kind="message", result="sent") == 1 else None
+        samples = wait_for(sent_counted, 20, "the send counted")
+        assert value(samples, SENDS, kind="message", result="retry") == 1
+        uuid = standin.sends[0].message_uuid
+        assert server.post(report(uuid, "delivered"), path="/status").status_code == 200
+        assert server.post(report(uuid, "carrier-said-so"), path="/status").status_code == 200
+        for pid in sorted(server.workers()):
+            with only(server, pid):
+                samples = live_scrape(server)
+            assert value(samples, "responder_delivery_reports_total", status="delivered") == 1, pid
+            assert value(samples, "responder_delivery_reports_total", status="other") == 1, pid
+            assert value(samples, SENDS, kind="message", result="sent") == 1, pid
+            assert value(samples, "responder_build_info", version=VERSION) == 1, pid
+            assert [k for k in samples if k[0] == "responder_build_info"] == [
+                ("responder_build_info", (("version", VERSION),))]
     finally:
         server.stop()
 
