@@ -208,7 +208,15 @@ from app import http_worker as _http_worker  # noqa: E402
 _http_worker.configure(request_read_timeout=_seconds_env("REQUEST_READ_TIMEOUT", 5.0, 0.5, 300),
                        max_body=_settings["MAX_CONTENT_LENGTH"])
 timeout = 30
-graceful_timeout = 20
+# A worker told to stop (restart, HUP, deploy) first writes its queued recordings (2 s at most),
+# then lets its outbox sender finish the Message API request or webhook call in flight: that
+# ends within its total deadline (OUTBOX_LEASE / 2, at most 20 s), and its outcome is written
+# (a few seconds more if the database is busy): worker_exit waits for that. A worker killed
+# before (graceful_timeout) loses the outcome: the item comes back `unknown` after its lease and
+# is looked up. 30 s covers 2 + 20 + _STOP_MARGIN_S.
+graceful_timeout = 30
+#: Seconds past the HTTP deadline a stopping worker waits for its sender to write the outcome.
+_STOP_MARGIN_S = 5.0
 keepalive = 5
 
 # Forwarded headers are trusted by the app alone, through TRUSTED_PROXIES
@@ -422,13 +430,14 @@ def on_exit(server):
 
 def worker_exit(server, worker):
     """Stop this worker's outbox sender: the request in flight ends (or its lease runs out)."""
-    from app.outbound.sender import stop_all
+    from app.outbound.sender import stop_all, timeouts
     from app.recording.recorder import stop_all as write_recordings
 
     # What is still queued for RECORD_DIR is written first; what 2 s cannot write is lost,
     # and the recorder logs how many recordings that was.
     write_recordings(timeout=2.0)
-    stop_all(timeout=max(1.0, graceful_timeout - 5))
+    # The request in flight ends by its deadline; the outcome is written just after it.
+    stop_all(timeout=timeouts(_settings["OUTBOX_LEASE"])[2] + _STOP_MARGIN_S)
 
 
 def _engine(settings):

@@ -437,3 +437,83 @@ def test_an_api_that_trickles_its_answer_is_cut_at_the_deadline_and_the_send_is_
         found = client.find(src=SRC, dst=DST, since=utcnow())
         assert not found.ok and found.error == "no complete answer within 1.5 s"
         assert time.monotonic() - started < 5
+
+
+# --- the deadline's watchdog (what the third review found) ---------------------------------------
+def test_the_deadline_watchdog_outlives_a_connection_it_cannot_shut_and_still_cuts_the_next_exchange():
+    """Through an https proxy `conn.sock` is urllib3's SSLTransport, not a socket: its real socket
+    is shut down, and anything the watchdog cannot shut does not end the watchdog (which would
+    leave every later exchange of the worker without a total deadline)."""
+    from app.outbound import deadline
+    from trickler import Trickler
+
+    class Transport:  # like urllib3's SSLTransport: the socket is its `.socket`; not a socket itself
+        def __init__(self, sock):
+            self.socket = sock
+
+    class NotASocket:  # what socket.socket.shutdown refuses with a TypeError
+        pass
+
+    class Connection:
+        def __init__(self, sock):
+            self.sock = sock
+
+    ours, peer = socket.socketpair()
+    with ours, peer:
+        for sock in (NotASocket(), Transport(ours)):
+            with deadline.within(0.2) as watch:
+                watch._attach(Connection(sock), sending=True)
+                end = time.monotonic() + 5
+                while not watch.expired and time.monotonic() < end:
+                    time.sleep(0.02)
+                assert watch.expired
+        peer.settimeout(5)
+        assert peer.recv(1) == b""  # the transport's socket was shut down
+    with Trickler(every=0.3, lines=40) as slow:  # and the next exchange is still cut at its deadline
+        client = MessageApi(slow.url, "MAXX", "tok", connect_timeout=1.0, read_timeout=2.0, deadline=1.0)
+        started = time.monotonic()
+        result = send(client)
+        client.close()
+        assert (result.outcome, result.error) == (UNKNOWN, "no complete answer within 1 s")
+        assert time.monotonic() - started < 5  # 12 s without a watchdog
+
+
+def test_an_answer_read_whole_before_the_deadline_stands_though_the_deadline_expires_before_finish(standin):
+    """A 202 read whole just before the deadline is a 202 (its uuid kept), not `unknown`."""
+    from app.outbound import deadline
+    session = requests.Session()
+    session.mount("http://", deadline.DeadlineAdapter(max_retries=0))
+    with session, deadline.within(0.5) as watch:
+        response = session.post(standin.url + standin.path, auth=(standin.auth_id, standin.token), timeout=5,
+                                stream=True, json={"src": SRC, "dst": DST, "text": TEXT, "type": "sms"})
+        data = deadline.read_body(response, 65536, watch)
+        end = time.monotonic() + 5
+        while not watch.expired and time.monotonic() < end:  # the thread held up past the deadline here
+            time.sleep(0.02)
+        assert watch.expired
+        assert watch.finish()  # ... but what it read came whole before it
+    assert json.loads(data)["message_uuid"] == [standin.sends[0].message_uuid]
+
+
+def test_a_connect_that_stalls_past_the_deadline_over_plain_http_is_tried_again_not_unknown():
+    """Nothing of the request reached a socket: it certainly did not leave."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)  # a full accept queue: later connects get no answer to their SYN
+    port = server.getsockname()[1]
+    fill = []
+    try:
+        for _ in range(3):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            fill.append(sock)
+        client = MessageApi(f"http://127.0.0.1:{port}", "MAXX", "tok", connect_timeout=1.5, read_timeout=2.0,
+                            deadline=0.5)
+        result = send(client)
+        client.close()
+        assert result.outcome == RETRY, result
+    finally:
+        for sock in fill:
+            sock.close()
+        server.close()

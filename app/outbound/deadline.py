@@ -13,20 +13,32 @@ make each exchange inside `within(seconds)`:
     with within(20.0) as watch:
         response = session.post(..., stream=True, timeout=(5, 15))
         data = read_body(response, limit)      # the body under the same deadline
-    # watch.expired: the deadline ended it; watch.sent: the request had started to go
+        whole = watch.finish()                  # False: the deadline ended it, `data` may be cut
+    # watch.expired: the deadline ended it; watch.sent: a byte of the request had gone to the socket
 
 The adapter only swaps urllib3's connection classes for subclasses that tell the
 watch which connection the current thread is using (through the documented
 `HTTPAdapter.init_poolmanager` / `proxy_manager_for` and urllib3's public
-`ConnectionCls` / `pool_classes_by_scheme`); the socket is shut down with the
-plain `socket.socket.shutdown`. A watch belongs to one thread, and the
-connection is only ever shut down while that thread's exchange is still open.
+`ConnectionCls` / `pool_classes_by_scheme`), and when the first byte of the
+request goes to the socket (`HTTPConnection.send`, after the connection is
+made: a connect that stalls is cut with `sent` still False, so the request is
+known not to have left); the socket is shut down with the plain
+`socket.socket.shutdown` (of the socket under a TLS-in-TLS proxy tunnel's
+`SSLTransport`). A watch belongs to one thread, and the connection is only ever
+shut down, under the lock, while that thread's exchange is still open.
+
+An answer read whole before the deadline stands, even if the deadline expires
+just after it (before `finish`): the cut can only come at or after the
+deadline, so it did not touch what was read before it. The watchdog outlives
+any error of one expiry (logged, at most once a minute), so a worker never
+goes without its deadlines.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import os
 import socket
 import threading
@@ -40,6 +52,9 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 __all__ = ["DeadlineAdapter", "Watch", "within", "read_body", "BodyTooLarge"]
 
 _local = threading.local()
+log = logging.getLogger(__name__)
+#: At most one log line of a failing expiry per this many seconds (it must not flood the log).
+LOG_EVERY_S = 60.0
 
 
 class BodyTooLarge(ValueError):
@@ -53,21 +68,33 @@ class Watch:
         self.seconds = seconds
         self.deadline = time.monotonic() + seconds
         self.expired = False   # the watchdog ended the exchange
-        self.sent = False      # the request had started to go out (a byte may have reached the server)
+        self.sent = False      # a byte of the request had gone to the socket (it may have reached the server)
         self.done = False
+        self.read_at: float | None = None  # when read_body saw the answer's end (monotonic)
         self._connection = None
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
+
+    def finish(self) -> bool:
+        """The caller read the whole answer just now: True if it did so before the deadline (a
+        cut that came after that, before this call, did not touch it), False if the deadline
+        ended the exchange. Call it right after the last read; the watch is done."""
+        read_at = self.read_at if self.read_at is not None else time.monotonic()
+        with _lock:
+            self.done = True
+            self._connection = None
+            if read_at < self.deadline:
+                self.expired = False  # the cut (at or after the deadline) came after the last read
+            return not self.expired
 
     def _attach(self, connection, sending: bool) -> None:
         with _lock:
             self._connection = connection
             connection.responder_watch = self  # the connection's current exchange
             self.sent = self.sent or sending
-            expired = self.expired
-        if expired:  # the deadline passed before this connection was known: end it now
-            _shut(connection)
+            if self.expired and not self.done:  # the deadline passed before this connection was known
+                _shut(connection)
 
     def _expire(self) -> None:
         with _lock:
@@ -75,10 +102,9 @@ class Watch:
                 return
             self.expired = True
             connection = self._connection
-            if connection is not None and getattr(connection, "responder_watch", None) is not self:
-                connection = None  # back in the pool and taken by another exchange: not ours to end
-        if connection is not None:
-            _shut(connection)
+            # Back in the pool and taken by another exchange: not ours to end.
+            if connection is not None and getattr(connection, "responder_watch", None) is self:
+                _shut(connection)
 
     def _end(self) -> None:
         with _lock:
@@ -88,13 +114,16 @@ class Watch:
 
 def _shut(connection) -> None:
     sock = getattr(connection, "sock", None)
+    # Through an https proxy to an https host, `sock` is urllib3's SSLTransport (TLS in TLS): the
+    # socket is its `.socket` (an SSLSocket, whose plain socket is shut down as any other).
+    sock = getattr(sock, "socket", sock)
     if sock is None:
         return
     try:
         # The plain socket's shutdown (not SSLSocket's, which also drops its TLS state under
         # the reading thread): the blocked read returns, the connection is not reused.
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except OSError:
+    except Exception:  # noqa: BLE001 - already closed, never connected, or not a socket at all
         pass
 
 
@@ -105,9 +134,13 @@ _due = threading.Condition(threading.Lock())
 _heap: list[tuple[float, int, Watch]] = []
 _seq = itertools.count()
 _thread_pid: int | None = None
+_logged_at = -LOG_EVERY_S
 
 
 def _watchdog() -> None:
+    """Ends each exchange at its deadline; never dies (a thread that ended would leave every
+    later exchange of this process without a total deadline)."""
+    global _logged_at
     while True:
         with _due:
             while not _heap or _heap[0][2].done:
@@ -120,7 +153,12 @@ def _watchdog() -> None:
                 _due.wait(wait)
                 continue
             watch = heapq.heappop(_heap)[2]
-        watch._expire()
+        try:
+            watch._expire()
+        except Exception:  # noqa: BLE001 - one odd connection must not end every later deadline
+            if time.monotonic() - _logged_at >= LOG_EVERY_S:
+                _logged_at = time.monotonic()
+                log.exception("HTTP deadline: could not end an exchange at its deadline")
 
 
 def _start_watchdog() -> None:
@@ -181,8 +219,14 @@ class _Watched:
         return super().connect()
 
     def request(self, *args, **kwargs):
-        _current(self, sending=True)
+        _current(self, sending=False)  # over plain http the connection is only made in send()
         return super().request(*args, **kwargs)
+
+    def send(self, data):
+        if self.sock is None:
+            self.connect()  # what http.client's send does first: a connect is not a request that left
+        _current(self, sending=True)
+        return super().send(data)
 
 
 class WatchedHTTPConnection(_Watched, HTTPConnection):
@@ -231,4 +275,6 @@ def read_body(response, limit: int, watch: Watch | None = None) -> bytes:
             response.close()
             raise TimeoutError("deadline")
         chunks.append(chunk)
+    if watch is not None:
+        watch.read_at = time.monotonic()  # the answer's end: what `finish` compares with the deadline
     return b"".join(chunks)

@@ -263,11 +263,12 @@ class MessageApi:
                         data = read_body(response, MAX_ANSWER, watch)
                     except BodyTooLarge:
                         data = None
+                    whole = watch.finish()  # read before the deadline: a cut just after it does not count
             except Exception as exc:
                 if watch.expired or isinstance(exc, TimeoutError):
                     raise Expired(watch.sent) from exc
                 raise
-        if watch.expired:  # cut: http.client takes the cut for the end of the headers, so it may look whole
+        if not whole:  # cut: http.client takes the cut for the end of the headers, so it may look whole
             raise Expired(watch.sent)
         return response, _json(data)
 

@@ -12,10 +12,11 @@ One `Sender` runs in each web worker (threads, `OUTBOX_SENDER=web`) or in
   (`attempted_at`, one short write) and sent, and its outcome written back:
   `sent`, `failed` (a 4xx other than 429; kept with Plivo's error), `pending`
   again after a growing, jittered delay (connection errors, timeouts before
-  sending, 429 with its Retry-After, 5xx), or `unknown`. The first message seat
-  also looks unknown items up in Plivo's message list every few seconds: found,
-  they are `sent` with that uuid; still not found a safe delay after the
-  attempt, sent again.
+  sending, 429 with its Retry-After, 5xx), or `unknown`.
+- the look-ups, a thread of their own (so a WhatsApp reply never waits behind
+  them; their requests take slots of the same schedule): unknown items are
+  looked up in Plivo's message list every few seconds: found, they are `sent`
+  with that uuid; still not found a safe delay after the attempt, sent again.
 - the lease keeper: every second or so, claims whose lease ran out end, however
   busy the lanes are: a message whose request never left is due again (sent
   with no look-up, which could take another system's message for it), one
@@ -162,7 +163,7 @@ class Sender:
                 thread.join(0.5)
 
     def _spawn(self, until_idle: bool) -> list[threading.Thread]:
-        """The lanes: Message API sends (and look-ups) and webhook calls never wait behind each other."""
+        """The lanes: Message API sends, look-ups and webhook calls never wait behind each other."""
         lanes, wakes = [], []
         for kind, client in (("message", self.api), ("webhook", self.webhooks)):
             if client is None:
@@ -171,7 +172,10 @@ class Sender:
                 own = client if seat == 0 or not hasattr(client, "clone") else client.clone()
                 wakes.append(threading.Event())
                 lanes.append(threading.Thread(target=self._lane, name=f"responder-outbox-{kind}-{seat}", daemon=True,
-                                              args=(kind, own, wakes[-1], until_idle, kind == "message" and seat == 0)))
+                                              args=(kind, own, wakes[-1], until_idle)))
+        if self.api is not None:
+            lanes.append(threading.Thread(target=self._lookups, args=(until_idle,),
+                                          name="responder-outbox-lookups", daemon=True))
         keeper = threading.Thread(target=self._keep_leases, args=(until_idle, lanes),
                                   name="responder-outbox-leases", daemon=True)
         self._wakes = wakes
@@ -179,17 +183,12 @@ class Sender:
             thread.start()
         return [*lanes, keeper]
 
-    def _lane(self, kind: str, client, wake: threading.Event, until_idle: bool, looks_up: bool) -> None:
-        """One seat of a lane: claims and sends items of its kind; the first Message API seat
-        also looks up unknown items."""
+    def _lane(self, kind: str, client, wake: threading.Event, until_idle: bool) -> None:
+        """One seat of a lane: claims and sends items of its kind."""
         kinds = (kind,)
-        next_lookup = 0.0
         failures = 0
         while not self._stop.is_set():
             try:
-                if looks_up and time.monotonic() >= next_lookup:
-                    next_lookup = time.monotonic() + self.reconcile_every
-                    self.look_up_unknown()
                 busy = self._step(kinds, client)
                 failures = 0
             except StoreError as exc:
@@ -206,6 +205,25 @@ class Sender:
                 return
             wake.wait(self.poll * min(2 ** failures, 30))
             wake.clear()
+
+    def _lookups(self, until_idle: bool) -> None:
+        """Unknown items looked up in Plivo's message list every `reconcile_every` seconds, in a
+        thread of their own: up to LOOKUPS_PER_ROUND items of up to LIST_MAX_PAGES pages, each
+        page up to the HTTP deadline, would otherwise hold every Message API send meanwhile."""
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self.look_up_unknown()
+                failures = 0
+            except StoreError as exc:
+                failures += 1
+                log.warning("outbox: the database did not answer, trying again: %s", exc)
+            except Exception:  # noqa: BLE001 - the look-ups must outlive any one item
+                failures += 1
+                log.exception("outbox: unexpected error")
+            if until_idle and failures == 0 and not self._open_work(("message",)):
+                return
+            self._stop.wait(self.reconcile_every * min(2 ** failures, 30))
 
     def _keep_leases(self, until_idle: bool, lanes: list[threading.Thread]) -> None:
         """Leases run out on time whatever the lanes are doing: a cheap look every second or so."""
@@ -279,7 +297,13 @@ class Sender:
                 if left is None:
                     log.warning("outbox: the claim ran out before its request left; not sent",
                                 extra=self._fields(item))
-                return left
+                    return None
+                if time.time() <= slot + self.late:
+                    return left
+                # The write itself held it up (SQLite's write turn, a slow PostgreSQL round trip):
+                # it did not leave after all; a new slot.
+                if not self.store.unmark_left(left):
+                    return None  # no longer this sender's claim: nothing may be sent
             slot, at = self.store.take_slot_at(self.interval)
         self.store.release(item, utcnow())
         log.warning("outbox: too busy to send within %.0f ms of a slot; trying later", self.late * 1000,

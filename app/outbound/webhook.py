@@ -299,11 +299,12 @@ class WebhookClient:
         with within(self.deadline) as watch:
             try:
                 result = self._exchange(url, method, body, headers)
+                whole = watch.finish()  # answered before the deadline: a cut just after it does not count
             except Exception:  # noqa: BLE001 - whatever the cut connection raised: never raise
                 if not watch.expired:
                     raise
-                result = None
-        if watch.expired:  # cut (http.client takes the cut for the end of the headers): not an answer
+                whole = False
+        if not whole:  # cut (http.client takes the cut for the end of the headers): not an answer
             result = Result(RETRY, error=f"no complete answer within {self.deadline:g} s")
         return self._done(url, method, result)
 

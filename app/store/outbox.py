@@ -200,6 +200,12 @@ class OutboxStore:
                                 .values(attempted_at=at, lease_until=lease_until)).rowcount
         return _replace(item, attempted_at=at, lease_until=lease_until) if done else None
 
+    def unmark_left(self, item: Item) -> bool:
+        """Undo `mark_left` for a request that did not leave after all (its sender, held up by the
+        write itself, was past its slot): the claim stays this sender's, not yet an attempt that left."""
+        with self._write() as conn:
+            return bool(conn.execute(_attempt(item.id, item.attempts, SENDING).values(attempted_at=None)).rowcount)
+
     def take_slot(self, interval: float, name: str = PLIVO_SLOTS) -> float:
         """The next slot of the shared request schedule (unix seconds, this host's clock): for lookups."""
         return self.take_slot_at(interval, name)[0]
