@@ -6,12 +6,13 @@
 For each database: a new one (SQLite: a file in a temporary folder; PostgreSQL: a database
 `responder_prune_<pid>` made through --postgres-url and dropped at the end), migrated, then
 filled in bulk with `--rows` messages 400 days old and what they leave behind (a reply, a
-delivery report and a nonce each, a finished webhook call for every tenth: tests/old_rows.py).
+delivery report, and its nonce and MessageUUID in `seen` each, a finished webhook call for every tenth: tests/old_rows.py).
 Then the real service (gunicorn.conf.py, RETENTION_DAYS=3650 so its own hourly prune finds
 nothing) gets correctly signed SMS at a steady `--rate` per second, each on a new connection
 and each a new message (decided and recorded): a warm-up of 3 s, `--before` seconds measured,
-then `flask --app wsgi db prune --days 30` runs in its own process, as an operator runs it,
-while the load goes on. It prints, before and during the prune, the inbound p50, p99, max and
+then `flask --app wsgi db prune --days 30` runs in its own process, as an operator runs it
+(with REPLAY_DAYS=30, so the nonces and MessageUUIDs kept against replays go too), while the
+load goes on. It prints, before and during the prune, the inbound p50, p99, max and
 answered requests per second (latency counted from when each request was due, so a stalled
 service shows), and how long the prune took. Afterwards it checks that no old message is left
 and that every message answered 200 is recorded.
@@ -164,7 +165,8 @@ def run_one(database: str, url: str, work: str, args: argparse.Namespace) -> dic
             t1 = time.monotonic()
             log(f"{database}: {args.before:g} s of {args.rate:g} SMS/s measured; pruning "
                 f"(flask --app wsgi db prune --days {KEEP_DAYS})")
-            env = dict(svc.env)
+            # The whole backlog, replay protection's `seen` rows too (REPLAY_DAYS as short as allowed).
+            env = dict(svc.env, RETENTION_DAYS=str(KEEP_DAYS), REPLAY_DAYS=str(KEEP_DAYS))
             prune = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "flask"), "--app", "wsgi",
                                       "db", "prune", "--days", str(KEEP_DAYS)], cwd=ROOT, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

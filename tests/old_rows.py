@@ -6,7 +6,7 @@ Each message (an SMS answered by XML) comes with its reply, one delivery report 
 that reply, its signature nonce and MessageUUID as `seen` keeps them, and every tenth with a finished webhook call in the
 outbox, as the service would have written them `days_old` days ago and after (one
 message every `spacing_s` seconds). Written by the database itself in chunks
-(SQLite: a recursive CTE; PostgreSQL: generate_series), about 4 rows per message.
+(SQLite: a recursive CTE; PostgreSQL: generate_series), about 5 rows per message.
 
 Used by tests/test_prune.py and bench/prune.py; standard library and SQLAlchemy only.
 """
