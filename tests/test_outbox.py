@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from app.outbound import webhook
 from app.outbound.sender import build_sender
 from app.plivoxml import EMPTY
-from conftest import TOKEN, make_app, send, sms
+from conftest import TOKEN, make_app, send, sms, wait_until
 from plivo_standin import Answer, PlivoStandin
 
 pytestmark = pytest.mark.usefixtures("database")
@@ -59,13 +59,6 @@ def drain(app, timeout: float = 30.0, **overrides):
     return sender
 
 
-def wait_until(condition, timeout: float, what: str) -> None:
-    """Poll `condition` until it holds; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def items(app) -> list:

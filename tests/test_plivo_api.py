@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from email.utils import formatdate
 from pathlib import Path
@@ -223,8 +224,10 @@ def test_not_listening_is_retry_and_nothing_is_recorded(standin, api):
     assert send(api).outcome == SENT and len(standin.sends) == 2
 
 
-def test_connect_timeout_is_retry():
-    """A listener whose accept queue is full drops SYNs, so the connect times out."""
+@contextmanager
+def unanswered_port():
+    """A port on loopback whose connects get no answer: the listener's accept queue is full,
+    so the kernel drops further SYNs and a connect waits until its own timeout."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(0)
@@ -240,12 +243,17 @@ def test_connect_timeout_is_retry():
                 probe.settimeout(0.2)
                 if probe.connect_ex(("127.0.0.1", port)) == 0:
                     pytest.skip("this kernel completes connects beyond the accept queue")
-            with MessageApi(f"http://127.0.0.1:{port}", "MAX", "token", connect_timeout=0.2, read_timeout=0.2) as api:
-                result = send(api)
-            assert (result.outcome, result.error) == (RETRY, "connect timeout after 0.2 s")
+            yield port
         finally:
             for filler in fillers:
                 filler.close()
+
+
+def test_connect_timeout_is_retry():
+    with unanswered_port() as port:
+        with MessageApi(f"http://127.0.0.1:{port}", "MAX", "token", connect_timeout=0.2, read_timeout=0.2) as api:
+            result = send(api)
+        assert (result.outcome, result.error) == (RETRY, "connect timeout after 0.2 s")
 
 
 def test_slow_answer_is_unknown_but_the_message_was_created(standin):
@@ -497,23 +505,9 @@ def test_an_answer_read_whole_before_the_deadline_stands_though_the_deadline_exp
 
 def test_a_connect_that_stalls_past_the_deadline_over_plain_http_is_tried_again_not_unknown():
     """Nothing of the request reached a socket: it certainly did not leave."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(0)  # a full accept queue: later connects get no answer to their SYN
-    port = server.getsockname()[1]
-    fill = []
-    try:
-        for _ in range(3):
-            sock = socket.socket()
-            sock.setblocking(False)
-            sock.connect_ex(("127.0.0.1", port))
-            fill.append(sock)
+    with unanswered_port() as port:
         client = MessageApi(f"http://127.0.0.1:{port}", "MAXX", "tok", connect_timeout=1.5, read_timeout=2.0,
                             deadline=0.5)
         result = send(client)
         client.close()
         assert result.outcome == RETRY, result
-    finally:
-        for sock in fill:
-            sock.close()
-        server.close()

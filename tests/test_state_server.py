@@ -28,6 +28,7 @@ from app.plivoxml import EMPTY
 from app.store import Store, utcnow
 from app.store.db import parse_url
 from conftest import FORM, PG_ADMIN_URL, ROOT, empty_postgres, postgres_database, signed_headers, sms
+from conftest import wait_until as wait_for
 from servers import Server, Servers
 
 HOURS = b"We are open 9am-5pm, Monday to Friday (New York time)."
@@ -52,12 +53,6 @@ def new_nonce() -> str:
     return uuidlib.uuid4().hex
 
 
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def logged(url: str) -> dict[str, tuple[int, bytes]]:
