@@ -74,6 +74,41 @@ class Rejected(Exception):
         self.answer = answer
 
 
+@dataclass(slots=True)
+class MessageWork:
+    """One new message's work, handed to the store (`Store.message`): what the rules decided,
+    the answer rendered for a fresh state, and `finish`, which the store calls inside its
+    transaction with the state it read. What `finish` settled is kept here for the log
+    and the metrics once the transaction has committed."""
+
+    responder: Responder
+    msg: Inbound
+    ruleset: RuleSet
+    now: datetime
+    kind: str | None
+    via: str | None
+    decision: Decision | None
+    fresh: tuple[policy.Plan, Answer]
+    claim: Claim
+    needs: Needs
+    plan: policy.Plan | None = None
+    change: str | None = None
+    queued: int = 0
+
+    def finish(self, state: policy.State) -> tuple[Record, Stored]:
+        """The rows to write and the answer, for `state` (quick and pure: it runs inside the
+        store's transaction, maybe on another thread, and may run again if it is retried)."""
+        if not state.opted_out and (self.needs.most is None or state.recent_replies <= self.needs.most):
+            plan, answer = self.fresh
+        else:
+            plan, answer = self.responder.render(self.msg, self.ruleset, self.kind, self.via, self.decision, state)
+        self.plan = plan
+        self.change = _real_change(plan, self.msg.from_ in state.opted_out)
+        record = _record(self.msg, self.decision, plan, answer, self.ruleset, self.now, self.responder.hold)
+        self.queued = len(record.outbox)
+        return record, _to_stored(answer)
+
+
 def called_url(scheme: str, host: str, raw_uri: str, public_url: str | None) -> str:
     """The URL Plivo called: `PUBLIC_URL` or scheme://host, then the path and query as sent."""
     if raw_uri.startswith(("http://", "https://")):  # absolute-form request line
@@ -231,47 +266,39 @@ class Responder:
 
         A MessageUUID decided so long ago that its message is pruned (it is remembered for
         REPLAY_DAYS) is not decided again: it gets an empty `<Response/>` and nothing is sent."""
-        work: dict = {}
-
-        def prepare() -> Needs:  # only for a MessageUUID not seen before
-            kind, via, decision = self.decide(msg, ruleset, local)
-            limit = ruleset.limit
-            replies = 0 if decision is None else sum(o.kind == "reply" for o in decision.outgoing)
-            # Rendered now, as for a sender with no opt-out and no replies yet: inside the
-            # transaction this answer is used as it is unless the state says otherwise.
-            work.update(kind=kind, via=via, decision=decision, replies=replies,
-                        fresh=self.render(msg, ruleset, kind, via, decision, policy.FreshState()))
-            return Needs(policy.numbers_to_check(msg, decision),
-                         now - limit.per if (limit is not None and replies) else None)
-
-        def finish(state: policy.State) -> tuple[Record, Stored]:
-            limit = ruleset.limit
-            if not state.opted_out and (limit is None or state.recent_replies + work["replies"] <= limit.count):
-                plan, answer = work["fresh"]
-            else:
-                plan, answer = self.render(msg, ruleset, work["kind"], work["via"], work["decision"], state)
-            work["plan"] = plan
-            work["change"] = _real_change(plan, msg.from_ in state.opted_out)
-            record = _record(msg, work["decision"], plan, answer, ruleset, now, self.hold)
-            work["queued"] = len(record.outbox)
-            return record, _to_stored(answer)
-
-        claim = Claim(uuid=msg.uuid, nonces=nonces, sender=msg.from_, to=msg.to, now=now, digest=digest)
-        stored, fresh = self.store.message(claim, prepare, finish)
+        work = self._prepare(msg, ruleset, nonces, digest, local, now)
+        stored, fresh = self.store.message(work)
         if stored is None:
             metrics.repeated()
             log.info("message delivered again after its record was pruned: empty answer, nothing sent",
                      extra={"uuid": msg.uuid})
             return Answer(200, plivoxml.EMPTY, plivoxml.CONTENT_TYPE), False
         if fresh:
-            metrics.decided(_rules(work["decision"], work["plan"]), work["change"])
-            self._log_answered(msg, work["decision"], work["plan"])
-            if work["queued"] and self.on_queued is not None:
+            metrics.decided(_rules(work.decision, work.plan), work.change)
+            self._log_answered(msg, work.decision, work.plan)
+            if work.queued and self.on_queued is not None:
                 self.on_queued()
         else:
             metrics.repeated()
             log.info("message delivered again: stored answer sent", extra={"uuid": msg.uuid})
         return _from_stored(stored), fresh
+
+    def _prepare(self, msg: Inbound, ruleset: RuleSet, nonces: tuple[str, ...], digest: bytes,
+                 local: datetime | None, now: datetime) -> MessageWork:
+        """The rules run, and the answer rendered for a sender with no opt-out and no replies
+        yet, before the store's transaction: inside it, this answer is used as it is unless
+        the state says otherwise."""
+        kind, via, decision = self.decide(msg, ruleset, local)
+        replies = 0 if decision is None else sum(o.kind == "reply" for o in decision.outgoing)
+        limit = ruleset.limit
+        limited = limit is not None and replies > 0
+        return MessageWork(
+            responder=self, msg=msg, ruleset=ruleset, now=now, kind=kind, via=via, decision=decision,
+            fresh=self.render(msg, ruleset, kind, via, decision, policy.FreshState()),
+            claim=Claim(uuid=msg.uuid, nonces=nonces, sender=msg.from_, to=msg.to, now=now, digest=digest),
+            needs=Needs(policy.numbers_to_check(msg, decision), now - limit.per if limited else None,
+                        limit.count - replies if limited else None),
+        )
 
     def _log_answered(self, msg: Inbound, decision: Decision | None, plan: policy.Plan,
                       warn: bool = True) -> None:

@@ -3,7 +3,7 @@
     fill(url, count)   # `count` old messages, each with what a day of traffic leaves
 
 Each message (an SMS answered by XML) comes with its reply, one delivery report on
-that reply, its signature nonce and MessageUUID as `seen` keeps them, and every tenth with a finished webhook call in the
+that reply, its signature nonce as `seen` keeps it (its MessageUUID goes there when it is pruned), and every tenth with a finished webhook call in the
 outbox, as the service would have written them `days_old` days ago and after (one
 message every `spacing_s` seconds). Written by the database itself in chunks
 (SQLite: a recursive CTE; PostgreSQL: generate_series), about 5 rows per message.
@@ -125,12 +125,10 @@ def fill(url_or_engine, count: int, *, days_old: int = 400, spacing_s: int = 10,
                     "INSERT INTO reports (received_at, message_uuid, parent_uuid, status, sequence, part, "
                     f"error_code, reply_id, params) {with_}SELECT {later}, 'old-sent-' || ({r0} + n), NULL, "
                     f"'delivered', '2', '', NULL, {r0} + n, {d.json(REPORT)} FROM {source}"),
-                # Its nonce and its MessageUUID, remembered against replays.
+                # Its nonce, remembered against replays (its MessageUUID is known by its row).
                 "seen": (
                     f"INSERT INTO seen (key, digest, day) {with_}SELECT {d.key('N', f'{m0} + n')}, "
-                    f"{d.blob('0123456789abcdef')}, {d.day(base, f'n * {spacing_s}')} FROM {source} "
-                    f"UNION ALL SELECT {d.key('U', f'{m0} + n')}, NULL, {d.day(base, f'n * {spacing_s}')} "
-                    f"FROM {source}"),
+                    f"{d.blob('0123456789abcdef')}, {d.day(base, f'n * {spacing_s}')} FROM {source}"),
                 "outbox": (
                     "INSERT INTO outbox (created_at, kind, role, message_id, position, rule, src, dst, type, "
                     "method, text, media, status, attempts, due_at, attempted_at, finished_at) "

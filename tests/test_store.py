@@ -110,15 +110,20 @@ def test_migration_0003_carries_messages_uuids_and_nonces_over_to_seen(empty_url
     try:
         assert store.prune(1, replay_days=4000)["messages"] == 1
 
-        def never(*_):
-            raise AssertionError("decided again")
+        class Never:  # the work of a message that must not be decided again
+            needs = Needs()
+
+            def __init__(self, claim):
+                self.claim = claim
+
+            def finish(self, _state):
+                raise AssertionError("decided again")
         claim = Claim(uuid="old-uuid-\u00e9", nonces=["another"], sender="14155550123", to="14155550100",
                       now=datetime(2026, 12, 1), digest=b"d" * 16)
-        # (on SQLite the rules may run before the write turn; what they decide is not used)
-        assert store.message(claim, Needs, never) == (None, False)
+        assert store.message(Never(claim)) == (None, False)
         claim.nonces, claim.uuid = ["12345678901234567890"], "new-uuid"  # the old nonce: never again
         with pytest.raises(Replayed):
-            store.message(claim, Needs, never)
+            store.message(Never(claim))
     finally:
         store.dispose()
 
@@ -292,8 +297,8 @@ def test_sqlite_writer_turn_after_the_deadline_is_a_503(tmp_path, monkeypatch):
     import threading
     import time
 
-    import app.store as store_module
-    monkeypatch.setattr(store_module, "WRITER_WAIT_S", 0.3)
+    import app.store.writer as writer_module
+    monkeypatch.setattr(writer_module, "WRITER_WAIT_S", 0.3)
     app = make_app(tmp_path)  # a fresh SQLite file
     path = app.config["DATABASE_URL"][len("sqlite:///"):] + ".writer-lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT)

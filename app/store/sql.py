@@ -1,0 +1,68 @@
+"""Statements built once from the schema's Core constructs, compiled once per dialect.
+
+The message path runs a handful of statements per message, thousands of times a
+second: SQLAlchemy compiles each one here, once, to its dialect's SQL text and the
+order of its parameters, with the type of each parameter's bind processor (what
+SQLAlchemy itself stores: SQLite's text datetimes, JSON as text, ...). Executing one
+is then `Connection.exec_driver_sql`: the same connections, transactions and error
+handling as every Core statement of the store, without compiling again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+
+class Statement:
+    """One Core statement compiled for one dialect: `.sql` and `.params(values)`."""
+
+    __slots__ = ("sql", "positional", "_plan")
+
+    def __init__(self, construct: sa.Executable, dialect: Dialect):
+        compiled = construct.compile(dialect=dialect)
+        self.sql = str(compiled)
+        self.positional = bool(compiled.positional)
+        names = compiled.positiontup if self.positional else list(compiled.binds)
+        plan: list[tuple[str, Callable[[Any], Any] | None, Any]] = []
+        for name in names:
+            bind = compiled.binds[name]
+            # A bind given a value where it was built (a literal) keeps it; the rest are named.
+            default = bind.value if bind.value is not None or bind.callable is not None else _REQUIRED
+            plan.append((name, bind.type.dialect_impl(dialect).bind_processor(dialect), default))
+        self._plan = tuple(plan)
+
+    def params(self, values: Mapping[str, Any]) -> tuple | dict:
+        """The driver's parameters for `values` (by bind name), processed as SQLAlchemy would."""
+        out = []
+        for name, process, default in self._plan:
+            value = values[name] if default is _REQUIRED else values.get(name, default)
+            out.append(value if process is None or value is None else process(value))
+        if self.positional:
+            return tuple(out)
+        return dict(zip((name for name, _, _ in self._plan), out))
+
+    def run(self, conn: sa.Connection, values: Mapping[str, Any]) -> sa.CursorResult:
+        return conn.exec_driver_sql(self.sql, self.params(values))
+
+
+_REQUIRED = object()
+
+
+class Shapes:
+    """Statements that differ by a shape (how many rows, which parts): built and compiled at
+    the first use of each shape, then kept. `build(*shape)` returns the Core construct."""
+
+    def __init__(self, build: Callable[..., sa.Executable], dialect: Dialect):
+        self._build = build
+        self._dialect = dialect
+        self._made: dict[tuple, Statement] = {}
+
+    def __call__(self, *shape) -> Statement:
+        statement = self._made.get(shape)
+        if statement is None:
+            statement = self._made[shape] = Statement(self._build(*shape), self._dialect)
+        return statement
