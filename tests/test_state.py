@@ -591,3 +591,52 @@ def test_a_nonce_no_signature_covers_is_not_kept(app, client):
 def test_report_with_a_nul_in_its_reference_is_stored(app, client):
     r = send(client, {"MessageUUID": "u-1", "Status": "sent"}, path="/status", query="ref=ab%00c.1")
     assert r.status_code == 200
+
+
+# -- what one message costs the database ------------------------------------------------------
+class RoundTrips:
+    """PostgreSQL: every round trip the store's connections make, read from libpq's own trace of
+    the protocol (PQtrace: a frontend Query or Sync ends each one). SQLite: its transactions
+    (SQLAlchemy's commit event), the database being in the process."""
+
+    def __init__(self, store, path):
+        self.store, self.path, self.commits = store, path, 0
+        self._file = open(path, "w+")
+        sa.event.listen(store.engine, "commit", self._commit)
+        if store.postgres:
+            sa.event.listen(store.engine, "checkout", self._trace)
+
+    def _commit(self, _conn):
+        self.commits += 1
+
+    def _trace(self, dbapi_connection, _record, _proxy):
+        from psycopg import pq
+        dbapi_connection.pgconn.trace(self._file.fileno())
+        dbapi_connection.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+
+    def count(self) -> int:
+        """Round trips since the last count."""
+        self._file.flush()
+        self._file.seek(0)
+        lines = self._file.read().splitlines()
+        self._file.seek(0)
+        self._file.truncate()
+        return sum(1 for line in lines if line.split("\t")[:1] == ["F"] and line.split("\t")[2:3] in (["Query"], ["Sync"]))
+
+
+def test_a_new_message_costs_at_most_four_round_trips(app, client, tmp_path):
+    """PostgreSQL: BEGIN; the sender's lock, the nonce's claim and the retry's lookup in one
+    statement; the state read and every insert in another; COMMIT. A retry: three. SQLite (no
+    network): one write transaction."""
+    store = app.extensions["responder"].store
+    trips = RoundTrips(store, tmp_path / "trace")
+    assert texts(send(client, sms("hours", From="14155550999"))) == [HOURS]  # compiles the shapes
+    trips.count()
+    params = sms("hours", From="14155550998")
+    commits = trips.commits
+    assert texts(send(client, params)) == [HOURS]
+    assert trips.commits == commits + 1
+    if store.postgres:
+        assert trips.count() == 4
+        assert texts(send(client, params)) == [HOURS]  # Plivo again: the stored answer
+        assert trips.count() == 3

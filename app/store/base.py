@@ -72,6 +72,29 @@ class Database:
                 yield conn
 
     @contextmanager
+    def _cursor(self, conn: sa.Connection) -> Iterator:
+        """The driver cursor of `conn`, for statements compiled once (sql.Statement), with the
+        driver's errors turned into the store's as SQLAlchemy would turn them: a unique
+        index's refusal `Conflict`, anything else `Unavailable`, after dropping a connection
+        that was lost (SQLAlchemy then takes a new one)."""
+        dbapi = self.engine.dialect.dbapi
+        raw = conn.connection.driver_connection
+        cursor = raw.cursor()
+        try:
+            yield cursor
+        except dbapi.IntegrityError as exc:
+            raise Conflict(reason(exc)) from exc
+        except dbapi.Error as exc:
+            if self.engine.dialect.is_disconnect(exc, raw, cursor):
+                conn.invalidate(exc)
+            raise Unavailable(reason(exc)) from exc
+        finally:
+            try:
+                cursor.close()
+            except dbapi.Error:  # a lost connection's cursor
+                pass
+
+    @contextmanager
     def _read(self) -> Iterator[sa.Connection]:
         with self._errors(), self.engine.connect() as conn:
             yield conn

@@ -196,9 +196,9 @@ class Messages:
         if len(jobs) > 1:
             results = []
             try:
-                with self._write() as conn:
+                with self._write() as conn, self._cursor(conn) as cur:
                     for job in jobs:
-                        results.append(self._sqlite_one(conn, job.work))
+                        results.append(self._sqlite_one(cur, job.work))
             except Exception:  # noqa: BLE001 - nothing was written: each again below, with its own outcome
                 pass
             else:
@@ -207,8 +207,8 @@ class Messages:
                 return
         for job in jobs:
             try:
-                with self._write() as conn:
-                    outcome, error = self._sqlite_one(conn, job.work)
+                with self._write() as conn, self._cursor(conn) as cur:
+                    outcome, error = self._sqlite_one(cur, job.work)
             except Exception as exc:  # noqa: BLE001 - the job's own failure, raised in its thread
                 job.finish(error=exc)
             else:
@@ -229,10 +229,10 @@ class Messages:
                     if new:
                         sql.unclaim(len(new)).run(conn, {f"key_{i}": k for i, k in enumerate(sorted(new))})
                     return None, Replayed(key.hex())
-        row = sql.redeliver.run(conn, {"uuid": claim.uuid}).first()
+        row = sql.redeliver.run(conn, {"uuid": claim.uuid}).fetchone()
         if row is not None:
             return (Stored(row[0], row[1], bytes(row[2])), False), None
-        if sql.remembered.run(conn, {"key": seen_key("uuid", claim.uuid)}).first() is not None:
+        if sql.remembered.run(conn, {"key": seen_key("uuid", claim.uuid)}).fetchone() is not None:
             return (None, False), None
         record, stored = work.finish(self._state(conn, claim, work.needs))
         self._insert(conn, claim, record, stored)
@@ -241,7 +241,7 @@ class Messages:
     def _same_request(self, conn, key: bytes, digest: bytes) -> bool:
         """A nonce that was there already: True if it came with this very request (a retry),
         False if with another one (a replay)."""
-        kept = self._msql.nonce_digest.run(conn, {"key": key}).first()
+        kept = self._msql.nonce_digest.run(conn, {"key": key}).fetchone()
         if kept is None:  # gone meanwhile (pruned): nothing to compare
             return True
         return kept[0] is not None and bytes(kept[0]) == digest  # (a nonce kept before 0003 has no digest)
@@ -255,12 +255,12 @@ class Messages:
             opted = frozenset(r[0] for r in sql.opted_out(len(needs.numbers)).run(conn, values))
         recent = 0
         if needs.limit_since is not None:
-            recent = sql.recent.run(conn, {"sender": claim.sender, "since": needs.limit_since}).scalar_one()
+            recent = sql.recent.run(conn, {"sender": claim.sender, "since": needs.limit_since}).fetchone()[0]
         return NumberState(opted, recent)
 
     def _insert(self, conn, claim: Claim, record: Record, stored: Stored) -> None:
         sql = self._msql
-        message_id = sql.insert_message.run(conn, self._message_values(claim, record, stored)).scalar_one()
+        message_id = sql.insert_message.run(conn, self._message_values(claim, record, stored)).fetchone()[0]
         if record.replies:
             sql.insert_replies(len(record.replies)).run(conn, self._reply_values(claim, record, message_id))
         if record.outbox:
@@ -309,8 +309,8 @@ class Messages:
     def _message_postgres(self, work: Work) -> tuple[Stored | None, bool]:
         for _attempt in range(2):
             try:
-                with self._write() as conn:
-                    return self._postgres_one(conn, work)
+                with self._write() as conn, self._cursor(conn) as cur:
+                    return self._postgres_one(cur, work)
             except Conflict:
                 continue  # the same uuid at the same moment from another sender number: look again
         raise Unavailable("could not record the message")
@@ -321,15 +321,15 @@ class Messages:
         values = {f"key_{i}": key for i, key in enumerate(keys)}
         values.update(lock=lock_key(claim.sender), digest=claim.digest, day=day_number(claim.now),
                       uuid=claim.uuid, uuid_key=seen_key("uuid", claim.uuid))
-        row = sql.pg_claim(len(keys)).run(conn, values).one()
+        claimed, status, content_type, body, remembered = sql.pg_claim(len(keys)).run(conn, values).fetchone()
         if keys:
-            new = {bytes(k) for k in row.claimed or ()}
+            new = {bytes(k) for k in claimed or ()}
             for key in keys:
                 if key not in new and not self._same_request(conn, key, claim.digest):
                     raise Replayed(key.hex())  # (the transaction is rolled back: nothing is kept)
-        if row.answer_status is not None:
-            return Stored(row.answer_status, row.answer_type, bytes(row.answer_body)), False
-        if row.remembered:
+        if status is not None:
+            return Stored(status, content_type, bytes(body)), False
+        if remembered:
             return None, False
         # Rendered for the state of a sender with no opt-out and no replies yet: written only
         # if that is the state, read in the same statement (after the lock).
@@ -340,7 +340,7 @@ class Messages:
         values = self._pg_values(claim, record, stored)
         values.update(numbers=list(needs.numbers), to_g=claim.to, sender_g=claim.sender,
                       since=needs.limit_since, most=most)
-        if sql.pg_write(*shape, True).run(conn, values).scalar_one() is not None:
+        if sql.pg_write(*shape, True).run(conn, values).fetchone()[0] is not None:
             return stored, True
         record, stored = work.finish(self._state(conn, claim, needs))
         shape = self._pg_shape(record, needs, False)

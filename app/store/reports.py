@@ -86,7 +86,7 @@ class Reports:
             if key in new:
                 repeated = False
                 continue
-            kept = sql.nonce_digest.run(conn, {"key": key}).first()
+            kept = sql.nonce_digest.run(conn, {"key": key}).fetchone()
             if kept is None:  # gone meanwhile (pruned): nothing to compare
                 repeated = False
             elif kept[0] is None or bytes(kept[0]) != digest:
@@ -105,7 +105,9 @@ class Reports:
         sequence = _field(params, "Sequence", 32)
         parent = _field(params, "ParentMessageUUID", 64) or None
         with self._write() as conn:
-            if self._claim_report_nonces(conn, nonces, digest, now):
+            with self._cursor(conn) as cur:
+                repeated = self._claim_report_nonces(cur, nonces, digest, now)
+            if repeated:
                 return None, False
             reply = self._find_reply(conn, ref, uuid, parent)
             reply_id = reply[0] if reply is not None else None

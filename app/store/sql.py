@@ -4,8 +4,10 @@ The message path runs a handful of statements per message, thousands of times a
 second: SQLAlchemy compiles each one here, once, to its dialect's SQL text and the
 order of its parameters, with the type of each parameter's bind processor (what
 SQLAlchemy itself stores: SQLite's text datetimes, JSON as text, ...). Executing one
-is then `Connection.exec_driver_sql`: the same connections, transactions and error
-handling as every Core statement of the store, without compiling again.
+is then one `execute` on the driver cursor of the store's own SQLAlchemy connection
+(`Database._cursor`), inside a transaction SQLAlchemy began: the same connections,
+transactions and error handling as every Core statement of the store, without compiling
+again and without SQLAlchemy's result objects (tens of microseconds a statement).
 """
 
 from __future__ import annotations
@@ -45,8 +47,10 @@ class Statement:
             return tuple(out)
         return dict(zip((name for name, _, _ in self._plan), out))
 
-    def run(self, conn: sa.Connection, values: Mapping[str, Any]) -> sa.CursorResult:
-        return conn.exec_driver_sql(self.sql, self.params(values))
+    def run(self, cursor, values: Mapping[str, Any]):
+        """Execute on a driver cursor (see Database._cursor); the cursor holds the rows."""
+        cursor.execute(self.sql, self.params(values))
+        return cursor
 
 
 _REQUIRED = object()
