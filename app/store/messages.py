@@ -56,7 +56,7 @@ def _param(column: sa.Column, name: str | None = None) -> sa.BindParameter:
 
 
 def _rows(table: sa.Table, columns: Sequence[str], count: int) -> list[dict]:
-    return [{c: _param(table.c[c], f"{c}_{i}") for c in columns} for i in range(count)]
+    return [{c: _param(table.c[c], f"{table.name}_{c}_{i}") for c in columns} for i in range(count)]
 
 
 class MessageSql:
@@ -147,7 +147,8 @@ class MessageSql:
         for table, columns, count, name in ((replies, REPLY_COLUMNS, n_replies, "r"), (outbox, OUTBOX_COLUMNS, n_outbox, "o")):
             if not count:
                 continue
-            selects = [sa.select(*[m.c.id if c == "message_id" else _param(table.c[c], f"{c}_{i}") for c in columns])
+            selects = [sa.select(*[m.c.id if c == "message_id" else _param(table.c[c], f"{table.name}_{c}_{i}")
+                                   for c in columns])
                        for i in range(count)]
             ctes.append(table.insert().from_select(list(columns), sa.union_all(*selects) if count > 1 else selects[0])
                         .cte(name))
@@ -288,9 +289,9 @@ class Messages:
         values: dict = {}
         for i, reply in enumerate(record.replies):
             for column in REPLY_COLUMNS:
-                values[f"{column}_{i}"] = reply.get(column)
-            values[f"message_id_{i}"] = message_id
-            values[f"created_at_{i}"] = claim.now
+                values[f"replies_{column}_{i}"] = reply.get(column)
+            values[f"replies_message_id_{i}"] = message_id
+            values[f"replies_created_at_{i}"] = claim.now
         return values
 
     @staticmethod
@@ -302,7 +303,7 @@ class Messages:
             row = {"created_at": queued, "message_id": message_id, "media": item.get("media") or [],
                    "status": item.get("status", "pending"), "attempts": 0, "due_at": queued}
             for column in OUTBOX_COLUMNS:
-                values[f"{column}_{i}"] = row[column] if column in row else item.get(column)
+                values[f"outbox_{column}_{i}"] = row[column] if column in row else item.get(column)
         return values
 
     # -- PostgreSQL ------------------------------------------------------------------------
