@@ -438,7 +438,7 @@ def _send(responder: _Responder, store: Store, step: Step, uuid: str) -> Got:
         return Got((), (), (), (f"the message was not answered: {answer.status} {reason}",))
     row = rows[0]
     replies = tuple(r["text"] for r in row["replies"] if r["kind"] != "forward")
-    forwards = tuple((tuple(r["dst"].split("<")), r["text"]) for r in row["replies"] if r["kind"] == "forward")
+    forwards = tuple((tuple(r["numbers"]), r["text"]) for r in row["replies"] if r["kind"] == "forward")
     return Got(replies, forwards, tuple(row["rules"]), tuple(responder.errors))
 
 

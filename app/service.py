@@ -459,7 +459,7 @@ def _record(msg: Inbound, decision: Decision | None, plan: policy.Plan, answer: 
             "held": [dict(h, text=_storable(h["text"])) for h in plan.held],
         },
         replies=[{
-            "position": i, "kind": o.kind, "rule": o.rule, "src": o.src, "dst": "<".join(o.dst),
+            "position": i, "kind": o.kind, "rule": o.rule, "src": o.src, "dst": list(o.dst),
             "sender": msg.from_, "limited": o.kind == "reply", "text": _storable(o.text), "via": via,
         } for i, (o, via) in enumerate(zip(plan.outgoing, plan.via))],
         outbox=_outbox(msg, plan, now, hold),

@@ -68,6 +68,10 @@ class _Dialect:
     def json(self, text: str) -> str:
         return f"('{text}')::json" if self.postgres else f"('{text}')"
 
+    def number_list(self, number: str) -> str:
+        """A JSON list of one number (a reply's `dst`)."""
+        return f"json_build_array({number})" if self.postgres else f"json_array({number})"
+
     def blob(self, text: str) -> str:
         return f"convert_to('{text}', 'UTF8')" if self.postgres else f"CAST('{text}' AS BLOB)"
 
@@ -118,7 +122,7 @@ def fill(url_or_engine, count: int, *, days_old: int = 400, spacing_s: int = 10,
                 "replies": (
                     "INSERT INTO replies (id, message_id, position, kind, rule, src, dst, sender, limited, "
                     "text, via, created_at, status, status_key, status_at, plivo_uuid) "
-                    f"{with_}SELECT {r0} + n, {m0} + n, 0, 'reply', 'hours', '14155550100', {sender}, "
+                    f"{with_}SELECT {r0} + n, {m0} + n, 0, 'reply', 'hours', '14155550100', {d.number_list(sender)}, "
                     f"{sender}, {d.boolean(True)}, 'We are open 9am-5pm, Monday to Friday.', 'xml', {ts}, "
                     f"'delivered', '2|000000000002|', {later}, 'old-sent-' || ({r0} + n) FROM {source}"),
                 "reports": (

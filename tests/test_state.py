@@ -61,7 +61,7 @@ def test_message_is_recorded_with_rules_replies_and_answer(app, client):
     assert m["uuid"] == params["MessageUUID"]
     assert (m["from"], m["to"], m["type"], m["text"], m["intent"]) == (SENDER, LINE, "sms", "Hours?", None)
     assert m["rules"] == ["hours"] and m["deliveries"] == 1
-    assert m["replies"] == [{"dst": SENDER, "text": HOURS, "via": "xml", "status": None,
+    assert m["replies"] == [{"dst": SENDER, "numbers": [SENDER], "text": HOURS, "via": "xml", "status": None,
                              "kind": "reply", "rule": "hours", "plivo_uuid": None}]
     assert m["received_at"] == "2026-11-23T15:00:00Z"  # 10:00 in New York, kept in UTC
     [(body,)] = rows(app, "SELECT answer_body FROM messages")

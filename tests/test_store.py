@@ -81,6 +81,36 @@ def empty_url(request, tmp_path):
         admin.dispose()
 
 
+def test_migration_0005_keeps_a_replys_numbers_as_a_list(empty_url):
+    """Replies written before 0005 ('<'-joined numbers) read as lists after it, on both
+    databases; the reply limit's index goes, Plivo's uuid index keeps only rows that have one."""
+    engine = make_engine(empty_url, pool_size=1)
+    try:
+        migrate.upgrade(engine, "0004")
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO messages (id, uuid, received_at, from_number, to_number, type, text, intent, params, "
+                "rules, possible_optout, held, deliveries, answer_status, answer_type, answer_body) VALUES "
+                "(1, 'u', :at, '14155550123', '14155550100', 'sms', 'hi', '', '{}', '[]', false, "
+                "'[]', 1, 200, 'application/xml', :body)"), {"at": datetime(2026, 1, 2), "body": b"<Response/>"})
+            for position, dst in ((0, "14155550123"), (1, "14155550111<14155550122")):
+                conn.execute(sa.text(
+                    "INSERT INTO replies (message_id, position, kind, src, dst, sender, limited, text, via, "
+                    "created_at) VALUES (1, :p, 'forward', '14155550100', :dst, '14155550123', false, 't', 'xml', :at)"),
+                    {"p": position, "dst": dst, "at": datetime(2026, 1, 2)})
+        migrate.upgrade(engine)
+        store = Store(empty_url, pool_size=1)
+        try:
+            replies = store.list_messages(uuid="u")[0]["replies"]
+        finally:
+            store.dispose()
+        assert [r["numbers"] for r in replies] == [["14155550123"], ["14155550111", "14155550122"]]
+        assert [r["dst"] for r in replies] == ["14155550123", "14155550111<14155550122"]
+        assert "ix_replies_sender_created_at" not in {i["name"] for i in sa.inspect(engine).get_indexes("replies")}
+    finally:
+        engine.dispose()
+
+
 def test_migration_0003_carries_messages_uuids_and_nonces_over_to_seen(empty_url):
     """The keys the migration makes in SQL are those the service makes (app.store.seen_key):
     a message recorded before 0003, pruned after it, is still never decided again."""

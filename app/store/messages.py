@@ -396,7 +396,7 @@ class Messages:
                 for r in conn.execute(sa.select(replies).where(replies.c.message_id.in_(list(by_message)))
                                       .order_by(replies.c.message_id, replies.c.position)).mappings():
                     reply = {
-                        "dst": r["dst"], "text": r["text"], "via": r["via"], "status": r["status"],
+                        "dst": "<".join(r["dst"]), "numbers": list(r["dst"]), "text": r["text"], "via": r["via"], "status": r["status"],
                         "kind": r["kind"], "rule": r["rule"], "plivo_uuid": r["plivo_uuid"],
                     }
                     if r["via"] == "api":

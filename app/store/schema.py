@@ -52,7 +52,7 @@ replies = sa.Table(
     sa.Column("kind", sa.String(16), nullable=False),    # reply, forward, optout, optin, help
     sa.Column("rule", sa.Text),                          # the rule that made it (NULL: compliance)
     sa.Column("src", sa.String(32), nullable=False),
-    sa.Column("dst", sa.Text, nullable=False),           # numbers joined by '<'
+    sa.Column("dst", sa.JSON, nullable=False),           # the numbers it went to (a list)
     sa.Column("sender", sa.String(32), nullable=False),  # the inbound sender (for reply limits)
     sa.Column("limited", sa.Boolean, nullable=False),    # counts towards limits.replies_per_sender
     sa.Column("text", sa.Text, nullable=False),
