@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -372,3 +373,46 @@ def test_alembic_by_hand_reads_database_url_file_like_the_service(tmp_path):
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert "seen" in sa.inspect(sa.create_engine(f"sqlite:///{target}")).get_table_names()
+
+
+_TURNS = r'''
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+from app.store.writer import WriteTurn
+turn = WriteTurn(sys.argv[2])
+fd = os.open(sys.argv[3], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+open(sys.argv[3] + "." + sys.argv[5], "w").close()          # ready
+while not os.path.exists(sys.argv[3] + ".go"):
+    time.sleep(0.001)
+for _ in range(int(sys.argv[4])):
+    with turn:
+        os.write(fd, sys.argv[5].encode())
+        end = time.perf_counter() + 0.0002                    # a turn's work: a few hundred microseconds
+        while time.perf_counter() < end:
+            pass
+'''
+
+
+def test_the_sqlite_write_turn_is_fair_between_processes(tmp_path):
+    """Two processes that want SQLite's write turn all the time take it in turns: one that has
+    just had it lets the other, already waiting, go first (an flock alone lets the holder take
+    it again and again while the other sleeps between tries)."""
+    from conftest import wait_until
+    log, turns = tmp_path / "turns", 400
+    procs = [subprocess.Popen([sys.executable, "-c", _TURNS, str(ROOT), str(tmp_path / "db.sqlite3"), str(log),
+                               str(turns), name]) for name in "ab"]
+    try:
+        wait_until(lambda: all((tmp_path / f"turns.{n}").exists() for n in "ab"), 30, "both processes to start")
+        (tmp_path / "turns.go").touch()
+        for proc in procs:
+            assert proc.wait(timeout=60) == 0
+    finally:
+        for proc in procs:
+            proc.kill()
+    order = log.read_text()
+    both = order[:min(order.rindex("a"), order.rindex("b")) + 1]  # while both still wanted turns
+    runs = [len(run) for run in re.findall(r"a+|b+", both)]
+    # Fair: the turn changes hands over and over (an flock alone: a few times, or never: one
+    # process had all 400 turns before the other had one), and no process keeps it for long
+    # while the other waits (a waiter that a busy machine does not wake in time is passed over).
+    assert len(runs) > turns / 10 and max(runs) < turns / 2, runs

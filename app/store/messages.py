@@ -200,6 +200,11 @@ class Messages:
                 with self._write() as conn, self._cursor(conn) as cur:
                     for job in jobs:
                         results.append(self._sqlite_one(cur, job.work))
+            except Unavailable as exc:
+                if not isinstance(exc, Conflict):  # the database's refusal, not one message's: theirs too
+                    for job in jobs:
+                        job.finish(error=exc)
+                    return
             except Exception:  # noqa: BLE001 - nothing was written: each again below, with its own outcome
                 pass
             else:

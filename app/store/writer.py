@@ -28,7 +28,7 @@ from .errors import Unavailable
 WRITER_WAIT_S = 5.0
 #: How long a process that has just had the turn waits for a process that was waiting
 #: before it to take it (then it tries anyway: a waiter may have given up).
-YIELD_MAX_S = 0.05
+YIELD_MAX_S = 0.1
 
 
 class WriteTurn:
