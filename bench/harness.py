@@ -3,8 +3,9 @@ app.store.db / psycopg for the bench databases).
 
 Subcommands:
   free-ports N                       print N distinct free loopback TCP ports
-  wait URL [--method M] [--timeout S] [--pid PID]
-                                     poll URL until it answers 2xx (fail if PID dies)
+  wait URL [--method M] [--timeout S] [--pid PID] [--any]
+                                     poll URL until it answers 2xx (--any: any HTTP status;
+                                     fail if PID dies)
   cpu PID                            CPU seconds used so far by the children of PID
   dbcpu DBNAME [--save F | --since F]
                                      CPU seconds used so far by the PostgreSQL backends
@@ -14,12 +15,12 @@ Subcommands:
                                      and, per pool, DIR/pool-NAME.txt: COUNT distinct, signed
                                      Plivo-style inbound SMS (or WhatsApp messages) for
                                      http://127.0.0.1:P/message
-  verify --template F --token T --port P [--bare] [--out F] [--standin URL --auth-id ID]
+  verify --template F --token T --port P [--bare | --peer] [--out F] [--standin URL --auth-id ID]
                                      send fresh requests built like the pool's, byte for byte,
                                      and check the answers (service: the Message XML, or for
                                      WhatsApp the empty <Response/> and the reply reaching the
                                      Plivo stand-in; the retry, a forged signature and a
-                                     replayed nonce)
+                                     replayed nonce; the peer: the same but the replayed nonce)
   pg-create ADMIN_URL NAME           create database NAME; print its URL (exit 3: no server)
   pg-drop ADMIN_URL NAME             drop database NAME if it exists
   count DATABASE_URL                 print how many messages the database recorded
@@ -28,10 +29,11 @@ Subcommands:
                                      (its message list); --wait: until it answers
   check FILE                         fail if a wrk output shows errors, non-2xx answers
                                      or a request pool that ran out
-  recorded DIR DATABASE_URL [--sends N]
+  recorded DIR DATABASE_URL [--sends N] [--target peer]
                                      check every 200 answer of DIR's service runs was recorded
                                      (and, with WhatsApp runs, that each WhatsApp message has
-                                     its reply in the outbox; N: sends the stand-in received)
+                                     its reply in the outbox; N: sends the stand-in received);
+                                     --target peer: the same for the peer's runs and database
   report DIR [--title T]             read DIR/round*.wrk; print the table, write summary.json
   summary DIR [SECTION ...]          the ratios of DIR/SECTION/summary.json (default: all), one table
 """
@@ -121,10 +123,12 @@ def cmd_wait(args: argparse.Namespace) -> None:
         req = urllib.request.Request(args.url, method=args.method)
         try:
             with urllib.request.urlopen(req, timeout=2) as resp:
-                if 200 <= resp.status < 300:
+                if 200 <= resp.status < 300 or args.any:
                     return
                 last = f"HTTP {resp.status}"
         except urllib.error.HTTPError as exc:
+            if args.any:  # the app answered (the peer has no health route: 403 unsigned)
+                return
             last = f"HTTP {exc.code}"
         except OSError as exc:
             last = str(exc)
@@ -456,9 +460,10 @@ def _xml_answer(label: str, status: int, headers: dict[str, str], raw: bytes) ->
     return shown
 
 
-def _check_xml(label: str, status: int, headers: dict[str, str], raw: bytes, dst: str) -> None:
+def _check_xml(label: str, status: int, headers: dict[str, str], raw: bytes, dst: str,
+               declaration: bool = True) -> None:
     shown = _xml_answer(label, status, headers, raw)
-    if not raw.lstrip().startswith(b"<?xml"):
+    if declaration and not raw.lstrip().startswith(b"<?xml"):
         fail(f"{label}: answer has no XML declaration: {shown}")
     try:
         root = ET.fromstring(raw)
@@ -528,17 +533,17 @@ def cmd_verify(args: argparse.Namespace) -> None:
     type_ = template.get("type", "sms")
     whatsapp = type_ == "whatsapp"
     gen = Generator(args.token, template["url"], type_)  # its own run id: fresh uuids and nonces
-    label = "bare app" if args.bare else "service"
+    label = "bare app" if args.bare else "peer" if args.peer else "service"
     if whatsapp:
-        if args.bare:
-            fail("verify: the bare app is checked with SMS only")
+        if args.bare or args.peer:
+            fail("verify: the bare app and the peer are checked with SMS only")
         label = "service (WhatsApp)"
 
     def check(status, headers, raw, dst):
         if whatsapp:
             _check_empty(label, status, headers, raw)
-        else:
-            _check_xml(label, status, headers, raw, dst)
+        else:  # the SDK's plivoxml writes no XML declaration (Plivo needs none)
+            _check_xml(label, status, headers, raw, dst, declaration=not args.peer)
 
     first, second = gen.next(), gen.next()
     status, headers, raw = _send_raw(args.port, format_request(template, first))
@@ -555,15 +560,19 @@ def cmd_verify(args: argparse.Namespace) -> None:
     # The very same request again is a Plivo retry: the stored answer, byte for byte.
     status, _, again = _send_raw(args.port, format_request(template, first))
     if status != 200 or again != raw:
-        fail(f"service: a retry got {status} {again[:200]!r}, expected the first answer again")
+        fail(f"{label}: a retry got {status} {again[:200]!r}, expected the first answer again")
     print(f"verified {label}: a retry (same MessageUUID and nonce) gets the stored answer")
     # The bench must measure a service that checks signatures: a forged one is refused.
     forged = dict(gen.next(), v2="A" * 43 + "=", v3="A" * 43 + "=")
     status, _, raw = _send_raw(args.port, format_request(template, forged))
     if status != 403:
-        fail(f"service: a forged signature got {status}, expected 403 "
+        fail(f"{label}: a forged signature got {status}, expected 403 "
              "(is VERIFY_SIGNATURES off?): " + raw.decode("utf-8", "replace")[:200])
     print(f"verified {label}: forged signature refused with 403")
+    if args.peer:  # its handler, like the SDK docs', remembers no nonces: that check is the service's
+        if args.out:
+            Path(args.out).write_text(json.dumps({"recorded": recorded, "type": type_}) + "\n", encoding="utf-8")
+        return
     # ... and remembers nonces: the first nonce with another MessageUUID is a replay.
     replay = dict(first, uuid=gen.next()["uuid"])
     signed = gen.sign(args.token, "POST", template["url"],
@@ -728,17 +737,20 @@ def _answered(directory: Path, pattern: str, verify_file: str) -> tuple[int, int
 def cmd_recorded(args: argparse.Namespace) -> None:
     """Every message answered 200 (wrk's count, plus the verification's) is in the database."""
     directory = Path(args.dir)
-    if list(directory.glob("*-whatsapp.wrk")) or (directory / "verify-whatsapp.json").exists():
+    peer = args.target == "peer"
+    if not peer and (list(directory.glob("*-whatsapp.wrk")) or (directory / "verify-whatsapp.json").exists()):
         return _recorded_by_type(directory, args)
-    answered, verified = _answered(directory, "*service*.wrk", "verify.json")
+    # The peer's table is called `messages` too (bench/peer.py), one row per message.
+    answered, verified = _answered(directory, "*-peer.wrk" if peer else "*service*.wrk",
+                                   "verify-peer.json" if peer else "verify.json")
     stored = count_messages(args.url)
-    line = (f"recorded: {stored} messages in the database; {answered} answers 200 counted by wrk "
-            f"+ {verified} verification messages = {answered + verified}")
+    line = (f"{'peer ' if peer else ''}recorded: {stored} messages in {'its' if peer else 'the'} database; "
+            f"{answered} answers 200 counted by wrk + {verified} verification messages = {answered + verified}")
     if stored < answered + verified:
         fail(line + ": some answered messages were NOT recorded")
     extra = stored - answered - verified
     print(line + (f" (+{extra} answered after wrk stopped counting)" if extra else " (exactly)"))
-    (directory / "recorded.json").write_text(json.dumps(
+    (directory / ("recorded-peer.json" if peer else "recorded.json")).write_text(json.dumps(
         {"messages": stored, "wrk_200": answered, "verification": verified}) + "\n", encoding="utf-8")
 
 
@@ -792,10 +804,28 @@ def _median(values):
     return statistics.median(values) if values and all(v is not None for v in values) else None
 
 
+def _total_cpu(m: dict) -> float | None:
+    """CPU per request of a server, workers plus (PostgreSQL) its database backends."""
+    if m["cpu"] is None:
+        return None
+    return m["cpu"] + (m["dbcpu"] or 0.0)
+
+
+def _peer_ratios(med: dict) -> dict | None:
+    """The service against the peer: throughput, CPU per recorded message, p99."""
+    if "peer" not in med:
+        return None
+    svc, peer = med["service"], med["peer"]
+    cpu = None
+    if _total_cpu(svc) and _total_cpu(peer):
+        cpu = _total_cpu(peer) / _total_cpu(svc)
+    return {"throughput": svc["rps"] / peer["rps"], "cpu": cpu, "p99": svc["p99"] / peer["p99"]}
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     directory = Path(args.dir)
     runs = _runs(directory)
-    names = [n for n in ("service", "whatsapp", "bare") if n in runs]
+    names = [n for n in ("bare", "peer", "service", "whatsapp") if n in runs]
     if "service" not in names or "bare" not in names:
         fail(f"{directory}: need runs for both service and bare, found {sorted(runs)}")
     med = {
@@ -832,6 +862,15 @@ def cmd_report(args: argparse.Namespace) -> None:
         cpu_ratio = med["bare"]["cpu"] / med["service"]["cpu"]
         lines.append(f"ratio bare/service worker CPU per request: {cpu_ratio:.3f}"
                      "  (steadier on a busy machine)")
+    peer = _peer_ratios(med)
+    if peer is not None:
+        lines.append(f"ratio service/peer throughput: {peer['throughput']:.3f}")
+        if peer["cpu"] is not None:
+            lines.append(f"ratio peer/service CPU per recorded message{' (worker + db)' if with_db else ''}: "
+                         f"{peer['cpu']:.3f}  (>= 1.0, the service costs no more than the peer: "
+                         f"{'yes' if peer['cpu'] >= 1.0 else 'NO'})")
+        lines.append(f"ratio service/peer p99: {peer['p99']:.3f}  (<= 1.0, the service's p99 no worse: "
+                     f"{'yes' if peer['p99'] <= 1.0 else 'NO'})")
     wa = None
     if "whatsapp" in med:
         # Rounds pair up (round r of each): the per-round ratios show the spread.
@@ -848,8 +887,10 @@ def cmd_report(args: argparse.Namespace) -> None:
                          "  (1.0: a WhatsApp message costs the workers what an SMS does)")
         lines.append("(service: SMS, answered with Message XML; whatsapp: the same service answering WhatsApp "
                      "messages with an empty <Response/>, the reply queued in the outbox for a slow Plivo)")
+    if peer is not None:
+        lines.append("(peer: bench/peer.py, the handler a Plivo user writes from the SDK docs, on its own database)")
     if with_db:
-        lines.append("(db CPU/req: the PostgreSQL backends of the bench database, on top of the workers')")
+        lines.append("(db CPU/req: the PostgreSQL backends of each server's own database, on top of the workers')")
     noisy = [n for n in names
              if len(med[n]["each"]) > 1
              and (max(med[n]["each"]) - min(med[n]["each"])) / med[n]["rps"] > 0.15]
@@ -878,9 +919,22 @@ def cmd_report(args: argparse.Namespace) -> None:
         summary["whatsapp_within_10pct"] = wa["ratio"] >= 0.90
     summary["ratio"] = round(ratio, 4)
     summary["cpu_ratio"] = cpu_ratio and round(cpu_ratio, 4)
+    if peer is not None:
+        for n in ("peer", "service"):
+            total = _total_cpu(med[n])
+            summary[n]["cpu_us_per_request"] = total and round(total, 1)  # worker + db
+        summary["peer_ratio"] = round(peer["throughput"], 4)
+        summary["peer_cpu_ratio"] = peer["cpu"] and round(peer["cpu"], 4)
+        summary["peer_p99_ratio"] = round(peer["p99"], 4)
+        summary["peer_cpu_no_more"] = peer["cpu"] is not None and peer["cpu"] >= 1.0
+        summary["peer_p99_no_worse"] = peer["p99"] <= 1.0
     summary["noisy"] = noisy
     (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print("\n".join(lines))
+
+
+def _us(value) -> str:
+    return f"{value:.0f} us" if value is not None else ""
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
@@ -890,14 +944,29 @@ def cmd_summary(args: argparse.Namespace) -> None:
         rows[name] = json.loads((directory / name / "summary.json").read_text(encoding="utf-8"))
     if not rows:
         fail(f"{directory}: no */summary.json")
-    lines = ["", f"{'database':12} {'service req/s':>14} {'bare req/s':>11} {'service p50':>12} "
-             f"{'service p99':>12} {'ratio':>7} {'CPU ratio':>10}"]
+    lines = ["", f"{'database':12} {'server':8} {'req/s':>7} {'p50':>10} {'p99':>10} {'worker CPU/req':>15} "
+             f"{'db CPU/req':>11}"]
+    for name, s in rows.items():
+        for i, n in enumerate(n for n in ("bare", "peer", "service") if n in s):
+            m = s[n]
+            lines.append(f"{name if i == 0 else '':12} {n:8} {m['rps']:>7.0f} {_ms(m['p50_us']):>10} "
+                         f"{_ms(m['p99_us']):>10} {_us(m['worker_cpu_us_per_request']):>15} "
+                         f"{_us(m.get('db_cpu_us_per_request')):>11}")
+    with_peer = any("peer" in s for s in rows.values())
+    lines += ["", f"{'database':12} {'service/bare':>12} {'CPU bare/service':>17}"
+              + (f" {'service/peer':>13} {'CPU peer/service':>17} {'p99 service/peer':>17}" if with_peer else "")]
     for name, s in rows.items():
         cpu = f"{s['cpu_ratio']:.3f}" if s.get("cpu_ratio") else "?"
-        lines.append(f"{name:12} {s['service']['rps']:>14.0f} {s['bare']['rps']:>11.0f} "
-                     f"{_ms(s['service']['p50_us']):>12} {_ms(s['service']['p99_us']):>12} "
-                     f"{s['ratio']:>7.3f} {cpu:>10}"
-                     + ("  (noisy)" if s.get("noisy") else ""))
+        line = f"{name:12} {s['ratio']:>12.3f} {cpu:>17}"
+        if "peer" in s:
+            pcpu = (f"{s['peer_cpu_ratio']:.3f} {'(ok)' if s['peer_cpu_no_more'] else '(NO)'}"
+                    if s.get("peer_cpu_ratio") else "?")
+            p99 = f"{s['peer_p99_ratio']:.3f} {'(ok)' if s['peer_p99_no_worse'] else '(NO)'}"
+            line += f" {s['peer_ratio']:>13.3f} {pcpu:>17} {p99:>17}"
+        lines.append(line + ("  (noisy)" if s.get("noisy") else ""))
+    if with_peer:
+        lines.append("(CPU peer/service: CPU per recorded message, worker + db, >= 1.0 (ok) when the service costs "
+                     "no more; p99 service/peer <= 1.0 (ok) when its p99 is no worse)")
     if any("whatsapp" in s for s in rows.values()):
         lines += ["", "WhatsApp against SMS, the same service (the inbound answer must not wait for the "
                       "Message API):",
@@ -933,6 +1002,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--method", default="GET")
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--pid", type=int)
+    p.add_argument("--any", action="store_true", help="any HTTP answer means ready")
     p.set_defaults(func=cmd_wait)
 
     p = sub.add_parser("cpu")
@@ -957,7 +1027,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--template", required=True)
     p.add_argument("--token", required=True)
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--bare", action="store_true")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--bare", action="store_true")
+    which.add_argument("--peer", action="store_true", help="the peer (bench/peer.py)")
     p.add_argument("--out")
     p.add_argument("--standin", metavar="URL", help="WhatsApp: wait for the replies to reach this stand-in")
     p.add_argument("--auth-id", help="the stand-in's account (PLIVO_AUTH_ID)")
@@ -993,6 +1065,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("dir")
     p.add_argument("url")
     p.add_argument("--sends", type=int, help="sends the Plivo stand-in accepted during the section")
+    p.add_argument("--target", choices=("service", "peer"), default="service",
+                   help="whose runs and database: the service's, or the peer's (bench/peer.py)")
     p.set_defaults(func=cmd_recorded)
 
     p = sub.add_parser("report")
