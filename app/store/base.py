@@ -109,6 +109,10 @@ class Database:
             raise Conflict(reason(exc)) from exc
         except (DBAPIError, PoolTimeout, SQLAlchemyError) as exc:
             raise Unavailable(reason(exc)) from exc
+        except self.engine.dialect.dbapi.Error as exc:  # from the driver's own connection (db.py's BEGIN)
+            if isinstance(exc, self.engine.dialect.dbapi.IntegrityError):
+                raise Conflict(reason(exc)) from exc
+            raise Unavailable(reason(exc)) from exc
 
     def ping(self) -> bool:
         """True when the database answers a query now."""

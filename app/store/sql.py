@@ -12,6 +12,7 @@ again and without SQLAlchemy's result objects (tens of microseconds a statement)
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,30 +23,36 @@ from sqlalchemy.engine import Dialect
 class Statement:
     """One Core statement compiled for one dialect: `.sql` and `.params(values)`."""
 
-    __slots__ = ("sql", "positional", "_plan")
+    __slots__ = ("sql", "positional", "_names", "_get", "_defaults", "_process")
 
     def __init__(self, construct: sa.Executable, dialect: Dialect):
         compiled = construct.compile(dialect=dialect)
         self.sql = str(compiled)
         self.positional = bool(compiled.positional)
-        names = compiled.positiontup if self.positional else list(compiled.binds)
-        plan: list[tuple[str, Callable[[Any], Any] | None, Any]] = []
-        for name in names:
-            bind = compiled.binds[name]
-            # A bind given a value where it was built (a literal) keeps it; the rest are named.
-            default = bind.value if bind.value is not None or bind.callable is not None else _REQUIRED
-            plan.append((name, bind.type.dialect_impl(dialect).bind_processor(dialect), default))
-        self._plan = tuple(plan)
+        names = tuple(compiled.positiontup if self.positional else compiled.binds)
+        self._names = names
+        getter = operator.itemgetter(*names) if names else (lambda _values: ())
+        self._get = getter if len(names) != 1 else (lambda values: (getter(values),))
+        # A bind given a value where it was built (a literal) keeps it; the rest are named.
+        self._defaults = {name: compiled.binds[name].value for name in names
+                          if compiled.binds[name].value is not None}
+        processors = ((i, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+                      for i, name in enumerate(names))
+        self._process = tuple((i, process) for i, process in processors if process is not None)
 
     def params(self, values: Mapping[str, Any]) -> tuple | dict:
         """The driver's parameters for `values` (by bind name), processed as SQLAlchemy would."""
-        out = []
-        for name, process, default in self._plan:
-            value = values[name] if default is _REQUIRED else values.get(name, default)
-            out.append(value if process is None or value is None else process(value))
+        if self._defaults:
+            values = {**self._defaults, **values}
+        out = self._get(values)
+        if self._process:
+            out = list(out)
+            for i, process in self._process:
+                if out[i] is not None:
+                    out[i] = process(out[i])
         if self.positional:
             return tuple(out)
-        return dict(zip((name for name, _, _ in self._plan), out))
+        return dict(zip(self._names, out))
 
     def run(self, cursor, values: Mapping[str, Any]):
         """Execute on a driver cursor (see Database._cursor); the cursor holds the rows."""
@@ -53,7 +60,6 @@ class Statement:
         return cursor
 
 
-_REQUIRED = object()
 
 
 class Shapes:
