@@ -562,7 +562,7 @@ def test_group_commit_worker_killed_mid_batch_answers_nothing_it_did_not_record(
 
     rows = sql(url, "SELECT m.uuid, m.answer_body, r.dst, r.text FROM messages m "
                     "LEFT JOIN replies r ON r.message_id = m.id")
-    recorded = {u: (bytes(body), dst, text) for u, body, dst, text in rows}
+    recorded = {u: (bytes(body), json.loads(dst)[0] if dst else None, text) for u, body, dst, text in rows}
     outcomes = Counter(outcome for _, outcome in sent.values())
     unanswered = [u for u, (_, outcome) in sent.items() if outcome != 200 and u in recorded]
     written = len(recorded) - commits.messages

@@ -59,6 +59,11 @@ def _rows(table: sa.Table, columns: Sequence[str], count: int) -> list[dict]:
     return [{c: _param(table.c[c], f"{table.name}_{c}_{i}") for c in columns} for i in range(count)]
 
 
+def _deadlock(exc: BaseException) -> bool:
+    """PostgreSQL broke a deadlock by failing this transaction (SQLSTATE 40P01): worth retrying."""
+    return getattr(exc.__cause__, "sqlstate", None) == "40P01"
+
+
 class MessageSql:
     """The message path's statements for one dialect, built from the schema once."""
 
@@ -92,6 +97,10 @@ class MessageSql:
         self.remove_optout_for = S(optouts.delete().where(optouts.c.number == _b("sender", type_=optouts.c.number.type))
                                    .where(optouts.c.to_number.in_([sa.literal(""), _param(optouts.c.to_number)])))
         if self.postgres:
+            keys = _b("keys", type_=pg.ARRAY(sa.BigInteger))
+            # Every sender of a batch, in the order of the (sorted) array: two batches never
+            # wait for each other's locks.
+            self.lock_all = S(sa.select(sa.func.pg_advisory_xact_lock(sa.func.unnest(keys))))
             self.pg_claim = Shapes(self._pg_claim, dialect)
             self.pg_write = Shapes(self._pg_write, dialect)
 
@@ -173,7 +182,7 @@ class Messages:
     def _setup(self) -> None:
         super()._setup()
         self._msql = MessageSql(self.engine.dialect)
-        self._group = GroupCommit(self._sqlite_batch) if not self.postgres else None
+        self._group = GroupCommit(self._postgres_batch if self.postgres else self._sqlite_batch)
 
     def message(self, work: Work) -> tuple[Stored | None, bool]:
         """Answer one delivery of a message: (the answer, True if this call decided it).
@@ -186,8 +195,6 @@ class Messages:
         nonce used before by another request raises `Replayed`; a database that does not
         answer raises `Unavailable`.
         """
-        if self.postgres:
-            return self._message_postgres(work)
         return self._group.submit(work)
 
     # -- SQLite ----------------------------------------------------------------------------
@@ -312,6 +319,36 @@ class Messages:
         return values
 
     # -- PostgreSQL ------------------------------------------------------------------------
+    def _postgres_batch(self, jobs: list[Job]) -> None:
+        """Write `jobs` in one transaction, their senders' locks taken first in one order (no
+        two batches wait for each other); when any fails (a replayed nonce, a MessageUUID
+        another process wrote at the same moment), each again in a transaction of its own."""
+        if len(jobs) > 1:
+            results = []
+            try:
+                with self._write() as conn, self._cursor(conn) as cur:
+                    self._msql.lock_all.run(cur, {"keys": sorted({lock_key(j.work.claim.sender) for j in jobs})})
+                    for job in jobs:
+                        results.append(self._postgres_one(cur, job.work))
+            except Unavailable as exc:
+                if not isinstance(exc, Conflict) and not _deadlock(exc):
+                    for job in jobs:  # the database's refusal (down, no connection): theirs too
+                        job.finish(error=exc)
+                    return
+            except Exception:  # noqa: BLE001 - nothing was written: each again below, with its own outcome
+                pass
+            else:
+                for job, outcome in zip(jobs, results):
+                    job.finish(outcome)
+                return
+        for job in jobs:
+            try:
+                outcome = self._message_postgres(job.work)
+            except Exception as exc:  # noqa: BLE001 - the job's own failure, raised in its thread
+                job.finish(error=exc)
+            else:
+                job.finish(outcome)
+
     def _message_postgres(self, work: Work) -> tuple[Stored | None, bool]:
         for _attempt in range(2):
             try:
