@@ -118,13 +118,13 @@ class ClientSocket(socket.socket):
     def sendall(self, data, flags=0):
         if self.gettimeout() != 0.0:
             return super().sendall(data, flags)
-        view = memoryview(data).cast("B")
+        view = memoryview(data)
         try:
             sent = self.send(view, flags)
         except BlockingIOError:
             sent = 0
-        if sent < len(view):
-            self._wait_for(super().sendall, view[sent:], flags)
+        if sent < view.nbytes:
+            self._wait_for(super().sendall, view.cast("B")[sent:], flags)
         return None
 
     def sendfile(self, file, offset=0, count=None):
@@ -310,7 +310,8 @@ class DeadlineWorker(ThreadWorker):
         self.nr_conns += 1
         sock = ClientSocket(client_sock.family, client_sock.type, client_sock.proto, client_sock.detach())
         conn = TConn(self.cfg, sock, client_addr, listener.getsockname())  # non-blocking
-        conn.served = 0
+        # The parser of the requests framed in memory: it reads only what is handed to it.
+        conn.framed_parser = http.get_parser(self.cfg, (), client_addr)
         self._read(conn, bytearray())
 
     def _begin(self, conn: TConn, buf: bytearray) -> None:
@@ -411,6 +412,8 @@ class DeadlineWorker(ThreadWorker):
     def murder_pending(self):
         """Called every turn of the loop: also end requests past their deadline, and lingerers."""
         super().murder_pending()
+        if not self.reading and not self.lingering:
+            return
         now = time.monotonic()
         late = []
         for conn, deadline in self.reading.items():
@@ -514,19 +517,22 @@ class DeadlineWorker(ThreadWorker):
         conn.sock.deadline = conn.deadline
         req = None
         try:
+            framed = conn.framed_parser
             if conn.framed:
                 # Whole in memory: parsed from there, by a parser that cannot read the socket
-                # (a parser wanting more than was framed finds the end of the data: closed).
-                conn.parser = http.get_parser(self.cfg, [data], conn.client)
+                # (one wanting more than was framed finds the end of the data: closed).
+                parser = framed
             else:
                 # Handed over unframed: the parser reads the socket, and its reads (and the
-                # response's writes) end with the deadline.
-                conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
+                # response's writes) end with the deadline. It goes on with the connection's
+                # count of requests (gunicorn reads a PROXY protocol header on the first only).
+                parser = http.get_parser(self.cfg, conn.sock, conn.client)
+                parser.req_count = framed.req_count
                 conn.sock.settimeout(max(conn.deadline - time.monotonic(), 1.0))
-                conn.parser.unreader.unread(data)
-            conn.parser.req_count = conn.served  # the connection's count goes on (PROXY protocol: first only)
-            req = next(conn.parser)
-            conn.served = conn.parser.req_count
+            conn.parser = parser
+            parser.unreader.unread(data)
+            req = next(parser)
+            framed.req_count = parser.req_count
             if not req:
                 return False
             if conn.sent_continue:

@@ -129,6 +129,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker")
     p.add_argument("--max-rate", type=int, default=3000, help="service: req/s the request pools are sized for")
     p.add_argument("--rules", type=int, default=1000, help="service: keyword rules")
+    p.add_argument("--rate", type=int, default=0,
+                   help="requests per second per server (each connection waits between requests; 0: as fast as "
+                        "they are answered). Below saturation the CPU per request does not depend on how much "
+                        "throughput each server got")
     p.add_argument("--base", type=Path, help="another checkout whose custom worker runs too (before/after)")
     p.add_argument("--one-at-a-time", action="store_true",
                    help="load one server after the other in each round (default: all at once, so that whatever "
@@ -163,6 +167,13 @@ def main() -> None:
         script = work / "request.lua"
         pools = {n: work / f"pool-{n}.txt" for n in names}
         ready = "/healthz"
+    if args.rate:
+        # wrk waits delay() ms before each request of a connection: connections / delay per second, about.
+        paced = work / "paced.lua"
+        paced.write_text(script.read_text(encoding="utf-8")
+                         + f"\nfunction delay()\n  return {1000 * args.connections / args.rate:.3f}\nend\n",
+                         encoding="utf-8")
+        script = paced
 
     servers = {CUSTOM: (port_a, start(CUSTOM, port_a, work, env, args, [])),
                STOCK: (port_b, start(STOCK, port_b, work, env, args, ["--worker-class", "gthread"]))}
@@ -201,7 +212,8 @@ def main() -> None:
     med = {n: statistics.median(s["cpu_us"] for s in results[n]) for n in results}
     rps = {n: statistics.median(s["rps"] for s in results[n]) for n in results}
     print(f"\n{args.app} under gunicorn, {args.workers} workers x {args.threads} threads, wrk -t1 -c{args.connections}, "
-          f"{args.rounds} x {args.duration}s, " + ("one server at a time" if args.one_at_a_time else "all at once"))
+          f"{args.rounds} x {args.duration}s, " + ("one server at a time" if args.one_at_a_time else "all at once")
+          + (f", paced at {args.rate} req/s per server" if args.rate else ", as fast as answered"))
     for n in names:
         print(f"  {n:8} worker CPU/req median {med[n]:6.1f} us   req/s median {rps[n]:7.0f}"
               + (f"   ({args.base})" if n == BASE else ""))
