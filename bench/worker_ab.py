@@ -209,6 +209,8 @@ def main() -> None:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    for pool in pools.values():
+        pool.unlink(missing_ok=True)  # megabytes each; the wrk outputs and server logs stay
     med = {n: statistics.median(s["cpu_us"] for s in results[n]) for n in results}
     rps = {n: statistics.median(s["rps"] for s in results[n]) for n in results}
     print(f"\n{args.app} under gunicorn, {args.workers} workers x {args.threads} threads, wrk -t1 -c{args.connections}, "

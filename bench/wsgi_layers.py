@@ -19,11 +19,13 @@ of the full stack instead (SORT=cumulative, LINES=60 to change what it prints).
 from __future__ import annotations
 
 import argparse
+import atexit
 import cProfile
 import gc
 import io
 import os
 import pstats
+import shutil
 import statistics
 import subprocess
 import sys
@@ -52,6 +54,7 @@ def main() -> None:
     args = p.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="responder-wsgi-layers.")
+    atexit.register(shutil.rmtree, tmp, True)
     os.environ.update(PLIVO_AUTH_TOKEN=TOKEN, LOG_LEVEL="WARNING", VERIFY_SIGNATURES="true",
                       PROMETHEUS_MULTIPROC_DIR=tmp, DATABASE_URL=f"sqlite:///{tmp}/db.sqlite3",
                       RULES_PATH=f"{tmp}/rules.yaml", TRUSTED_PROXIES=str(args.proxies))
