@@ -31,14 +31,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(ROOT)]
 
 import harness  # noqa: E402
+from app.rules.holder import keep_dir, kept_copy_path  # noqa: E402
 
 TOKEN = "bench-auth-token-not-a-secret"
 CUSTOM, STOCK, BASE = "custom", "gthread", "base"
@@ -211,6 +211,11 @@ def main() -> None:
                 proc.kill()
     for pool in pools.values():
         pool.unlink(missing_ok=True)  # megabytes each; the wrk outputs and server logs stay
+    # Each master kept a copy of this run's rules in its checkout's instance folder: gone with them.
+    for root in {ROOT, *([args.base.resolve()] if args.base is not None else [])}:
+        kept = Path(kept_copy_path(keep_dir(str(root / "instance")), str(work / "rules.yaml")))
+        for path in (kept, *kept.parent.glob(kept.name + ".*.tmp")):
+            path.unlink(missing_ok=True)
     med = {n: statistics.median(s["cpu_us"] for s in results[n]) for n in results}
     rps = {n: statistics.median(s["rps"] for s in results[n]) for n in results}
     print(f"\n{args.app} under gunicorn, {args.workers} workers x {args.threads} threads, wrk -t1 -c{args.connections}, "

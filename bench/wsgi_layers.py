@@ -70,8 +70,12 @@ def main() -> None:
 
     migrate.upgrade(make_engine(os.environ["DATABASE_URL"]))
     import wsgi
+    from app.rules.holder import keep_dir, kept_copy_path
 
     app = wsgi.app
+    # The app kept a copy of this run's rules in the checkout's instance folder: gone at exit.
+    atexit.register(lambda: Path(kept_copy_path(keep_dir(app.instance_path), f"{tmp}/rules.yaml")).unlink(
+        missing_ok=True))
     responder = app.extensions["responder"]
     if args.no_store:
         responder.store = None
