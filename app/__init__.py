@@ -20,6 +20,7 @@ from .rules import Outbound, RulesHolder
 from .rules.holder import keep_dir
 from .service import Responder
 from .store import DatabaseUrlError, Store
+from .webhook_routes import Webhooks
 
 log = logging.getLogger("app")
 
@@ -119,10 +120,15 @@ def create_app(test_config: dict | None = None) -> Flask:
         on_answered=recorder.submit if recorder is not None else None,
     )
 
+    # The two webhook routes are answered in front of Flask (app/webhook_routes.py); the
+    # blueprint's views answer through the same object when Flask is reached.
+    app.extensions["webhooks"] = webhooks = Webhooks(
+        app.wsgi_app, app.extensions["responder"], public_url=app.config["PUBLIC_URL"],
+        limit=app.config["MAX_CONTENT_LENGTH"])
     # Inside ProxyFix: the Host and scheme the app will use must be plain `host[:port]` and
     # http(s), checked before any signature work (a Host with a path or a query would move
     # them into the URL the signature is checked against).
-    app.wsgi_app = HostCheck(app.wsgi_app)
+    app.wsgi_app = HostCheck(webhooks)
     proxies = app.config["TRUSTED_PROXIES"]
     if proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)

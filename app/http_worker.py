@@ -13,6 +13,12 @@ chunked framing, up to MAX_CONTENT_LENGTH), and only then is it handed to a thre
 parses it from memory and runs the app. A slow connection costs a file descriptor and its
 bytes so far, never a thread.
 
+What this costs on top of gthread is kept to the framing itself: a kept-alive connection
+that becomes readable is read at once (no second registration, no second turn of the loop),
+and a request framed in memory is parsed by a parser of its own that cannot touch the
+socket, which stays non-blocking from accept to close (`ClientSocket`: no timeout to set and
+restore per request, and no poll() before each send).
+
 Deadlines:
 
 - the whole request (its first byte, headers and body) must arrive within
@@ -20,6 +26,9 @@ Deadlines:
   next request on a kept-alive connection. A connection that missed it having sent
   nothing is closed; one that sent part of a request is answered
   `408 request not received in time` and closed;
+- a response the client does not take is waited for until that same deadline (a second
+  at least), then the connection is closed: a client that stops reading holds a thread no
+  longer;
 - a kept-alive connection waits `keepalive` seconds for its next request, in the selector
   (as with gthread);
 - closing after a response (when the client must not be cut off mid-answer) lingers at most
@@ -92,6 +101,43 @@ def _short_response(status: str, text: str) -> bytes:
 _LINE_TOO_LONG = _short_response("414 URI Too Long", "request line too long")
 _HEAD_TOO_LARGE = _short_response("431 Request Header Fields Too Large", "request headers too large")
 _BAD_CHUNKS = _short_response("400 Bad Request", "malformed chunked body")
+
+
+class ClientSocket(socket.socket):
+    """An accepted connection, non-blocking from accept to close.
+
+    A response is sent at once when the kernel takes it whole (a few KB: always, unless the
+    client stopped reading). Only what it does not take is waited for, until the request's
+    `deadline` (a second at least): a client that does not read its answer holds a thread
+    that long at most, without the poll() CPython puts before every send on a socket with
+    a timeout. A socket given a timeout (a request handed over unframed) sends as any socket.
+    """
+
+    __slots__ = ("deadline",)
+
+    def sendall(self, data, flags=0):
+        if self.gettimeout() != 0.0:
+            return super().sendall(data, flags)
+        view = memoryview(data)
+        try:
+            sent = self.send(view, flags)
+        except BlockingIOError:
+            sent = 0
+        if sent < view.nbytes:
+            self._wait_for(super().sendall, view.cast("B")[sent:], flags)
+        return None
+
+    def sendfile(self, file, offset=0, count=None):
+        if self.gettimeout() != 0.0:
+            return super().sendfile(file, offset, count)
+        return self._wait_for(super().sendfile, file, offset, count)
+
+    def _wait_for(self, send, *args):
+        self.settimeout(max(self.deadline - time.monotonic(), 1.0))
+        try:
+            return send(*args)
+        finally:
+            self.setblocking(False)
 
 
 def configure(*, request_read_timeout: float, max_body: int) -> None:
@@ -262,26 +308,37 @@ class DeadlineWorker(ThreadWorker):
                 raise
             return
         self.nr_conns += 1
-        conn = TConn(self.cfg, client_sock, client_addr, listener.getsockname())  # non-blocking
+        sock = ClientSocket(client_sock.family, client_sock.type, client_sock.proto, client_sock.detach())
+        conn = TConn(self.cfg, sock, client_addr, listener.getsockname())  # non-blocking
+        # The parser of the requests framed in memory: it reads only what is handed to it.
+        conn.framed_parser = http.get_parser(self.cfg, (), client_addr)
         self._read(conn, bytearray())
 
-    def _read(self, conn: TConn, buf: bytearray) -> None:
-        """Collect `conn`'s next request in the selector, within the deadline from now."""
+    def _begin(self, conn: TConn, buf: bytearray) -> None:
+        """`conn`'s next request starts (with `buf`, if bytes of it are here): its deadline starts now."""
         conn.inbuf = buf
         conn.framer = Framer(self.max_line, self.max_head, MAX_BODY)
         conn.sent_continue = False
-        conn.too_large = False
+        conn.framed = conn.too_large = False
         conn.deadline = time.monotonic() + REQUEST_READ_TIMEOUT
+
+    def _read(self, conn: TConn, buf: bytearray) -> None:
+        """Collect `conn`'s next request in the selector, within the deadline from now."""
+        self._begin(conn, buf)
         if buf and self._framed(conn):
             return
         self.reading[conn] = conn.deadline
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_request_bytes, conn))
 
     def on_request_bytes(self, conn: TConn, _sock) -> None:
+        self._receive(conn)
+
+    def _receive(self, conn: TConn) -> bool:
+        """Read what `conn` has sent; True when it is no longer being read here (see `_framed`)."""
         try:
             data = conn.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             data = b""
         if not data:  # the client closed (or reset) before sending a whole request
@@ -293,9 +350,9 @@ class DeadlineWorker(ThreadWorker):
             else:
                 self.nr_conns -= 1
                 conn.close()
-            return
+            return True
         conn.inbuf += data
-        self._framed(conn)
+        return self._framed(conn)
 
     def _framed(self, conn: TConn) -> bool:
         """Hand `conn` to a thread if its request is whole (or must go to the parser), or
@@ -323,6 +380,7 @@ class DeadlineWorker(ThreadWorker):
             self._linger(conn.sock)
             return True
         self._forget(conn)
+        conn.framed = verdict == COMPLETE
         self._hand_over(conn, too_large=verdict == TOO_LARGE)
         return True
 
@@ -340,16 +398,22 @@ class DeadlineWorker(ThreadWorker):
             pass
 
     def on_client_socket_readable(self, conn, client):
-        """A kept-alive connection's next request starts: its deadline starts now."""
+        """A kept-alive connection's next request starts: its deadline starts now. It is read
+        at once (usually the whole request is here); only if it is not whole does the
+        connection wait in the selector for the rest."""
         if not self.buffering:
             return super().on_client_socket_readable(conn, client)
-        self.poller.unregister(client)
         self.keepalived_conns.remove(conn)
-        self._read(conn, bytearray())
+        self._begin(conn, bytearray())
+        if not self._receive(conn):  # still registered (for keep-alive): now for the request's bytes
+            self.reading[conn] = conn.deadline
+            self.poller.modify(client, selectors.EVENT_READ, partial(self.on_request_bytes, conn))
 
     def murder_pending(self):
         """Called every turn of the loop: also end requests past their deadline, and lingerers."""
         super().murder_pending()
+        if not self.reading and not self.lingering:
+            return
         now = time.monotonic()
         late = []
         for conn, deadline in self.reading.items():
@@ -425,7 +489,8 @@ class DeadlineWorker(ThreadWorker):
                 # The response announced keep-alive, so the client may be sending its next
                 # request already; a stopping worker answers it with "Connection: close".
                 ahead = conn.parser.unreader.take_buffered()
-                conn.sock.setblocking(False)
+                if conn.sock.gettimeout() != 0.0:  # a request handed over unframed set a timeout
+                    conn.sock.setblocking(False)
                 if ahead:
                     self._read(conn, bytearray(ahead))
                     return
@@ -449,14 +514,25 @@ class DeadlineWorker(ThreadWorker):
         if data is None:
             return super().handle(conn)
         conn.request_bytes = None
+        conn.sock.deadline = conn.deadline
         req = None
         try:
-            conn.init()
-            # Nothing should be read from the socket now, except for a request handed over
-            # unframed: the parser's reads (and the response's writes) end with the deadline.
-            conn.sock.settimeout(max(conn.deadline - time.monotonic(), 1.0))
-            conn.parser.unreader.unread(data)
-            req = next(conn.parser)
+            framed = conn.framed_parser
+            if conn.framed:
+                # Whole in memory: parsed from there, by a parser that cannot read the socket
+                # (one wanting more than was framed finds the end of the data: closed).
+                parser = framed
+            else:
+                # Handed over unframed: the parser reads the socket, and its reads (and the
+                # response's writes) end with the deadline. It goes on with the connection's
+                # count of requests (gunicorn reads a PROXY protocol header on the first only).
+                parser = http.get_parser(self.cfg, conn.sock, conn.client)
+                parser.req_count = framed.req_count
+                conn.sock.settimeout(max(conn.deadline - time.monotonic(), 1.0))
+            conn.parser = parser
+            parser.unreader.unread(data)
+            req = next(parser)
+            framed.req_count = parser.req_count
             if not req:
                 return False
             if conn.sent_continue:

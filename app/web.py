@@ -3,111 +3,41 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from werkzeug.exceptions import BadRequest, NotFound, RequestEntityTooLarge
+from werkzeug.exceptions import NotFound
 
 from .metrics import CONTENT_TYPE
-from .signature import SIGNATURE_HEADERS
-from .service import Answer, HttpRequest, called_url
+from .webhook_routes import METHODS
 
 bp = Blueprint("responder", __name__)
 
-WEBHOOK_METHODS = ["GET", "POST"]
-
-#: (header name, WSGI environ key) of the headers the pipeline reads: six dict look-ups
-#: per request instead of walking every header.
-_ENVIRON_KEYS = tuple((name, "HTTP_" + name.upper().replace("-", "_")) for name in SIGNATURE_HEADERS)
+WEBHOOK_METHODS = sorted(METHODS)
 
 
-def _body(environ: dict, limit: int) -> bytes:
-    """The raw body; over MAX_CONTENT_LENGTH (`limit`) is a 413, chunked bodies included.
+def _webhook(path: str, route: str) -> Response:
+    """A webhook call that came through Flask: answered as `webhook_routes.Webhooks` answers
+    the ones it takes before Flask (all of them, when the app was made by create_app).
 
-    Read straight from the WSGI input: gunicorn bounds it by Content-Length or ends
-    it at the last chunk. (werkzeug's limited stream would stop a chunked body at the
-    limit and return what it read, cutting the message short without an error.)
+    werkzeug also routes `//message` and `/%2Fmessage` here, and those are 404, so the path
+    that was signed is the path that is served.
     """
-    coding = environ.get("HTTP_TRANSFER_ENCODING")
-    if coding is not None and coding.strip().lower() != "chunked":
-        # gzip, chunked (or any other coding) would reach the app still encoded: a proxy in
-        # front and this service would then read two different bodies. Plivo sends none.
-        raise BadRequest("unsupported Transfer-Encoding")
-    try:
-        return _read(environ["wsgi.input"], environ.get("CONTENT_LENGTH"), limit,
-                     environ.get("wsgi.input_terminated"))
-    except (BadRequest, RequestEntityTooLarge):
-        raise
-    except Exception:  # noqa: BLE001 - the server's own parse errors: bad chunk sizes, a cut-off body
-        raise BadRequest("malformed body") from None
-
-
-def _read(stream, length, limit: int, terminated) -> bytes:
-    if length:
-        try:
-            size = int(length)
-        except ValueError:
-            raise BadRequest("bad Content-Length") from None
-        if size > limit:
-            raise RequestEntityTooLarge()
-        data = stream.read(size) if size > 0 else b""
-        if len(data) != size:  # the client stopped early: never check a signature on part of a body
-            raise BadRequest("body shorter than Content-Length")
-        return data
-    if not terminated:
-        return b""  # no length and a server that does not end the stream: nothing to read safely
-    data = stream.read(limit + 1)
-    if len(data) > limit:
-        raise RequestEntityTooLarge()
-    return data
-
-
-def _http_request(environ: dict, config, path: str) -> HttpRequest:
-    """The request as the pipeline sees it, read from the WSGI environ once.
-
-    `path` is the webhook's own path: werkzeug also routes `//message` and `/%2Fmessage`
-    here, and those are 404, so the path that was signed is the path that is served.
-
-    ProxyFix (TRUSTED_PROXIES) has already rewritten the scheme and Host here.
-    """
-    # The path exactly as sent (gunicorn: RAW_URI; werkzeug's server: REQUEST_URI), because
-    # the signature covers it byte for byte; werkzeug's request.url is decoded and re-quoted.
+    environ = request.environ
     served = environ.get("PATH_INFO", "")
     if served != path and served != path + "/":
         raise NotFound()
-    raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-    query = environ.get("QUERY_STRING", "")
-    if not raw_uri:
-        raw_uri = quote(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")) + (f"?{query}" if query else "")
-    host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
-    method = environ["REQUEST_METHOD"]
-    return HttpRequest(
-        method=method,
-        url=called_url(environ["wsgi.url_scheme"], host, raw_uri, config["PUBLIC_URL"]),
-        query=query.encode("latin-1"),
-        body=_body(environ, config["MAX_CONTENT_LENGTH"]) if method == "POST" else b"",
-        content_type=environ.get("CONTENT_TYPE"),
-        headers={name: environ[key] for name, key in _ENVIRON_KEYS if key in environ},
-        environ=environ,
-    )
-
-
-def _response(answer: Answer) -> Response:
+    answer = current_app.extensions["webhooks"].answer(environ, route)
     return Response(answer.body, answer.status, content_type=answer.content_type)
 
 
 @bp.route("/message", methods=WEBHOOK_METHODS, strict_slashes=False, provide_automatic_options=False)
 def message():
-    app = current_app._get_current_object()  # one proxy look-up, not one per attribute
-    req = _http_request(request.environ, app.config, "/message")
-    return _response(app.extensions["responder"].handle_message(req))
+    return _webhook("/message", "handle_message")
 
 
 @bp.route("/status", methods=WEBHOOK_METHODS, strict_slashes=False, provide_automatic_options=False)
 def status():
-    app = current_app._get_current_object()
-    req = _http_request(request.environ, app.config, "/status")
-    return _response(app.extensions["responder"].handle_status(req))
+    return _webhook("/status", "handle_status")
 
 
 @bp.record_once

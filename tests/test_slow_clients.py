@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 import time
 from urllib.parse import urlencode
 
@@ -171,6 +172,29 @@ def test_keep_alive_and_pipelining(server):
         assert got == b"" and took < 10
 
 
+def test_a_kept_alive_connections_next_request_may_come_in_pieces_within_its_deadline(server):
+    """The next request on a kept-alive connection is read as soon as its first bytes come;
+    the rest may follow, within a deadline of its own (then 408, as on a new connection)."""
+    with connect(server.port) as sock:
+        responses = Responses(sock)
+        head, body = signed_request(server.port, "one")
+        sock.sendall(head + body)
+        assert responses.next()[0] == 200
+        head, body = signed_request(server.port, "two")
+        sock.sendall(head[:20])
+        time.sleep(0.3)  # not synchronisation: the pieces are meant to arrive apart
+        sock.sendall(head[20:] + body[:5])
+        time.sleep(0.3)
+        sock.sendall(body[5:])
+        assert responses.next()[0] == 200
+        head, body = signed_request(server.port, "three")
+        started = time.monotonic()
+        sock.sendall(head)  # and never the body
+        status, _, headers = responses.next(within=DEADLINE + 5)
+        assert status == 408 and headers.get("connection") == "close"
+        assert DEADLINE - 0.5 < time.monotonic() - started < DEADLINE + 3
+
+
 def test_chunked_body_in_pieces(server):
     head, body = signed_request(server.port, chunked=True)
     with connect(server.port) as sock:
@@ -261,8 +285,6 @@ _CHUNKED = b"POST /message HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n
 def test_only_plain_hex_chunk_sizes_are_framed(size):
     """int(x, 16) takes a sign, a prefix and underscores: '-6' once made the framer loop forever
     in the main thread. Anything but plain hex goes to gunicorn's parser (400)."""
-    import threading
-
     from app.http_worker import HAND_OVER
     verdict = []
     framing = threading.Thread(target=lambda: verdict.append(_frame(_CHUNKED + size + b"\r\nabcdef\r\n")),
@@ -303,3 +325,50 @@ def workers(server) -> set[str]:
     pid = server.proc.pid
     with open(f"/proc/{pid}/task/{pid}/children") as fh:
         return set(fh.read().split())
+
+
+# -- sending a response: at once when the kernel takes it, else until the deadline -------------
+
+def _client_socket_pair():
+    from app.http_worker import ClientSocket
+    ours, peer = socket.socketpair()
+    sock = ClientSocket(ours.family, ours.type, ours.proto, ours.detach())
+    sock.setblocking(False)
+    return sock, peer
+
+
+def test_a_response_is_sent_whole_on_the_non_blocking_socket():
+    sock, peer = _client_socket_pair()
+    with sock, peer:
+        sock.deadline = time.monotonic() + 5
+        sock.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
+        data = b"x" * 3_000_000  # more than the kernel takes at once: the rest waits for the reader
+        got = bytearray()
+
+        def read():
+            while len(got) < len(data):
+                got.extend(peer.recv(1 << 20))
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        sock.sendall(data)
+        reader.join(10)
+        assert bytes(got) == b"HTTP/1.1 200 OK\r\n\r\n" + data
+        assert sock.gettimeout() == 0.0  # non-blocking again for the worker's main loop
+
+
+def test_a_client_that_does_not_read_its_response_holds_a_thread_until_the_deadline_only():
+    sock, peer = _client_socket_pair()
+    with sock, peer:
+        sock.deadline = time.monotonic() + 1.5
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            sock.sendall(b"x" * 30_000_000)
+        assert 1.0 < time.monotonic() - started < 4
+        assert sock.gettimeout() == 0.0
+        # Past the deadline, one second more at least (as the thread's reads and writes had).
+        sock.deadline = time.monotonic() - 10
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            sock.sendall(b"x" * 30_000_000)
+        assert 0.9 < time.monotonic() - started < 3
