@@ -416,3 +416,103 @@ def test_the_sqlite_write_turn_is_fair_between_processes(tmp_path):
     # process had all 400 turns before the other had one), and no process keeps it for long
     # while the other waits (a waiter that a busy machine does not wake in time is passed over).
     assert len(runs) > turns / 10 and max(runs) < turns / 2, runs
+
+
+# -- batches of messages ---------------------------------------------------------------------
+class _Work:
+    """The work of one message as the pipeline hands it to the store (service.MessageWork's
+    interface), with a fixed answer."""
+
+    def __init__(self, uuid: str, nonce: str, sender: str = "14155550123", digest: bytes = b"d" * 16):
+        from app.store import Needs
+        self.claim = Claim(uuid=uuid, nonces=[nonce], sender=sender, to="14155550100",
+                           now=datetime(2026, 12, 7, 12), digest=digest)
+        self.needs = Needs([sender])
+        self.finished = 0
+
+    def finish(self, state):
+        from app.store import Record, Stored
+        self.finished += 1
+        record = Record(message={"from_number": self.claim.sender, "to_number": self.claim.to, "type": "sms",
+                                 "text": "hi", "intent": "", "params": {}, "rules": [], "compliance": None,
+                                 "possible_optout": False, "held": []},
+                        replies=[{"position": 0, "kind": "reply", "rule": "r", "src": self.claim.to,
+                                  "dst": [self.claim.sender], "sender": self.claim.sender, "limited": True,
+                                  "text": "answer " + self.claim.uuid, "via": "xml"}])
+        return record, Stored(200, "application/xml", ("<Response>" + self.claim.uuid + "</Response>").encode())
+
+
+def _batch(store, works):
+    """`works` in one batch of the store's group commit, as the leader runs it: each outcome
+    (a result or the error its thread would raise)."""
+    from app.store.messages import ALONE
+    from app.store.writer import Job
+    jobs = [Job(w) for w in works]
+    (store._postgres_batch if store.postgres else store._sqlite_batch)(jobs)
+    outcomes = []
+    for job in jobs:
+        try:
+            result = job.result()
+            outcomes.append(store._message_postgres(job.work) if result is ALONE else result)
+        except Exception as exc:  # noqa: BLE001 - what that message's thread would raise
+            outcomes.append(exc)
+    return outcomes
+
+
+def test_a_batch_gives_each_message_its_own_outcome(database):
+    """A new message, a replay of its nonce with another request, another new message and a
+    retry of the first, in one batch: the two are recorded, the replay is refused and leaves
+    nothing, the retry gets the stored answer byte for byte."""
+    store = Store(database)
+    try:
+        a, c = _Work("uuid-a", "nonce-a"), _Work("uuid-c", "nonce-c", sender="14155550124")
+        replay = _Work("uuid-b", "nonce-a", digest=b"e" * 16)
+        retry = _Work("uuid-a", "nonce-a2")
+        first, refused, third, again = _batch(store, [a, replay, c, retry])
+        assert first == (a.finish(None)[1], True) and third == (c.finish(None)[1], True)
+        assert isinstance(refused, Replayed)
+        assert again == (first[0], False)
+        listed = {m["uuid"]: m for m in store.list_messages()}
+        assert set(listed) == {"uuid-a", "uuid-c"} and listed["uuid-a"]["deliveries"] == 2
+        assert [r["numbers"] for r in listed["uuid-c"]["replies"]] == [["14155550124"]]
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM seen").scalar() == 3  # a, c, a2: not b's
+    finally:
+        store.dispose()
+
+
+def test_a_postgresql_batch_never_waits_for_a_senders_lock():
+    """Another transaction holds one sender's lock (a host paused mid-message): the batch
+    answers the other sender at once; the held sender's message waits in its own thread."""
+    import threading
+    import time
+    from app.store.values import lock_key
+    from conftest import empty_postgres
+    url = postgres_database()
+    empty_postgres()
+    store = Store(url)
+    holder = sa.create_engine(parse_url(url))
+    try:
+        with holder.connect() as conn:
+            conn.exec_driver_sql("BEGIN")
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (lock_key("14155550111"),))
+            held, free = _Work("uuid-held", "n-held", sender="14155550111"), _Work("uuid-free", "n-free", sender="14155550222")
+            from app.store.messages import ALONE
+            from app.store.writer import Job
+            jobs = [Job(held), Job(free)]
+            began = time.monotonic()
+            store._postgres_batch(jobs)
+            assert time.monotonic() - began < 2 and jobs[1].result() == (free.finish(None)[1], True)
+            assert jobs[0].result() is ALONE
+            outcome = []
+            thread = threading.Thread(target=lambda: outcome.append(store._message_postgres(held)))
+            thread.start()
+            thread.join(0.3)
+            assert thread.is_alive()  # waiting for the lock, in its own thread
+            conn.exec_driver_sql("COMMIT")
+        thread.join(10)
+        assert outcome == [(held.finish(None)[1], True)]
+    finally:
+        holder.dispose()
+        store.dispose()
+        empty_postgres()

@@ -76,7 +76,7 @@ class Database:
         """The driver cursor of `conn`, for statements compiled once (sql.Statement), with the
         driver's errors turned into the store's as SQLAlchemy would turn them: a unique
         index's refusal `Conflict`, anything else `Unavailable`, after dropping a connection
-        that was lost (SQLAlchemy then takes a new one)."""
+        that was lost, with the rest of the pool."""
         dbapi = self.engine.dialect.dbapi
         raw = conn.connection.driver_connection
         cursor = raw.cursor()
@@ -86,7 +86,12 @@ class Database:
             raise Conflict(reason(exc)) from exc
         except dbapi.Error as exc:
             if self.engine.dialect.is_disconnect(exc, raw, cursor):
+                # As SQLAlchemy does when it sees a lost connection: drop this one, and every
+                # other pooled one (a database restart cut them all), so a restart costs one
+                # 503, not one per pooled connection. The pooled ones are closed now; those
+                # other threads hold are dropped when they give them back.
                 conn.invalidate(exc)
+                self.engine.dispose()
             raise Unavailable(reason(exc)) from exc
         finally:
             try:

@@ -7,11 +7,12 @@ rows and any opt-out change are written together. A MessageUUID whose message ha
 pruned is still known (retention moves it to `seen`, kept for REPLAY_DAYS): it is not
 decided again.
 
-SQLite: messages of a process are committed in groups (writer.GroupCommit), each
-with its own outcome. PostgreSQL: four round trips for a new message (BEGIN; the
-sender's lock, the nonces' claim and the retry's lookup; the state read and every
-insert in one statement, valid only if the state is the one the answer was rendered
-for; COMMIT), and two more when it is not.
+The messages of a process are committed in groups (writer.GroupCommit), each with its
+own outcome. SQLite: one batch at a time, under the write turn. PostgreSQL: a batch
+tries its senders' locks first and leaves a message whose lock is taken to its own
+thread; a message alone costs four round trips (BEGIN; the sender's lock, the nonces'
+claim and the retry's lookup; every insert, in a statement that also checks the state
+the answer was rendered for; COMMIT), two more when the state is another.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ REPLY_COLUMNS = ("message_id", "position", "kind", "rule", "src", "dst", "sender
                  "created_at")
 OUTBOX_COLUMNS = ("created_at", "kind", "role", "message_id", "position", "rule", "src", "dst", "type", "method",
                   "text", "media", "status", "attempts", "due_at")
+#: A PostgreSQL batch's answer to a message it leaves to its own thread, written alone.
+ALONE = object()
 #: What the state is assumed to be when an answer is rendered before it is read.
 FRESH = NumberState(frozenset(), 0)
 
@@ -98,9 +101,9 @@ class MessageSql:
                                    .where(optouts.c.to_number.in_([sa.literal(""), _param(optouts.c.to_number)])))
         if self.postgres:
             keys = _b("keys", type_=pg.ARRAY(sa.BigInteger))
-            # Every sender of a batch, in the order of the (sorted) array: two batches never
-            # wait for each other's locks.
-            self.lock_all = S(sa.select(sa.func.pg_advisory_xact_lock(sa.func.unnest(keys))))
+            # Every sender of a batch, tried in the order of the array (a row each, true when
+            # taken): a batch never waits for a lock.
+            self.lock_all = S(sa.select(sa.func.pg_try_advisory_xact_lock(sa.func.unnest(keys))))
             self.pg_claim = Shapes(self._pg_claim, dialect)
             self.pg_write = Shapes(self._pg_write, dialect)
 
@@ -139,11 +142,12 @@ class MessageSql:
     def _pg_write(self, numbers: int, limited: bool, n_replies: int, n_outbox: int, change: str | None,
                   guarded: bool) -> sa.Select:
         """One statement: the message, its replies, its outbox rows and the opt-out change.
-        `guarded`: written only if none of the numbers opted out and the sender's recent
-        replies are at most `most` (the state the answer was rendered for); the id is NULL
-        otherwise, and nothing is written."""
+        `guarded`: written only if none of the numbers opted out, the sender's recent replies
+        are at most `most` (the state the answer was rendered for) and the MessageUUID is not
+        remembered as pruned; the id is NULL otherwise, and nothing is written."""
         source = sa.select(*[_param(messages.c[c]) for c in MESSAGE_COLUMNS])
         if guarded:
+            source = source.where(~sa.exists().where(seen.c.key == _b("uuid_key", type_=seen.c.key.type)))
             if numbers:
                 source = source.where(~sa.exists().where(
                     optouts.c.number == sa.any_(_b("numbers", type_=pg.ARRAY(optouts.c.number.type))))
@@ -195,7 +199,10 @@ class Messages:
         nonce used before by another request raises `Replayed`; a database that does not
         answer raises `Unavailable`.
         """
-        return self._group.submit(work)
+        outcome = self._group.submit(work)
+        if outcome is ALONE:
+            return self._message_postgres(work)
+        return outcome
 
     # -- SQLite ----------------------------------------------------------------------------
     def _sqlite_batch(self, jobs: list[Job]) -> None:
@@ -227,7 +234,7 @@ class Messages:
             else:
                 job.finish(outcome, error)
 
-    def _sqlite_one(self, conn: sa.Connection, work: Work) -> tuple[tuple[Stored | None, bool] | None, Exception | None]:
+    def _sqlite_one(self, cur, work: Work) -> tuple[tuple[Stored | None, bool] | None, Exception | None]:
         """One message inside the batch's transaction: (outcome, None), or (None, Replayed)
         after undoing its own claim (a refused request leaves nothing behind)."""
         sql, claim = self._msql, work.claim
@@ -236,57 +243,57 @@ class Messages:
         if keys:
             values = {f"key_{i}": key for i, key in enumerate(keys)}
             values.update(digest=claim.digest, day=day)
-            new = {bytes(row[0]) for row in sql.claim_nonces(len(keys)).run(conn, values)}
+            new = {bytes(row[0]) for row in sql.claim_nonces(len(keys)).run(cur, values)}
             for key in keys:
-                if key not in new and not self._same_request(conn, key, claim.digest):
+                if key not in new and not self._same_request(cur, key, claim.digest):
                     if new:
-                        sql.unclaim(len(new)).run(conn, {f"key_{i}": k for i, k in enumerate(sorted(new))})
+                        sql.unclaim(len(new)).run(cur, {f"key_{i}": k for i, k in enumerate(sorted(new))})
                     return None, Replayed(key.hex())
-        row = sql.redeliver.run(conn, {"uuid": claim.uuid}).fetchone()
+        row = sql.redeliver.run(cur, {"uuid": claim.uuid}).fetchone()
         if row is not None:
             return (Stored(row[0], row[1], bytes(row[2])), False), None
-        if sql.remembered.run(conn, {"key": seen_key("uuid", claim.uuid)}).fetchone() is not None:
+        if sql.remembered.run(cur, {"key": seen_key("uuid", claim.uuid)}).fetchone() is not None:
             return (None, False), None
-        record, stored = work.finish(self._state(conn, claim, work.needs))
-        self._insert(conn, claim, record, stored)
+        record, stored = work.finish(self._state(cur, claim, work.needs))
+        self._insert(cur, claim, record, stored)
         return (stored, True), None
 
-    def _same_request(self, conn, key: bytes, digest: bytes) -> bool:
+    def _same_request(self, cur, key: bytes, digest: bytes) -> bool:
         """A nonce that was there already: True if it came with this very request (a retry),
         False if with another one (a replay)."""
-        kept = self._msql.nonce_digest.run(conn, {"key": key}).fetchone()
+        kept = self._msql.nonce_digest.run(cur, {"key": key}).fetchone()
         if kept is None:  # gone meanwhile (pruned): nothing to compare
             return True
         return kept[0] is not None and bytes(kept[0]) == digest  # (a nonce kept before 0003 has no digest)
 
-    def _state(self, conn, claim: Claim, needs: Needs) -> NumberState:
+    def _state(self, cur, claim: Claim, needs: Needs) -> NumberState:
         sql = self._msql
         opted: frozenset[str] = frozenset()
         if needs.numbers:
             values = {f"number_{i}": n for i, n in enumerate(needs.numbers)}
             values["to_number"] = claim.to
-            opted = frozenset(r[0] for r in sql.opted_out(len(needs.numbers)).run(conn, values))
+            opted = frozenset(r[0] for r in sql.opted_out(len(needs.numbers)).run(cur, values))
         recent = 0
         if needs.limit_since is not None:
-            recent = sql.recent.run(conn, {"sender": claim.sender, "since": needs.limit_since}).fetchone()[0]
+            recent = sql.recent.run(cur, {"sender": claim.sender, "since": needs.limit_since}).fetchone()[0]
         return NumberState(opted, recent)
 
-    def _insert(self, conn, claim: Claim, record: Record, stored: Stored) -> None:
+    def _insert(self, cur, claim: Claim, record: Record, stored: Stored) -> None:
         sql = self._msql
-        message_id = sql.insert_message.run(conn, self._message_values(claim, record, stored)).fetchone()[0]
+        message_id = sql.insert_message.run(cur, self._message_values(claim, record, stored)).fetchone()[0]
         if record.replies:
-            sql.insert_replies(len(record.replies)).run(conn, self._reply_values(claim, record, message_id))
+            sql.insert_replies(len(record.replies)).run(cur, self._reply_values(claim, record, message_id))
         if record.outbox:
-            sql.insert_outbox(len(record.outbox)).run(conn, self._outbox_values(record, message_id))
+            sql.insert_outbox(len(record.outbox)).run(cur, self._outbox_values(record, message_id))
         if record.change is not None:
             what, via, scope = record.change
             to = "" if scope == "account" else claim.to
             if what == "out":
-                sql.add_optout.run(conn, {"sender": claim.sender, "to_number": to, "since": claim.now, "via": via})
+                sql.add_optout.run(cur, {"sender": claim.sender, "to_number": to, "since": claim.now, "via": via})
             elif scope == "account":
-                sql.remove_optouts.run(conn, {"sender": claim.sender})
+                sql.remove_optouts.run(cur, {"sender": claim.sender})
             else:
-                sql.remove_optout_for.run(conn, {"sender": claim.sender, "to_number": claim.to})
+                sql.remove_optout_for.run(cur, {"sender": claim.sender, "to_number": claim.to})
 
     @staticmethod
     def _message_values(claim: Claim, record: Record, stored: Stored) -> dict:
@@ -320,74 +327,85 @@ class Messages:
 
     # -- PostgreSQL ------------------------------------------------------------------------
     def _postgres_batch(self, jobs: list[Job]) -> None:
-        """Write `jobs` in one transaction, their senders' locks taken first in one order (no
-        two batches wait for each other); when any fails (a replayed nonce, a MessageUUID
-        another process wrote at the same moment), each again in a transaction of its own."""
-        if len(jobs) > 1:
-            results = []
-            try:
-                with self._write() as conn, self._cursor(conn) as cur:
-                    self._msql.lock_all.run(cur, {"keys": sorted({lock_key(j.work.claim.sender) for j in jobs})})
-                    for job in jobs:
-                        results.append(self._postgres_one(cur, job.work))
-            except Unavailable as exc:
-                if not isinstance(exc, Conflict) and not _deadlock(exc):
-                    for job in jobs:  # the database's refusal (down, no connection): theirs too
-                        job.finish(error=exc)
-                    return
-            except Exception:  # noqa: BLE001 - nothing was written: each again below, with its own outcome
-                pass
-            else:
-                for job, outcome in zip(jobs, results):
-                    job.finish(outcome)
+        """Write `jobs` in one transaction, their senders' locks tried first in one order. A
+        message whose sender's lock another transaction holds, and every message of a batch
+        that fails (a replayed nonce, a MessageUUID written elsewhere at the same moment, a
+        deadlock), goes back to its own thread to be written alone (`ALONE`): the batch never
+        waits for a lock, and the next batch of this process never waits for those."""
+        if len(jobs) == 1:
+            jobs[0].finish(ALONE)
+            return
+        sql = self._msql
+        keys = sorted({lock_key(job.work.claim.sender) for job in jobs})
+        batch, results = [], []
+        try:
+            with self._write() as conn, self._cursor(conn) as cur:
+                held = {key for key, (got,) in zip(keys, sql.lock_all.run(cur, {"keys": keys}).fetchall()) if got}
+                batch = [job for job in jobs if lock_key(job.work.claim.sender) in held]
+                for job in batch:
+                    results.append(self._postgres_one(cur, job.work))
+        except Unavailable as exc:
+            if not isinstance(exc, Conflict) and not _deadlock(exc):
+                for job in jobs:  # the database's refusal (down, no connection): theirs too
+                    job.finish(error=exc)
                 return
+            batch = []
+        except Exception:  # noqa: BLE001 - nothing was written: each alone, with its own outcome
+            batch = []
+        for job, outcome in zip(batch, results):
+            job.finish(outcome)
         for job in jobs:
-            try:
-                outcome = self._message_postgres(job.work)
-            except Exception as exc:  # noqa: BLE001 - the job's own failure, raised in its thread
-                job.finish(error=exc)
-            else:
-                job.finish(outcome)
+            if not job.done:
+                job.finish(ALONE)
 
     def _message_postgres(self, work: Work) -> tuple[Stored | None, bool]:
-        for _attempt in range(2):
+        """One message in a transaction of its own (waiting for its sender's lock)."""
+        for _attempt in range(3):
             try:
                 with self._write() as conn, self._cursor(conn) as cur:
                     return self._postgres_one(cur, work)
-            except Conflict:
-                continue  # the same uuid at the same moment from another sender number: look again
+            except Unavailable as exc:
+                # The same uuid at the same moment from another sender number, or a deadlock
+                # PostgreSQL broke by failing this transaction: look again.
+                if not isinstance(exc, Conflict) and not _deadlock(exc):
+                    raise
         raise Unavailable("could not record the message")
 
-    def _postgres_one(self, conn, work: Work) -> tuple[Stored | None, bool]:
+    def _postgres_one(self, cur, work: Work) -> tuple[Stored | None, bool]:
         sql, claim, needs = self._msql, work.claim, work.needs
         keys = nonce_keys(claim.nonces)
+        uuid_key = seen_key("uuid", claim.uuid)
         values = {f"key_{i}": key for i, key in enumerate(keys)}
         values.update(lock=lock_key(claim.sender), digest=claim.digest, day=day_number(claim.now),
-                      uuid=claim.uuid, uuid_key=seen_key("uuid", claim.uuid))
-        claimed, status, content_type, body, remembered = sql.pg_claim(len(keys)).run(conn, values).fetchone()
+                      uuid=claim.uuid, uuid_key=uuid_key)
+        claimed, status, content_type, body, remembered = sql.pg_claim(len(keys)).run(cur, values).fetchone()
         if keys:
             new = {bytes(k) for k in claimed or ()}
             for key in keys:
-                if key not in new and not self._same_request(conn, key, claim.digest):
+                if key not in new and not self._same_request(cur, key, claim.digest):
                     raise Replayed(key.hex())  # (the transaction is rolled back: nothing is kept)
         if status is not None:
             return Stored(status, content_type, bytes(body)), False
         if remembered:
             return None, False
-        # Rendered for the state of a sender with no opt-out and no replies yet: written only
-        # if that is the state, read in the same statement (after the lock).
+        # That statement's snapshot was taken before the lock's wait; the next one's is taken
+        # after it. The answer rendered for a sender with no opt-out and no replies yet is
+        # written only if, in that snapshot, that is the state and no prune has remembered the
+        # MessageUUID meanwhile (its message deleted under the first statement's feet).
         record, stored = work.finish(FRESH)
         most = needs.most
         limited = needs.limit_since is not None and most is not None
         shape = self._pg_shape(record, needs, limited)
         values = self._pg_values(claim, record, stored)
         values.update(numbers=list(needs.numbers), to_g=claim.to, sender_g=claim.sender,
-                      since=needs.limit_since, most=most)
-        if sql.pg_write(*shape, True).run(conn, values).fetchone()[0] is not None:
+                      since=needs.limit_since, most=most, uuid_key=uuid_key)
+        if sql.pg_write(*shape, True).run(cur, values).fetchone()[0] is not None:
             return stored, True
-        record, stored = work.finish(self._state(conn, claim, needs))
+        if sql.remembered.run(cur, {"key": uuid_key}).fetchone() is not None:
+            return None, False
+        record, stored = work.finish(self._state(cur, claim, needs))
         shape = self._pg_shape(record, needs, False)
-        sql.pg_write(*shape, False).run(conn, self._pg_values(claim, record, stored))
+        sql.pg_write(*shape, False).run(cur, self._pg_values(claim, record, stored))
         return stored, True
 
     @staticmethod

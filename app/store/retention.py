@@ -66,10 +66,13 @@ class Retention:
             if not found:
                 return total
             keys = [row[0] for row in found]
+            if entry.remember is not None:
+                # Committed before the rows go: a delivery of the same MessageUUID meanwhile
+                # finds either its message or this (PostgreSQL: in whatever snapshot it reads).
+                with self._write() as conn:
+                    entry.remember(conn, keys)
             with self._write() as conn:
                 began, began_cpu = time.monotonic(), time.thread_time()
-                if entry.remember is not None:
-                    entry.remember(conn, keys)
                 for link in entry.goes_with:  # the old condition of these tables never changes back
                     conn.execute(link.table.delete().where(self._among(link, keys)))
                 total += conn.execute(entry.table.delete().where(self._among(entry.key, keys)).where(old)).rowcount

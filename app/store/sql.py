@@ -29,7 +29,8 @@ class Statement:
         compiled = construct.compile(dialect=dialect)
         self.sql = str(compiled)
         self.positional = bool(compiled.positional)
-        names = tuple(compiled.positiontup if self.positional else compiled.binds)
+        names = tuple(compiled.positiontup if self.positional
+                      else (name for name in compiled.binds if f"%({name})s" in self.sql))
         self._names = names
         getter = operator.itemgetter(*names) if names else (lambda _values: ())
         self._get = getter if len(names) != 1 else (lambda values: (getter(values),))

@@ -26,6 +26,8 @@ from .errors import Unavailable
 
 #: Longest wait for a SQLite write turn before the message gets 503 (Plivo waits 8 s).
 WRITER_WAIT_S = 5.0
+#: Longest wait of a message for a batch to take it (then 503): under the 8 s Plivo waits.
+QUEUE_WAIT_S = 7.0
 #: How long a process that has just had the turn waits for a process that was waiting
 #: before it to take it (then it tries anyway: a waiter may have given up).
 YIELD_MAX_S = 0.1
@@ -183,7 +185,12 @@ class Job:
 
     def result(self):
         if self.error is not None:
-            raise self.error
+            # One error may end every job of a batch: each thread raises its own copy, so
+            # their tracebacks do not mix.
+            error = self.error
+            if isinstance(error, Unavailable):
+                raise type(error)(str(error)) from error
+            raise error
         return self.outcome
 
 
@@ -192,9 +199,9 @@ class GroupCommit:
     outcome once the transaction holding it has committed.
 
     `run(jobs)` writes a batch in one transaction and calls `finish` on every job (an
-    outcome each, or an error each). The leader runs batches while jobs queue up, and
-    hands the lead to a waiting job when its own is done, so no request waits for others'
-    batches after its own answer is ready.
+    outcome each, or an error each). The leader runs one batch (every job queued when it
+    starts, its own first among them), then hands the lead to the first job that queued
+    meanwhile, so no request waits for others' batches after its own answer is ready.
     """
 
     def __init__(self, run: Callable[[list[Job]], None], max_batch: int = 32):
@@ -211,11 +218,11 @@ class GroupCommit:
             lead = not self._leading
             self._leading = True
         if not lead:
-            if not job._wake.wait(2 * WRITER_WAIT_S):
+            if not job._wake.wait(QUEUE_WAIT_S):
                 with self._lock:
                     if job in self._queue and not job.lead:  # not taken into a batch yet: give up
                         self._queue.remove(job)
-                        raise Unavailable(f"the database is busy: not written within {2 * WRITER_WAIT_S:g} s")
+                        raise Unavailable(f"the database is busy: not written within {QUEUE_WAIT_S:g} s")
                 job._wake.wait()  # in a batch that is running: its outcome comes
             if job.done:
                 return job.result()
