@@ -128,6 +128,8 @@ class MessageSql:
             claimed = (pg.insert(seen).from_select(["key", "digest", "day"], sa.union_all(*rows) if nonces > 1 else rows[0])
                        .on_conflict_do_nothing().returning(seen.c.key).cte("claimed"))
             columns.append(sa.select(sa.func.array_agg(claimed.c.key)).scalar_subquery().label("claimed"))
+        else:  # signatures not checked: nothing to claim
+            columns.append(sa.null().label("claimed"))
         again = (messages.update().where(messages.c.uuid == _param(messages.c.uuid))
                  .where(sa.exists(sa.select(lock.c.locked)))
                  .values(deliveries=messages.c.deliveries + 1)
