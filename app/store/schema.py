@@ -4,6 +4,9 @@ The tables are the single description of the schema: Alembic's migrations in
 `migrations/` create and change them, and a test proves that the migrations,
 run from an empty database, reach exactly these tables on SQLite and PostgreSQL.
 
+Every index has a reader, named beside it: each one costs every message that writes its
+table (on SQLite a page written to the WAL, on PostgreSQL a B-tree insert and its WAL).
+
 Times are naive UTC `DateTime`s (the same on both databases); phone numbers are
 digits as Plivo sends them; a whole-account opt-out has `to_number = ''`
 (an empty string rather than NULL, so one unique index covers both kinds).
@@ -24,8 +27,8 @@ metadata = sa.MetaData(naming_convention={
 messages = sa.Table(
     "messages", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("uuid", sa.String(64), nullable=False, unique=True),
-    sa.Column("received_at", sa.DateTime, nullable=False, index=True),
+    sa.Column("uuid", sa.String(64), nullable=False, unique=True),     # the claim; a retry's answer
+    sa.Column("received_at", sa.DateTime, nullable=False, index=True),  # the log, newest first; the prune
     sa.Column("from_number", sa.String(32), nullable=False),
     sa.Column("to_number", sa.String(32), nullable=False),
     sa.Column("type", sa.String(16), nullable=False),
@@ -41,6 +44,7 @@ messages = sa.Table(
     sa.Column("answer_type", sa.String(64), nullable=False),
     sa.Column("answer_body", sa.LargeBinary, nullable=False),
 )
+# `messages --from`; the reply limit's count (replies joined by message_id).
 sa.Index("ix_messages_from_number_received_at", messages.c.from_number, messages.c.received_at)
 
 #: One row per text the service sent (or asked Plivo to send) for a message.
@@ -62,7 +66,7 @@ replies = sa.Table(
     sa.Column("status_key", sa.String(64)),              # its place in Plivo's order (see store)
     sa.Column("status_at", sa.DateTime),
     sa.Column("plivo_uuid", sa.String(64)),              # Plivo's MessageUUID, once known
-    sa.UniqueConstraint("message_id", "position"),
+    sa.UniqueConstraint("message_id", "position"),  # a message's replies: the log, the limit, reports' ref
 )
 # Reports find their reply by Plivo's uuid, unknown when the reply is written: only rows that
 # have one are in the index (no entry at insert). The reply limit counts through the messages'
@@ -74,16 +78,17 @@ sa.Index("ix_replies_plivo_uuid", replies.c.plivo_uuid, sqlite_where=replies.c.p
 reports = sa.Table(
     "reports", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("received_at", sa.DateTime, nullable=False, index=True),
+    sa.Column("received_at", sa.DateTime, nullable=False, index=True),  # the prune
     sa.Column("message_uuid", sa.String(64), nullable=False),   # Plivo's uuid of the sent message
     sa.Column("parent_uuid", sa.String(64)),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("sequence", sa.String(32), nullable=False),       # Sequence, '' when absent
     sa.Column("part", sa.String(32), nullable=False),           # PartInfo, '' when absent
     sa.Column("error_code", sa.String(16)),
+    # (indexed: a pruned reply's reports are found to be unlinked)
     sa.Column("reply_id", sa.Integer, sa.ForeignKey("replies.id", ondelete="SET NULL"), index=True),
     sa.Column("params", sa.JSON, nullable=False),
-    sa.UniqueConstraint("message_uuid", "status", "sequence", "part"),
+    sa.UniqueConstraint("message_uuid", "status", "sequence", "part"),  # a report stored once
 )
 
 #: Numbers that must get nothing. to_number '' = every number of the service.
@@ -94,7 +99,7 @@ optouts = sa.Table(
     sa.Column("to_number", sa.String(32), nullable=False),
     sa.Column("since", sa.DateTime, nullable=False),
     sa.Column("via", sa.String(16), nullable=False),     # keyword, intent, manual
-    sa.UniqueConstraint("number", "to_number"),
+    sa.UniqueConstraint("number", "to_number"),  # the opt-out check of every message
 )
 
 #: Replay protection, kept for REPLAY_DAYS (longer than the messages themselves): every
@@ -104,7 +109,8 @@ seen = sa.Table(
     "seen", metadata,
     sa.Column("key", sa.LargeBinary, primary_key=True),  # 16 bytes: SHA-256 of "nonce:<nonce>" or "uuid:<uuid>"
     sa.Column("digest", sa.LargeBinary),                 # nonce: the request's (signature.request_digest); uuid: NULL
-    sa.Column("day", sa.Integer, nullable=False, index=True),  # UTC day of its first use, days since 1970-01-01
+    # UTC day of its first use, days since 1970-01-01 (indexed: the prune)
+    sa.Column("day", sa.Integer, nullable=False, index=True),
     sqlite_with_rowid=False,
 )
 
@@ -118,6 +124,7 @@ outbox = sa.Table(
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),     # message or webhook
     sa.Column("role", sa.String(16), nullable=False),     # reply, forward, optout, optin, help, webhook
+    # (indexed: a message's items in the log; unlinked when the message is pruned)
     sa.Column("message_id", sa.Integer, sa.ForeignKey("messages.id", ondelete="SET NULL"), index=True),
     sa.Column("position", sa.Integer),                    # the reply's position in its message
     sa.Column("rule", sa.Text),                           # the rule that made it (NULL: compliance)
