@@ -82,6 +82,15 @@ def empty_url(request, tmp_path):
         admin.dispose()
 
 
+def _old_message(conn, uuid: str, text: str, at: datetime) -> None:
+    """A message row as the service wrote it before the migration under test."""
+    conn.execute(sa.text(
+        "INSERT INTO messages (uuid, received_at, from_number, to_number, type, text, intent, params, "
+        "rules, possible_optout, held, deliveries, answer_status, answer_type, answer_body) VALUES "
+        "(:uuid, :at, '14155550123', '14155550100', 'sms', :text, '', '{}', '[]', false, "
+        "'[]', 1, 200, 'application/xml', :body)"), {"uuid": uuid, "text": text, "at": at, "body": b"<Response/>"})
+
+
 def test_migration_0005_keeps_a_replys_numbers_as_a_list(empty_url):
     """Replies written before 0005 ('<'-joined numbers) read as lists after it, on both
     databases; the reply limit's index goes, Plivo's uuid index keeps only rows that have one."""
@@ -89,15 +98,11 @@ def test_migration_0005_keeps_a_replys_numbers_as_a_list(empty_url):
     try:
         migrate.upgrade(engine, "0004")
         with engine.begin() as conn:
-            conn.execute(sa.text(
-                "INSERT INTO messages (id, uuid, received_at, from_number, to_number, type, text, intent, params, "
-                "rules, possible_optout, held, deliveries, answer_status, answer_type, answer_body) VALUES "
-                "(1, 'u', :at, '14155550123', '14155550100', 'sms', 'hi', '', '{}', '[]', false, "
-                "'[]', 1, 200, 'application/xml', :body)"), {"at": datetime(2026, 1, 2), "body": b"<Response/>"})
+            _old_message(conn, "u", "hi", datetime(2026, 1, 2))
             for position, dst in ((0, "14155550123"), (1, "14155550111<14155550122")):
                 conn.execute(sa.text(
                     "INSERT INTO replies (message_id, position, kind, src, dst, sender, limited, text, via, "
-                    "created_at) VALUES (1, :p, 'forward', '14155550100', :dst, '14155550123', false, 't', 'xml', :at)"),
+                    "created_at) SELECT id, :p, 'forward', '14155550100', :dst, '14155550123', false, 't', 'xml', :at FROM messages"),
                     {"p": position, "dst": dst, "at": datetime(2026, 1, 2)})
         migrate.upgrade(engine)
         store = Store(empty_url, pool_size=1)
@@ -119,12 +124,7 @@ def test_migration_0003_carries_messages_uuids_and_nonces_over_to_seen(empty_url
     try:
         migrate.upgrade(engine, "0002")
         with engine.begin() as conn:
-            conn.execute(sa.text(
-                "INSERT INTO messages (uuid, received_at, from_number, to_number, type, text, intent, params, "
-                "rules, possible_optout, held, deliveries, answer_status, answer_type, answer_body) VALUES "
-                "('old-uuid-\u00e9', :at, '14155550123', '14155550100', 'sms', 'STOP', '', '{}', '[]', false, "
-                "'[]', 1, 200, 'application/xml', :body)"),
-                {"at": datetime(2026, 1, 2, 23, 59, 59), "body": b"<Response/>"})
+            _old_message(conn, "old-uuid-\u00e9", "STOP", datetime(2026, 1, 2, 23, 59, 59))
             for nonce, at in (("12345678901234567890", datetime(2026, 1, 3, 0, 0, 1)),
                               ("sha256:" + "ab" * 32, datetime(2026, 1, 3))):  # kept hashed: not carried
                 conn.execute(sa.text("INSERT INTO nonces (nonce, message_uuid, seen_at) VALUES (:n, 'old-uuid', :at)"),

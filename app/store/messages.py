@@ -243,14 +243,12 @@ class Messages:
         day = day_number(claim.now)
         keys = nonce_keys(claim.nonces)
         if keys:
-            values = {f"key_{i}": key for i, key in enumerate(keys)}
-            values.update(digest=claim.digest, day=day)
-            new = {bytes(row[0]) for row in sql.claim_nonces(len(keys)).run(cur, values)}
-            for key in keys:
-                if key not in new and not self._same_request(cur, key, claim.digest):
-                    if new:
-                        sql.unclaim(len(new)).run(cur, {f"key_{i}": k for i, k in enumerate(sorted(new))})
-                    return None, Replayed(key.hex())
+            new = self._claim_nonces(cur, keys, claim.digest, day)
+            replayed, _ = self._check_nonces(cur, keys, new, claim.digest)
+            if replayed is not None:
+                if new:
+                    sql.unclaim(len(new)).run(cur, {f"key_{i}": k for i, k in enumerate(sorted(new))})
+                return None, Replayed(replayed.hex())
         row = sql.redeliver.run(cur, {"uuid": claim.uuid}).fetchone()
         if row is not None:
             return (Stored(row[0], row[1], bytes(row[2])), False), None
@@ -260,13 +258,27 @@ class Messages:
         self._insert(cur, claim, record, stored)
         return (stored, True), None
 
-    def _same_request(self, cur, key: bytes, digest: bytes) -> bool:
-        """A nonce that was there already: True if it came with this very request (a retry),
-        False if with another one (a replay)."""
-        kept = self._msql.nonce_digest.run(cur, {"key": key}).fetchone()
-        if kept is None:  # gone meanwhile (pruned): nothing to compare
-            return True
-        return kept[0] is not None and bytes(kept[0]) == digest  # (a nonce kept before 0003 has no digest)
+    def _claim_nonces(self, cur, keys: list[bytes], digest: bytes, day: int) -> set[bytes]:
+        """Remember each nonce key with the request's digest: the keys that were new."""
+        values = {f"key_{i}": key for i, key in enumerate(keys)}
+        values.update(digest=digest, day=day)
+        return {bytes(row[0]) for row in self._msql.claim_nonces(len(keys)).run(cur, values)}
+
+    def _check_nonces(self, cur, keys: list[bytes], new: set[bytes], digest: bytes) -> tuple[bytes | None, bool]:
+        """The keys that were there already, against the request's digest: (the first one
+        another request used, a replay, or None; True when every key came before with this
+        very request, a retry). Messages and delivery reports both claim nonces this way."""
+        repeated = True
+        for key in keys:
+            if key in new:
+                repeated = False
+                continue
+            kept = self._msql.nonce_digest.run(cur, {"key": key}).fetchone()
+            if kept is None:  # gone meanwhile (pruned): nothing to compare
+                repeated = False
+            elif kept[0] is None or bytes(kept[0]) != digest:  # (a nonce kept before 0003 has no digest)
+                return key, False
+        return None, repeated
 
     def _state(self, cur, claim: Claim, needs: Needs) -> NumberState:
         sql = self._msql
@@ -382,10 +394,9 @@ class Messages:
                       uuid=claim.uuid, uuid_key=uuid_key)
         claimed, status, content_type, body, remembered = sql.pg_claim(len(keys)).run(cur, values).fetchone()
         if keys:
-            new = {bytes(k) for k in claimed or ()}
-            for key in keys:
-                if key not in new and not self._same_request(cur, key, claim.digest):
-                    raise Replayed(key.hex())  # (the transaction is rolled back: nothing is kept)
+            replayed, _ = self._check_nonces(cur, keys, {bytes(k) for k in claimed or ()}, claim.digest)
+            if replayed is not None:
+                raise Replayed(replayed.hex())  # (the transaction is rolled back: nothing is kept)
         if status is not None:
             return Stored(status, content_type, bytes(body)), False
         if remembered:

@@ -77,20 +77,10 @@ class Reports:
         keys = nonce_keys(given)
         if not keys:
             return False
-        sql = self._msql
-        values = {f"key_{i}": key for i, key in enumerate(keys)}
-        values.update(digest=digest, day=day_number(now))
-        new = {bytes(row[0]) for row in sql.claim_nonces(len(keys)).run(conn, values)}
-        repeated = True
-        for key in keys:
-            if key in new:
-                repeated = False
-                continue
-            kept = sql.nonce_digest.run(conn, {"key": key}).fetchone()
-            if kept is None:  # gone meanwhile (pruned): nothing to compare
-                repeated = False
-            elif kept[0] is None or bytes(kept[0]) != digest:
-                raise Replayed(key.hex())  # (a nonce kept before 0003 has no digest: never again)
+        new = self._claim_nonces(conn, keys, digest, day_number(now))
+        replayed, repeated = self._check_nonces(conn, keys, new, digest)
+        if replayed is not None:
+            raise Replayed(replayed.hex())  # (the caller's transaction is rolled back)
         return repeated
 
     # -- delivery reports ----------------------------------------------------------
