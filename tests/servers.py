@@ -112,7 +112,7 @@ class Server:
                 self.proc.wait(timeout=15)
         self.log.close()
         # Its rules' kept copy, in the repository's instance folder, goes with it.
-        Path(kept_copy_path(str(ROOT / "instance" / KEEP_FOLDER), str(self.rules))).unlink(missing_ok=True)
+        shutil.rmtree(kept_copy_path(str(ROOT / "instance" / KEEP_FOLDER), str(self.rules)), ignore_errors=True)
 
 
 class Servers:

@@ -231,7 +231,7 @@ def start(tmp_path):
 
     yield start
     for path in used:
-        Path(kept_copy_path(str(ROOT / "instance" / KEEP_FOLDER), path)).unlink(missing_ok=True)
+        shutil.rmtree(kept_copy_path(str(ROOT / "instance" / KEEP_FOLDER), path), ignore_errors=True)
 
 
 def only_line(result: subprocess.CompletedProcess) -> str:

@@ -5,21 +5,21 @@ version with the other workers through the kept copy."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import resource
-import subprocess
-import sys
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 import app.rules.holder as holder_module
 from app.rules import Outbound, RuleSet, RulesError, RulesHolder, compile_text
-from app.rules.holder import LOCK_WAIT, KeptCopy, Version, compile_and_keep, kept_copy_path, read_version
+from app.rules.holder import KeptCopy, Version, compile_and_keep, kept_copy_path, read_version
+from app.rules.kept import KEEP_VERSIONS
 
 GOOD_A = """\
 version: 1
@@ -256,13 +256,17 @@ def test_control_character_reload_keeps_the_rules(rules_file):
     assert isinstance(holder.error, RulesError)
 
 
+def newest_kept(keep_dir, path) -> Path | None:
+    """The file of the newest version kept for `path` (its name sorts last), or None."""
+    folder = Path(kept_copy_path(str(keep_dir), str(path)))
+    files = sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+    return files[-1] if files else None
+
+
 def kept_text(keep_dir, path) -> str | None:
-    """The text the kept copy of `path` holds, or None."""
-    try:
-        with open(kept_copy_path(str(keep_dir), str(path)), encoding="utf-8") as fh:
-            return json.load(fh)["text"]
-    except FileNotFoundError:
-        return None
+    """The text the newest kept version of `path` holds, or None."""
+    newest = newest_kept(keep_dir, path)
+    return None if newest is None else json.loads(newest.read_text(encoding="utf-8"))["text"]
 
 
 def test_a_new_holder_with_a_bad_file_answers_with_the_kept_copy(tmp_path):
@@ -364,10 +368,11 @@ def test_the_kept_copy_is_named_after_the_rules_file_and_says_which(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     assert kept_copy_path(str(keep), "rules.yaml") == kept_copy_path(str(keep), str(one))  # relative or not
     assert kept_copy_path(str(keep), str(one)) != kept_copy_path(str(keep), str(other))
-    assert sorted(p.name for p in keep.glob("*.json")) == sorted(
+    assert sorted(p.name for p in keep.iterdir()) == sorted(
         os.path.basename(kept_copy_path(str(keep), str(p))) for p in (one, other))
-    data = json.loads(open(kept_copy_path(str(keep), str(one)), encoding="utf-8").read())
+    data = json.loads(newest_kept(keep, one).read_text(encoding="utf-8"))
     stat = os.stat(one)
+    assert newest_kept(keep, one).name == f"{stat.st_ctime_ns:020d}-{stat.st_mtime_ns:020d}-{digest_of(V1)}"
     assert data == {"source": str(one), "ctime_ns": stat.st_ctime_ns, "mtime_ns": stat.st_mtime_ns,
                     "digest": digest_of(V1), "text": V1}
 
@@ -432,7 +437,7 @@ def test_an_older_kept_copy_is_brought_up_to_date_by_a_worker_with_newer_rules(t
     holder = RulesHolder(str(path), 1, keep_dir=str(keep))
     assert holder.load()
     kept = KeptCopy(str(keep), str(path))
-    os.unlink(kept.path)                              # e.g. its write failed (a full disk)
+    shutil.rmtree(kept.path)                          # e.g. its write failed (a full disk)
     path.write_text(V3_BAD)
     holder.refresh()
     assert holder.current().digest == digest_of(V2)
@@ -445,12 +450,10 @@ def test_a_copy_that_belongs_to_another_rules_file_is_refused(tmp_path, caplog):
     bakery.write_text(V1)
     garage.write_text(V2)
     assert RulesHolder(str(garage), keep_dir=str(keep)).load()
-    # Someone copies the garage's kept copy over the bakery's; then the bakery's file breaks.
-    with open(kept_copy_path(str(keep), str(garage)), encoding="utf-8") as fh:
-        foreign = fh.read()
-    os.makedirs(keep, exist_ok=True)
-    with open(kept_copy_path(str(keep), str(bakery)), "w", encoding="utf-8") as fh:
-        fh.write(foreign)
+    # Someone copies the garage's kept copy among the bakery's; then the bakery's file breaks.
+    foreign = newest_kept(keep, garage)
+    os.makedirs(kept_copy_path(str(keep), str(bakery)))
+    shutil.copy(foreign, Path(kept_copy_path(str(keep), str(bakery))) / foreign.name)
     bakery.write_text(V3_BAD)
     with caplog.at_level("ERROR", logger="app.rules"):
         holder = RulesHolder(str(bakery), keep_dir=str(keep))
@@ -479,7 +482,7 @@ def test_a_damaged_kept_copy_is_not_used(tmp_path, damage, caplog):
     path, keep = tmp_path / "rules.yaml", tmp_path / "rules-kept"
     path.write_text(V1)
     assert RulesHolder(str(path), keep_dir=str(keep)).load()
-    copy = kept_copy_path(str(keep), str(path))
+    copy = newest_kept(keep, path)
     if damage == "digest":
         data = json.loads(open(copy, encoding="utf-8").read())
         data["text"] = V2
@@ -644,11 +647,12 @@ def test_content_that_is_not_utf8_is_not_read_again_until_it_changes(rules_file,
 
 # -- which version the kept copy holds ---------------------------------------------------------
 def plant(keep, path, text: str, changed: tuple[int, int]) -> None:
-    """A kept copy of `path` holding `text`, stamped `changed`, as an earlier process wrote it."""
-    os.makedirs(keep, exist_ok=True)
+    """A kept version of `path` holding `text`, stamped `changed`, as an earlier process wrote it."""
+    folder = kept_copy_path(str(keep), str(path))
+    os.makedirs(folder, exist_ok=True)
     data = {"source": str(path), "ctime_ns": changed[0], "mtime_ns": changed[1],
             "digest": digest_of(text), "text": text}
-    with open(kept_copy_path(str(keep), str(path)), "w", encoding="utf-8") as fh:
+    with open(os.path.join(folder, Version.of(text, changed).name), "w", encoding="utf-8") as fh:
         json.dump(data, fh)
 
 
@@ -698,58 +702,70 @@ def test_a_version_is_stamped_from_the_file_it_was_read_from(tmp_path):
     assert signature == version.signature == (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
 
 
-# -- a kept copy whose lock another process holds ---------------------------------------------
-def test_a_held_lock_on_the_kept_copy_never_holds_up_a_reload(tmp_path, caplog):
+# -- a kept copy that cannot be written ---------------------------------------------------------
+def test_a_kept_copy_that_cannot_be_written_never_holds_up_a_reload(tmp_path, caplog):
+    """Offers take no lock, so nothing another process holds (or a stuck one) makes them wait;
+    a folder that cannot be written (here a file has taken its place) is logged once, the
+    watcher keeps its pace meanwhile, and the offer is made again, unaided, until it lands."""
     path, keep = tmp_path / "rules.yaml", tmp_path / "rules-kept"
     path.write_text(V1)
     holder = RulesHolder(str(path), 0.05, keep_dir=str(keep))
     assert holder.load()
     kept = KeptCopy(str(keep), str(path))
-    with caplog.at_level("WARNING", logger="app.rules"), open(keep / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)               # another process stuck while holding it
+    folder = Path(kept.path)
+    shutil.rmtree(folder)
+    folder.write_text("in the way")
+    with caplog.at_level("WARNING", logger="app.rules"):
         assert holder.start()
         try:
             path.write_text(V2)
             edited = time.monotonic()
             assert poll(lambda: holder.ruleset.digest == digest_of(V2))
-            assert time.monotonic() - edited < LOCK_WAIT  # never waited for the lock first
+            assert time.monotonic() - edited < 1.0     # never waited on the kept copy first
             assert poll(lambda: any("cannot keep a copy" in r.getMessage() for r in caplog.records))
             path.write_text(V3_GOOD)                    # the watcher keeps its pace meanwhile
             edited = time.monotonic()
             assert poll(lambda: holder.ruleset.digest == digest_of(V3_GOOD))
-            assert time.monotonic() - edited < LOCK_WAIT
-            assert kept.read().digest == digest_of(V1)  # the copy waits for the lock
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            assert poll(lambda: kept.read().digest == digest_of(V3_GOOD))   # offered again, unaided
+            assert time.monotonic() - edited < 1.0
+            assert folder.read_text() == "in the way"   # nothing kept meanwhile
+            folder.unlink()
+            assert poll(lambda: kept_text(keep, path) == V3_GOOD)   # offered again, unaided
         finally:
             holder.stop()
     warned = [r.getMessage() for r in caplog.records if "cannot keep a copy" in r.getMessage()]
     assert len(warned) == 1, warned                     # once, not at every look
-    assert f"another process holds its lock ({keep / '.lock'})" in warned[0]
-    assert "trying again at the next look" in warned[0]
+    assert f"at {folder} now" in warned[0] and "trying again at the next look" in warned[0]
 
 
 V3_GOOD = "version: 1\nrules:\n  - {name: price, when: {keyword: price}, reply: 'three pounds'}\n"
 
 
-# -- temporary files left by a killed writer ---------------------------------------------------
-def test_temporary_files_of_unfinished_writes_are_removed_when_a_copy_is_opened(tmp_path):
+# -- what the kept folder holds: the last few versions, no leftovers ---------------------------
+def test_temporary_files_of_unfinished_writes_are_removed_by_age_when_a_copy_is_opened(tmp_path):
     path, other, keep = tmp_path / "rules.yaml", tmp_path / "other.yaml", tmp_path / "rules-kept"
-    keep.mkdir()
-    copy = kept_copy_path(str(keep), str(path))
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True, timeout=30)
-    dead = f"{copy}.{int(gone.stdout)}.tmp"            # its writer was killed
-    old = f"{copy}.{os.getpid()}.tmp"                  # an alive pid, but far too old to be a write
-    fresh = f"{copy}.{os.getppid()}.tmp"               # a write in progress elsewhere
-    others = f"{kept_copy_path(str(keep), str(other))}.{int(gone.stdout)}.tmp"   # another file's
-    for name in (dead, old, fresh, others):
-        with open(name, "w") as fh:
-            fh.write("{")
+    mine, others = Path(kept_copy_path(str(keep), str(path))), Path(kept_copy_path(str(keep), str(other)))
+    mine.mkdir(parents=True)
+    others.mkdir()
+    old = mine / ".tmp-0123456789abcdef"             # far too old to be a write: its writer was killed
+    fresh = mine / ".tmp-fedcba9876543210"           # a write in progress elsewhere
+    not_mine = others / ".tmp-0123456789abcdef"      # another file's: left to its own holders
+    for name in (old, fresh, not_mine):
+        name.write_text("{")
     long_ago = time.time() - 3600
-    os.utime(old, (long_ago, long_ago))
+    for name in (old, not_mine):
+        os.utime(name, (long_ago, long_ago))
     KeptCopy(str(keep), str(path))
-    assert sorted(os.listdir(keep)) == sorted(os.path.basename(p) for p in (fresh, others))
+    assert os.listdir(mine) == [fresh.name] and os.listdir(others) == [not_mine.name]
+
+
+def test_only_the_last_few_versions_stay_kept(tmp_path):
+    path, keep = tmp_path / "rules.yaml", tmp_path / "rules-kept"
+    holder = RulesHolder(str(path), keep_dir=str(keep))
+    for text in (V1, V2, V3_GOOD, GOOD_A, GOOD_B):
+        write(path, text)
+        assert holder.load()
+    assert len(os.listdir(kept_copy_path(str(keep), str(path)))) == KEEP_VERSIONS
+    assert kept_text(keep, path) == GOOD_B
 
 
 # -- rule warnings: logged once per start and once per new version (issue 13) -------------------

@@ -59,14 +59,12 @@ def replace(path: Path, text: str) -> None:
 @pytest.fixture
 def instance_as_found():
     """The repository's instance folder as it was: each Server removes its kept copy when it
-    stops; the folders (and the lock file) go too if this test made them and nothing else is there."""
+    stops; the folders go too if this test made them and nothing else is there."""
     existed = [folder for folder in (INSTANCE, KEEP) if folder.exists()]
     yield
     for folder in (KEEP, INSTANCE):
         if folder in existed:
             continue
-        if folder == KEEP and KEEP.exists() and [p.name for p in KEEP.iterdir()] == [".lock"]:
-            (KEEP / ".lock").unlink(missing_ok=True)
         try:
             folder.rmdir()
         except OSError:
@@ -216,11 +214,13 @@ def wait_for(predicate, until: float) -> bool:
 
 
 def kept_digest(rules_path: Path) -> str | None:
+    """The digest of the newest version kept for `rules_path` (the last of its names), or None."""
     try:
-        with open(kept_copy_path(str(KEEP), str(rules_path)), encoding="utf-8") as fh:
+        newest = max(n for n in os.listdir(kept_copy_path(str(KEEP), str(rules_path))) if not n.startswith("."))
+        with open(os.path.join(kept_copy_path(str(KEEP), str(rules_path)), newest), encoding="utf-8") as fh:
             return json.load(fh)["digest"]
     except (OSError, ValueError):
-        return None  # not there yet, or (never, as it is replaced whole) half written
+        return None  # nothing kept yet (each version's file is written whole before it is named)
 
 
 # -- a. busy workers --------------------------------------------------------------------------

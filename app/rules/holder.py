@@ -13,53 +13,41 @@ read again only when it changes; one that could not be read at all (too many ope
 I/O error or a stale handle on a network file system, a permission changed for a moment) is
 read again at every look until it can be, and logged once.
 
-The rules a process answers with while the file is bad are the newest version of the file
-that any process serving it compiled, not each worker's own: the workers of one service (and
-the gunicorn master at start) share a kept copy of that version, one JSON file per rules file
-in the instance folder, named from the file's absolute path and holding it (`KeptCopy`).
-Whoever compiles a version offers it, and under a file lock it replaces the copy when it is
-what the rules file holds at that moment (the newest by definition, whatever the clocks said
-when the copy was written), else only when its change time is later. The lock is waited for
-a bounded time, outside the lock that guards the rules in use: a stuck holder (a hung network
-file system, a paused process) delays only the copy, which is offered again at the next
-look. While the file stays bad each process looks at the copy every interval and switches to
-it when it holds other rules, at least as new as its own. So every worker ends on the same
-rules, a worker started while the file is bad (a respawn, a HUP) answers like the others, and
-two services with different rules files in one folder never answer from each other's copy.
+While the file is bad a process answers with the newest version of it that any process
+serving it compiled, not its own: every good version compiled (the gunicorn master's at start
+too) is offered to the rules file's kept copy (`KeptCopy`, in `kept.py`), and while the file
+stays bad each process looks at it every interval and switches to the newest kept version
+when it holds other rules, at least as new as its own (a kept version older than its own is
+offered again: that offer was lost). So every worker ends on the same rules, a worker started
+while the file is bad (a respawn, a HUP) answers like the others, and two services with
+different rules files in one folder never answer from each other's copy.
 
 The warnings of a version (a rule that can never match, a reply that costs several units, ...)
 are logged once per service start and once per new version, one WARNING line each with its
 `path:line`, not once per worker: the gunicorn master logs those of the file it checks at
-start (and tells its workers, `WARNED_ENV`); later, the process whose offer first writes a
-version into the kept copy logs its warnings. A process without a master (`flask run`) logs
-those of the rules it starts with; one without a kept copy, those of every version it loads.
+start (and tells its workers, `WARNED_ENV`); later, the one process whose offer creates the
+version in the kept copy logs them. A process without a master (`flask run`) logs those of
+the rules it starts with; one without a kept copy, those of every version it loads.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
 import logging
 import os
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
 
 from .compiler import Outbound, compile_text, decode
 from .engine import RuleSet
+from .kept import KEEP_FOLDER, KeptCopy, Version, keep_dir, kept_copy_path, signature_of as _signature
 from .source import Problem, RulesError
+
+__all__ = ["KEEP_FOLDER", "KeptCopy", "RulesHolder", "Version", "WARNED_ENV", "compile_and_keep", "keep_dir",
+           "kept_copy_path", "log_warnings", "read_file", "read_version"]
 
 log = logging.getLogger("app.rules")
 
-#: The folder, inside the instance folder, that holds the kept copies.
-KEEP_FOLDER = "rules-kept"
-#: Seconds an offer waits for another process to release the kept copy's lock before it
-#: gives up until the next look.
-LOCK_WAIT = 1.0
-#: Seconds after which the temporary file of an unfinished write is left over for sure.
-STALE_TMP = 300.0
 #: Set by the gunicorn master to the digest of the rules whose warnings it logged at start,
 #: so that its workers, which compile the same file again, do not log them a second time.
 WARNED_ENV = "RESPONDER_RULES_WARNED"
@@ -71,212 +59,6 @@ def log_warnings(ruleset: RuleSet) -> None:
     for warning in ruleset.warnings:
         log.warning("%s: warning: %s", warning.where, warning.message,
                     extra={"rules_path": warning.path, "digest": ruleset.digest})
-
-
-def keep_dir(instance_path: str) -> str:
-    """Where the kept copies of a service whose instance folder is `instance_path` live."""
-    return os.path.join(instance_path, KEEP_FOLDER)
-
-
-def kept_copy_path(folder: str, rules_path: str) -> str:
-    """The kept copy of `rules_path` in `folder`: its base name plus a hash of its absolute path.
-
-    The path is made absolute but symlinks are not resolved, so a file swapped behind a
-    symlink (as Kubernetes does with a ConfigMap) keeps one copy.
-    """
-    source = os.path.abspath(rules_path)
-    digest = hashlib.sha256(source.encode("utf-8", "surrogateescape")).hexdigest()[:12]
-    return os.path.join(os.path.abspath(folder), f"{os.path.basename(source)}-{digest}.json")
-
-
-@dataclass(frozen=True)
-class Version:
-    """One version of a rules file: its text and when the file took it."""
-    text: str
-    digest: str
-    changed: tuple[int, int]  # (st_ctime_ns, st_mtime_ns): ctime first, as no one can set it back
-    #: The file's signature when it was read (None: unknown, or written to while read), to
-    #: tell whether the file still holds this version. Not kept, not compared.
-    signature: tuple | None = field(default=None, compare=False)
-
-    @classmethod
-    def of(cls, text: str, changed: tuple[int, int], signature: tuple | None = None) -> "Version":
-        return cls(text, _digest(text), changed, signature)
-
-
-def _digest(text: str) -> str:
-    """The digest `compile_text` gives the same text, so a kept copy shows the file's digest."""
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
-
-
-class KeptCopy:
-    """The newest version of one rules file that compiled, kept for every process serving it.
-
-    The file holds {"source", "ctime_ns", "mtime_ns", "digest", "text"}; it is written whole
-    (a temporary file `<copy>.<pid>.tmp`, then `os.replace`) under an exclusive lock on
-    `<folder>/.lock`, so readers need no lock and a slower writer with an older version cannot
-    replace a newer one. Temporary files left by a process killed while writing are removed
-    when a copy is opened.
-    """
-
-    def __init__(self, folder: str, rules_path: str):
-        self.source = os.path.abspath(rules_path)
-        self.path = kept_copy_path(folder, rules_path)
-        self.folder = os.path.dirname(self.path)
-        self._reported: str | None = None  # the last problem logged about the copy, logged once
-        self._trouble: str | None = None   # the last reason the copy could not be written, logged once
-        self._remove_stale_tmp()
-
-    def signature(self) -> tuple | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-    def read(self) -> Version | None:
-        """The kept version, or None when there is none or it cannot be used (logged once)."""
-        try:
-            with open(self.path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            return self.reject(f"it cannot be read: {exc}")
-        if not isinstance(data, dict):
-            return self.reject("it is not a kept copy")
-        if data.get("source") != self.source:
-            return self.reject(f"it belongs to another rules file ({data.get('source')!r})")
-        text, changed = data.get("text"), (data.get("ctime_ns"), data.get("mtime_ns"))
-        if not isinstance(text, str) or not all(isinstance(n, int) for n in changed):
-            return self.reject("it is not a kept copy")
-        version = Version.of(text, changed)
-        if data.get("digest") != version.digest:
-            return self.reject("its text does not match its digest")
-        self._reported = None
-        return version
-
-    def offer(self, version: Version, *, wait: float = LOCK_WAIT) -> bool:
-        """Keep `version` unless the copy holds a newer one; True when the copy is now `version`."""
-        return self.keep(version, wait=wait) is True
-
-    def keep(self, version: Version, *, wait: float = LOCK_WAIT, on_write=None) -> bool | None:
-        """Offer `version`: True when the copy is now `version`, False when it holds newer rules,
-        None when it cannot be told now (the lock stayed held for `wait` seconds, or the folder
-        cannot be written; logged once), so the offer should be made again later. When this
-        offer writes the copy, `on_write` is called (under the lock) with the version it held.
-
-        `version` replaces the copy when the rules file still holds it (its signature is the
-        file's now), whatever the change times say: the copy's may come from a clock that was
-        ahead, or tie with it on a file system with coarse times. Otherwise only a later
-        change time replaces it; on a tie the copy stays, so every offer ends the same way.
-        """
-        try:
-            os.makedirs(self.folder, exist_ok=True)
-            with open(os.path.join(self.folder, ".lock"), "a") as lock:
-                if not _flock(lock, wait):  # released when the file is closed
-                    return self._cannot_keep(f"another process holds its lock ({lock.name})")
-                kept = self.read()
-                current = version.signature is not None and version.signature == _stat_signature(self.source)
-                if kept is not None and not current and kept.changed >= version.changed:
-                    if kept.digest != version.digest:
-                        log.info("the kept copy of the rules of %s stays as it is (%s): the rules offered (%s) "
-                                 "are not newer, and the file no longer holds them", self.source, kept.digest,
-                                 version.digest, extra={"rules_path": self.source, "kept_copy": self.path})
-                    self._trouble = None
-                    return kept.digest == version.digest
-                if kept != version:
-                    self._write(version)
-                    if on_write is not None:
-                        on_write(kept)
-        except OSError as exc:
-            return self._cannot_keep(str(exc))
-        self._trouble = None
-        return True
-
-    def _cannot_keep(self, reason: str) -> None:
-        """Log once why the copy could not be written this time; None (try again later)."""
-        if reason != self._trouble:
-            self._trouble = reason
-            log.warning("cannot keep a copy of the good rules of %s at %s now: %s; trying again at the next "
-                        "look (until then a worker that starts while the file is bad may answer with older "
-                        "rules, or none)", self.source, self.path, reason,
-                        extra={"rules_path": self.source, "kept_copy": self.path})
-        return None
-
-    def _write(self, version: Version) -> None:
-        data = {"source": self.source, "ctime_ns": version.changed[0], "mtime_ns": version.changed[1],
-                "digest": version.digest, "text": version.text}
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, ensure_ascii=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except OSError:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-
-    def _remove_stale_tmp(self) -> None:
-        """Remove the temporary files of writes that never finished: their process is gone
-        (killed while writing) or they are older than any write takes."""
-        prefix, suffix = os.path.basename(self.path) + ".", ".tmp"
-        try:
-            names = os.listdir(self.folder)
-        except OSError:
-            return  # no folder yet: nothing left over
-        now = time.time()
-        for name in names:
-            pid = name[len(prefix):-len(suffix)]
-            if not (name.startswith(prefix) and name.endswith(suffix) and pid.isdigit()):
-                continue
-            tmp = os.path.join(self.folder, name)
-            try:
-                if _alive(int(pid)) and now - os.stat(tmp).st_mtime < STALE_TMP:
-                    continue  # a write in progress
-                os.unlink(tmp)
-            except OSError:
-                continue  # gone already, or not ours to remove
-            log.info("removed %s, left by a process stopped while it wrote the kept copy", tmp,
-                     extra={"rules_path": self.source, "kept_copy": self.path})
-
-    def reject(self, reason: str) -> None:
-        """Log once why the copy is not used; None."""
-        if reason != self._reported:
-            self._reported = reason
-            log.error("the last good rules kept at %s are not used for %s: %s", self.path, self.source, reason,
-                      extra={"rules_path": self.source, "kept_copy": self.path})
-        return None
-
-
-def _flock(fh, wait: float) -> bool:
-    """An exclusive lock on `fh`, tried for up to `wait` seconds; False when it stayed held."""
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
-
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` exists (this one included)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # it exists but is another user's
-    return True
 
 
 class Unreadable(RulesError):
@@ -319,9 +101,9 @@ def _stat(path: str) -> os.stat_result | None:
         return None
 
 
-def _signature(st: os.stat_result) -> tuple:
-    """What tells one content of a file from another without reading it."""
-    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+def _stat_signature(path: str) -> tuple | None:
+    st = _stat(path)
+    return None if st is None else _signature(st)
 
 
 def compile_and_keep(path: str, folder: str, *, outbound: Outbound | None = None) -> RuleSet:
@@ -359,12 +141,10 @@ class RulesHolder:
         self._kept_seen: tuple | None = None   # the kept copy's signature at the last look
         self._retrying: str | None = None      # a failure read again at every look, logged once
         self._to_offer: Version | None = None  # rules still to offer to the kept copy
-        self._kept_stuck = False               # the last offer could not be made (its lock stayed held)
-        self._to_warn: tuple[Version, RuleSet] | None = None  # warnings to log if our offer is the first
+        self._to_warn: RuleSet | None = None   # rules whose warnings to log if our offer keeps them first
         self._poll_on_request = bool(interval)
         self._next_check = 0.0
-        self._lock = threading.Lock()          # guards the rules in use and the looks at the file
-        self._offering = threading.Lock()      # one offer at a time, outside `_lock`
+        self._lock = threading.Lock()          # guards the rules in use and the looks
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -373,18 +153,13 @@ class RulesHolder:
     def current(self) -> RuleSet | None:
         """The rules to answer with. Without a watcher, looks at the file at most once per interval."""
         if self._poll_on_request and time.monotonic() >= self._next_check:
-            self._poll()
+            if self._lock.acquire(blocking=False):  # else another thread is looking: answer with what we have
+                try:
+                    self._next_check = time.monotonic() + self.interval
+                    self._refresh()
+                finally:
+                    self._lock.release()
         return self.ruleset
-
-    def _poll(self) -> None:
-        if not self._lock.acquire(blocking=False):
-            return  # another thread is looking; answer with what we have
-        try:
-            self._next_check = time.monotonic() + self.interval
-            self._refresh()
-        finally:
-            self._lock.release()
-        self._keep()
 
     # -- the watcher -------------------------------------------------------------------------
 
@@ -423,7 +198,6 @@ class RulesHolder:
         self._thread = None
         self._poll_on_request = bool(self.interval)
         self._lock = threading.Lock()
-        self._offering = threading.Lock()
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -431,19 +205,19 @@ class RulesHolder:
         """One look: reload the file if it changed; while it is bad, follow the kept copy."""
         with self._lock:
             self._refresh()
-        self._keep()
 
     def _refresh(self) -> None:
         if _stat_signature(self.abspath) != self._seen:
             self._load()
         elif self.error is not None:
-            self._follow_kept(self.error)
+            self._follow_kept()
+        self._keep()
 
     def load(self) -> bool:
         """(Re)load the file now; True when the rules in use are now the file's."""
         with self._lock:
             loaded = self._load()
-        self._keep()
+            self._keep()
         return loaded
 
     def _load(self) -> bool:
@@ -453,167 +227,119 @@ class RulesHolder:
             # Not the content's fault: read again at the next look (a file that cannot even be
             # seen, as when it is missing, waits until a look sees it).
             visible = _stat(self.abspath) is not None
-            return self._not_loaded(exc, seen=_READ_AGAIN if visible else None, retry=True)
+            return self._failed(exc, seen=_READ_AGAIN if visible else None, retry=True)
         try:
             version = Version.of(decode(raw, self.abspath), changed, seen)
             ruleset = compile_text(version.text, self.abspath, outbound=self.outbound)
         except RulesError as exc:
             # The content is bad (not UTF-8, does not compile): read again when the file changes.
-            return self._not_loaded(exc, seen=seen, retry=False)
+            return self._failed(exc, seen=seen, retry=False)
         except Exception as exc:  # noqa: BLE001 - whatever went wrong, a bad file must not cost the rules in use
             if str(exc) != self._retrying:
                 log.exception("the rules file %s could not be compiled", self.abspath)
             error = RulesError([Problem(self.abspath, 0, f"cannot load: {type(exc).__name__}: {exc}", "cannot load")])
-            return self._not_loaded(error, seen=_READ_AGAIN, retry=True, reason=str(exc))
-        old = self.ruleset
+            return self._failed(error, seen=_READ_AGAIN, retry=True, reason=str(exc))
+        first = self.ruleset is None
         self.ruleset, self._version, self.error, self._seen = ruleset, version, None, seen
         self._retrying = None
-        if self.kept is not None:
-            self._to_offer = version
-        self._warn(version, ruleset, first=old is None)
+        # The warnings: none when the gunicorn master logged them at start; now at this process's
+        # start without a master, or without a kept copy; else by the one process that keeps them first.
+        to_log = bool(ruleset.warnings) and not (first and os.environ.get(WARNED_ENV) == ruleset.digest)
+        now = to_log and (self.kept is None or (first and WARNED_ENV not in os.environ))
+        if now:
+            log_warnings(ruleset)
         shadowed = [str(w) for w in ruleset.warnings if "can never match" in w.message]
-        log.info("rules %s: %d rules from %s (%s)", "reloaded" if old else "loaded",
+        log.info("rules %s: %d rules from %s (%s)", "loaded" if first else "reloaded",
                  len(ruleset.rules), self.abspath, ruleset.digest,
                  extra={"warnings": len(ruleset.warnings), "shadowed": shadowed} if shadowed
                  else {"warnings": len(ruleset.warnings)})
+        if self.kept is not None:
+            self._to_offer, self._to_warn = version, (ruleset if to_log and not now else None)
         return True
 
-    def _warn(self, version: Version, ruleset: RuleSet, *, first: bool) -> None:
-        """Log the warnings of rules just compiled from the file, or leave them to `_keep`."""
-        self._to_warn = None
-        if not ruleset.warnings:
-            return
-        if first and os.environ.get(WARNED_ENV) == ruleset.digest:
-            return  # the gunicorn master logged them at start
-        if self.kept is None or (first and WARNED_ENV not in os.environ):
-            log_warnings(ruleset)  # this process's start (no master), or no copy tells a new version
-        else:
-            self._to_warn = (version, ruleset)  # logged if this process is the first to keep them
-
-    def _not_loaded(self, error: RulesError, *, seen: tuple | None, retry: bool, reason: str | None = None) -> bool:
-        """The file gave no rules at this look: go on with the newest good ones; False.
+    def _failed(self, error: RulesError, *, seen: tuple | None, retry: bool, reason: str | None = None) -> bool:
+        """The file gave no rules at this look: answer with the newest good rules, say which; False.
 
         `seen` is the signature the next look compares with (`_READ_AGAIN`: read it then). `retry`
         says the failure is not the content's (the file could not be read, or compiling failed
-        unexpectedly): the same failure at the following looks is then logged only once.
+        unexpectedly): the same failure at the following looks is then logged only when it
+        changes the rules.
         """
         reason = str(error) if reason is None else reason
         repeat = retry and reason == self._retrying
         self._retrying = reason if retry else None
         self._seen, self.error = seen, error
-        self._failed(error, repeat=repeat, retry=retry)
-        return False
-
-    def _failed(self, error: RulesError, *, repeat: bool = False, retry: bool = False) -> None:
-        """The file gave no rules: answer with the newest good rules, and say which (for a
-        `repeat` of the last look's failure, only when that changes the rules)."""
         problems = {"rules_path": self.abspath, "problems": [str(p) for p in error.problems]}
         count = f"{len(error.problems)} problem(s)"
         if retry and self.interval:
             count += f" (it is looked at again every {self.interval:g} s)"
-        kept = self._newer_kept(force=not repeat)
-        if repeat and kept is None:
-            return
-        if kept is not None:
-            before = self.ruleset
-            self._adopt(*kept)
+        before = self.ruleset
+        if self._adopt_kept(force=not repeat):
             log.error("rules %s: %s has %s; answering with the last good rules kept at %s (%s)%s",
                       "reload failed" if before else "not loaded from the file", self.abspath, count,
                       self.kept.path, self.ruleset.digest,
                       f", newer than the rules in use ({before.digest})" if before else "",
                       extra={**problems, "kept_copy": self.kept.path})
-        elif self.ruleset is not None:
+        elif self.ruleset is not None and not repeat:
             log.error("rules reload failed, keeping the rules in use (%s): %s has %s",
                       self.ruleset.digest, self.abspath, count, extra=problems)
-        else:
+        elif not repeat:
             where = f" and no last good copy is kept at {self.kept.path}" if self.kept else ""
             log.error("rules not loaded: %s has %s%s", self.abspath, count, where, extra=problems)
+        return False
 
-    def _follow_kept(self, error: RulesError) -> None:
+    def _follow_kept(self) -> None:
         """The file is still bad: another worker may have compiled a newer version before it broke."""
-        kept = self._newer_kept(force=False)
-        if kept is None:
-            return
         before = self.ruleset
-        self._adopt(*kept)
-        log.warning("rules file %s is still bad: answering with the last good rules kept at %s (%s), "
-                    "compiled by another process%s", self.abspath, self.kept.path, self.ruleset.digest,
-                    f" and newer than the rules in use ({before.digest})" if before else "",
-                    extra={"rules_path": self.abspath, "kept_copy": self.kept.path,
-                           "problems": [str(p) for p in error.problems]})
+        if self._adopt_kept(force=False):
+            log.warning("rules file %s is still bad: answering with the last good rules kept at %s (%s), "
+                        "compiled by another process%s", self.abspath, self.kept.path, self.ruleset.digest,
+                        f" and newer than the rules in use ({before.digest})" if before else "",
+                        extra={"rules_path": self.abspath, "kept_copy": self.kept.path,
+                               "problems": [str(p) for p in self.error.problems]})
 
-    def _newer_kept(self, *, force: bool) -> tuple[Version, RuleSet] | None:
-        """The kept version and its rules when they should replace the rules in use, else None.
-
-        They should when they differ and are at least as new (on a tie the copy wins, so
-        every worker ends on the same rules). A copy older than the rules in use is replaced
-        by them: their own offer was lost (a race, a full disk). Unless `force`, the copy is
-        read only when it changed since the last look.
+    def _adopt_kept(self, *, force: bool) -> bool:
+        """Answer with the newest kept version when it holds other rules, at least as new as
+        those in use (on a tie the kept version wins, so every worker ends on the same rules);
+        True when it does. Kept rules older than those in use, or none, mean this process's
+        offer was lost (a race, a full disk): they are offered again. Unless `force`, the kept
+        copy is read only when it changed since the last look.
         """
         if self.kept is None:
-            return None
+            return False
         signature = self.kept.signature()
         if not force and signature == self._kept_seen:
-            return None
+            return False
         self._kept_seen = signature
-        kept = self.kept.read()
-        if kept is None:
-            if self._version is not None:
-                self._to_offer = self._version
-            return None
-        mine = self._version
-        if mine is not None and kept.digest == mine.digest:
-            return None
-        if mine is not None and kept.changed < mine.changed:
+        kept, mine = self.kept.read(), self._version
+        if mine is not None and (kept is None or kept.changed < mine.changed):
             self._to_offer = mine
-            return None
+        if kept is None or (mine is not None and (kept.digest == mine.digest or kept.changed < mine.changed)):
+            return False
         try:
             ruleset = compile_text(kept.text, self.abspath, outbound=self.outbound)
-        except Exception as exc:  # noqa: BLE001 - a copy that does not compile here is no copy
+        except Exception as exc:  # noqa: BLE001 - kept rules that do not compile here are no rules
             reason = "; ".join(str(p) for p in exc.problems) if isinstance(exc, RulesError) else repr(exc)
             self.kept.reject(f"they do not compile with this service's settings: {reason}")
-            return None
-        return kept, ruleset
-
-    def _adopt(self, version: Version, ruleset: RuleSet) -> None:
-        self.ruleset, self._version = ruleset, version
-
-    # -- the kept copy -----------------------------------------------------------------------
+            return False
+        self.ruleset, self._version = ruleset, kept
+        return True
 
     def _keep(self) -> None:
-        """Offer the rules waiting for the kept copy; called with `_lock` released, so that a
-        copy whose lock is held elsewhere never holds up a reload.
-
-        An offer waits up to `LOCK_WAIT` for the lock. When it could not be made (the lock
-        stayed held, the folder cannot be written) it is made again at every look, without
-        waiting until one succeeds, so the watcher keeps its pace meanwhile.
-        """
-        version = self._to_offer
-        if version is None or self.kept is None or not self._offering.acquire(blocking=False):
+        """At the end of a look, offer the rules waiting for the kept copy. An offer the folder
+        refused (it cannot be written) is made again at every look. The warnings of rules just
+        loaded are logged when this offer is the one that keeps a new version (not the same
+        text touched), or when it cannot be kept now (rather than maybe never)."""
+        version, warnings, self._to_warn = self._to_offer, self._to_warn, None
+        if version is None or self.kept is None:
             return
-        try:
-            replaced = []  # the version this offer replaced in the copy, if it wrote it
-            done = self.kept.keep(version, wait=0.0 if self._kept_stuck else LOCK_WAIT,
-                                  on_write=replaced.append)
-            self._kept_stuck = done is None
-            if not self._kept_stuck and self._to_offer is version:
-                self._to_offer = None
-            warn = self._to_warn
-            if warn is not None and warn[0] is version:
-                # First to keep them: a new version (not the same text touched). Not kept now
-                # (its lock stayed held, the folder cannot be written): logged anyway, rather
-                # than maybe never.
-                self._to_warn = None
-                new = bool(replaced) and (replaced[0] is None or replaced[0].digest != version.digest)
-                if new or done is None:
-                    log_warnings(warn[1])
-        finally:
-            self._offering.release()
-
-
-def _stat_signature(path: str) -> tuple | None:
-    st = _stat(path)
-    return None if st is None else _signature(st)
+        replaced = []  # the version newest before, when this offer created `version`'s file
+        done = self.kept.keep(version, on_write=replaced.append)
+        if done is not None and self._to_offer is version:
+            self._to_offer = None
+        new = bool(replaced) and (replaced[0] is None or replaced[0].digest != version.digest)
+        if warnings is not None and (new or done is None):
+            log_warnings(warnings)
 
 
 def _reset_after_fork() -> None:
