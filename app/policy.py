@@ -1,7 +1,7 @@
 """What the state allows: STOP/START/HELP compliance and reply limits . Pure.
 
 The rules engine decides what the rules would send; this module turns that,
-plus what the database knows of the numbers involved (`State`), into what is
+plus what the database knows of the numbers involved (`NumberState`), into what is
 really sent (`Plan`): compliance keywords answer alone, an opted-out number
 gets nothing, and a sender over `limits.replies_per_sender` gets no more
 replies until the window slides. No I/O here: the store reads the state and
@@ -11,33 +11,21 @@ writes the plan in one transaction around `plan()`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from . import smsenc
 from .inbound import Inbound
 from .rules.compliance import HELP, OPTIN, OPTOUT, Compliance, ReplyLimit
 from .rules.engine import Decision, Outgoing
 
-__all__ = ["HELP", "OPTIN", "OPTOUT", "FORWARD_CUT", "FreshState", "Plan", "State", "numbers_to_check", "plan"]
+if TYPE_CHECKING:  # a plain dataclass of the store's values; policy stays free of I/O imports
+    from .store.values import NumberState
+
+__all__ = ["HELP", "OPTIN", "OPTOUT", "FORWARD_CUT", "Plan", "numbers_to_check", "plan"]
 
 #: Why the end of a forward was not sent: a forward is one message (SMS: 1,600 GSM-7 or 737
 #: UCS-2 characters), cut with an ellipsis, however long the text it forwards.
 FORWARD_CUT = "a forward is one message (the rest was cut)"
-
-
-class State(Protocol):
-    """What the database knows that matters to one message (the store reads it in the transaction)."""
-
-    opted_out: frozenset[str]  # numbers, of those asked about, that must get nothing from `to`
-    recent_replies: int        # limited replies to the sender within the limit's window
-
-
-@dataclass(frozen=True, slots=True)
-class FreshState:
-    """The state of a service that has seen nothing: for `simulate` and rule tests."""
-
-    opted_out: frozenset[str] = frozenset()
-    recent_replies: int = 0
 
 
 @dataclass(slots=True)
@@ -66,7 +54,7 @@ def numbers_to_check(msg: Inbound, decision: Decision | None) -> list[str]:
 
 
 def plan(msg: Inbound, compliance: Compliance, limit: ReplyLimit | None,
-         kind: str | None, via: str | None, decision: Decision | None, state: State) -> Plan:
+         kind: str | None, via: str | None, decision: Decision | None, state: NumberState) -> Plan:
     """Apply compliance, opt-outs and the reply limit to what the rules decided."""
     sender = msg.from_
     if kind == OPTIN and sender not in state.opted_out and decision is not None:

@@ -216,8 +216,8 @@ class _Reader:
                 continue
             if "at" in raw:
                 if last_explicit is not None and step.at < last_explicit:
-                    self.error(raw.value_line("at"), f"'at' goes back in time: {_iso(step.at)} is before "
-                                                     f"the time of the step before it ({_iso(last_explicit)})")
+                    self.error(raw.value_line("at"), f"'at' goes back in time: {_to_the_minute(step.at)} is before "
+                                                     f"the time of the step before it ({_to_the_minute(last_explicit)})")
                 last_explicit = step.at
             at = step.at  # the next step, without its own `at`, is at this one's time
             steps.append(step)
@@ -534,5 +534,5 @@ def _show(value) -> str:
     return repr(value)
 
 
-def _iso(moment: datetime) -> str:
+def _to_the_minute(moment: datetime) -> str:
     return moment.isoformat(timespec="minutes")

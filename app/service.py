@@ -19,7 +19,7 @@ from . import metrics, plivoxml, policy, signature, signature_hint, smsenc
 from .outbound import webhook as webhook_body
 from .inbound import Inbound, InboundError, check_content_type, parse_form, parse_message
 from .rules import Decision, RuleSet, RulesHolder, decide
-from .store import Claim, Needs, Record, Replayed, Store, Stored, Unavailable, as_utc, utcnow
+from .store import Claim, Needs, NumberState, Record, Replayed, Store, Stored, Unavailable, as_utc, utcnow
 from .store.outbox import HELD, PENDING
 
 log = logging.getLogger("app.service")
@@ -95,7 +95,7 @@ class MessageWork:
     change: str | None = None
     queued: int = 0
 
-    def finish(self, state: policy.State) -> tuple[Record, Stored]:
+    def finish(self, state: NumberState) -> tuple[Record, Stored]:
         """The rows to write and the answer, for `state` (quick and pure: it runs inside the
         store's transaction, maybe on another thread, and may run again if it is retried)."""
         if not state.opted_out and (self.needs.most is None or state.recent_replies <= self.needs.most):
@@ -294,7 +294,7 @@ class Responder:
         limited = limit is not None and replies > 0
         return MessageWork(
             responder=self, msg=msg, ruleset=ruleset, now=now, kind=kind, via=via, decision=decision,
-            fresh=self.render(msg, ruleset, kind, via, decision, policy.FreshState()),
+            fresh=self.render(msg, ruleset, kind, via, decision, NumberState()),
             claim=Claim(uuid=msg.uuid, nonces=nonces, sender=msg.from_, to=msg.to, now=now, digest=digest),
             needs=Needs(policy.numbers_to_check(msg, decision), now - limit.per if limited else None,
                         limit.count - replies if limited else None),
@@ -326,7 +326,7 @@ class Responder:
         return kind, via, decide(ruleset, msg, now)
 
     def render(self, msg: Inbound, ruleset: RuleSet, kind, via, decision: Decision | None,
-               state: policy.State) -> tuple[policy.Plan, Answer]:
+               state: NumberState) -> tuple[policy.Plan, Answer]:
         """What is sent, given the state, and the XML answer that says so."""
         plan = policy.plan(msg, ruleset.compliance, ruleset.limit, kind, via, decision, state)
         self._route(msg, plan, decision)
@@ -368,7 +368,7 @@ class Responder:
         return f"{self.callback_url}?ref={quote(msg.uuid, safe='')}.{position}"
 
     def answer(self, msg: Inbound, ruleset: RuleSet, now: datetime | None = None,
-               state: policy.State | None = None) -> tuple[policy.Plan, Decision, Answer]:
+               state: NumberState | None = None) -> tuple[policy.Plan, Decision, Answer]:
         """Decide and render the answer for one parsed message, without recording it.
 
         (what is sent and why, the rules' decision, the answer); `state` defaults to a
@@ -377,7 +377,7 @@ class Responder:
         if now is None and self.clock is not None:
             now = self.clock()
         kind, via, decision = self.decide(msg, ruleset, now)
-        plan, answer = self.render(msg, ruleset, kind, via, decision, state or policy.FreshState())
+        plan, answer = self.render(msg, ruleset, kind, via, decision, state or NumberState())
         self._log_answered(msg, decision, plan, warn=False)  # simulate prints what was held itself
         return plan, decision or Decision(), answer
 

@@ -12,6 +12,7 @@ from app.inbound import Inbound
 from app.rules import RulesError, compile_text
 from app.rules.compliance import DEFAULT_HELP_REPLY, DEFAULT_OPT_OUT_REPLY, Compliance, fold
 from app.rules.engine import Decision, Outgoing
+from app.store import NumberState
 
 PATH = "/r.yaml"  # absolute: compile_text makes every path absolute
 
@@ -157,7 +158,7 @@ def forward(*to, text="fwd"):
 
 
 def state(opted=(), recent=0):
-    return policy.FreshState(frozenset(opted), recent)
+    return NumberState(frozenset(opted), recent)
 
 
 def test_plan_passes_everything_through_on_a_fresh_state():

@@ -271,7 +271,7 @@ def _tag_name(tag: str) -> str:
     return name if len(name) <= 60 else name[:57] + "..."
 
 
-def _short(value: str) -> str:
+def _quoted(value: str) -> str:
     return repr(value if len(value) <= 30 else value[:27] + "...")
 
 
@@ -305,12 +305,12 @@ def _check_nodes(root, path: str) -> list[Problem]:
                                                     "only text, numbers, true/false, lists and mappings",
                                         "bad YAML"))
         elif tag == _BOOL and node.value.lower() not in ("true", "false"):
-            problems.append(Problem(path, line, f"!!bool takes true or false, got {_short(node.value)}"))
+            problems.append(Problem(path, line, f"!!bool takes true or false, got {_quoted(node.value)}"))
         elif tag == _FLOAT:
             try:
                 float(node.value)
             except ValueError:
-                problems.append(Problem(path, line, f"!!float takes a number, got {_short(node.value)}"))
+                problems.append(Problem(path, line, f"!!float takes a number, got {_quoted(node.value)}"))
 
     def walk(node, depth: int, line: int) -> tuple[int, int]:
         # `line` is where the value stands: for an alias, the line of the alias (a node

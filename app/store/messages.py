@@ -41,7 +41,7 @@ OUTBOX_COLUMNS = ("created_at", "kind", "role", "message_id", "position", "rule"
 #: A PostgreSQL batch's answer to a message it leaves to its own thread, written alone.
 ALONE = object()
 #: What the state is assumed to be when an answer is rendered before it is read.
-FRESH = NumberState(frozenset(), 0)
+FRESH = NumberState()
 
 
 class Work(Protocol):

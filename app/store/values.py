@@ -66,10 +66,11 @@ class Needs:
 
 @dataclass(frozen=True, slots=True)
 class NumberState:
-    """What the database knows that matters to one message (policy.State)."""
+    """What the database knows that matters to one message, as `policy.plan` reads it. The
+    defaults are a service that has seen nothing (`simulate`, rule tests)."""
 
-    opted_out: frozenset[str]
-    recent_replies: int
+    opted_out: frozenset[str] = frozenset()  # numbers, of those asked about, that must get nothing from `to`
+    recent_replies: int = 0                  # limited replies to the sender within the limit's window
 
 
 @dataclass(slots=True)
