@@ -313,8 +313,8 @@ def on_starting(server):
     version compiled here is kept too, so workers that boot after the file broke
     answer from it.
     """
-    from app import logs, outbound_settings
-    from app.rules import RulesError
+    from app import logs
+    from app.rules import RulesError, outbound_settings
     from app.rules.holder import WARNED_ENV, compile_and_keep, keep_dir
 
     _check_listening(server)

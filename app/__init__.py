@@ -16,7 +16,7 @@ from . import cli, logs, metrics, web
 from .hostcheck import HostCheck
 from .maintenance import Pruner
 from .outbound.sender import build_sender
-from .rules import Outbound, RulesHolder
+from .rules import RulesHolder, outbound_settings
 from .rules.holder import keep_dir
 from .service import Responder
 from .store import DatabaseUrlError, Store
@@ -144,17 +144,6 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.wsgi_app = metrics.Instrumented(app.wsgi_app, metrics.endpoints_of(
             (rule.rule, rule.endpoint, rule.strict_slashes) for rule in app.url_map.iter_rules()))
     return app
-
-
-def outbound_settings(settings, *, serving: bool = True) -> Outbound:
-    """What the rules may use, given the settings: the Message API, signed webhook calls.
-
-    Serving, the Message API needs PLIVO_AUTH_ID and a token. A command sends nothing, so it
-    needs no token: it judges (`rules check`) or shows (`simulate`) what a service with this
-    PLIVO_AUTH_ID would do.
-    """
-    api = bool(settings.get("PLIVO_AUTH_ID") and (settings.get("PLIVO_AUTH_TOKENS") or not serving))
-    return Outbound(api=api, webhook_secret=bool(settings.get("WEBHOOK_SECRET")))
 
 
 def _recorder(settings, *, serving: bool, start: bool):
