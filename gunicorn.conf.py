@@ -313,8 +313,8 @@ def on_starting(server):
     version compiled here is kept too, so workers that boot after the file broke
     answer from it.
     """
-    from app import logs, outbound_settings
-    from app.rules import RulesError
+    from app import logs
+    from app.rules import RulesError, outbound_settings
     from app.rules.holder import WARNED_ENV, compile_and_keep, keep_dir
 
     _check_listening(server)
@@ -428,16 +428,24 @@ def on_exit(server):
     _remove_metrics_folder()
 
 
-def worker_exit(server, worker):
-    """Stop this worker's outbox sender: the request in flight ends (or its lease runs out)."""
-    from app.outbound.sender import stop_all, timeouts
-    from app.recording.recorder import stop_all as write_recordings
+def post_worker_init(worker):
+    """Start this worker's background work (app/serving.py), now that it has forked and built
+    its app from wsgi:app. bench/run also serves a bare Flask app with these settings: it has none."""
+    from app.serving import start_background
 
-    # What is still queued for RECORD_DIR is written first; what 2 s cannot write is lost,
-    # and the recorder logs how many recordings that was.
-    write_recordings(timeout=2.0)
-    # The request in flight ends by its deadline; the outcome is written just after it.
-    stop_all(timeout=timeouts(_settings["OUTBOX_LEASE"])[2] + _STOP_MARGIN_S)
+    if "responder" in getattr(worker.wsgi, "extensions", {}):
+        start_background(worker.wsgi)
+
+
+def worker_exit(server, worker):
+    """Stop this worker's background work: its queued recordings are written (2 s at most; what
+    is left is lost, and the recorder logs how many), then the outbox request in flight ends by
+    its deadline and its outcome is written."""
+    from app.outbound.sender import timeouts
+    from app.serving import stop_background
+
+    stop_background(record_timeout=2.0,
+                    send_timeout=timeouts(_settings["OUTBOX_LEASE"])[2] + _STOP_MARGIN_S)
 
 
 def _engine(settings):

@@ -17,7 +17,7 @@ from flask.cli import AppGroup, with_appcontext
 
 from . import ruletest, signature
 from .inbound import TYPES, Inbound
-from .rules import RuleSet, RulesError, load
+from .rules import RuleSet, RulesError, load, outbound_settings
 from .rules.engine import digits
 from .store import Store, StoreError, migrate
 from .store.db import display
@@ -161,7 +161,6 @@ def _database():
 @click.argument("path", required=False)
 def rules_check(path: str | None) -> None:
     """Check a rules file (default: RULES_PATH). Exit 1 if it has errors."""
-    from . import outbound_settings
     path = path or current_app.config["RULES_PATH"]
     ruleset, errors, warnings = check_rules(path, outbound_settings(current_app.config, serving=False))
     for line in errors:

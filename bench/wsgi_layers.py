@@ -71,8 +71,10 @@ def main() -> None:
     migrate.upgrade(make_engine(os.environ["DATABASE_URL"]))
     import wsgi
     from app.rules.holder import keep_dir, kept_copy_path
+    from app.serving import start_background
 
     app = wsgi.app
+    start_background(app)  # as gunicorn.conf.py's post_worker_init does in each worker
     # The app kept a copy of this run's rules in the checkout's instance folder: gone at exit.
     atexit.register(lambda: Path(kept_copy_path(keep_dir(app.instance_path), f"{tmp}/rules.yaml")).unlink(
         missing_ok=True))

@@ -71,6 +71,17 @@ class Outbound:
     webhook_secret: bool  # WEBHOOK_SECRET is set: webhook calls can be signed
 
 
+def outbound_settings(settings, *, serving: bool = True) -> Outbound:
+    """What the rules may use, given the settings (`config.load`): the Message API, signed webhook calls.
+
+    Serving, the Message API needs PLIVO_AUTH_ID and a token. A command sends nothing, so it
+    needs no token: it judges (`rules check`) or shows (`simulate`) what a service with this
+    PLIVO_AUTH_ID would do.
+    """
+    api = bool(settings.get("PLIVO_AUTH_ID") and (settings.get("PLIVO_AUTH_TOKENS") or not serving))
+    return Outbound(api=api, webhook_secret=bool(settings.get("WEBHOOK_SECRET")))
+
+
 class _Shape:
     """What the shadow analysis (and `answers_whatsapp`) needs to know of a rule."""
 
