@@ -314,7 +314,7 @@ def on_starting(server):
     answer from it.
     """
     from app import logs
-    from app.rules import RulesError, outbound_settings
+    from app.rules import RulesError, sending_of
     from app.rules.holder import WARNED_ENV, compile_and_keep, keep_dir
 
     _check_listening(server)
@@ -331,7 +331,7 @@ def on_starting(server):
              "Plivo sent them; use this only for local experiments")
     try:
         ruleset = compile_and_keep(settings["RULES_PATH"], keep_dir(os.path.join(_HERE, "instance")),
-                                   outbound=outbound_settings(settings))
+                                   sending=sending_of(settings))
     except Exception as exc:  # noqa: BLE001 - any failure to load refuses the start, in one place
         problems = exc.problems if isinstance(exc, RulesError) else [
             f"{settings['RULES_PATH']}: cannot load: {type(exc).__name__}: {exc}"]

@@ -19,7 +19,7 @@ import config
 from . import cli, logs, metrics, web
 from .hostcheck import HostCheck
 from .outbound.sender import build_sender
-from .rules import RulesHolder, outbound_settings
+from .rules import RulesHolder, sending_of
 from .rules.holder import keep_dir
 from .service import Responder
 from .store import DatabaseUrlError, Store
@@ -43,10 +43,10 @@ def create_app(test_config: dict | None = None, *, serving: bool = True) -> Flas
     _load_settings(app, test_config, serving=serving)
     _set_up_process(app.config, serving=serving)
     settings = app.config
-    outbound = outbound_settings(settings, serving=serving)
+    sending = sending_of(settings, serving=serving)
     # The last good rules are kept per rules file in the instance folder, shared by the workers.
     holder = RulesHolder(settings["RULES_PATH"], settings["RULES_RELOAD_INTERVAL"],
-                         keep_dir=keep_dir(app.instance_path), outbound=outbound)
+                         keep_dir=keep_dir(app.instance_path), sending=sending)
     if serving:
         holder.load()
     store = _store(settings)
@@ -55,7 +55,7 @@ def create_app(test_config: dict | None = None, *, serving: bool = True) -> Flas
     responder = app.extensions["responder"] = Responder(
         tokens=settings["PLIVO_AUTH_TOKENS"], verify=settings["VERIFY_SIGNATURES"],
         public_url=settings["PUBLIC_URL"], holder=holder, store=store, clock=settings.get("CLOCK"),
-        api=outbound.api, webhooks=bool(settings["WEBHOOK_SECRET"]), hold=settings["OUTBOX_SENDER"] == "hold",
+        api=sending.api, webhooks=bool(settings["WEBHOOK_SECRET"]), hold=settings["OUTBOX_SENDER"] == "hold",
         on_queued=sender.wake if sender is not None else None,
         on_answered=recorder.submit if recorder is not None else None,
     )

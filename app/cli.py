@@ -17,7 +17,7 @@ from flask.cli import AppGroup, with_appcontext
 
 from . import ruletest, signature
 from .inbound import TYPES, Inbound
-from .rules import RuleSet, RulesError, load, outbound_settings
+from .rules import RuleSet, RulesError, load, sending_of
 from .rules.engine import digits
 from .store import Store, StoreError, migrate
 from .store.db import display
@@ -29,12 +29,12 @@ outbox_cli = AppGroup("outbox", help="Messages and webhook calls sent after the 
 
 
 # -- plain functions -------------------------------------------------------------
-def check_rules(path: str, outbound=None) -> tuple[RuleSet | None, list[str], list[str]]:
+def check_rules(path: str, sending=None) -> tuple[RuleSet | None, list[str], list[str]]:
     """(ruleset or None, error lines, warning lines) for a rules file.
 
-    With `outbound` (what the settings allow), rules that need a missing setting are errors."""
+    With `sending` (what the settings allow), rules that need a missing setting are errors."""
     try:
-        ruleset = load(path, outbound=outbound)
+        ruleset = load(path, sending=sending)
     except RulesError as exc:
         return None, [str(p) for p in exc.problems], []
     return ruleset, [], [f"{w.path}:{w.line}: warning: {w.message}" for w in ruleset.warnings]
@@ -162,7 +162,7 @@ def _database():
 def rules_check(path: str | None) -> None:
     """Check a rules file (default: RULES_PATH). Exit 1 if it has errors."""
     path = path or current_app.config["RULES_PATH"]
-    ruleset, errors, warnings = check_rules(path, outbound_settings(current_app.config, serving=False))
+    ruleset, errors, warnings = check_rules(path, sending_of(current_app.config, serving=False))
     for line in errors:
         click.echo(line, err=True)
     for line in warnings:

@@ -12,7 +12,7 @@ import pytest
 
 from app.inbound import Inbound
 import app.rules.compiler as compiler_module
-from app.rules import Outbound, Problem, RulesError, Webhook, compile_text, decide, load
+from app.rules import Sending, Problem, RulesError, Webhook, compile_text, decide, load
 
 ROOT = Path(__file__).resolve().parent.parent
 NY = ZoneInfo("America/New_York")
@@ -470,7 +470,7 @@ def test_reply_with_media_keeps_its_encoding_warning():
         (4, "rule 'pic': reply is UCS-2, 6 characters, 1 unit (UCS-2 because of '\u2603')")]
 
 
-# -- checks that depend on the service's settings (`outbound`) -------------------------
+# -- checks that depend on the service's settings (`sending`) -------------------------
 HOOK_AND_PIC = doc("""\
     - name: hook
       when: {keyword: hook}
@@ -493,14 +493,14 @@ SETTINGS_ERRORS = {
 }
 
 
-def test_without_outbound_settings_are_not_checked():
+def test_without_sending_the_settings_are_not_checked():
     ruleset = compile_text(HOOK_AND_PIC, PATH)
     assert [r.name for r in ruleset.rules] == ["hook", "pic", "wa"]
-    assert compile_text(HOOK_AND_PIC, PATH, outbound=None).digest == ruleset.digest
+    assert compile_text(HOOK_AND_PIC, PATH, sending=None).digest == ruleset.digest
 
 
 def test_with_every_setting_everything_loads():
-    ruleset = compile_text(HOOK_AND_PIC, PATH, outbound=Outbound(api=True, webhook_secret=True))
+    ruleset = compile_text(HOOK_AND_PIC, PATH, sending=Sending(api=True, webhook_secret=True))
     assert [r.name for r in ruleset.rules] == ["hook", "pic", "wa"]
 
 
@@ -511,16 +511,16 @@ def test_with_every_setting_everything_loads():
 ])
 def test_missing_settings_are_errors_at_the_key(api, secret, expected):
     with pytest.raises(RulesError) as info:
-        compile_text(HOOK_AND_PIC, PATH, outbound=Outbound(api=api, webhook_secret=secret))
+        compile_text(HOOK_AND_PIC, PATH, sending=Sending(api=api, webhook_secret=secret))
     assert [str(p) for p in info.value.problems] == [SETTINGS_ERRORS[k] for k in expected]
 
 
-def test_load_passes_outbound(tmp_path):
+def test_load_passes_sending(tmp_path):
     path = tmp_path / "rules.yaml"
     path.write_text("version: 1\nrules:\n  - name: hook\n    webhook: https://example.com/h\n")
     assert load(str(path)).rules[0].webhook.url == "https://example.com/h"
     with pytest.raises(RulesError) as info:
-        load(str(path), outbound=Outbound(api=True, webhook_secret=False))
+        load(str(path), sending=Sending(api=True, webhook_secret=False))
     assert [(p.line, p.message.split(":")[0]) for p in info.value.problems] == [(4, "rule 'hook'")]
     assert "needs WEBHOOK_SECRET" in str(info.value)
 
@@ -531,13 +531,13 @@ def test_silent_webhook_needs_the_secret_too():
             - name: quiet
               silent: true
               webhook: https://example.com/h
-            """), PATH, outbound=Outbound(api=True, webhook_secret=False))
+            """), PATH, sending=Sending(api=True, webhook_secret=False))
     assert [p.line for p in info.value.problems] == [5]
     assert compile_text(doc("""\
         - name: quiet
           silent: true
           webhook: https://example.com/h
-        """), PATH, outbound=Outbound(api=False, webhook_secret=True)).rules[0].silent
+        """), PATH, sending=Sending(api=False, webhook_secret=True)).rules[0].silent
 
 
 @pytest.mark.parametrize("condition, action, line", [
@@ -553,11 +553,11 @@ def test_whatsapp_only_rule_with_an_answer_needs_the_api(condition, action, line
           {action}
         """)
     with pytest.raises(RulesError) as info:
-        compile_text(text, PATH, outbound=Outbound(api=False, webhook_secret=True))
+        compile_text(text, PATH, sending=Sending(api=False, webhook_secret=True))
     assert [str(p) for p in info.value.problems] == [
         f"/r.yaml:{line}: rule 'wa': replies to WhatsApp go through Plivo's Message API, "
         "which needs PLIVO_AUTH_ID to be set"]
-    assert compile_text(text, PATH, outbound=Outbound(api=True, webhook_secret=False)).rules
+    assert compile_text(text, PATH, sending=Sending(api=True, webhook_secret=False)).rules
 
 
 @pytest.mark.parametrize("condition, action", [
@@ -573,7 +573,7 @@ def test_rules_that_are_not_whatsapp_only_load_without_the_api(condition, action
           when: {condition}
           {action}
         """)
-    assert compile_text(text, PATH, outbound=Outbound(api=False, webhook_secret=False)).rules
+    assert compile_text(text, PATH, sending=Sending(api=False, webhook_secret=False)).rules
 
 
 def test_whatsapp_only_webhook_needs_only_the_secret():
@@ -582,7 +582,7 @@ def test_whatsapp_only_webhook_needs_only_the_secret():
           when: {type: whatsapp}
           webhook: https://example.com/h
         """)
-    assert compile_text(text, PATH, outbound=Outbound(api=False, webhook_secret=True)).rules
+    assert compile_text(text, PATH, sending=Sending(api=False, webhook_secret=True)).rules
 
 
 def test_whatsapp_reply_with_media_without_the_api_reports_both():
@@ -592,7 +592,7 @@ def test_whatsapp_reply_with_media_without_the_api_reports_both():
               when: {type: whatsapp}
               reply: hi
               media: https://m.example/a.png
-            """), PATH, outbound=Outbound(api=False, webhook_secret=False))
+            """), PATH, sending=Sending(api=False, webhook_secret=False))
     assert [(p.line, p.message) for p in info.value.problems] == [
         (5, "rule 'wa': replies to WhatsApp go through Plivo's Message API, which needs PLIVO_AUTH_ID to be set"),
         (6, "rule 'wa': 'media' is sent through Plivo's Message API, which needs PLIVO_AUTH_ID to be set"),
@@ -606,7 +606,7 @@ def test_settings_errors_come_with_the_file_errors():
               webhook: https://example.com/h
             - name: hook
               reply: "{{ nope }}"
-            """), PATH, outbound=Outbound(api=False, webhook_secret=False))
+            """), PATH, sending=Sending(api=False, webhook_secret=False))
     assert [p.line for p in info.value.problems] == [4, 5, 6]
 
 
@@ -615,7 +615,7 @@ def test_a_bad_webhook_url_is_reported_once_not_also_as_a_setting():
         compile_text(doc("""\
             - name: hook
               webhook: ftp://example.com/h
-            """), PATH, outbound=Outbound(api=False, webhook_secret=False))
+            """), PATH, sending=Sending(api=False, webhook_secret=False))
     assert [str(p) for p in info.value.problems] == ["/r.yaml:4: 'webhook' takes an http(s) URL, got 'ftp://example.com/h'"]
 
 

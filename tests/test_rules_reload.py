@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import app.rules.holder as holder_module
-from app.rules import Outbound, RuleSet, RulesError, RulesHolder, compile_text
+from app.rules import Sending, RuleSet, RulesError, RulesHolder, compile_text
 from app.rules.holder import KeptCopy, Version, compile_and_keep, kept_copy_path, read_version
 from app.rules.kept import KEEP_VERSIONS
 
@@ -291,7 +291,7 @@ def test_no_kept_copy_means_no_rules(tmp_path):
     assert holder.load() is False and holder.current() is None
 
 
-# -- the service's settings (`outbound`) are checked on every compile -------------------------
+# -- the service's settings (`sending`) are checked on every compile -------------------------
 WITH_HOOK = """\
 version: 1
 rules:
@@ -300,12 +300,12 @@ rules:
   - name: hook
     webhook: https://hooks.example/in
 """
-NO_SECRET = Outbound(api=True, webhook_secret=False)
+NO_SECRET = Sending(api=True, webhook_secret=False)
 
 
 def test_reload_that_gains_a_webhook_without_the_secret_is_bad(rules_file):
-    holder = RulesHolder(str(rules_file), 0.02, outbound=NO_SECRET)
-    assert holder.outbound == NO_SECRET
+    holder = RulesHolder(str(rules_file), 0.02, sending=NO_SECRET)
+    assert holder.sending == NO_SECRET
     assert holder.load() is True
     first = holder.current()
     write(rules_file, WITH_HOOK)
@@ -316,16 +316,16 @@ def test_reload_that_gains_a_webhook_without_the_secret_is_bad(rules_file):
         "(the key that signs each call, X-Responder-Signature)"]
 
 
-def test_the_same_reload_is_good_with_the_secret_or_without_outbound(rules_file):
+def test_the_same_reload_is_good_with_the_secret_or_without_sending(rules_file):
     write(rules_file, WITH_HOOK)
-    for outbound in (Outbound(api=False, webhook_secret=True), None):
-        holder = RulesHolder(str(rules_file), outbound=outbound)
+    for sending in (Sending(api=False, webhook_secret=True), None):
+        holder = RulesHolder(str(rules_file), sending=sending)
         assert holder.load() is True and holder.error is None
         assert names(holder.current()) == ["a", "hook"]
 
 
 def test_bad_reload_for_the_settings_is_logged(rules_file, caplog):
-    holder = RulesHolder(str(rules_file), outbound=NO_SECRET)
+    holder = RulesHolder(str(rules_file), sending=NO_SECRET)
     holder.load()
     write(rules_file, WITH_HOOK)
     with caplog.at_level("ERROR", logger="app.rules"):
@@ -340,10 +340,10 @@ def test_kept_copy_is_compiled_with_the_settings_too(tmp_path):
     path.write_text(WITH_HOOK)
     assert RulesHolder(str(path), keep_dir=str(keep)).load() is True      # kept without the settings
     path.write_text("version: 1\nrules:\n  - {name: a, when: {regex: '('}, reply: two}\n")
-    strict = RulesHolder(str(path), keep_dir=str(keep), outbound=NO_SECRET)
+    strict = RulesHolder(str(path), keep_dir=str(keep), sending=NO_SECRET)
     assert strict.load() is False
     assert strict.current() is None                   # the kept copy needs the secret as well
-    lenient = RulesHolder(str(path), keep_dir=str(keep), outbound=Outbound(api=True, webhook_secret=True))
+    lenient = RulesHolder(str(path), keep_dir=str(keep), sending=Sending(api=True, webhook_secret=True))
     assert lenient.load() is False
     assert names(lenient.current()) == ["a", "hook"]
 

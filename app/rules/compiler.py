@@ -64,14 +64,14 @@ _COST = {"type": 0, "intent": 0, "media": 0, "keyword": 1, "text": 1, "from": 1,
 
 
 @dataclass(frozen=True, slots=True)
-class Outbound:
+class Sending:
     """What the service can send besides the XML answer, for the checks that depend on it."""
 
     api: bool  # PLIVO_AUTH_ID is set: the Message API can be used (media, WhatsApp replies)
     webhook_secret: bool  # WEBHOOK_SECRET is set: webhook calls can be signed
 
 
-def outbound_settings(settings, *, serving: bool = True) -> Outbound:
+def sending_of(settings, *, serving: bool = True) -> Sending:
     """What the rules may use, given the settings (`config.load`): the Message API, signed webhook calls.
 
     Serving, the Message API needs PLIVO_AUTH_ID and a token. A command sends nothing, so it
@@ -79,7 +79,7 @@ def outbound_settings(settings, *, serving: bool = True) -> Outbound:
     PLIVO_AUTH_ID would do.
     """
     api = bool(settings.get("PLIVO_AUTH_ID") and (settings.get("PLIVO_AUTH_TOKENS") or not serving))
-    return Outbound(api=api, webhook_secret=bool(settings.get("WEBHOOK_SECRET")))
+    return Sending(api=api, webhook_secret=bool(settings.get("WEBHOOK_SECRET")))
 
 
 class _Shape:
@@ -96,9 +96,9 @@ class _Shape:
 
 
 class _Compiler:
-    def __init__(self, path: str, outbound: Outbound | None = None):
+    def __init__(self, path: str, sending: Sending | None = None):
         self.path = path
-        self.outbound = outbound  # None: the service's settings are not checked
+        self.sending = sending  # None: the service's settings are not checked
         self.errors: list[Problem] = []
         self.warnings: list[Problem] = []
         self.templates: dict = {}
@@ -416,7 +416,7 @@ class _Compiler:
             self.error(item.line, f"rule {name!r} does nothing: give it 'reply', 'forward', 'media', "
                                   "'webhook' or 'silent: true'", kind="rule does nothing")
         only_whatsapp = types == frozenset({"whatsapp"})
-        if self.outbound is not None:
+        if self.sending is not None:
             self.needs_settings(item, name, webhook, media, only_whatsapp and bool(replies or forward))
         if len(self.errors) > before:
             return None
@@ -439,15 +439,15 @@ class _Compiler:
         return compiled, _Shape(name, line, when, keywords, texts, stops=not cont, whatsapp=whatsapp)
 
     def needs_settings(self, item: YMap, name: str, webhook, media, answers_whatsapp: bool) -> None:
-        """The actions that cannot work with the service's settings (`outbound`)."""
-        if webhook is not None and not self.outbound.webhook_secret:
+        """The actions that cannot work with the service's settings (`sending`)."""
+        if webhook is not None and not self.sending.webhook_secret:
             self.error(item.key_line("webhook"), f"rule {name!r}: 'webhook' needs WEBHOOK_SECRET to be set "
                                                  "(the key that signs each call, X-Responder-Signature)",
                                                  kind="needs a setting")
-        if media and not self.outbound.api:
+        if media and not self.sending.api:
             self.error(item.key_line("media"), f"rule {name!r}: 'media' is sent through Plivo's Message API, "
                                                "which needs PLIVO_AUTH_ID to be set", kind="needs a setting")
-        if answers_whatsapp and not self.outbound.api:
+        if answers_whatsapp and not self.sending.api:
             key = "reply" if "reply" in item else "forward"
             self.error(item.key_line(key), f"rule {name!r}: replies to WhatsApp go through Plivo's Message API, "
                                            "which needs PLIVO_AUTH_ID to be set", kind="needs a setting")
@@ -790,16 +790,16 @@ def _index(path, digest, tz, rules, shapes, warnings) -> RuleSet:
     )
 
 
-def compile_text(text: str, path: str = "rules.yaml", *, outbound: Outbound | None = None) -> RuleSet:
+def compile_text(text: str, path: str = "rules.yaml", *, sending: Sending | None = None) -> RuleSet:
     """Compile rules from text; raise `RulesError` listing every problem.
 
-    With `outbound` (the service's settings) the actions that cannot work with
+    With `sending` (the service's settings) the actions that cannot work with
     them are errors too; None checks the file alone. `path` is made absolute, so
     every problem names the file wherever the command or service was started.
     """
     path = os.path.abspath(path)
     data, problems = source.parse(text, path)
-    compiler = _Compiler(path, outbound)
+    compiler = _Compiler(path, sending)
     compiler.errors.extend(problems)
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
     ruleset = compiler.document(data, digest)
@@ -829,9 +829,9 @@ def decode(raw: bytes, path: str, what: str = "rules file") -> str:
         raise RulesError([Problem(path, line, f"the {what} is not valid UTF-8", "not UTF-8")]) from None
 
 
-def load(path: str, *, outbound: Outbound | None = None) -> RuleSet:
-    """Read and compile a rules file (`outbound` as for `compile_text`)."""
-    return compile_text(read(path), path, outbound=outbound)
+def load(path: str, *, sending: Sending | None = None) -> RuleSet:
+    """Read and compile a rules file (`sending` as for `compile_text`)."""
+    return compile_text(read(path), path, sending=sending)
 
 
 def _unknown_timezone(name: str) -> str:

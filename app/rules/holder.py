@@ -38,7 +38,7 @@ import threading
 import time
 import weakref
 
-from .compiler import Outbound, compile_text, decode
+from .compiler import Sending, compile_text, decode
 from .engine import RuleSet
 from .kept import KEEP_FOLDER, KeptCopy, Version, keep_dir, kept_copy_path, signature_of as _signature
 from .source import Problem, RulesError
@@ -106,14 +106,14 @@ def _stat_signature(path: str) -> tuple | None:
     return None if st is None else _signature(st)
 
 
-def compile_and_keep(path: str, folder: str, *, outbound: Outbound | None = None) -> RuleSet:
+def compile_and_keep(path: str, folder: str, *, sending: Sending | None = None) -> RuleSet:
     """Compile the rules file (raising `RulesError` as `load` does) and offer it to the kept copy.
 
     For the gunicorn master at start: the workers it forks then find this version kept even
     if the file is broken before they boot. A copy that cannot be written is only logged.
     """
     version, _ = read_version(path)
-    ruleset = compile_text(version.text, path, outbound=outbound)
+    ruleset = compile_text(version.text, path, sending=sending)
     KeptCopy(folder, path).offer(version)
     return ruleset
 
@@ -128,12 +128,12 @@ _watching: "weakref.WeakSet[RulesHolder]" = weakref.WeakSet()
 
 class RulesHolder:
     def __init__(self, path: str, interval: float = 0.0, *, keep_dir: str | None = None,
-                 outbound: Outbound | None = None):
+                 sending: Sending | None = None):
         self.path = path
         self.abspath = os.path.abspath(path)  # named in problems and log lines
         self.interval = interval
         self.kept = KeptCopy(keep_dir, path) if keep_dir else None
-        self.outbound = outbound  # the service's settings, checked on every compile (None: not checked)
+        self.sending = sending  # the service's settings, checked on every compile (None: not checked)
         self.ruleset: RuleSet | None = None
         self.error: RulesError | None = None  # the last failed load, while the file is bad
         self._version: Version | None = None  # the version `ruleset` was compiled from
@@ -230,7 +230,7 @@ class RulesHolder:
             return self._failed(exc, seen=_READ_AGAIN if visible else None, retry=True)
         try:
             version = Version.of(decode(raw, self.abspath), changed, seen)
-            ruleset = compile_text(version.text, self.abspath, outbound=self.outbound)
+            ruleset = compile_text(version.text, self.abspath, sending=self.sending)
         except RulesError as exc:
             # The content is bad (not UTF-8, does not compile): read again when the file changes.
             return self._failed(exc, seen=seen, retry=False)
@@ -317,7 +317,7 @@ class RulesHolder:
         if kept is None or (mine is not None and (kept.digest == mine.digest or kept.changed < mine.changed)):
             return False
         try:
-            ruleset = compile_text(kept.text, self.abspath, outbound=self.outbound)
+            ruleset = compile_text(kept.text, self.abspath, sending=self.sending)
         except Exception as exc:  # noqa: BLE001 - kept rules that do not compile here are no rules
             reason = "; ".join(str(p) for p in exc.problems) if isinstance(exc, RulesError) else repr(exc)
             self.kept.reject(f"they do not compile with this service's settings: {reason}")
