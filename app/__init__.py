@@ -155,7 +155,7 @@ def _wrap_for_webhooks(app: Flask, responder: Responder) -> None:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
 
 
-def _short(status: int, message: str, headers=None) -> Response:
+def _text_response(status: int, message: str, headers=None) -> Response:
     response = Response(message + "\n", status, content_type="text/plain; charset=utf-8")
     for name, value in headers or ():
         if name.lower() == "allow":  # werkzeug builds it from a set: the same order every time
@@ -170,16 +170,16 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc):
-        return _short(413, f"request body too large (limit {limit} bytes)")
+        return _text_response(413, f"request body too large (limit {limit} bytes)")
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         message = (exc.name or "error").lower()
         if exc.description and exc.description != type(exc).description:
             message = exc.description  # a short reason given where it was raised
-        return _short(exc.code or 500, message, exc.get_headers())
+        return _text_response(exc.code or 500, message, exc.get_headers())
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
         log.exception("unexpected error")
-        return _short(500, "internal error")
+        return _text_response(500, "internal error")

@@ -19,7 +19,7 @@ from . import ruletest, signature
 from .inbound import TYPES, Inbound
 from .rules import RuleSet, RulesError, load, sending_of
 from .rules.engine import digits
-from .store import Store, StoreError, migrate
+from .store import Store, StoreError, iso_utc, migrate
 from .store.db import display
 from .store.outbox import STATUSES
 
@@ -105,8 +105,9 @@ def outbox_rows(items) -> list[dict]:
         "id": i.id, "kind": i.kind, "dst": i.dst, "status": i.status, "attempts": i.attempts,
         "message_uuid": i.message_uuid, "error": i.error,
         "role": i.role, "type": i.type if i.kind == "message" else None, "src": i.src, "rule": i.rule,
-        "created_at": _iso(i.created_at), "due_at": _iso(i.due_at) if i.status == "pending" else None,
-        "attempted_at": _iso(i.attempted_at), "retried_at": _iso(i.retried_at),
+        "created_at": iso_utc(i.created_at, "seconds"),
+        "due_at": iso_utc(i.due_at, "seconds") if i.status == "pending" else None,
+        "attempted_at": iso_utc(i.attempted_at, "seconds"), "retried_at": iso_utc(i.retried_at, "seconds"),
     } for i in items]
 
 
@@ -130,12 +131,6 @@ def outbox_table(rows: list[dict]) -> list[str]:
                            r["created_at"][:19].replace("T", " "), (r["due_at"] or "")[11:19] or "-", dst,
                            r["message_uuid"] or "-", r["error"] or "-"]))
     return lines
-
-
-def _iso(moment) -> str | None:
-    if moment is None:
-        return None
-    return moment.isoformat(timespec="seconds") + "Z"
 
 
 def _store() -> Store:

@@ -26,11 +26,12 @@ def as_utc(moment: datetime | None) -> datetime:
     return moment.astimezone(timezone.utc).replace(tzinfo=None)
 
 
-def iso_utc(moment: datetime | None) -> str | None:
-    """A naive UTC time as ISO 8601 with `Z`, for commands and pages."""
+def iso_utc(moment: datetime | None, timespec: str = "auto") -> str | None:
+    """A naive UTC time as ISO 8601 with `Z`, for commands and pages (`timespec` as
+    `datetime.isoformat` takes it)."""
     if moment is None:
         return None
-    return moment.replace(tzinfo=timezone.utc).isoformat().replace("+00:00", "Z")
+    return moment.replace(tzinfo=timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
