@@ -21,6 +21,7 @@ from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
+from .reports import status_key  # the store's order of delivery statuses
 from .schema import api_slots, optouts, outbox, replies, reports
 
 PENDING, SENDING, SENT, FAILED, UNKNOWN, CANCELLED = "pending", "sending", "sent", "failed", "unknown", "cancelled"
@@ -254,7 +255,6 @@ class OutboxStore:
             return bool(done)
 
     def _link_reply(self, conn: sa.Connection, item: Item, uuids: list[str]) -> None:
-        from . import status_key  # the store's order of delivery statuses
         reply = conn.execute(sa.select(replies.c.id, replies.c.status_key).where(
             replies.c.message_id == item.message_id, replies.c.position == item.position)).first()
         if reply is None:
