@@ -54,8 +54,35 @@ import socket
 import time
 from functools import partial
 
-from gunicorn import http
-from gunicorn.workers.gthread import ThreadWorker, TConn
+import gunicorn
+from packaging.specifiers import SpecifierSet
+
+#: The gunicorn releases this worker is written for. It subclasses gthread's `ThreadWorker`,
+#: overrides its methods and uses names gunicorn does not promise to keep (`_keepalive_after`,
+#: `Unreader.take_buffered`, `Request._expected_100_continue`, the worker's `poller` and
+#: `nr_conns`, ...: tests/test_gunicorn_contract.py names every one and checks it). 26.1 had
+#: neither of the first two; 26.2 has them, but its stopping worker waits for an event up to
+#: `graceful_timeout` before `murder_pending` runs again, so deadlines are not kept while it
+#: stops. A new gunicorn is admitted by running that test against it, then widening this
+#: range and the pin in requirements.txt.
+SUPPORTED = ">=27.0,<28"
+
+
+def check_gunicorn(version: str) -> None:
+    """Refuse a gunicorn outside SUPPORTED, with what to do, before anything of it is used
+    (gunicorn.conf.py imports this module, so a wrong install stops the start, not a request)."""
+    if not SpecifierSet(SUPPORTED).contains(version, prereleases=True):
+        raise RuntimeError(
+            f"app/http_worker.py needs gunicorn {SUPPORTED} and gunicorn {version} is installed: it "
+            f"subclasses gthread's worker and uses private names a release may change. Install the "
+            f"version pinned in requirements.txt, or run tests/test_gunicorn_contract.py against "
+            f"gunicorn {version} and, if it passes, widen SUPPORTED and the pin.")
+
+
+check_gunicorn(gunicorn.__version__)
+
+from gunicorn import http  # noqa: E402 - after the version check, which says what is wrong
+from gunicorn.workers.gthread import ThreadWorker, TConn  # noqa: E402
 
 #: Settings from gunicorn.conf.py (`configure`): seconds for a whole request to arrive, and the
 #: largest body read in memory (MAX_CONTENT_LENGTH).

@@ -25,6 +25,8 @@ import sys
 import threading
 import time
 
+from . import phone
+
 # Attributes every LogRecord has; anything else was passed with `extra=`.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 
@@ -38,24 +40,8 @@ _USERINFO = (r"""(?P<userinfo>(?<=://)(?:[^\s/?#@"'<>:]*:(?!\d+(?:[/?#\s"'<>]|$)
 _QUERY = r"""(?P<query>(?<=[^\s?])\?[^\s"'<>?]*=[^\s"'<>]*)"""
 _CREDENTIALS = re.compile(f"{_USERINFO}|{_QUERY}")
 
-#: What `_CREDENTIALS` finds, or a phone number: `+` (or `%2B`) and digits,
-#: grouped or not (`+1 415 555 0100`, `+1 (415) 555-0100`), a North American number written
-#: `(415) 555-0100` or `415-555-0100`, or a run of 8 to 15 digits standing alone. Standing alone
-#: is judged with ASCII letters and digits, so `id_14155550100` and `14155550100.` are numbers,
-#: while uuid groups, hex digests, versions, addresses, dates and times are not.
-_PRIVATE = re.compile(_USERINFO + "|" + _QUERY + r"""
-  | (?P<number>
-      (?<![\dA-Za-z+])                      # not inside a word or a longer number
-      (?<![\dA-Fa-f]-)(?<![\dA-Za-z]\.)     # nor a later group of a uuid, a version or an address
-      (?:
-          (?:\+|%2[Bb])\d{1,15}(?:(?:[\ -]\(?|\(|\)[\ -]?)\d{1,6})*(?<=\d\d)(?!\d)
-        | (?:\(\d{3}\)\ ?\d{3}[\ .-]|\d{3}(?P<sep>[.-])\d{3}(?P=sep))\d{4}(?![\dA-Za-z]|-[\dA-Za-z]|\.\d)
-        | \d{8,15}(?![\dA-Za-z]|-[\dA-Za-z]|\.\d)
-      )
-    )
-""", re.VERBOSE)
-#: Fewer digits than this is not a phone number (`+00` of a time zone, `+1 415`).
-_NUMBER_DIGITS = 8
+#: What `_CREDENTIALS` finds, or a phone number as logs judge one (`phone.STANDING_ALONE`).
+_PRIVATE = re.compile(_USERINFO + "|" + _QUERY + "|" + phone.STANDING_ALONE, re.VERBOSE)
 
 
 def _hide(match: re.Match) -> str:
@@ -63,11 +49,7 @@ def _hide(match: re.Match) -> str:
         return "…@"
     if match.group("query") is not None:
         return "?…"
-    found = match.group()
-    digits = [c for c in found if c.isdecimal()]
-    if len(digits) < _NUMBER_DIGITS:
-        return found
-    return "…" + "".join(digits[-4:])
+    return phone.last_four(match.group())
 
 
 def scrub(text: str) -> str:

@@ -14,7 +14,6 @@ import os
 import shutil
 import tempfile
 import textwrap
-import time
 import uuid as uuidlib
 from contextlib import contextmanager
 from datetime import datetime
@@ -233,12 +232,3 @@ def listening(caplog, name: str):
         yield
     finally:
         own.removeHandler(caplog.handler)
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    """Poll `condition` until it holds; fail after `timeout` seconds, naming `what`."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)

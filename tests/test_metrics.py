@@ -28,7 +28,8 @@ from app.outbound.sender import build_sender
 from conftest import ROOT, TOKEN, listening, make_app, send, signed_headers, sms
 from plivo_standin import Answer, PlivoStandin
 from servers import GUNICORN_SCRIPT, Server
-from test_outbox import Receiver, wait_until, whatsapp
+from test_outbox import Receiver, whatsapp
+from waiting import wait_until
 
 RULES = """\
     version: 1
@@ -425,14 +426,13 @@ def metric_files(pid: int) -> set[Path]:
 
 
 def folder_of_workers(pids) -> Path:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    def found() -> Path | None:
         for pid in pids:
             files = metric_files(pid)
             if files:
                 return next(iter(files)).parent
-        time.sleep(0.05)
-    raise AssertionError("no worker has a metrics file open")
+        return None
+    return wait_until(found, 10, "a worker to have a metrics file open")
 
 
 def folder_of(server: Server) -> Path:
@@ -444,16 +444,6 @@ def live_scrape(server: Server) -> dict:
     r = requests.get(server.base + "/metrics", timeout=10, headers={"Connection": "close"})
     assert r.status_code == 200
     return parse(r.text)
-
-
-def wait_for(condition, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"not within {seconds} s: {what}")
 
 
 @contextmanager
@@ -524,14 +514,14 @@ def test_every_worker_reports_the_same_totals_and_a_killed_worker_keeps_its_coun
 
         victim = workers[0]   # it counted 4 messages
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: replaced(server, victim, 3), 20, "gunicorn replaced the killed worker")
+        wait_until(lambda: replaced(server, victim, 3), 20, "gunicorn replaced the killed worker")
         assert (folder / f"counter_{victim}.db").exists()   # counters stay; only live gauges go
         for pid in sorted(server.workers()):   # the new worker too
             with only(server, pid):
                 assert totals(live_scrape(server)) == (sent, sent, sent), pid
         assert server.post(sms("hours")).status_code == 200
-        wait_for(lambda: value(live_scrape(server), "responder_requests_total", endpoint="message",
-                               code="200") == sent + 1, 5, "the new message counted")
+        wait_until(lambda: value(live_scrape(server), "responder_requests_total", endpoint="message",
+                                 code="200") == sent + 1, 5, "the new message counted")
     finally:
         server.stop()
 
@@ -549,7 +539,7 @@ def test_under_gunicorn_the_workers_senders_and_reports_are_counted(tmp_path, st
         def sent_counted():
             samples = live_scrape(server)
             return samples if value(samples, SENDS, kind="message", result="sent") == 1 else None
-        samples = wait_for(sent_counted, 20, "the send counted")
+        samples = wait_until(sent_counted, 20, "the send counted")
         assert value(samples, SENDS, kind="message", result="retry") == 1
         uuid = standin.sends[0].message_uuid
         assert server.post(report(uuid, "delivered"), path="/status").status_code == 200
@@ -623,15 +613,15 @@ def test_a_bad_or_missing_metrics_folder_never_stops_the_service(tmp_path):
         leftover = folder / f"summary_{victim}.db"
         leftover.write_bytes(b"")
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: replaced(server, victim, 2), 20, "gunicorn replaced the killed worker")
-        wait_for(lambda: not leftover.exists(), 5, "child_exit removed the dead worker's empty file")
+        wait_until(lambda: replaced(server, victim, 2), 20, "gunicorn replaced the killed worker")
+        wait_until(lambda: not leftover.exists(), 5, "child_exit removed the dead worker's empty file")
         assert (folder / f"histogram_{victim}.db").exists()   # its counts stay
 
         shutil.rmtree(folder)
         victim = min(server.workers())
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: replaced(server, victim, 2), 20, "gunicorn replaced the killed worker")
-        wait_for(folder.is_dir, 20, "the new worker made the folder again as it booted")
+        wait_until(lambda: replaced(server, victim, 2), 20, "gunicorn replaced the killed worker")
+        wait_until(folder.is_dir, 20, "the new worker made the folder again as it booted")
         for pid in sorted(server.workers()):
             with only(server, pid):
                 assert requests.get(server.base + "/metrics", timeout=10).status_code == 200
@@ -651,7 +641,7 @@ def new_master_of(server: Server, seconds: float = 20) -> int:
             if any(e.startswith(b"GUNICORN_PID=") for e in environ) and len(children(pid)) == 2:
                 return pid
         return None
-    return wait_for(find, seconds, "the new master and its workers")
+    return wait_until(find, seconds, "the new master and its workers")
 
 
 def children(pid: int) -> set[int]:
@@ -678,7 +668,7 @@ def gone(pid: int) -> bool:
 def stop_master(pid: int) -> None:
     if not gone(pid):
         os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: gone(pid), 30, f"master {pid} exited")
+        wait_until(lambda: gone(pid), 30, f"master {pid} exited")
 
 
 @pytest.mark.skipif(not Path(GUNICORN_SCRIPT[1]).exists(), reason="no gunicorn script next to this Python")
@@ -695,7 +685,7 @@ def test_a_usr2_upgrade_after_a_hup_never_takes_the_running_masters_folder(tmp_p
         assert server.post(sms("hours")).status_code == 200
         before = server.workers()
         os.kill(master, signal.SIGHUP)
-        wait_for(lambda: not (server.workers() & before) and len(server.workers()) == 2, 20, "HUP: new workers")
+        wait_until(lambda: not (server.workers() & before) and len(server.workers()) == 2, 20, "HUP: new workers")
         assert old.is_dir() and folder_of(server) == old
 
         os.kill(master, signal.SIGUSR2)
@@ -707,10 +697,10 @@ def test_a_usr2_upgrade_after_a_hup_never_takes_the_running_masters_folder(tmp_p
         # roll back: stop the new master
         stop_master(new)
         assert not mine.exists() and old.is_dir()
-        wait_for(lambda: len(server.workers()) == 2, 10, "the old master's workers only")
+        wait_until(lambda: len(server.workers()) == 2, 10, "the old master's workers only")
         victim = min(server.workers())
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: replaced(server, victim, 2), 20, "the old master replaced a worker")
+        wait_until(lambda: replaced(server, victim, 2), 20, "the old master replaced a worker")
         for pid in sorted(server.workers()):
             with only(server, pid):
                 assert value(live_scrape(server), "responder_requests_total", endpoint="message",

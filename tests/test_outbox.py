@@ -22,7 +22,8 @@ import sqlalchemy as sa
 from app.outbound import webhook
 from app.outbound.sender import build_sender
 from app.plivoxml import EMPTY
-from conftest import TOKEN, make_app, send, sms, wait_until
+from conftest import TOKEN, make_app, send, sms
+from waiting import wait_until
 from plivo_standin import Answer, PlivoStandin
 
 pytestmark = pytest.mark.usefixtures("database")

@@ -25,7 +25,8 @@ from app.store.db import parse_url
 from conftest import TOKEN, empty_postgres, postgres_database, sms
 from plivo_standin import Answer, PlivoStandin
 from servers import Server, Servers
-from test_outbox import Receiver, assert_slots_held, quote_and_hours, wait_until as wait_for
+from test_outbox import Receiver, assert_slots_held, quote_and_hours
+from waiting import wait_until
 
 SECRET = "whsec_server_test_secret"
 
@@ -94,9 +95,9 @@ rules:
         params = whatsapp("quote for my secret garden project")
         assert srv.post(params).content == EMPTY
         assert standin.wait_for_sends(1, 20)
-        wait_for(lambda: len(receiver.calls) == 1, 20, "the webhook call")
+        wait_until(lambda: len(receiver.calls) == 1, 20, "the webhook call")
         assert srv.post(params).content == EMPTY  # Plivo's retry
-        wait_for(lambda: outbox_status(database) == Counter(sent=2), 20, "both items sent")
+        wait_until(lambda: outbox_status(database) == Counter(sent=2), 20, "both items sent")
         [call] = standin.sends
         assert call.json["type"] == "whatsapp" and call.json["text"] == "Thanks, we will call you back today."
         assert len(receiver.calls) == 1
@@ -116,13 +117,13 @@ def test_api_down_while_20_messages_arrive_then_a_restart_each_sent_once_when_it
     srv = start(database)
     messages = [whatsapp("hours", From=f"1646555{n:04d}") for n in range(20)]
     deliver(srv, messages)
-    wait_for(lambda: sum(outbox_status(database).values()) == 20, 20, "20 items queued")
+    wait_until(lambda: sum(outbox_status(database).values()) == 20, 20, "20 items queued")
     assert outbox_status(database)["sent"] == 0
     srv.stop()  # a restart with the backlog in the database
     again = start(database)
     standin.start_listening()
     assert standin.wait_for_sends(20, 60)
-    wait_for(lambda: outbox_status(database) == Counter(sent=20), 30, "all 20 sent")
+    wait_until(lambda: outbox_status(database) == Counter(sent=20), 30, "all 20 sent")
     sent_once_each(standin, messages)
     again.stop()
 
@@ -137,7 +138,7 @@ def test_sigkill_while_sends_are_in_flight_then_restart_every_item_sent_none_twi
     in_flight = len(standin.sends)
     standin.default = Answer()
     start(database)
-    wait_for(lambda: outbox_status(database) == Counter(sent=6), 60, "all 6 sent")
+    wait_until(lambda: outbox_status(database) == Counter(sent=6), 60, "all 6 sent")
     sent_once_each(standin, messages)
     assert in_flight >= 2
     # the in-flight ones were found in Plivo's message list, not sent again
@@ -152,11 +153,11 @@ def test_two_instances_on_one_postgresql_drain_one_outbox_once_and_share_the_rat
     messages = [whatsapp("hours", From=f"1202555{n:04d}") for n in range(30)]
     deliver(a, messages[::2])
     deliver(b, messages[1::2])
-    wait_for(lambda: sum(outbox_status(url).values()) == 30, 20, "30 items queued")
+    wait_until(lambda: sum(outbox_status(url).values()) == 30, 20, "30 items queued")
     assert outbox_status(url)["sent"] == 0
     standin.start_listening()
     assert standin.wait_for_sends(30, 60)
-    wait_for(lambda: outbox_status(url) == Counter(sent=30), 30, "all 30 sent")
+    wait_until(lambda: outbox_status(url) == Counter(sent=30), 30, "all 30 sent")
     sent_once_each(standin, messages)
     # The rate, as it is guaranteed whatever the machine's load: each request in its own slot,
     # slots 1/10 s apart across both instances, none reaching the API before its slot.
@@ -215,7 +216,7 @@ def test_outbox_sender_off_leaves_sending_to_flask_outbox_run(database, start, s
         more = [whatsapp("hours", From=f"1305556{n:04d}") for n in range(2)]
         deliver(srv, more)
         assert standin.wait_for_sends(5, 30)
-        wait_for(lambda: outbox_status(database) == Counter(sent=5), 20, "all 5 sent")
+        wait_until(lambda: outbox_status(database) == Counter(sent=5), 20, "all 5 sent")
         runner.terminate()
         assert runner.wait(20) == 0
     finally:
@@ -299,7 +300,7 @@ def test_one_64_kb_message_causes_at_most_10_message_api_requests_and_a_forward_
     ]
     assert held[1]["text"] == echoed[10 * 4096:] and held[2]["text"] == thanks
 
-    wait_for(lambda: outbox_status(database) == Counter(sent=13), 60, "13 items sent")
+    wait_until(lambda: outbox_status(database) == Counter(sent=13), 60, "13 items sent")
     assert len(standin.sends) == 13
     to_team = [c.json for c in standin.sends if c.json["dst"] in TEAM_OF_TWO]
     assert sorted(c["dst"] for c in to_team) == TEAM_OF_TWO
@@ -415,7 +416,7 @@ def test_a_receiver_that_trickles_headers_delays_no_whatsapp_reply_and_is_cut_at
     with Trickler(every=1.0, lines=60) as slow:  # each read 1 s: inside the 2 s read timeout, for a minute
         srv = start(database, rules=quote_and_hours(slow.url), WEBHOOK_SECRET=SECRET)
         deliver(srv, [whatsapp("quote", From=f"1512555{n:04d}") for n in range(6)])
-        wait_for(lambda: len(slow.requests) >= 2, 10, "calls to the slow receiver under way")
+        wait_until(lambda: len(slow.requests) >= 2, 10, "calls to the slow receiver under way")
         queued = time.monotonic()
         deliver(srv, [whatsapp("hours", From="15125559999")])
         assert standin.wait_for_sends(1, 30)
@@ -431,7 +432,7 @@ def test_a_receiver_that_trickles_headers_delays_no_whatsapp_reply_and_is_cut_at
                                                 "WHERE kind = 'webhook'")).all()
                 return rows, datetime.now(timezone.utc).replace(tzinfo=None)
 
-            wait_for(lambda: sum(r.attempts >= 2 for r in hooks()[0]) >= 2, 30, "calls tried again")
+            wait_until(lambda: sum(r.attempts >= 2 for r in hooks()[0]) >= 2, 30, "calls tried again")
             assert "no complete answer within 3 s" in {r.error for r in hooks()[0]}
             for _ in range(40):  # a few seconds of looking: each claim ends inside its lease
                 rows, now = hooks()

@@ -25,7 +25,8 @@ from app.store.db import parse_url
 from conftest import migrated_sqlite, sms
 from old_rows import fill
 from servers import Server
-from test_state_server import post, wait_for
+from test_state_server import post
+from waiting import wait_until
 
 #: Old messages the server test prunes (with their replies, reports, nonces: about 205,000 rows).
 PRUNED = 50_000
@@ -66,7 +67,7 @@ def test_a_waiting_writer_has_its_turn_before_the_prune_takes_the_next(tmp_path,
     try:
         with prune:
             thread = _writer_turn(inbound, order, "inbound")
-            wait_for(prune.waiting, 10, "the inbound writer to be seen waiting")
+            wait_until(prune.waiting, 10, "the inbound writer to be seen waiting")
         prune.hand_over(0.0, 10.0)
         with prune:
             order.append("prune")

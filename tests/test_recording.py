@@ -32,6 +32,7 @@ from app.recording.mask import METADATA_PARAMS, Masker, folder_key, mask_form, n
 from app.recording.recorder import Arrival, Recorder
 from app.service import Answer, HttpRequest
 from conftest import FORM, MONDAY_10AM, NY, ROOT, TOKEN, listening, make_app, send, signed_headers, sms
+from waiting import wait_until
 from servers import GUNICORN, Server, free_port, server_env
 from webhooks import check_answer, make_app_for, parse_messages, replay
 
@@ -39,18 +40,6 @@ SENDER = "14155550177"        # a customer: never in a masked recording
 SENDER_FORMATTED = "+1 (415) 555-0177"
 LINE = "14155550100"          # the number that received the messages
 FORM_XML = "application/xml; charset=utf-8"
-
-
-def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
-    """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def recordings(folder: Path) -> list[Path]:
@@ -376,7 +365,7 @@ def test_files_appear_whole_or_not_at_all(tmp_path):
         rec.start()
         for n in range(150):
             assert rec.submit(_request(arrival(n)), Answer(200, arrival(n).answer, FORM_XML), _Rules())
-        wait_for(lambda: len(recordings(tmp_path)) == 150, what="150 recordings")
+        wait_until(lambda: len(recordings(tmp_path)) == 150, 15, "150 recordings")
     finally:
         done.set()
         watcher.join(10)
@@ -449,7 +438,7 @@ def test_recordings_lost_at_stop_are_counted_and_logged(tmp_path, caplog):
         for n in range(5):
             item = arrival(n)
             assert rec.submit(_request(item), Answer(200, item.answer, FORM_XML), _Rules())
-        wait_for(lambda: rec._writing, what="the writer to be busy")
+        wait_until(lambda: rec._writing, 15, "the writer to be busy")
         with listening(caplog, "app.recording"):
             started = time.monotonic()
             assert rec.stop(0.2) == 5  # one being written, four waiting
@@ -459,7 +448,7 @@ def test_recordings_lost_at_stop_are_counted_and_logged(tmp_path, caplog):
                                            "they are lost"]
     finally:
         release.set()
-    wait_for(lambda: not rec._thread.is_alive(), what="the writer to end")
+    wait_until(lambda: not rec._thread.is_alive(), 15, "the writer to end")
     assert len(written) == 5 and rec.stop(1) == 0
 
 
@@ -581,8 +570,8 @@ def test_real_server_records_and_replay_sends_to_another(tmp_path):
         url = recording_server.base + "/message?" + urlencode(params)
         assert requests.get(url, headers=signed_headers(url, params, method="GET"), timeout=10).status_code == 200
         assert recording_server.post(sms("hours", From=SENDER), token="wrong").status_code == 403
-        files = wait_for(lambda: recordings(folder) if len(recordings(folder)) >= 2 else None,
-                         what="two recordings")
+        files = wait_until(lambda: recordings(folder) if len(recordings(folder)) >= 2 else None,
+                           15, "two recordings")
     finally:
         recording_server.stop()
     assert len(recordings(folder)) == 2  # the 403 was not recorded

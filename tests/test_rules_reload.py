@@ -20,6 +20,7 @@ import app.rules.holder as holder_module
 from app.rules import Sending, RuleSet, RulesError, RulesHolder, compile_text
 from app.rules.holder import KeptCopy, Version, compile_and_keep, kept_copy_path, read_version
 from app.rules.kept import KEEP_VERSIONS
+from waiting import wait_until
 
 GOOD_A = """\
 version: 1
@@ -522,15 +523,6 @@ def test_errors_name_the_absolute_path(tmp_path, monkeypatch, caplog):
 
 
 # -- the watcher thread ------------------------------------------------------------------------
-def poll(predicate, seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
 def test_the_watcher_follows_the_file_and_requests_do_no_file_work(rules_file, monkeypatch):
     holder = RulesHolder(str(rules_file), 0.05)
     holder.load()
@@ -541,7 +533,7 @@ def test_the_watcher_follows_the_file_and_requests_do_no_file_work(rules_file, m
     assert holder.start() is True and holder.start() is False   # one thread per holder
     try:
         write(rules_file, GOOD_B)
-        assert poll(lambda: names(holder.ruleset) == ["b", "c"])  # nobody asked for the rules
+        wait_until(lambda: names(holder.ruleset) == ["b", "c"], 5, "rules b, c loaded")  # nobody asked for the rules
         for _ in range(200):
             holder.current()
         assert stats and main not in stats                          # every look came from the watcher
@@ -583,9 +575,9 @@ def test_a_file_that_could_not_be_read_is_read_again_at_the_next_look(rules_file
             with no_file_opens():
                 assert holder.start()
                 # Several looks while the system refuses to open it: each one tries again.
-                assert poll(lambda: len(loads) >= 4)
+                wait_until(lambda: len(loads) >= 4, 5, "four looks at the file")
                 assert names(holder.current()) == ["a"] and "Too many open files" in str(holder.error)
-            assert poll(lambda: names(holder.current()) == ["b", "c"])   # the next look, unaided
+            wait_until(lambda: names(holder.current()) == ["b", "c"], 5, "rules b, c loaded")   # the next look, unaided
             assert holder.error is None                # /readyz and the metric: the file is fine
         finally:
             holder.stop()
@@ -720,16 +712,17 @@ def test_a_kept_copy_that_cannot_be_written_never_holds_up_a_reload(tmp_path, ca
         try:
             path.write_text(V2)
             edited = time.monotonic()
-            assert poll(lambda: holder.ruleset.digest == digest_of(V2))
+            wait_until(lambda: holder.ruleset.digest == digest_of(V2), 5, "V2 loaded")
             assert time.monotonic() - edited < 1.0     # never waited on the kept copy first
-            assert poll(lambda: any("cannot keep a copy" in r.getMessage() for r in caplog.records))
+            wait_until(lambda: any("cannot keep a copy" in r.getMessage() for r in caplog.records), 5,
+                       "'cannot keep a copy' logged")
             path.write_text(V3_GOOD)                    # the watcher keeps its pace meanwhile
             edited = time.monotonic()
-            assert poll(lambda: holder.ruleset.digest == digest_of(V3_GOOD))
+            wait_until(lambda: holder.ruleset.digest == digest_of(V3_GOOD), 5, "V3 loaded")
             assert time.monotonic() - edited < 1.0
             assert folder.read_text() == "in the way"   # nothing kept meanwhile
             folder.unlink()
-            assert poll(lambda: kept_text(keep, path) == V3_GOOD)   # offered again, unaided
+            wait_until(lambda: kept_text(keep, path) == V3_GOOD, 5, "V3 kept")   # offered again, unaided
         finally:
             holder.stop()
     warned = [r.getMessage() for r in caplog.records if "cannot keep a copy" in r.getMessage()]

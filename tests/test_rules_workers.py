@@ -28,6 +28,7 @@ from app.rules import compile_text
 from app.rules.holder import KEEP_FOLDER, kept_copy_path
 from conftest import ROOT, sms
 from servers import Server
+from waiting import wait_until
 
 INTERVAL = 0.2  # RULES_RELOAD_INTERVAL as tests/servers.py sets it
 WORKERS = 3
@@ -112,7 +113,7 @@ def each_worker(srv: Server) -> dict[int, dict]:
         try:
             for other in others:
                 os.kill(other, signal.SIGSTOP)
-            assert wait_for(lambda: all(stopped(other) for other in others), time.monotonic() + 5)
+            wait_until(lambda: all(stopped(other) for other in others), 5, "the other workers to stop")
             r = requests.get(srv.base + "/readyz", headers=CLOSE, timeout=10)
         finally:
             for other in others:
@@ -204,15 +205,6 @@ def every_worker_logs(srv: Server, fragment: str, since: int, changed: float, *,
         f"{fragment!r}: seconds after the change, by worker: {took} (allowed: {INTERVAL + 1})"
 
 
-def wait_for(predicate, until: float) -> bool:
-    """Poll `predicate` until the monotonic time `until`."""
-    while time.monotonic() < until:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
 def kept_digest(rules_path: Path) -> str | None:
     """The digest of the newest version kept for `rules_path` (the last of its names), or None."""
     try:
@@ -265,7 +257,7 @@ def test_a_good_edit_then_a_broken_one_leaves_every_worker_on_the_good_one(start
     for version in range(2, 12, 2):  # a few rounds, in case every worker looked in the short window
         good = rules("bakery", version)
         replace(srv.rules, good)
-        assert wait_for(lambda: kept_digest(srv.rules) == digest(good), time.monotonic() + PATIENCE)
+        wait_until(lambda: kept_digest(srv.rules) == digest(good), PATIENCE, f"version {version} to be kept")
         since = log_size(srv)
         replace(srv.rules, BROKEN)                      # at once: most workers have not looked yet
         # No request in between: each worker finds the file broken at its next look, and logs
@@ -293,15 +285,15 @@ def test_a_hup_with_a_broken_file_answers_with_this_services_rules_not_the_neigh
     assert bakery.rules != garage.rules
     # The garage's rules are kept after the bakery's (one shared file would now hold the garage's).
     replace(garage.rules, rules("garage", 2))
-    assert wait_for(lambda: kept_digest(garage.rules) == digest(rules("garage", 2)), time.monotonic() + PATIENCE)
+    wait_until(lambda: kept_digest(garage.rules) == digest(rules("garage", 2)), PATIENCE, "the garage's rules to be kept")
     assert kept_digest(bakery.rules) == digest(rules("bakery", 1))
 
     before = bakery.workers()
     since = log_size(bakery)
     replace(bakery.rules, BROKEN)
     os.kill(bakery.proc.pid, signal.SIGHUP)              # new workers start while the file is bad
-    assert wait_for(lambda: len(bakery.workers()) == WORKERS and not bakery.workers() & before,
-                    time.monotonic() + PATIENCE), "the workers were not replaced"
+    wait_until(lambda: len(bakery.workers()) == WORKERS and not bakery.workers() & before, PATIENCE,
+               "the workers to be replaced")
 
     assert_every_worker_on(bakery, rules("bakery", 1), failed=True)
     for body in each_worker(bakery).values():
@@ -330,7 +322,8 @@ def test_rule_warnings_are_logged_once_at_start_and_once_per_new_version(start):
 
     def every_worker_loaded(text: str) -> None:  # (how fast is the business of other tests)
         fragment = f"({digest(text)})"
-        assert wait_for(lambda: srv.workers() <= set(logged_by(srv, fragment, since)), time.monotonic() + PATIENCE)
+        wait_until(lambda: srv.workers() <= set(logged_by(srv, fragment, since)), PATIENCE,
+                   f"every worker to log {fragment}")
 
     replace(srv.rules, warned_rules("bakery", 2))
     every_worker_loaded(warned_rules("bakery", 2))

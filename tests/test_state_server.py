@@ -34,7 +34,7 @@ from app.store import Store, utcnow
 from app.store.db import parse_url
 from app.store.writer import GroupCommit
 from conftest import FORM, PG_ADMIN_URL, ROOT, empty_postgres, migrated_sqlite, postgres_database, signed_headers, sms
-from conftest import wait_until as wait_for
+from waiting import wait_until
 from servers import Server, Servers
 
 HOURS = b"We are open 9am-5pm, Monday to Friday (New York time)."
@@ -304,7 +304,7 @@ def cut_connections(admin: sa.Engine, name: str) -> int:
         with admin.connect() as conn:
             return conn.execute(sa.text(f"SELECT count(*) {query}"), {"name": name}).scalar_one() == 0
 
-    wait_for(gone, 10, f"the connections to {name} to end")
+    wait_until(gone, 10, f"the connections to {name} to end")
     return cut
 
 
@@ -413,13 +413,13 @@ def test_worker_killed_under_load_loses_no_answered_message(database, start):
     for t in threads:
         t.start()
     try:
-        wait_for(lambda: len(answered) >= 40, 30, "40 answers before the kill")
+        wait_until(lambda: len(answered) >= 40, 30, "40 answers before the kill")
         victim = min(srv.workers())
         os.kill(victim, signal.SIGKILL)
         at_kill = len(answered)
-        wait_for(lambda: len(answered) >= at_kill + 60, 30, "60 more answers after the kill")
-        wait_for(lambda: len(srv.workers()) == 2 and victim not in srv.workers(), 30,
-                 "the killed worker to be replaced")
+        wait_until(lambda: len(answered) >= at_kill + 60, 30, "60 more answers after the kill")
+        wait_until(lambda: len(srv.workers()) == 2 and victim not in srv.workers(), 30,
+                   "the killed worker to be replaced")
     finally:
         stop.set()
         for t in threads:
@@ -545,13 +545,13 @@ def test_group_commit_worker_killed_mid_batch_answers_nothing_it_did_not_record(
     deadline = time.monotonic() + 15  # for the whole load, then at most one request's timeout (10 s)
     try:
         left = lambda: max(0.1, deadline - time.monotonic())  # noqa: E731
-        wait_for(lambda: len(answered) >= 300, left(), "300 answers before the kill (a steady load)")
-        wait_for(lambda: victim in turn_holder(path + ".writer-lock"), left(), "the worker to hold its write turn")
+        wait_until(lambda: len(answered) >= 300, left(), "300 answers before the kill (a steady load)")
+        wait_until(lambda: victim in turn_holder(path + ".writer-lock"), left(), "the worker to hold its write turn")
         os.kill(victim, signal.SIGKILL)
         at_kill = len(answered)
-        wait_for(lambda: victim not in srv.workers() and len(srv.workers()) == 1, left(),
-                 "the killed worker to be replaced")
-        wait_for(lambda: len(answered) >= at_kill + 200, left(), "200 answers from the new worker")
+        wait_until(lambda: victim not in srv.workers() and len(srv.workers()) == 1, left(),
+                   "the killed worker to be replaced")
+        wait_until(lambda: len(answered) >= at_kill + 200, left(), "200 answers from the new worker")
     finally:
         stop.set()
         for t in threads:

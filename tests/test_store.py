@@ -397,7 +397,7 @@ def test_the_sqlite_write_turn_is_fair_between_processes(tmp_path):
     """Two processes that want SQLite's write turn all the time take it in turns: one that has
     just had it lets the other, already waiting, go first (an flock alone lets the holder take
     it again and again while the other sleeps between tries)."""
-    from conftest import wait_until
+    from waiting import wait_until
     log, turns = tmp_path / "turns", 400
     procs = [subprocess.Popen([sys.executable, "-c", _TURNS, str(ROOT), str(tmp_path / "db.sqlite3"), str(log),
                                str(turns), name]) for name in "ab"]

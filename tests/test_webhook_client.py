@@ -15,9 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from app.outbound import FAILED, RETRY, SENT
+from app.outbound import FAILED, MAX_RETRY_AFTER as MAX_DELAY, RETRY, SENT
 from app.outbound.webhook import (
-    DELIVERY_HEADER, HEADER, MAX_DELAY, SignatureError, WebhookClient,
+    DELIVERY_HEADER, HEADER, SignatureError, WebhookClient,
     body, retry_after, sign, verify,
 )
 from conftest import listening

@@ -23,21 +23,19 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import math
 import re
 import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from http.cookiejar import DefaultCookiePolicy
 from urllib.parse import quote, urlsplit
 
 import requests
 import urllib3.exceptions
 
-from . import FAILED, RETRY, SENT, UNKNOWN, Result
+from . import FAILED, RETRY, SENT, UNKNOWN, Result, retry_after
 from .deadline import BodyTooLarge, DeadlineAdapter, read_body, within
 
 __all__ = ["MessageApi", "Found", "USER_AGENT", "MESSAGE_TYPES", "LIST_LIMIT", "LIST_MAX_PAGES"]
@@ -49,8 +47,6 @@ MESSAGE_TYPES = ("sms", "mms", "whatsapp")
 #: Plivo's largest page of the message list, and how many pages `find` reads at most.
 LIST_LIMIT = 20
 LIST_MAX_PAGES = 10
-#: Longest Retry-After honoured (seconds); a larger one is cut down to this.
-MAX_DELAY_S = 3600.0
 #: Longest `error` text.
 MAX_ERROR = 200
 #: Largest answer read (a page of the list is ~10 KB); a bigger one is not read.
@@ -90,28 +86,6 @@ class Found:
 def digits(number: str | None) -> str:
     """A phone number reduced to its digits (Plivo may write `+14155550123` or `14155550123`)."""
     return _NOT_DIGIT.sub("", number or "")
-
-
-def retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds from a Retry-After header (delta seconds or an HTTP date), capped; None if absent or garbage."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            moment = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-        if moment is None:
-            return None
-        if moment.tzinfo is None:  # an HTTP date is GMT; asctime dates parse naive
-            moment = moment.replace(tzinfo=timezone.utc)
-        seconds = moment.timestamp() - (time.time() if now is None else now)
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), MAX_DELAY_S)
 
 
 def _short(text: str, secrets: Sequence[str] = ()) -> str:

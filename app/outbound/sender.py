@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import threading
 import time
 import weakref
@@ -40,6 +39,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
+from ..logs import scrub
 from ..store import Item, Store, StoreError, utcnow
 from . import FAILED, RETRY, SENT, UNKNOWN, Result
 from .plivo import message_time as plivo_time
@@ -64,7 +64,6 @@ LANES = {"message": 1, "webhook": 2}
 LATE_S = 0.05
 #: Slots taken again for one request before it goes back to the queue (a machine that busy).
 MAX_RETAKES = 20
-_LONG_NUMBER = re.compile(r"\d{5,}")
 
 _running: "weakref.WeakSet[Sender]" = weakref.WeakSet()
 
@@ -88,10 +87,10 @@ def backoff(attempts: int, max_delay: float, hint: float | None = None) -> float
 
 
 def masked(text: str | None) -> str | None:
-    """An error as logs show it: any run of digits long enough to be a number cut to its last four."""
-    if not text:
-        return text
-    return _LONG_NUMBER.sub(lambda m: "…" + m.group()[-4:], text)
+    """An error as logs show it (`logs.scrub`: numbers cut to their last four digits, URLs'
+    credentials and query strings dropped). The formatters scrub every extra field anyway;
+    this keeps the error safe for any other handler too."""
+    return scrub(text) if text else text
 
 
 def show_dst(item: Item) -> str:

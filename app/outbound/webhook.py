@@ -22,20 +22,18 @@ scheme and host: webhook URLs sometimes carry tokens in the query or userinfo.
 
 from __future__ import annotations
 
-import email.utils
 import hmac
 import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import timezone
 from urllib.parse import urlsplit
 
 import requests
 import urllib3.exceptions
 from requests import exceptions as rex
 
-from app.outbound import FAILED, RETRY, SENT, Result
+from app.outbound import FAILED, RETRY, SENT, Result, retry_after
 from app.outbound.deadline import DeadlineAdapter, within
 
 __all__ = [
@@ -49,8 +47,6 @@ CONTENT_TYPE = "application/json; charset=utf-8"
 USER_AGENT = "plivo-responder-webhook/1"
 #: Methods a webhook may use: the ones that carry a body.
 METHODS = ("POST", "PUT", "PATCH")
-#: Longest wait a Retry-After may ask for, in seconds (a bigger one is cut to this).
-MAX_DELAY = 3600.0
 #: v1 signatures looked at per header (one, or two while the secret rotates); a header
 #: stuffed with thousands of them must not cost thousands of compares.
 _MAX_SIGNATURES = 8
@@ -172,28 +168,6 @@ def verify(secret: str | Sequence[str], header: str, body: bytes, *,
 
 
 # --- one call --------------------------------------------------------------
-
-def retry_after(value: str | None, now: float) -> float | None:
-    """Seconds a Retry-After header asks to wait (delay-seconds or HTTP-date), 0..MAX_DELAY.
-
-    None when absent or unreadable: the sender then uses its own backoff. A date
-    in the past is 0 (try again now).
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return MAX_DELAY if len(value) > 6 else min(float(value), MAX_DELAY)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when is None:
-        return None
-    if when.tzinfo is None:  # "-0000": UTC, as HTTP dates always are
-        when = when.replace(tzinfo=timezone.utc)
-    return min(max(when.timestamp() - now, 0.0), MAX_DELAY)
-
 
 def _origin(url) -> str:
     """scheme://host[:port] of a URL, for DEBUG logs: never its userinfo, path or query."""

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import quote_plus, unquote_plus
 
+from .. import phone
+
 __all__ = ["KEY_FILE", "NONE", "NUMBERS", "NUMBERS_TEXT", "Masker", "Named", "folder_key", "numbers_named",
            "mask_form", "placeholder"]
 
@@ -53,26 +55,8 @@ NUMBER_PARAMS = frozenset({"From", "To"})
 METADATA_PARAMS = frozenset({"MessageUUID", "Type", "Units", "TotalRate", "TotalAmount", "MessageIntent",
                              "PowerpackUUID", "MediaCount", "ContentType", "MimeType", "ErrorCode"})
 
-#: What may stand between the digits of a phone number: spaces (also no-break and
-#: ideographic), dashes (also Unicode and fullwidth ones, and the minus sign), dots and
-#: parentheses (also fullwidth).
-_SEPARATORS = " \u00a0\u3000\\-\u2010-\u2015\u2212\uff0d.\uff0e()\uff08\uff09"
-_PLUS = "+\uff0b"
-#: A run of digits (of any script) that may be a phone number: digits with a leading plus
-#: and separators between them. Letters around it do not matter: ``call4155550123`` and
-#: ``电话13812345678`` hold a number. Only a digit or a plus before it is part of it.
-_RUN = re.compile(rf"(?<![\d{_PLUS}])[{_PLUS}]?[(\uff08]?\d(?:[{_SEPARATORS}]*\d)+")
-#: Runs shaped like dates are left alone: 2026-11-28, 2026.11.28, 28.11.2026.
-_DATE = re.compile(r"\d{4}([-.])\d{2}\1\d{2}|\d{2}([-.])\d{2}\2\d{4}")
-#: Fewer digits than this in a run of text is not a phone number (prices, order numbers).
-MIN_DIGITS = 8
 #: In the rules file, shorter runs are kept too: short codes are numbers.
 _RULE_RUN = re.compile(r"\+?\d(?:[ \-.()]*\d)*\*?")
-
-
-def _digits(text: str) -> str:
-    """The decimal digits of `text`, of any script, as ASCII digits (``４１５`` is ``415``)."""
-    return "".join(c if c < "\x80" else str(unicodedata.decimal(c)) for c in text if c.isdecimal())
 
 
 class Masker:
@@ -110,21 +94,21 @@ class Masker:
 
     def number(self, value: str) -> str:
         """A whole value that is a number (``From``, ``To``, a ``dst``): every digit replaced."""
-        digits = _digits(value)
+        digits = phone.digits(value)
         if not digits or digits in self.keep:
             return value
         return _put_digits(value, self.fake_digits(digits))
 
     def numbers_in(self, text: str) -> str:
         """Text with every run that looks like a phone number replaced by its fake."""
-        if not text or sum(c.isdecimal() for c in text) < MIN_DIGITS:
+        if not text or sum(c.isdecimal() for c in text) < phone.MIN_DIGITS:
             return text  # the common case: no run can be long enough
-        return _RUN.sub(self._run, text)
+        return phone.RUN.sub(self._run, text)
 
     def _run(self, match: re.Match) -> str:
         run = match.group()
-        digits = _digits(run)
-        if len(digits) < MIN_DIGITS or digits in self.keep or _DATE.fullmatch(run):
+        digits = phone.digits(run)
+        if len(digits) < phone.MIN_DIGITS or digits in self.keep or phone.DATE.fullmatch(run):
             return run
         return _put_digits(run, self.fake_digits(digits))
 
@@ -219,13 +203,13 @@ def numbers_named(rules_text: str) -> Named:
             stack.extend((v, field) for v in value)
         elif isinstance(value, (str, int)) and not isinstance(value, bool):
             if field is None:
-                written.update(d for d in (_digits(r.group()) for r in _RUN.finditer(str(value))
-                                           if not _DATE.fullmatch(r.group()))
-                               if len(d) >= MIN_DIGITS)
+                written.update(d for d in (phone.digits(r.group()) for r in phone.RUN.finditer(str(value))
+                                           if not phone.DATE.fullmatch(r.group()))
+                               if len(d) >= phone.MIN_DIGITS)
                 continue
             numbers, prefixes = (own, own_prefixes) if field == "to" else (senders, sender_prefixes)
             for run in _RULE_RUN.findall(str(value)):
-                digits = _digits(run)
+                digits = phone.digits(run)
                 if run.endswith("*"):
                     prefixes.add(digits)
                 elif len(digits) >= 3:
