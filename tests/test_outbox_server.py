@@ -102,7 +102,7 @@ rules:
         assert call.json["type"] == "whatsapp" and call.json["text"] == "Thanks, we will call you back today."
         assert len(receiver.calls) == 1
         headers = {k.lower(): v for k, v in receiver.calls[0]["headers"].items()}
-        webhook.verify(SECRET, headers["x-responder-signature"], receiver.calls[0]["body"])
+        webhook.verify_webhook(SECRET, headers["x-responder-signature"], receiver.calls[0]["body"])
     finally:
         receiver.close()
     srv.stop()

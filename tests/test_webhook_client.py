@@ -1,4 +1,4 @@
-"""Tests for app.outbound.webhook: body, sign/verify, and WebhookClient.call against a
+"""Tests for app.outbound.webhook: body, sign/verify_webhook, and WebhookClient.call against a
 real HTTP server on loopback (no mock of requests or hmac)."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 
 from app.outbound import FAILED, MAX_RETRY_AFTER as MAX_DELAY, RETRY, SENT
 from app.outbound.webhook import (
-    DELIVERY_HEADER, HEADER, SignatureError, WebhookClient,
-    body, retry_after, sign, verify,
+    DELIVERY_HEADER, HEADER, WebhookSignatureError, WebhookClient,
+    body, retry_after, sign, verify_webhook,
 )
 from conftest import listening
 
@@ -82,23 +82,23 @@ MAC = expected_mac(SECRET, RAW, T)
 
 def reason(secret, header, raw=RAW, **kw):
     kw.setdefault("now", T)
-    with pytest.raises(SignatureError) as info:
-        verify(secret, header, raw, **kw)
+    with pytest.raises(WebhookSignatureError) as info:
+        verify_webhook(secret, header, raw, **kw)
     assert isinstance(info.value, ValueError)
     assert str(info.value) == info.value.reason
     return info.value.reason
 
 
 def test_verify_accepts_a_good_signature_and_returns_t():
-    assert verify(SECRET, GOOD, RAW, now=T) == T
-    assert verify(SECRET, GOOD, RAW, now=T + 300) == T      # the edge of the tolerance
-    assert verify(SECRET, GOOD, RAW, now=T - 300) == T      # a receiver whose clock is behind
+    assert verify_webhook(SECRET, GOOD, RAW, now=T) == T
+    assert verify_webhook(SECRET, GOOD, RAW, now=T + 300) == T      # the edge of the tolerance
+    assert verify_webhook(SECRET, GOOD, RAW, now=T - 300) == T      # a receiver whose clock is behind
 
 
 def test_verify_default_now_is_the_clock():
     import time
     t = int(time.time())
-    assert verify(SECRET, sign(SECRET, RAW, t), RAW) == t
+    assert verify_webhook(SECRET, sign(SECRET, RAW, t), RAW) == t
     assert reason(SECRET, GOOD, now=None) == "timestamp too old"
 
 
@@ -114,7 +114,7 @@ def test_verify_rejects_old_and_future_timestamps():
     assert reason(SECRET, GOOD, now=T + 301) == "timestamp too old"
     assert reason(SECRET, GOOD, now=T - 301) == "timestamp too old"
     assert reason(SECRET, GOOD, now=T + 61, tolerance=60) == "timestamp too old"
-    assert verify(SECRET, GOOD, RAW, now=T + 86400, tolerance=86400) == T
+    assert verify_webhook(SECRET, GOOD, RAW, now=T + 86400, tolerance=86400) == T
 
 
 def test_verify_checks_the_signature_before_the_age():
@@ -150,14 +150,14 @@ def test_verify_malformed_headers(header):
 
 
 def test_verify_is_order_free_tolerates_whitespace_and_ignores_unknown_schemes():
-    assert verify(SECRET, f" v1 = {MAC} ,  t = {T} ", RAW, now=T) == T
-    assert verify(SECRET, f"v0=deadbeef,t={T},v2=whatever,v1={MAC},", RAW, now=T) == T
-    assert verify(SECRET, f"t={T}, v1={MAC}", RAW, now=T) == T
+    assert verify_webhook(SECRET, f" v1 = {MAC} ,  t = {T} ", RAW, now=T) == T
+    assert verify_webhook(SECRET, f"v0=deadbeef,t={T},v2=whatever,v1={MAC},", RAW, now=T) == T
+    assert verify_webhook(SECRET, f"t={T}, v1={MAC}", RAW, now=T) == T
 
 
 def test_verify_multiple_v1_values_any_may_match():
-    assert verify(SECRET, f"t={T},v1={'a' * 64},v1={MAC}", RAW, now=T) == T
-    assert verify(SECRET, f"t={T},v1={MAC},v1={'a' * 64}", RAW, now=T) == T
+    assert verify_webhook(SECRET, f"t={T},v1={'a' * 64},v1={MAC}", RAW, now=T) == T
+    assert verify_webhook(SECRET, f"t={T},v1={MAC},v1={'a' * 64}", RAW, now=T) == T
     assert reason(SECRET, f"t={T},v1={'a' * 64},v1={'b' * 64}") == "signature does not match"
 
 
@@ -174,21 +174,21 @@ def test_verify_secret_rotation():
     old = sign("whsec_old", RAW, T)
     new = sign("whsec_new", RAW, T)
     rotating = ["whsec_new", "whsec_old"]
-    assert verify(rotating, old, RAW, now=T) == T
-    assert verify(rotating, new, RAW, now=T) == T
-    assert verify(("whsec_new",), new, RAW, now=T) == T
+    assert verify_webhook(rotating, old, RAW, now=T) == T
+    assert verify_webhook(rotating, new, RAW, now=T) == T
+    assert verify_webhook(("whsec_new",), new, RAW, now=T) == T
     assert reason(["whsec_new"], old) == "signature does not match"
     # A sender signing with both secrets during a rotation: either receiver accepts.
     both = f"t={T},v1={expected_mac('whsec_new', RAW, T)},v1={expected_mac('whsec_old', RAW, T)}"
-    assert verify("whsec_old", both, RAW, now=T) == T
-    assert verify("whsec_new", both, RAW, now=T) == T
+    assert verify_webhook("whsec_old", both, RAW, now=T) == T
+    assert verify_webhook("whsec_new", both, RAW, now=T) == T
 
 
 @pytest.mark.parametrize("secret", [[], "", [""], [SECRET, None]])
 def test_verify_needs_real_secrets(secret):
     with pytest.raises(ValueError) as info:
-        verify(secret, GOOD, RAW, now=T)
-    assert not isinstance(info.value, SignatureError)
+        verify_webhook(secret, GOOD, RAW, now=T)
+    assert not isinstance(info.value, WebhookSignatureError)
 
 
 # --- retry_after --------------------------------------------------------------
@@ -320,7 +320,7 @@ def test_call_sends_the_exact_body_and_signed_headers(receiver, client):
     assert h["User-Agent"] == "plivo-responder-webhook/1"
     assert h[DELIVERY_HEADER] == "42"
     # The signature verifies over the raw bytes the receiver read, at the client's clock (truncated).
-    assert verify(SECRET, h[HEADER], got["body"], now=T) == T
+    assert verify_webhook(SECRET, h[HEADER], got["body"], now=T) == T
     assert h[HEADER] == f"t={T},v1={expected_mac(SECRET, got['body'], T)}"
     assert json.loads(got["body"].decode("utf-8")) == {**PAYLOAD, "delivery": "42"}
 
@@ -338,8 +338,8 @@ def test_call_signs_every_attempt_afresh(receiver, client, clock):
     first, second = (r["headers"] for r in receiver.requests)
     sent = body({**PAYLOAD, "delivery": "7"})
     assert receiver.requests[0]["body"] == receiver.requests[1]["body"] == sent
-    assert verify(SECRET, first[HEADER], sent, now=T) == T
-    assert verify(SECRET, second[HEADER], sent, now=T + 3600) == T + 3600
+    assert verify_webhook(SECRET, first[HEADER], sent, now=T) == T
+    assert verify_webhook(SECRET, second[HEADER], sent, now=T + 3600) == T + 3600
     assert first[DELIVERY_HEADER] == second[DELIVERY_HEADER] == "7"  # the same delivery, sent again
 
 

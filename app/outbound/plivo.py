@@ -88,7 +88,7 @@ def digits(number: str | None) -> str:
     return _NOT_DIGIT.sub("", number or "")
 
 
-def _short(text: str, secrets: Sequence[str] = ()) -> str:
+def _safe_error(text: str, secrets: Sequence[str] = ()) -> str:
     """`text` made safe to log: secrets blanked, one printable line, at most MAX_ERROR characters."""
     for secret in secrets:
         if secret:
@@ -257,7 +257,7 @@ class MessageApi:
         as given (Plivo's are digits without `+`).
         """
         if type not in MESSAGE_TYPES:
-            return Result(FAILED, error=_short(f"unsupported message type {type!r}"))
+            return Result(FAILED, error=_safe_error(f"unsupported message type {type!r}"))
         body: dict = {"src": src, "dst": dst, "text": text, "type": type}
         if media_urls:
             body["media_urls"] = list(media_urls)
@@ -286,7 +286,7 @@ class MessageApi:
                 return Result(SENT, message_uuids=uuids, status=status)
             return Result(UNKNOWN, status=status, error=f"HTTP {status} without a message_uuid")
         delay = retry_after(response.headers.get("Retry-After"))
-        error = _short(f"HTTP {status}: {_plivo_error(response, data)}", secrets)
+        error = _safe_error(f"HTTP {status}: {_plivo_error(response, data)}", secrets)
         if status == 429 or status >= 500:
             return Result(RETRY, delay=delay, error=error, status=status)
         if 400 <= status < 500:
@@ -294,7 +294,7 @@ class MessageApi:
         # 1xx/3xx: nobody took the message (redirects are not followed: a POST must not turn
         # into a GET nor carry the credentials elsewhere); most likely PLIVO_API_URL is wrong.
         return Result(RETRY, delay=delay, status=status,
-                      error=_short(f"HTTP {status}: unexpected answer (check PLIVO_API_URL)"))
+                      error=_safe_error(f"HTTP {status}: unexpected answer (check PLIVO_API_URL)"))
 
     # --- message list -------------------------------------------------------
 
@@ -329,7 +329,7 @@ class MessageApi:
             status = response.status_code
             if not 200 <= status < 300:
                 return Found(False, messages, status=status, delay=retry_after(response.headers.get("Retry-After")),
-                             error=_short(f"HTTP {status}: {_plivo_error(response, page)}", self._secrets))
+                             error=_safe_error(f"HTTP {status}: {_plivo_error(response, page)}", self._secrets))
             try:
                 if not isinstance(page, dict):
                     raise TypeError

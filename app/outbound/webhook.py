@@ -6,7 +6,7 @@ Modelled on Stripe's webhook signatures: the header
 
 keyed with WEBHOOK_SECRET lets the receiver check that a call came from this
 service (the MAC) and is fresh (the timestamp is inside the MAC, so an old call
-replayed later is refused by its age). ``verify`` is what a receiver runs; the
+replayed later is refused by its age). ``verify_webhook`` is what a receiver runs; the
 tests use it, and the README shows it.
 
 ``WebhookClient.call`` turns one HTTP exchange into a ``Result`` and never raises
@@ -37,8 +37,8 @@ from app.outbound import FAILED, RETRY, SENT, Result, retry_after
 from app.outbound.deadline import DeadlineAdapter, within
 
 __all__ = [
-    "HEADER", "DELIVERY_HEADER", "METHODS", "SignatureError",
-    "body", "with_delivery", "sign", "verify", "retry_after", "WebhookClient",
+    "HEADER", "DELIVERY_HEADER", "METHODS", "WebhookSignatureError",
+    "body", "with_delivery", "sign", "verify_webhook", "retry_after", "WebhookClient",
 ]
 
 HEADER = "X-Responder-Signature"
@@ -58,7 +58,7 @@ _MAX_DRAIN = 64 * 1024
 log = logging.getLogger(__name__)
 
 
-class SignatureError(ValueError):
+class WebhookSignatureError(ValueError):
     """An X-Responder-Signature header could not be accepted.
 
     ``reason`` is one of "no signature", "malformed header", "signature does not
@@ -113,7 +113,7 @@ def _parse(header) -> tuple[int, list[str]]:
     A second ``t`` is refused rather than guessed between.
     """
     if not isinstance(header, str) or not header.strip():
-        raise SignatureError("no signature")
+        raise WebhookSignatureError("no signature")
     t = None
     signatures: list[str] = []
     for item in header.split(","):
@@ -122,28 +122,28 @@ def _parse(header) -> tuple[int, list[str]]:
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key:
-            raise SignatureError("malformed header")
+            raise WebhookSignatureError("malformed header")
         if key == "t":
             if t is not None or not (value.isascii() and value.isdigit()) or len(value) > _MAX_T_DIGITS:
-                raise SignatureError("malformed header")
+                raise WebhookSignatureError("malformed header")
             t = int(value)
         elif key == "v1" and len(signatures) < _MAX_SIGNATURES:
             signatures.append(value)
     if t is None:
-        raise SignatureError("malformed header")
+        raise WebhookSignatureError("malformed header")
     if not signatures:
-        raise SignatureError("no signature")
+        raise WebhookSignatureError("no signature")
     return t, signatures
 
 
 def _keys(secret: str | Sequence[str]) -> list[bytes]:
     secrets = (secret,) if isinstance(secret, str) else tuple(secret)
     if not secrets:
-        raise ValueError("verify() needs at least one webhook secret")
+        raise ValueError("verify_webhook() needs at least one webhook secret")
     return [_key(s) for s in secrets]
 
 
-def verify(secret: str | Sequence[str], header: str, body: bytes, *,
+def verify_webhook(secret: str | Sequence[str], header: str, body: bytes, *,
            tolerance: float = 300, now: float | None = None) -> int:
     """Check an X-Responder-Signature header against the raw request body; return its t.
 
@@ -154,16 +154,16 @@ def verify(secret: str | Sequence[str], header: str, body: bytes, *,
     than `tolerance` seconds from `now` (either way: clocks drift) is refused,
     which bounds how long a captured call can be replayed.
 
-    Raises SignatureError; ValueError for no or empty secrets (a set-up mistake).
+    Raises WebhookSignatureError; ValueError for no or empty secrets (a set-up mistake).
     """
     keys = _keys(secret)
     t, signatures = _parse(header)
     given = [s.encode("utf-8", "surrogatepass") for s in signatures]
     expected = [_mac(key, body, t).encode("ascii") for key in keys]
     if not any(hmac.compare_digest(g, e) for e in expected for g in given):
-        raise SignatureError("signature does not match")
+        raise WebhookSignatureError("signature does not match")
     if abs((time.time() if now is None else now) - t) > tolerance:
-        raise SignatureError("timestamp too old")
+        raise WebhookSignatureError("timestamp too old")
     return t
 
 
