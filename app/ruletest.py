@@ -29,6 +29,7 @@ from urllib.parse import urlencode
 
 from .inbound import FORM_TYPE, INTENTS, TYPES
 from .rules import RuleSet, RulesError, load
+from .rules.checker import show
 from .rules.compiler import read
 from .rules.engine import digits
 from .rules.source import Problem, YList, YMap, parse
@@ -171,7 +172,7 @@ class _Reader:
             return []
         if not isinstance(items, YList) or not items:
             self.error(data.value_line("cases"), "'cases' needs at least one case" if isinstance(items, YList)
-                       else f"'cases' must be a list of cases, got {_show(items)}")
+                       else f"'cases' must be a list of cases, got {show(items)}")
             return []
         cases = []
         for i, item in enumerate(items):
@@ -182,14 +183,14 @@ class _Reader:
 
     def case(self, item, line: int) -> Case | None:
         if not isinstance(item, YMap):
-            self.error(line, f"each case must be a mapping, got {_show(item)}")
+            self.error(line, f"each case must be a mapping, got {show(item)}")
             return None
         before = len(self.problems)
         name = None
         if "name" in item:
             name = item["name"]
             if not isinstance(name, str) or not name.strip():
-                self.error(item.value_line("name"), f"'name' must be text, got {_show(name)}")
+                self.error(item.value_line("name"), f"'name' must be text, got {show(name)}")
         if "steps" not in item:
             self.keys(item, CASE_KEYS, "a case")
             step = self.step(item, item.line, None, None)
@@ -202,13 +203,13 @@ class _Reader:
         steps_value = item["steps"]
         if not isinstance(steps_value, YList) or not steps_value:
             self.error(item.value_line("steps"), "'steps' needs at least one step" if isinstance(steps_value, YList)
-                       else f"'steps' must be a list of steps, got {_show(steps_value)}")
+                       else f"'steps' must be a list of steps, got {show(steps_value)}")
             return None
         steps, last_explicit = [], at
         for i, raw in enumerate(steps_value):
             sline = steps_value.item_line(i)
             if not isinstance(raw, YMap):
-                self.error(sline, f"each step must be a mapping (a message and its answer), got {_show(raw)}")
+                self.error(sline, f"each step must be a mapping (a message and its answer), got {show(raw)}")
                 continue
             self.keys(raw, STEP_KEYS, "a step")
             step = self.step(raw, sline, item, at)
@@ -258,7 +259,7 @@ class _Reader:
     def text(self, item: YMap, key: str) -> str:
         value = item[key]
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            self.error(item.value_line(key), f"{key!r} must be text, got {_show(value)}")
+            self.error(item.value_line(key), f"{key!r} must be text, got {show(value)}")
             return ""
         return str(value)
 
@@ -267,13 +268,13 @@ class _Reader:
         value = item[key]
         if not isinstance(value, YList):
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                self.error(item.value_line(key), f"{key!r} takes a list of texts ([] for none), got {_show(value)}")
+                self.error(item.value_line(key), f"{key!r} takes a list of texts ([] for none), got {show(value)}")
                 return ()
             return (str(value),)
         out = []
         for i, entry in enumerate(value):
             if isinstance(entry, bool) or not isinstance(entry, (str, int, float)):
-                self.error(value.item_line(i), f"{key!r} takes texts, got {_show(entry)}")
+                self.error(value.item_line(i), f"{key!r} takes texts, got {show(entry)}")
             else:
                 out.append(str(entry))
         return tuple(out)
@@ -289,7 +290,7 @@ class _Reader:
         text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
         reduced = digits(text) if _NUMBER_CHARS.match(text) else ""
         if not 1 <= len(reduced) <= 20:
-            self.error(line, f"{what}: {_show(value)} is not a phone number (digits, optionally with "
+            self.error(line, f"{what}: {show(value)} is not a phone number (digits, optionally with "
                              "+ spaces dashes dots parentheses)")
             return None
         return reduced
@@ -299,7 +300,7 @@ class _Reader:
         given = value.strip().lower() if isinstance(value, str) else None
         if given not in allowed:
             shown = ", ".join(a or '""' for a in allowed)
-            self.error(item.value_line(key), f"{key!r} must be one of {shown}, got {_show(value)}")
+            self.error(item.value_line(key), f"{key!r} must be one of {shown}, got {show(value)}")
             return None
         return given
 
@@ -310,7 +311,7 @@ class _Reader:
         urls = []
         for url, line in entries:
             if not isinstance(url, str) or not url.strip() or any(ch.isspace() for ch in url.strip()):
-                self.error(line, f"'media' takes URLs (one, or a list), got {_show(url)}")
+                self.error(line, f"'media' takes URLs (one, or a list), got {show(url)}")
             else:
                 urls.append(url.strip())
         return tuple(urls)
@@ -323,7 +324,7 @@ class _Reader:
             moment = datetime.fromisoformat(value.strip())
         except ValueError:
             self.error(item.value_line(key), f"{key!r} takes a local time in the rules' timezone, such as "
-                                             f"\"2026-11-23T10:00\", got {_show(value)}")
+                                             f"\"2026-11-23T10:00\", got {show(value)}")
             return None
         try:
             moment = moment.replace(tzinfo=self.tz) if moment.tzinfo is None else moment.astimezone(self.tz)
@@ -331,7 +332,7 @@ class _Reader:
             moment = None
         if moment is None or not AT_YEARS[0] <= moment.year <= AT_YEARS[1]:
             self.error(item.value_line(key), f"{key!r} must be in the years {AT_YEARS[0]} to {AT_YEARS[1]}, "
-                                             f"got {_show(value)}")
+                                             f"got {show(value)}")
             return None
         return moment
 
@@ -339,13 +340,13 @@ class _Reader:
         value = item["forwards"]
         if not isinstance(value, YList):
             self.error(item.value_line("forwards"), "'forwards' must be a list of {to: [numbers], text: ...} "
-                                                    f"([] for none), got {_show(value)}")
+                                                    f"([] for none), got {show(value)}")
             return None
         out = []
         for i, entry in enumerate(value):
             line = value.item_line(i)
             if not isinstance(entry, YMap):
-                self.error(line, f"each forward must be a mapping {{to: [numbers], text: ...}}, got {_show(entry)}")
+                self.error(line, f"each forward must be a mapping {{to: [numbers], text: ...}}, got {show(entry)}")
                 continue
             self.keys(entry, FORWARD_KEYS, "a forward")
             missing = [k for k in FORWARD_KEYS if k not in entry]
@@ -522,16 +523,6 @@ def _label(name, text: str | None) -> str:
 
 def _json(value) -> str:
     return json.dumps(value, ensure_ascii=False)
-
-
-def _show(value) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if value is None:
-        return "nothing"
-    return repr(value)
 
 
 def _to_the_minute(moment: datetime) -> str:

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -120,6 +121,24 @@ def media_url(name: str, i: int) -> str:
             f"/Media/{uuid_for(name, 'media', str(i))}/")
 
 
+def signature_headers(name: str, method: str, url: str, params: list, signatures: str,
+                      extra_v3_tokens: tuple[str, ...]) -> dict[str, str]:
+    """The X-Plivo-Signature headers `signatures` asks for ("both", "v2", "v3" or "none"),
+    in the order Plivo sends them; each of `extra_v3_tokens` adds a V3 signature in front."""
+    signed = sign_headers(TOKEN, method, url, params, nonce=nonce_for(name))
+    for old in extra_v3_tokens:  # token rotation: Plivo signs with each valid token
+        sig = v3_signature(old, method, url, params, signed[HEADER_V3_NONCE])
+        signed[HEADER_V3] = f"{sig},{signed[HEADER_V3]}"
+        signed[HEADER_MA_V3] = f"{sig},{signed[HEADER_MA_V3]}"
+    keep = {
+        "both": (HEADER_V2, HEADER_MA_V2, HEADER_V2_NONCE, HEADER_V3, HEADER_MA_V3, HEADER_V3_NONCE),
+        "v2": (HEADER_V2, HEADER_MA_V2, HEADER_V2_NONCE),
+        "v3": (HEADER_V3, HEADER_MA_V3, HEADER_V3_NONCE),
+        "none": (),
+    }[signatures]
+    return {key: signed[key] for key in keep}
+
+
 def recording(name: str, description: str, params: list[tuple[str, str]], expect: dict, *,
               method: str = "POST", url: str = URL, host: str | None = None,
               scheme: str | None = None, proxy_headers: dict | None = None,
@@ -137,26 +156,13 @@ def recording(name: str, description: str, params: list[tuple[str, str]], expect
         raw = b""
     else:
         raw = urlencode(params).encode("ascii") if body is None else body
-    signed = sign_headers(TOKEN, method, url, params if sign_params is None else sign_params,
-                          nonce=nonce_for(name))
-    for old in extra_v3_tokens:  # token rotation: Plivo signs with each valid token
-        sig = v3_signature(old, method, url, params if sign_params is None else sign_params,
-                           signed[HEADER_V3_NONCE])
-        signed[HEADER_V3] = f"{sig},{signed[HEADER_V3]}"
-        signed[HEADER_MA_V3] = f"{sig},{signed[HEADER_MA_V3]}"
-    keep = {
-        "both": (HEADER_V2, HEADER_MA_V2, HEADER_V2_NONCE, HEADER_V3, HEADER_MA_V3, HEADER_V3_NONCE),
-        "v2": (HEADER_V2, HEADER_MA_V2, HEADER_V2_NONCE),
-        "v3": (HEADER_V3, HEADER_MA_V3, HEADER_V3_NONCE),
-        "none": (),
-    }[signatures]
 
     headers = {"Host": host or url.split("/")[2], "User-Agent": USER_AGENT}
     if method != "GET":
         headers["Content-Length"] = str(len(raw))
         headers["Content-Type"] = "application/x-www-form-urlencoded"
-    for key in keep:
-        headers[key] = signed[key]
+    headers.update(signature_headers(name, method, url, params if sign_params is None else sign_params,
+                                     signatures, extra_v3_tokens))
     headers["Accept-Encoding"] = "gzip"
     headers.update(proxy_headers or {})
 
@@ -224,113 +230,138 @@ TEXT_737 = _long_text(UCS2_SENTENCE, smsenc.MAX_UCS2)
 
 # --- the recordings ------------------------------------------------------------
 
+Add = Callable[..., None]
+"""``add(name, description, params, expect, **recording_options)``: one more recording."""
+
+
 def build() -> dict[str, dict]:
-    """Every synthetic recording, by file stem."""
+    """Every synthetic recording, by file stem (in the order of the groups below)."""
     out: dict[str, dict] = {}
 
     def add(name: str, description: str, params, expect, **kw) -> None:
         assert name not in out, name
         out[name] = recording(name, description, params, expect, **kw)
 
-    def p(name: str, text: str, **kw):
-        return plivo_params(name, text, **kw)
+    for group in (_text_rules, _clock_rules, _forward_and_silent_rules, _unusual_characters,
+                  _long_texts, _other_message_types, _message_intents, _urls_and_signatures,
+                  _proxies_and_clocks, _rejected_requests):
+        group(add)
+    return out
 
-    # Rules answered from the shipped rules.yaml -----------------------------------
+
+def _text_rules(add: Add) -> None:
+    """Rules of the shipped rules.yaml that match the text: keyword, regex, exact text."""
     n = "sms-keyword-hours"
     add(n, "SMS keyword 'Hours?' (punctuation ignored) answered by the hours rule",
-        p(n, "Hours?"), xml(msg(HOURS)))
+        plivo_params(n, "Hours?"), xml(msg(HOURS)))
 
     n = "sms-regex-order-status"
     add(n, "SMS 'Order #4521, where is it?' matched by the order-status regex; match.order in the reply",
-        p(n, "Order #4521, where is it?"),
+        plivo_params(n, "Order #4521, where is it?"),
         xml(msg("Order 4521: see where it is at https://acme.example/o/4521")))
 
     n = "sms-exact-text-address"
     add(n, "SMS whose whole text, trimmed and spaces collapsed, is 'where are you located?': address rule",
-        p(n, "  Where are   you located? "), xml(msg("Acme, 1 Market St, San Francisco, CA 94105.")))
+        plivo_params(n, "  Where are   you located? "),
+        xml(msg("Acme, 1 Market St, San Francisco, CA 94105.")))
 
+
+def _clock_rules(add: Add) -> None:
+    """A message no special rule answers, in business hours, after hours and at the weekend."""
     n = "sms-catch-all-business-hours"
     add(n, "SMS matching no special rule on a Monday at 10:00 New York: the forward to the team "
            "(to-the-team, continue), then the one business-hours reply (everything-else)",
-        p(n, "Is the blue model back in stock?"), xml(*catch_all("Is the blue model back in stock?")),
-        now=MONDAY_10AM)
+        plivo_params(n, "Is the blue model back in stock?"),
+        xml(*catch_all("Is the blue model back in stock?")), now=MONDAY_10AM)
 
     n = "sms-after-hours"
     add(n, "The same kind of SMS on a Monday at 20:00 New York: the forward to the team, then "
            "the after-hours reply instead of the business-hours one",
-        p(n, "Is the blue model back in stock?"),
+        plivo_params(n, "Is the blue model back in stock?"),
         xml(*catch_all("Is the blue model back in stock?", reply=CLOSED)), now=MONDAY_8PM)
 
     n = "sms-weekend"
     add(n, "SMS on a Saturday at noon New York: the forward to the team, then the weekend reply "
            "(one text, not three)",
-        p(n, "Anyone there?"), xml(*catch_all("Anyone there?", reply=WEEKEND)), now=SATURDAY_NOON)
+        plivo_params(n, "Anyone there?"), xml(*catch_all("Anyone there?", reply=WEEKEND)),
+        now=SATURDAY_NOON)
 
+
+def _forward_and_silent_rules(add: Add) -> None:
+    """The VIP rule (by sender prefix), the refund rule (two forwards) and the silent rule."""
     n = "sms-vip-prefix"
     add(n, "SMS from 14155550777, matched by the VIP rule's prefix 1415555077*: reply to the "
            "sender, then the forward to the account manager",
-        p(n, "Can you call me back today?", frm="14155550777"),
+        plivo_params(n, "Can you call me back today?", frm="14155550777"),
         xml(msg("Thanks, 14155550777! Your account manager has your message.", "14155550777"),
             msg("VIP 14155550777: Can you call me back today?", TEAM)))
 
     n = "sms-refund-two-forwards"
     add(n, "SMS containing 'money back': reply, and one forward to two numbers (dst joined by '<') "
            "with the default forward text",
-        p(n, "I want my money back for order 881"),
+        plivo_params(n, "I want my money back for order 881"),
         xml(msg("Sorry to hear that. A person will contact you within one business day."),
             msg(f"From {SENDER}: I want my money back for order 881", REFUND_TEAM)))
 
     n = "sms-auto-reply-silent"
     add(n, "SMS that is someone's auto-reply ('out of office'): silent rule, empty <Response/>",
-        p(n, "Automatic reply: I am out of office until Monday."), xml())
+        plivo_params(n, "Automatic reply: I am out of office until Monday."), xml())
 
+
+def _unusual_characters(add: Add) -> None:
+    """Texts beyond ASCII (the Spanish line's UCS-2 reply, CJK, emoji) and control characters."""
     n = "sms-spanish-line-unicode"
     add(n, "SMS 'Hola, ¿me ayudan?' to the Spanish line (to rule written '+1 (415) 555-0200'): "
            "the forward to the team (to-the-team), then a UCS-2 reply with '¡' and 'á' that names "
            "the business hours",
-        p(n, "Hola, ¿me ayudan?", to=SPANISH_LINE),
+        plivo_params(n, "Hola, ¿me ayudan?", to=SPANISH_LINE),
         xml(msg(f"From {SENDER}: Hola, ¿me ayudan?", TEAM, SPANISH_LINE),
             msg("¡Hola! Un agente le responderá lun-vie, 9-17 h (hora de Nueva York).", src=SPANISH_LINE)))
 
     n = "sms-unicode-cjk"
     text = "Café crème? 你好，请问你们几点开门？"
     add(n, "SMS with accents and CJK characters: carried unchanged into the forward",
-        p(n, text), xml(*catch_all(text)))
+        plivo_params(n, text), xml(*catch_all(text)))
 
     n = "sms-emoji"
     text = "Love the new chairs 😍👍🏽"
     add(n, "SMS with emoji (characters outside the BMP, one with a skin-tone modifier): "
            "carried unchanged into the forward",
-        p(n, text), xml(*catch_all(text)))
+        plivo_params(n, text), xml(*catch_all(text)))
 
     n = "sms-control-characters"
     add(n, "SMS with characters XML 1.0 cannot hold (NUL, BEL, ESC): removed from the forward",
-        p(n, "Hello\x00 are you\x07 there?\x1b"), xml(*catch_all("Hello are you there?")))
+        plivo_params(n, "Hello\x00 are you\x07 there?\x1b"), xml(*catch_all("Hello are you there?")))
 
-    # Long texts --------------------------------------------------------------------
+
+def _long_texts(add: Add) -> None:
+    """A multi-unit SMS, and forwards cut at the GSM-7 and the UCS-2 limits."""
     n = "sms-multi-unit-400"
     add(n, f"A {len(TEXT_400)}-character SMS (3 units): the forward carries it whole in one Message",
-        p(n, TEXT_400), xml(*catch_all(TEXT_400)))
+        plivo_params(n, TEXT_400), xml(*catch_all(TEXT_400)))
 
     n = "sms-long-forward-cut-gsm7"
     forward = f"From {SENDER}: {TEXT_1600}"
     add(n, f"A {len(TEXT_1600)}-character GSM-7 SMS (11 units): its {len(forward)}-character "
            "forward exceeds 1,600 and is cut to one Message, ending in '...' (it stays GSM-7)",
-        p(n, TEXT_1600),
+        plivo_params(n, TEXT_1600),
         xml(msg(forward[:smsenc.MAX_GSM7 - 3].rstrip() + "...", TEAM), msg(THANKS)))
 
     n = "sms-long-forward-cut-ucs2"
     forward = f"From {SENDER}: {TEXT_737}"
     add(n, f"A {len(TEXT_737)}-character Cyrillic (UCS-2) SMS: its {len(forward)}-character "
            "forward exceeds 737 and is cut to one Message, ending in '\u2026'",
-        p(n, TEXT_737),
+        plivo_params(n, TEXT_737),
         xml(msg(forward[:smsenc.MAX_UCS2 - 1].rstrip() + "\u2026", TEAM), msg(THANKS)))
 
-    # Other message types ---------------------------------------------------------------
+
+def _other_message_types(add: Add) -> None:
+    """An MMS with two pictures, and a WhatsApp message (answered with no XML)."""
     n = "mms-photo"
     add(n, "MMS with Body (not Text), MediaCount=2, Media1 and Media2: the forward to the team "
            "with the pictures' URLs in its text (to-the-team), then the photo rule's reply",
-        p(n, "Here is the box it came in", type_="mms", media=(media_url(n, 1), media_url(n, 2))),
+        plivo_params(n, "Here is the box it came in", type_="mms",
+                     media=(media_url(n, 1), media_url(n, 2))),
         xml(msg(f"From {SENDER}: Here is the box it came in {media_url(n, 1)} {media_url(n, 2)}", TEAM),
             msg("Thanks for the picture! We received 2 file(s); a person will look at them in business "
                 "hours, 9am-5pm Monday to Friday (New York time).")))
@@ -339,54 +370,64 @@ def build() -> dict[str, dict]:
     ctx = '{"MessageUUID":"%s","From":"%s","To":"%s"}' % (uuid_for(n, "context"), LINE, SENDER)
     add(n, "WhatsApp 'Hours?' (hours rule matches) with ContentType and Context: Plivo takes no "
            "XML for WhatsApp, so the answer is an empty <Response/>",
-        p(n, "Hours?", type_="whatsapp", extra={"ContentType": "text", "Context": ctx}), xml())
+        plivo_params(n, "Hours?", type_="whatsapp", extra={"ContentType": "text", "Context": ctx}),
+        xml())
 
-    # MessageIntent ------------------------------------------------------------------------
+
+def _message_intents(add: Add) -> None:
+    """MessageIntent: the built-in opt-out, an opt-in with nothing to undo, and help."""
     n = "intent-optout"
     add(n, "'STOP' with MessageIntent=optout: the built-in opt-out, confirmed once",
-        p(n, "STOP", intent="optout"), xml(msg("You are unsubscribed. Reply START to resubscribe.")))
+        plivo_params(n, "STOP", intent="optout"),
+        xml(msg("You are unsubscribed. Reply START to resubscribe.")))
 
     n = "intent-optin"
     add(n, "'START' with MessageIntent=optin from a sender who never opted out: an ordinary "
            "message for the rules (the built-in opt-in acts only after an opt-out)",
-        p(n, "START", intent="optin"), xml(*catch_all("START")))
+        plivo_params(n, "START", intent="optin"), xml(*catch_all("START")))
 
     n = "intent-help"
     add(n, "'HELP' with MessageIntent=help: the help reply of the rules' compliance section",
-        p(n, "HELP", intent="help"),
+        plivo_params(n, "HELP", intent="help"),
         xml(msg("Acme support: help@acme.example or call 415-555-0100. Msg&data rates may apply. "
                 "Reply STOP to unsubscribe.")))
 
-    # How the request arrives --------------------------------------------------------------
+
+def _urls_and_signatures(add: Add) -> None:
+    """How the request arrives: GET, a URL with port and query, V2 or V3 only, rotated tokens."""
     n = "get-query-string"
     add(n, "GET with the parameters in the query string (signed, V3 covering the query): "
            "order-status rule",
-        p(n, "order 98765"), xml(msg("Order 98765: see where it is at https://acme.example/o/98765")),
-        method="GET")
+        plivo_params(n, "order 98765"),
+        xml(msg("Order 98765: see where it is at https://acme.example/o/98765")), method="GET")
 
     n = "post-query-port-trailing-slash"
     add(n, "POST to a message URL with a port, a trailing slash and a query "
            "(https://sms.example.com:8443/message/?tenant=acme): all signed as called",
-        p(n, "open on Sunday?"), xml(msg(HOURS)),
+        plivo_params(n, "open on Sunday?"), xml(msg(HOURS)),
         url=f"https://{HOST}:8443/message/?tenant=acme")
 
     n = "signature-v3-only"
     add(n, "Signed with X-Plivo-Signature-V3 and Ma-V3 only (no V2 headers)",
-        p(n, "opening times"), xml(msg(HOURS)), signatures="v3")
+        plivo_params(n, "opening times"), xml(msg(HOURS)), signatures="v3")
 
     n = "signature-v2-only"
     add(n, "Signed with X-Plivo-Signature-V2 and Ma-V2 only (no V3 headers)",
-        p(n, "where are you"), xml(msg("Acme, 1 Market St, San Francisco, CA 94105.")), signatures="v2")
+        plivo_params(n, "where are you"), xml(msg("Acme, 1 Market St, San Francisco, CA 94105.")),
+        signatures="v2")
 
     n = "signature-v3-rotated-tokens"
     add(n, "V3 headers holding two comma-separated signatures (old and current token, during "
            "rotation); the current one matches",
-        p(n, "hours"), xml(msg(HOURS)), extra_v3_tokens=(OLD_TOKEN,))
+        plivo_params(n, "hours"), xml(msg(HOURS)), extra_v3_tokens=(OLD_TOKEN,))
 
+
+def _proxies_and_clocks(add: Add) -> None:
+    """Behind a reverse proxy, with PUBLIC_URL set, and with the clock recorded in UTC."""
     n = "reverse-proxy"
     add(n, "Through a reverse proxy ending TLS (TRUSTED_PROXIES=1, no PUBLIC_URL): internal Host "
            "10.0.0.5:8000 over http, X-Forwarded-Proto/Host give the URL Plivo signed",
-        p(n, "Hours?"), xml(msg(HOURS)),
+        plivo_params(n, "Hours?"), xml(msg(HOURS)),
         host="10.0.0.5:8000", scheme="http",
         proxy_headers={"X-Forwarded-For": PLIVO_IP, "X-Forwarded-Proto": "https",
                        "X-Forwarded-Host": HOST, "X-Real-Ip": PLIVO_IP, "Connection": "close"},
@@ -396,7 +437,8 @@ def build() -> dict[str, dict]:
     cb = f"{PUBLIC_URL}/status?ref={uuid_for(n, 'message')}"
     add(n, "PUBLIC_URL set (proxy headers not trusted): signatures checked against PUBLIC_URL + "
            "path, and every Message asks for delivery reports at PUBLIC_URL/status",
-        p(n, "Do you ship to Canada?"), xml(*catch_all("Do you ship to Canada?", callback=cb)),
+        plivo_params(n, "Do you ship to Canada?"),
+        xml(*catch_all("Do you ship to Canada?", callback=cb)),
         host="responder:8000", scheme="http",
         proxy_headers={"X-Forwarded-For": PLIVO_IP, "X-Forwarded-Proto": "https",
                        "X-Forwarded-Host": HOST},
@@ -405,31 +447,31 @@ def build() -> dict[str, dict]:
     n = "clock-in-utc"
     add(n, "The clock recorded in UTC (21:30Z = 16:30 Monday in New York, business hours): "
            "time rules must use the rules' timezone, so the business-hours reply",
-        p(n, "Is the blue model back in stock?"), xml(*catch_all("Is the blue model back in stock?")),
-        now=MONDAY_1630_UTC)
+        plivo_params(n, "Is the blue model back in stock?"),
+        xml(*catch_all("Is the blue model back in stock?")), now=MONDAY_1630_UTC)
 
-    # Rejected requests ------------------------------------------------------------------
+
+def _rejected_requests(add: Add) -> None:
+    """Requests the service refuses: tampered with, unsigned, without To, not UTF-8."""
     n = "rejected-tampered-body"
-    signed = p(n, "Hours?")
+    signed = plivo_params(n, "Hours?")
     tampered = [(k, "Send me a refund" if k == "Text" else v) for k, v in signed]
     add(n, "Text changed after Plivo signed the request (V2 still valid, V3 decides): 403",
         tampered, rejected(403, "invalid Plivo signature\n"), sign_params=signed)
 
     n = "rejected-unsigned"
     add(n, "No X-Plivo-Signature headers at all: 403",
-        p(n, "Hours?"), rejected(403, "missing Plivo signature\n"), signatures="none")
+        plivo_params(n, "Hours?"), rejected(403, "missing Plivo signature\n"), signatures="none")
 
     n = "rejected-missing-to"
     add(n, "Correctly signed but without the To parameter: 400",
-        p(n, "Hours?", drop=("To",)), rejected(400, "missing To\n"))
+        plivo_params(n, "Hours?", drop=("To",)), rejected(400, "missing To\n"))
 
     n = "rejected-body-not-utf8"
-    params = p(n, "Café")
+    params = plivo_params(n, "Café")
     raw = urlencode(params).replace("Caf%C3%A9", "Caf\udce9").encode("ascii", "surrogateescape")
     add(n, "A body with a raw Latin-1 byte (not UTF-8, so stored as body_base64): 400",
         params, rejected(400, "body is not valid UTF-8\n"), body=raw, signatures="v2")
-
-    return out
 
 
 def write(directory: Path = DIR) -> list[Path]:

@@ -213,31 +213,10 @@ def parse(text: str, path: str) -> tuple[object, list[Problem]]:
             if wrong:
                 raise RulesError(wrong)
             data = loader.construct_document(node)
-    except yaml.reader.ReaderError as exc:
-        line = text[: exc.position].count("\n") + 1
-        raise RulesError([Problem(path, line, f"character {exc.character!r} is not allowed in YAML "
-                                              "(control characters must be escaped in double quotes)",
-                                  "bad YAML")]) from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 0
-        what = exc.problem or exc.context or "not valid YAML"
-        raise RulesError([Problem(path, line, f"YAML syntax error: {what}", "bad YAML")]) from None
-    except yaml.YAMLError as exc:  # e.g. a document that is not text
-        raise RulesError([Problem(path, 1, f"YAML error: {exc}", "bad YAML")]) from None
-    except UnicodeEncodeError:  # a lone surrogate: only text not read from a file can hold one
-        found = _SURROGATE.search(text)
-        where = found.start() if found else 0
-        raise RulesError([Problem(path, text[:where].count("\n") + 1,
-                                  f"character {text[where]!r} is not allowed in YAML", "bad YAML")]) from None
     except RulesError:
         raise
-    except (RecursionError, MemoryError):
-        raise RulesError([Problem(path, 1, "the file is nested too deeply or too large to read",
-                                  "file too large")]) from None
-    except Exception as exc:  # noqa: BLE001 - the checks above should leave nothing to fail here
-        raise RulesError([Problem(path, 1, f"cannot read the file ({type(exc).__name__}: {exc})",
-                                  "bad YAML")]) from None
+    except Exception as exc:  # noqa: BLE001 - each becomes one problem, see _reading_problem
+        raise RulesError([_reading_problem(exc, text, path)]) from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -245,6 +224,30 @@ def parse(text: str, path: str) -> tuple[object, list[Problem]]:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _reading_problem(exc: Exception, text: str, path: str) -> Problem:
+    """What went wrong reading `text`, from the exception PyYAML (or Python) raised."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text[: exc.position].count("\n") + 1
+        return Problem(path, line, f"character {exc.character!r} is not allowed in YAML "
+                                   "(control characters must be escaped in double quotes)", "bad YAML")
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 0
+        what = exc.problem or exc.context or "not valid YAML"
+        return Problem(path, line, f"YAML syntax error: {what}", "bad YAML")
+    if isinstance(exc, yaml.YAMLError):  # e.g. a document that is not text
+        return Problem(path, 1, f"YAML error: {exc}", "bad YAML")
+    if isinstance(exc, UnicodeEncodeError):  # a lone surrogate: only text not read from a file can hold one
+        found = _SURROGATE.search(text)
+        where = found.start() if found else 0
+        return Problem(path, text[:where].count("\n") + 1,
+                       f"character {text[where]!r} is not allowed in YAML", "bad YAML")
+    if isinstance(exc, (RecursionError, MemoryError)):
+        return Problem(path, 1, "the file is nested too deeply or too large to read", "file too large")
+    # The checks before composing should leave nothing else to fail.
+    return Problem(path, 1, f"cannot read the file ({type(exc).__name__}: {exc})", "bad YAML")
 
 
 class _Stop(Exception):
@@ -280,74 +283,92 @@ def _check_nodes(root, path: str) -> list[Problem]:
     tags other than plain values, lists and mappings (and those that do not fit their
     value), `!!bool`/`!!float` on text that is not one, aliases that contain
     themselves, and aliases that expand past MAX_DEPTH or MAX_VALUES."""
-    problems: list[Problem] = []
-    done: dict[int, tuple[int, int]] = {}  # id(node) -> (height, values) once walked
-    on_path: set[int] = set()
+    walk = _NodeWalk(path)
+    try:
+        walk.visit(root, 1, root.start_mark.line + 1)
+    except _Stop:
+        pass
+    return walk.problems
 
-    def stop(line: int, message: str) -> _Stop:
-        problems.append(Problem(path, line, message, "bad YAML"))
+
+def _tag_problem(node, path: str) -> Problem | None:
+    """The problem with `node`'s tag, if any: one PyYAML would not build, one that does not fit
+    the kind of node, or `!!bool`/`!!float` on text that is not one."""
+    tag, line = node.tag, node.start_mark.line + 1
+    if isinstance(node, yaml.ScalarNode):
+        kind, fits = "plain value", tag in _SCALAR_TAGS
+    elif isinstance(node, yaml.SequenceNode):
+        kind, fits = "list", tag == _SEQ
+    else:
+        kind, fits = "mapping", tag == _MAP
+    if not fits:
+        if tag in _SCALAR_TAGS or tag in (_SEQ, _MAP):
+            return Problem(path, line, f"the YAML tag {_tag_name(tag)} does not fit a {kind}", "bad YAML")
+        return Problem(path, line, f"unsupported YAML tag {_tag_name(tag)}: a rules file holds "
+                                   "only text, numbers, true/false, lists and mappings", "bad YAML")
+    if tag == _BOOL and node.value.lower() not in ("true", "false"):
+        return Problem(path, line, f"!!bool takes true or false, got {_quoted(node.value)}")
+    if tag == _FLOAT:
+        try:
+            float(node.value)
+        except ValueError:
+            return Problem(path, line, f"!!float takes a number, got {_quoted(node.value)}")
+    return None
+
+
+def _children(node) -> list[tuple[object, int]]:
+    """The nodes inside `node`, each with the line its value stands on: list items at
+    their list's line, mapping keys and values at their key's."""
+    own = node.start_mark.line + 1
+    if isinstance(node, yaml.SequenceNode):
+        return [(item, own) for item in node.value]
+    if isinstance(node, yaml.MappingNode):
+        return [(part, k.start_mark.line + 1) for k, v in node.value for part in (k, v)]
+    return []
+
+
+class _NodeWalk:
+    """One depth-first walk over a composed document, for `_check_nodes`: the problems
+    found so far, and what it knows of the nodes seen (an alias is the anchored node
+    itself, so a node can be met again)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.problems: list[Problem] = []
+        self.done: dict[int, tuple[int, int]] = {}  # id(node) -> (height, values) once walked
+        self.on_path: set[int] = set()
+
+    def stop(self, line: int, message: str) -> _Stop:
+        self.problems.append(Problem(self.path, line, message, "bad YAML"))
         return _Stop()
 
-    def check_tag(node) -> None:
-        tag, line = node.tag, node.start_mark.line + 1
-        if isinstance(node, yaml.ScalarNode):
-            kind, fits = "plain value", tag in _SCALAR_TAGS
-        elif isinstance(node, yaml.SequenceNode):
-            kind, fits = "list", tag == _SEQ
-        else:
-            kind, fits = "mapping", tag == _MAP
-        if not fits:
-            if tag in _SCALAR_TAGS or tag in (_SEQ, _MAP):
-                problems.append(Problem(path, line, f"the YAML tag {_tag_name(tag)} does not fit a {kind}",
-                                        "bad YAML"))
-            else:
-                problems.append(Problem(path, line, f"unsupported YAML tag {_tag_name(tag)}: a rules file holds "
-                                                    "only text, numbers, true/false, lists and mappings",
-                                        "bad YAML"))
-        elif tag == _BOOL and node.value.lower() not in ("true", "false"):
-            problems.append(Problem(path, line, f"!!bool takes true or false, got {_quoted(node.value)}"))
-        elif tag == _FLOAT:
-            try:
-                float(node.value)
-            except ValueError:
-                problems.append(Problem(path, line, f"!!float takes a number, got {_quoted(node.value)}"))
+    def visit(self, node, depth: int, line: int) -> tuple[int, int]:
+        """The height of `node` and the number of values in it, aliases expanded.
 
-    def walk(node, depth: int, line: int) -> tuple[int, int]:
-        # `line` is where the value stands: for an alias, the line of the alias (a node
-        # reached through an alias is the anchored node itself, marked where it was defined);
-        # list items are placed at their list's line, mapping values at their key's.
+        `line` is where the value stands: for an alias, the line of the alias (a node
+        reached through an alias is the anchored node itself, marked where it was defined).
+        """
         key = id(node)
-        if key in on_path:
-            raise stop(line, "this alias refers to a list or mapping that contains it")
-        if key in done:
-            height, values = done[key]
+        if key in self.on_path:
+            raise self.stop(line, "this alias refers to a list or mapping that contains it")
+        if key in self.done:
+            height, values = self.done[key]
             if depth + height - 1 > MAX_DEPTH:
-                raise stop(line, f"this alias nests lists and mappings more than {MAX_DEPTH} deep")
+                raise self.stop(line, f"this alias nests lists and mappings more than {MAX_DEPTH} deep")
             return height, values
         if depth > MAX_DEPTH:
-            raise stop(line, f"lists and mappings are nested more than {MAX_DEPTH} deep")
-        check_tag(node)
+            raise self.stop(line, f"lists and mappings are nested more than {MAX_DEPTH} deep")
+        problem = _tag_problem(node, self.path)
+        if problem is not None:
+            self.problems.append(problem)
         height, values = 1, 1
-        own = node.start_mark.line + 1
-        if isinstance(node, yaml.SequenceNode):
-            children = [(item, own) for item in node.value]
-        elif isinstance(node, yaml.MappingNode):
-            children = [(part, k.start_mark.line + 1) for k, v in node.value for part in (k, v)]
-        else:
-            children = []
-        on_path.add(key)
-        for child, child_line in children:
-            child_height, child_values = walk(child, depth + 1, child_line)
+        self.on_path.add(key)
+        for child, child_line in _children(node):
+            child_height, child_values = self.visit(child, depth + 1, child_line)
             height = max(height, child_height + 1)
             values += child_values
             if values > MAX_VALUES:
-                raise stop(child_line, f"the aliases (*name) here expand to more than {MAX_VALUES:,} values")
-        on_path.discard(key)
-        done[key] = height, values
+                raise self.stop(child_line, f"the aliases (*name) here expand to more than {MAX_VALUES:,} values")
+        self.on_path.discard(key)
+        self.done[key] = height, values
         return height, values
-
-    try:
-        walk(root, 1, root.start_mark.line + 1)
-    except _Stop:
-        pass
-    return problems
