@@ -106,6 +106,7 @@ def _say(level: str, message: str, prefix: bool = True, **fields) -> None:
     (`error: ...`; `prefix=False` for lines that speak for themselves, `path:line: ...`)."""
     if _FORMAT == "json":
         import logging
+
         from app import logs
         text = logs.line(getattr(logging, level.upper()), message, "json", **fields)
     else:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from contextlib import contextmanager
 import shlex
 import sys
+from contextlib import contextmanager
 from datetime import datetime
 from urllib.parse import urlencode
 
@@ -17,7 +17,7 @@ from flask.cli import AppGroup, with_appcontext
 
 from . import ruletest, signature
 from .inbound import TYPES, Inbound
-from .rules import RuleSet, RulesError, load, sending_of
+from .rules import RulesError, RuleSet, load, sending_of
 from .rules.engine import digits
 from .store import Store, StoreError, iso_utc, migrate
 from .store.db import display
@@ -76,7 +76,8 @@ def messages_table(rows: list[dict]) -> list[str]:
     """The message log as a readable table, one message per line and one per reply under it."""
     if not rows:
         return ["no messages"]
-    lines = [f"{'received (UTC)':<20}  {'from':<15}  {'to':<15}  {'type':<8}  {'n':>2}  {'rules / compliance':<24}  text"]
+    lines = [f"{'received (UTC)':<20}  {'from':<15}  {'to':<15}  {'type':<8}  {'n':>2}  "
+             f"{'rules / compliance':<24}  text"]
     for m in rows:
         decided = ", ".join(m["rules"]) or (m["compliance"] or "-")
         flags = " [possible opt-out]" if m["possible_optout"] else ""
@@ -489,7 +490,8 @@ def outbox_cancel(item_id):
     item = _operator_change(item_id, "cancel_item")
     if item.status != "cancelled" or item.error != "cancelled by an operator":
         why = {"sending": " (being sent right now)",
-               "unknown": " (it may have been sent; it is being looked up in Plivo's message list)"}.get(item.status, "")
+               "unknown": " (it may have been sent; it is being looked up in Plivo's message list)",
+               }.get(item.status, "")
         click.echo(f"error: item {item_id} is {item.status}{why}: only pending or failed items can be cancelled",
                    err=True)
         sys.exit(1)

@@ -82,7 +82,7 @@ def check_gunicorn(version: str) -> None:
 check_gunicorn(gunicorn.__version__)
 
 from gunicorn import http  # noqa: E402 - after the version check, which says what is wrong
-from gunicorn.workers.gthread import ThreadWorker, TConn  # noqa: E402
+from gunicorn.workers.gthread import TConn, ThreadWorker  # noqa: E402
 
 #: Settings from gunicorn.conf.py (`configure`): seconds for a whole request to arrive, and the
 #: largest body read in memory (MAX_CONTENT_LENGTH).
@@ -530,7 +530,7 @@ class DeadlineWorker(ThreadWorker):
             else:
                 self.nr_conns -= 1
                 self._linger(conn.sock)
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever keeping the connection raised: it is closed, the loop goes on
             self.nr_conns -= 1
             conn.close()
 
@@ -580,6 +580,6 @@ class DeadlineWorker(ThreadWorker):
                 self.log.exception("Socket error processing request.")
             else:
                 self.log.debug("Ignoring connection error: %s", e)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - as gthread: any error of the app or the response goes to handle_error
             self.handle_error(req, conn.sock, conn.client, e)
         return False

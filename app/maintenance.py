@@ -48,7 +48,7 @@ class Pruner:
         except StoreError as exc:
             log.warning("pruning old rows failed, will try again: %s", exc)
             return None
-        except Exception:  # noqa: BLE001 - upkeep must never kill the process
+        except Exception:  # upkeep must never kill the process
             log.exception("pruning old rows failed")
             return None
         if any(counts.values()):

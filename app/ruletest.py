@@ -28,7 +28,7 @@ from datetime import datetime
 from urllib.parse import urlencode
 
 from .inbound import FORM_TYPE, INTENTS, TYPES
-from .rules import RuleSet, RulesError, load
+from .rules import RulesError, RuleSet, load
 from .rules.checker import show
 from .rules.compiler import read
 from .rules.engine import digits
@@ -217,8 +217,9 @@ class _Reader:
                 continue
             if "at" in raw:
                 if last_explicit is not None and step.at < last_explicit:
-                    self.error(raw.value_line("at"), f"'at' goes back in time: {_to_the_minute(step.at)} is before "
-                                                     f"the time of the step before it ({_to_the_minute(last_explicit)})")
+                    self.error(raw.value_line("at"),
+                               f"'at' goes back in time: {_to_the_minute(step.at)} is before "
+                               f"the time of the step before it ({_to_the_minute(last_explicit)})")
                 last_explicit = step.at
             at = step.at  # the next step, without its own `at`, is at this one's time
             steps.append(step)
@@ -509,7 +510,8 @@ def report(ruleset: RuleSet, cases: list[Case], path: str, verbose: bool = False
         out.extend(result.lines)
         left = len(case.steps) - result.failed_step - 1
         if left:
-            out.append("  (the step after it was not run)" if left == 1 else f"  (the {left} steps after it were not run)")
+            out.append("  (the step after it was not run)" if left == 1
+                       else f"  (the {left} steps after it were not run)")
     out.append(f"{len(cases) - failed} passed, {failed} failed")
     return Report(out, [], failed == 0)
 

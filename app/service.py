@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from urllib.parse import quote, urlsplit
 
 from . import metrics, plivoxml, policy, signature, signature_hint, smsenc
-from .outbound import webhook as webhook_body
 from .inbound import Inbound, InboundError, check_content_type, parse_form, parse_message
+from .outbound import webhook as webhook_body
 from .rules import Decision, RuleSet, RulesHolder, decide
 from .store import Claim, Needs, NumberState, Record, Replayed, Store, Stored, Unavailable, as_utc, utcnow
 from .store.outbox import HELD, PENDING

@@ -70,7 +70,7 @@ class Webhooks:
             return self.app(environ, start_response)
         try:
             answer = self.answer(environ, route)
-        except Exception:  # noqa: BLE001 - what Flask's handler for any exception answers
+        except Exception:  # what Flask's handler for any exception answers
             log.exception("unexpected error")
             answer = _INTERNAL_ERROR
         body = answer.body

@@ -635,6 +635,7 @@ def cmd_pg_drop(args: argparse.Namespace) -> None:
 def count_messages(url: str) -> int:
     sys.path.insert(0, str(ROOT))
     import sqlalchemy as sa
+
     from app.store.db import make_engine
 
     engine = make_engine(url, pool_size=1)
@@ -649,6 +650,7 @@ def count_by_type(url: str) -> tuple[dict[str, int], dict[str, int]]:
     """(messages per type, WhatsApp reply rows of the outbox per status)."""
     sys.path.insert(0, str(ROOT))
     import sqlalchemy as sa
+
     from app.store.db import make_engine
 
     engine = make_engine(url, pool_size=1)
@@ -898,7 +900,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         lines.append(f"WARNING: req/s varied more than 15% between rounds ({', '.join(noisy)}): "
                      "the machine was busy; take the figures as rough, or run again")
     lines.append(
-        f"(p50/p99: median over rounds of each round's percentile; "
+        "(p50/p99: median over rounds of each round's percentile; "
         + " + ".join(str(med[n]["requests"]) for n in names) + " requests timed, "
         "all 200, no socket errors, each request sent once)"
     )

@@ -6,7 +6,8 @@
 For each database: a new one (SQLite: a file in a temporary folder; PostgreSQL: a database
 `responder_prune_<pid>` made through --postgres-url and dropped at the end), migrated, then
 filled in bulk with `--rows` messages 400 days old and what they leave behind (a reply, a
-delivery report, and its nonce and MessageUUID in `seen` each, a finished webhook call for every tenth: tests/old_rows.py).
+delivery report, and its nonce and MessageUUID in `seen` each, a finished webhook call for
+every tenth: tests/old_rows.py).
 Then the real service (gunicorn.conf.py, RETENTION_DAYS=3650 so its own hourly prune finds
 nothing) gets correctly signed SMS at a steady `--rate` per second, each on a new connection
 and each a new message (decided and recorded): a warm-up of 3 s, `--before` seconds measured,
@@ -109,10 +110,9 @@ class Load:
 
 def pg_create(admin_url: str, name: str) -> str:
     import psycopg
+    from harness import _pg_drop
     from psycopg import sql
     from sqlalchemy.engine import make_url
-
-    from harness import _pg_drop
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=3) as conn:
         _pg_drop(conn, name)
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -121,7 +121,6 @@ def pg_create(admin_url: str, name: str) -> str:
 
 def pg_drop(admin_url: str, name: str) -> None:
     import psycopg
-
     from harness import _pg_drop
     try:
         with psycopg.connect(admin_url, autocommit=True, connect_timeout=3) as conn:
@@ -143,9 +142,10 @@ def count(url: str, sql: str) -> int:
 
 
 def run_one(database: str, url: str, work: str, args: argparse.Namespace) -> dict:
+    from old_rows import fill
+
     from app.store import migrate
     from app.store.db import display, make_engine
-    from old_rows import fill
 
     engine = make_engine(url, pool_size=1)
     migrate.upgrade(engine)
@@ -204,7 +204,8 @@ def report(all_figures: list[dict]) -> str:
         rows = sum(f["rows"].values())
         lines.append(f"{f['database']}: {f['rows']['messages']:,} old messages ({rows:,} rows) written in "
                      f"{f['fill_s']:.0f} s; inbound SMS at {f['rate']:g}/s, each a new message")
-        lines.append(f"  {'':14} {'seconds':>8} {'sent':>6} {'200/s':>7} {'p50':>9} {'p99':>9} {'max':>9} {'not 200':>8}")
+        lines.append(f"  {'':14} {'seconds':>8} {'sent':>6} {'200/s':>7} {'p50':>9} {'p99':>9} {'max':>9} "
+                     f"{'not 200':>8}")
         for name in ("before", "during"):
             p = f[name]
             lines.append(f"  {name + (' prune' if name == 'during' else ''):14} {p['seconds']:8.1f} {p['sent']:6d} "

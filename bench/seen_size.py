@@ -19,8 +19,8 @@ import sqlalchemy as sa
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from app.store import migrate, seen_key  # noqa: E402
-from app.store.db import make_engine, parse_url  # noqa: E402
+from app.store import migrate, seen_key
+from app.store.db import make_engine, parse_url
 
 BATCH = 2000
 FIRST_DAY = 20_000

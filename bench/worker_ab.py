@@ -38,6 +38,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]
 
 import harness  # noqa: E402
+
 from app.rules.holder import keep_dir, kept_copy_path  # noqa: E402
 
 TOKEN = "bench-auth-token-not-a-secret"
@@ -218,7 +219,8 @@ def main() -> None:
             path.unlink(missing_ok=True)
     med = {n: statistics.median(s["cpu_us"] for s in results[n]) for n in results}
     rps = {n: statistics.median(s["rps"] for s in results[n]) for n in results}
-    print(f"\n{args.app} under gunicorn, {args.workers} workers x {args.threads} threads, wrk -t1 -c{args.connections}, "
+    print(f"\n{args.app} under gunicorn, {args.workers} workers x {args.threads} threads, "
+          f"wrk -t1 -c{args.connections}, "
           f"{args.rounds} x {args.duration}s, " + ("one server at a time" if args.one_at_a_time else "all at once")
           + (f", paced at {args.rate} req/s per server" if args.rate else ", as fast as answered"))
     for n in names:

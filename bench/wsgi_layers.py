@@ -63,6 +63,7 @@ def main() -> None:
     subprocess.run([sys.executable, str(HERE / "make_rules.py"), str(args.rules), f"{tmp}/rules.yaml"], check=True)
     sys.path[:0] = [str(ROOT), str(HERE)]
     import harness
+
     from app.service import HttpRequest
     from app.signature import SIGNATURE_HEADERS
     from app.store import migrate
@@ -114,7 +115,7 @@ def main() -> None:
     # The stack, outermost first: what gunicorn calls, each wrapper's `.app` inside it, then Flask.
     entries = [("gunicorn calls app", app)]
     layer = app.wsgi_app
-    while hasattr(layer, "app") and callable(getattr(layer, "app")):
+    while hasattr(layer, "app") and callable(layer.app):
         entries.append((type(layer).__name__, layer))
         layer = layer.app
     entries.append(("Flask.wsgi_app", layer))

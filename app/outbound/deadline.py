@@ -155,7 +155,7 @@ def _watchdog() -> None:
             watch = heapq.heappop(_heap)[2]
         try:
             watch._expire()
-        except Exception:  # noqa: BLE001 - one odd connection must not end every later deadline
+        except Exception:  # one odd connection must not end every later deadline
             if time.monotonic() - _logged_at >= LOG_EVERY_S:
                 _logged_at = time.monotonic()
                 log.exception("HTTP deadline: could not end an exchange at its deadline")

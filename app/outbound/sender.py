@@ -194,7 +194,7 @@ class Sender:
                 failures += 1
                 log.warning("outbox: the database did not answer, trying again: %s", exc)
                 busy = False
-            except Exception:  # noqa: BLE001 - the sender must outlive any one item
+            except Exception:  # the sender must outlive any one item
                 failures += 1
                 log.exception("outbox: unexpected error")
                 busy = False
@@ -217,7 +217,7 @@ class Sender:
             except StoreError as exc:
                 failures += 1
                 log.warning("outbox: the database did not answer, trying again: %s", exc)
-            except Exception:  # noqa: BLE001 - the look-ups must outlive any one item
+            except Exception:  # the look-ups must outlive any one item
                 failures += 1
                 log.exception("outbox: unexpected error")
             if until_idle and failures == 0 and not self._open_work(("message",)):
@@ -239,7 +239,7 @@ class Sender:
                     self.give_up_waiting()
             except StoreError as exc:
                 log.warning("outbox: the database did not answer, trying again: %s", exc)
-            except Exception:  # noqa: BLE001
+            except Exception:  # logged with its traceback; the sender must outlive any one item
                 log.exception("outbox: unexpected error")
 
     def _open_work(self, kinds: tuple[str, ...]) -> bool:
@@ -411,7 +411,7 @@ class Sender:
                 self._look_up(item)
             except StoreError:
                 raise
-            except Exception:  # noqa: BLE001 - one odd answer must not stop the other lookups
+            except Exception:  # one odd answer must not stop the other lookups
                 log.exception("outbox: lookup failed", extra=self._fields(item))
 
     def _pace(self) -> bool:
@@ -444,10 +444,12 @@ class Sender:
         uuid = self.store.resolve_found(item, candidates, now) if candidates else None
         if uuid is not None:
             self._count("lookup", SENT)
-            log.info("outbox item found in Plivo's message list: it was sent", extra=self._fields(item, message_uuid=uuid))
+            log.info("outbox item found in Plivo's message list: it was sent",
+                     extra=self._fields(item, message_uuid=uuid))
         elif not found.ok:
             if found.delay:
-                self.store.next_lookup(item, now + timedelta(seconds=max(found.delay, self.lookup_every.total_seconds())))
+                wait = max(found.delay, self.lookup_every.total_seconds())
+                self.store.next_lookup(item, now + timedelta(seconds=wait))
             log.warning("outbox: message list lookup failed, will try again",
                         extra=self._fields(item, error=masked(found.error)))
         elif now - attempted >= self.safe_delay:

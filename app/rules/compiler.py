@@ -21,8 +21,13 @@ from ..logs import hide_credentials
 from . import source
 from .checker import show
 from .compliance import Compliance, Keywords, ReplyLimit, fold
-from .conditions import Conditions, When, fixed_offset_warning, unknown_timezone
-from .conditions import WHEN_KEYS  # noqa: F401 - every key list of the format can be read from here
+from .conditions import (
+    WHEN_KEYS,  # noqa: F401 - every key list of the format can be read from here
+    Conditions,
+    When,
+    fixed_offset_warning,
+    unknown_timezone,
+)
 from .engine import DEFAULT_FORWARD_TEXT, Forward, Rule, RuleSet, Webhook
 from .shapes import Shape, indexed_ruleset, shadow_warnings
 from .source import Problem, RulesError, YList, YMap
@@ -446,7 +451,8 @@ class _Compiler(Conditions):
     def forward(self, item: YMap, groups):
         value = item["forward"]
         if not isinstance(value, YMap):
-            self.error(item.value_line("forward"), f"'forward' must be a mapping with 'to' and 'text', got {show(value)}")
+            self.error(item.value_line("forward"),
+                       f"'forward' must be a mapping with 'to' and 'text', got {show(value)}")
             return None
         self.keys(value, FORWARD_KEYS, "forward")
         if "to" not in value:

@@ -18,7 +18,8 @@ from datetime import datetime, tzinfo
 from .. import logs
 from ..inbound import Inbound
 from .compliance import Compliance, ReplyLimit
-from .regexes import RegexLimit, deadline as _regex_deadline
+from .regexes import RegexLimit
+from .regexes import deadline as _regex_deadline
 from .templates import Template
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,8 @@ import weakref
 
 from .compiler import Sending, compile_text, decode
 from .engine import RuleSet
-from .kept import KEEP_FOLDER, KeptCopy, Version, keep_dir, kept_copy_path, signature_of as _signature
+from .kept import KEEP_FOLDER, KeptCopy, Version, keep_dir, kept_copy_path
+from .kept import signature_of as _signature
 from .source import Problem, RulesError
 
 __all__ = ["KEEP_FOLDER", "KeptCopy", "RulesHolder", "Version", "WARNED_ENV", "compile_and_keep", "keep_dir",
@@ -191,7 +192,7 @@ class RulesHolder:
         while not self._stop.wait(self.interval):
             try:
                 self.refresh()
-            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad look
+            except Exception:  # the watcher must outlive any one bad look
                 log.exception("looking at the rules file %s failed; trying again in %g s", self.abspath, self.interval)
 
     def _after_fork(self) -> None:
@@ -234,7 +235,7 @@ class RulesHolder:
         except RulesError as exc:
             # The content is bad (not UTF-8, does not compile): read again when the file changes.
             return self._failed(exc, seen=seen, retry=False)
-        except Exception as exc:  # noqa: BLE001 - whatever went wrong, a bad file must not cost the rules in use
+        except Exception as exc:  # whatever went wrong, a bad file must not cost the rules in use
             if str(exc) != self._retrying:
                 log.exception("the rules file %s could not be compiled", self.abspath)
             error = RulesError([Problem(self.abspath, 0, f"cannot load: {type(exc).__name__}: {exc}", "cannot load")])

@@ -11,14 +11,13 @@ small dataclasses; no SQLAlchemy object leaves this package. The modules, by sub
 from __future__ import annotations
 
 from .db import DatabaseUrlError, check_connection, display
-from .errors import Conflict, StoreError, Unavailable, Replayed
+from .errors import Conflict, Replayed, StoreError, Unavailable
 from .outbox import Claimed, Item
 from .reports import OPTED_OUT_ERROR, status_key
 from .retention import RETENTION, Expiring
 from .schema import metadata
 from .store import Store
-from .values import (Claim, Needs, NumberState, Record, Stored, as_utc, day_number, iso_utc, seen_key,
-                     utcnow)
+from .values import Claim, Needs, NumberState, Record, Stored, as_utc, day_number, iso_utc, seen_key, utcnow
 
 __all__ = ["Store", "StoreError", "Unavailable", "Replayed", "Conflict", "Stored", "Claim", "Needs", "Record",
            "NumberState", "Item", "Claimed", "Expiring", "RETENTION", "OPTED_OUT_ERROR", "status_key",

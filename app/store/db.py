@@ -58,7 +58,8 @@ def _unwritable(path: str) -> str | None:
     directory = os.path.dirname(path)
     if os.access(directory, os.W_OK | os.X_OK) and (not os.path.exists(path) or os.access(path, os.W_OK)):
         return None
-    what = f"the SQLite file {path}" if os.access(directory, os.W_OK | os.X_OK) else f"the folder {directory} of the SQLite file"
+    writable = os.access(directory, os.W_OK | os.X_OK)
+    what = f"the SQLite file {path}" if writable else f"the folder {directory} of the SQLite file"
     return (f"DATABASE_URL: {what} is not writable by this user (uid {os.getuid()}, gid {os.getgid()}): "
             "mount a writable volume there (any user id in group 0 can write it after chgrp 0 and chmod g=u), "
             "or set DATABASE_URL to a database this user can write")
@@ -138,7 +139,8 @@ def check_connection(engine: sa.Engine) -> None:
         with engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
     except Exception as exc:  # noqa: BLE001 - any failure to connect is a refusal to start
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        said = str(getattr(exc, "orig", None) or exc).strip()
+        reason = said.splitlines()[0] if said and str(exc).strip() else type(exc).__name__
         raise DatabaseUrlError(f"DATABASE_URL: cannot connect to the database: {reason}") from None
 
 

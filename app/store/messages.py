@@ -27,8 +27,19 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from .errors import Conflict, Replayed, Unavailable
 from .schema import messages, optouts, outbox, replies, seen
 from .sql import Shapes, Statement
-from .values import (Claim, Needs, NumberState, Record, Stored, day_number, iso_utc, lock_key, nonce_keys,
-                     seen_key, utcnow)
+from .values import (
+    Claim,
+    Needs,
+    NumberState,
+    Record,
+    Stored,
+    day_number,
+    iso_utc,
+    lock_key,
+    nonce_keys,
+    seen_key,
+    utcnow,
+)
 from .writer import GroupCommit, Job
 
 _b = sa.bindparam
@@ -125,7 +136,8 @@ class MessageSql:
         if nonces:
             rows = [sa.select(_b(f"key_{i}", type_=seen.c.key.type), _param(seen.c.digest), _param(seen.c.day))
                     .select_from(lock) for i in range(nonces)]
-            claimed = (pg.insert(seen).from_select(["key", "digest", "day"], sa.union_all(*rows) if nonces > 1 else rows[0])
+            keys = sa.union_all(*rows) if nonces > 1 else rows[0]
+            claimed = (pg.insert(seen).from_select(["key", "digest", "day"], keys)
                        .on_conflict_do_nothing().returning(seen.c.key).cte("claimed"))
             columns.append(sa.select(sa.func.array_agg(claimed.c.key)).scalar_subquery().label("claimed"))
         else:  # signatures not checked: nothing to claim
@@ -159,7 +171,8 @@ class MessageSql:
                 source = source.where(recent.scalar_subquery() <= _b("most", type_=sa.Integer))
         m = messages.insert().from_select(list(MESSAGE_COLUMNS), source).returning(messages.c.id).cte("m")
         ctes = []
-        for table, columns, count, name in ((replies, REPLY_COLUMNS, n_replies, "r"), (outbox, OUTBOX_COLUMNS, n_outbox, "o")):
+        for table, columns, count, name in ((replies, REPLY_COLUMNS, n_replies, "r"),
+                                            (outbox, OUTBOX_COLUMNS, n_outbox, "o")):
             if not count:
                 continue
             selects = [sa.select(*[m.c.id if c == "message_id" else _param(table.c[c], f"{table.name}_{c}_{i}")
@@ -469,7 +482,8 @@ class Messages:
                 for r in conn.execute(sa.select(replies).where(replies.c.message_id.in_(list(by_message)))
                                       .order_by(replies.c.message_id, replies.c.position)).mappings():
                     reply = {
-                        "dst": "<".join(r["dst"]), "numbers": list(r["dst"]), "text": r["text"], "via": r["via"], "status": r["status"],
+                        "dst": "<".join(r["dst"]), "numbers": list(r["dst"]), "text": r["text"], "via": r["via"],
+                        "status": r["status"],
                         "kind": r["kind"], "rule": r["rule"], "plivo_uuid": r["plivo_uuid"],
                     }
                     if r["via"] == "api":

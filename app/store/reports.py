@@ -104,8 +104,8 @@ class Reports:
             error_code = _field(params, "ErrorCode", 16)
             if error_code == OPTED_OUT_ERROR:
                 # Plivo refused to send because the number sent STOP to it: remember that here,
-                # so nothing else is even tried (nothing is sent to an opted-out number). Plivo signed this report, linked to
-                # one of our texts or not (the 202 of an API send may not be recorded yet).
+                # so nothing else is even tried (nothing is sent to an opted-out number). Plivo signed
+                # this report, linked to one of our texts or not (the 202 of an API send may not be recorded yet).
                 dst, src = _digits(_field(params, "To", 32)), _digits(_field(params, "From", 32))
                 if dst and src:  # (no From would read as an opt-out of every number)
                     conn.execute(self._insert_optout, {"number": dst, "to_number": src, "since": now,

@@ -138,7 +138,8 @@ outbox = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("due_at", sa.DateTime, nullable=False),     # not tried before this
     sa.Column("lease_until", sa.DateTime),                # sending: the sender's claim runs out then
-    sa.Column("attempted_at", sa.DateTime),               # the latest attempt left (a message: its rate slot; NULL: not yet)
+    # the latest attempt left (a message: its rate slot; NULL: not yet)
+    sa.Column("attempted_at", sa.DateTime),
     sa.Column("finished_at", sa.DateTime),
     sa.Column("message_uuid", sa.String(64)),             # what Plivo answered
     sa.Column("error", sa.Text),                          # the last error, short and safe to show

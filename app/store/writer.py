@@ -236,7 +236,7 @@ class GroupCommit:
                 batch, self._queue = self._queue[:self._max], self._queue[self._max:]
             try:
                 self._run(batch)
-            except BaseException as exc:  # run() finishes every job; this is a last resort
+            except BaseException as exc:  # noqa: BLE001 - run() finishes every job; this is a last resort
                 for job in batch:
                     if not job.done:
                         job.finish(error=exc)

@@ -16,11 +16,10 @@ Revises: 0002
 Create Date: 2026-12-07
 """
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 from app.store import seen_key
-
 
 revision = '0003'
 down_revision = '0002'
