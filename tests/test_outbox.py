@@ -653,12 +653,16 @@ def test_a_claim_stays_cheap_with_a_long_history_and_a_backlog_for_one_number(tm
                 "INSERT INTO outbox (created_at, kind, role, src, dst, type, text, media, status, attempts, due_at) "
                 "VALUES (:now, 'message', 'forward', :src, :dst, 'sms', 'x', '[]', :status, 0, :now)"),
                 [{"now": now, "src": OUR, "dst": "14155550999", "status": status}] * count)
-    started = time.perf_counter()
+    # The fastest of five: a claim that reads the history (no index for it) takes about a second
+    # every time, so the fastest shows it as well as the mean would, and a busy machine (other
+    # tests in parallel) that slows some claims does not make a cheap claim look dear.
+    took = []
     for _ in range(5):
+        started = time.perf_counter()
         claimed = store.claim(utcnow(), timedelta(seconds=5), 0.0)
         store.mark_sent(claimed.item, ["u-%d" % claimed.item.id], utcnow())
-    per_claim = (time.perf_counter() - started) / 5
-    assert per_claim < 0.05, f"{per_claim * 1000:.1f} ms per claim"
+        took.append(time.perf_counter() - started)
+    assert min(took) < 0.05, f"ms per claim: {[round(t * 1000, 1) for t in took]}"
 
 
 def test_an_operator_retry_of_an_older_item_waits_while_a_newer_one_to_that_number_is_unknown(tmp_path, standin):
