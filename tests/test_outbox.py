@@ -240,6 +240,7 @@ def test_an_answer_lost_after_the_send_is_found_in_the_message_list_not_sent_aga
     assert any(c.method == "GET" for c in standin.calls)  # it was looked up, not sent again
 
 
+@pytest.mark.server
 def test_an_unknown_outcome_not_in_the_list_is_sent_again_after_the_safe_delay(tmp_path, standin):
     app = outbox_app(tmp_path, standin)
     send(app.test_client(), whatsapp("hours"))
@@ -250,6 +251,7 @@ def test_an_unknown_outcome_not_in_the_list_is_sent_again_after_the_safe_delay(t
     assert time.monotonic() - started >= 2 * 5 - 1  # not before 2 x OUTBOX_LEASE after the attempt
 
 
+@pytest.mark.server
 def test_a_claim_whose_sender_died_after_its_request_left_is_looked_up_after_its_lease(tmp_path, standin):
     app = outbox_app(tmp_path, standin)
     send(app.test_client(), whatsapp("hours"))
@@ -266,6 +268,7 @@ def test_a_claim_whose_sender_died_after_its_request_left_is_looked_up_after_its
     assert any(c.method == "GET" for c in standin.calls)
 
 
+@pytest.mark.server
 def test_a_claim_whose_sender_died_before_its_request_left_is_sent_again_not_taken_for_another_message(
         tmp_path, standin):
     """A sender killed between its claim and its send, while another system
@@ -290,6 +293,7 @@ def test_a_claim_whose_sender_died_before_its_request_left_is_sent_again_not_tak
 
 
 # -- pace and order ----------------------------------------------------------------------------
+@pytest.mark.server
 def test_plivo_api_rate_is_held(tmp_path, standin):
     app = outbox_app(tmp_path, standin, PLIVO_API_RATE=5)
     client = app.test_client()
@@ -320,6 +324,7 @@ def assert_slots_held(sent: list, standin, n: int, rate: float) -> None:
 LATE_BOUND_S = 1.0
 
 
+@pytest.mark.server
 def test_a_database_write_that_holds_a_request_past_its_slot_gives_it_a_new_slot(tmp_path, standin):
     """The write that marks a request as leaving can wait (SQLite's write turn, a slow PostgreSQL
     round trip): a request held up by it past its slot takes a new slot rather than leave late."""
@@ -683,6 +688,7 @@ def test_an_operator_retry_of_an_older_item_waits_while_a_newer_one_to_that_numb
     assert store.claim(utcnow(), timedelta(seconds=5), 0.0) is None  # not while the newer one may have gone
 
 
+@pytest.mark.server
 def test_a_list_entry_without_a_uuid_settles_nothing(tmp_path, standin):
     app = outbox_app(tmp_path, standin)
     send(app.test_client(), whatsapp("hours"))
@@ -719,6 +725,7 @@ rules:
 """
 
 
+@pytest.mark.server
 def test_a_lease_runs_out_on_time_while_every_sender_thread_is_busy(tmp_path, standin):
     """Every lane busy (a slow API, webhook calls to a receiver that trickles header lines), and
     a claim whose sender died: it is due again within about a second of its lease, not when a
@@ -776,6 +783,7 @@ def test_outbox_list_names_its_columns_as_documented_and_a_retry_keeps_created_a
     assert items(app)[0].status == "sent" and len(standin.sends) == 1
 
 
+@pytest.mark.server
 def test_a_whatsapp_reply_does_not_wait_behind_look_ups_of_unknown_items(tmp_path, standin):
     """Five unknown items to look up while Plivo's message list answers slowly (2 s a page, inside
     the deadline): a new WhatsApp reply still leaves within a few seconds, not after the round."""

@@ -27,6 +27,9 @@ from plivo_standin import Answer, PlivoStandin
 from servers import Server, Servers
 from test_outbox import Receiver, assert_slots_held, quote_and_hours, wait_until as wait_for
 
+#: Every test here starts a real server or waits out deadlines of seconds (pyproject.toml).
+pytestmark = pytest.mark.server
+
 SECRET = "whsec_server_test_secret"
 
 

@@ -29,6 +29,9 @@ from app.rules.holder import KEEP_FOLDER, kept_copy_path
 from conftest import ROOT, sms
 from servers import Server
 
+#: Every test here starts a real server or waits out deadlines of seconds (pyproject.toml).
+pytestmark = pytest.mark.server
+
 INTERVAL = 0.2  # RULES_RELOAD_INTERVAL as tests/servers.py sets it
 WORKERS = 3
 INSTANCE = ROOT / "instance"

@@ -21,6 +21,9 @@ from conftest import FORM, ROOT, TOKEN, signed_headers, sms
 from servers import GUNICORN, Server, free_port, server_env
 from slow_sockets import attack, report
 
+#: Every test here starts a real server or waits out deadlines of seconds (pyproject.toml).
+pytestmark = pytest.mark.server
+
 #: The deadline of the server the edge tests run against (seconds).
 DEADLINE = 2.0
 
