@@ -27,7 +27,13 @@ GUNICORN_SCRIPT = [sys.executable, str(Path(sys.executable).with_name("gunicorn"
                    str(ROOT / "gunicorn.conf.py")]
 
 
+#: Starts of one Server, each on a fresh port while the one before was taken by someone else.
+PORT_ATTEMPTS = 4
+
+
 def free_port() -> int:
+    """A port nothing listens on now (the kernel's choice); it may be taken again before it is
+    used: Server starts again on another when that happens."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -61,20 +67,32 @@ class Server:
         # Its metric files under `tmp`, so a gunicorn killed before it can remove a folder of
         # its own leaves nothing in /tmp ("" or None lets gunicorn.conf.py make and remove one).
         settings.setdefault("PROMETHEUS_MULTIPROC_DIR", str(tmp / "metrics"))
-        env = server_env(PLIVO_AUTH_TOKEN=TOKEN, PORT=str(self.port),
-                         RULES_PATH=str(self.rules), RULES_RELOAD_INTERVAL="0.2",
-                         LOG_FORMAT="json", **settings)
-        # A setting given as None is left out of the environment altogether (unset, not "").
-        env = {k: v for k, v in env.items() if v is not None}
         self.log_path = tmp / log_name
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        try:
-            self._wait_ready(tmp, int(settings["WEB_CONCURRENCY"]),
-                             booted=settings.get("LOG_LEVEL", "INFO").upper() in ("DEBUG", "INFO"))
-        except BaseException:
-            self.stop()  # never leave a gunicorn running behind a failed start
-            raise
+        # free_port() lets the port go before gunicorn binds it, and another process (a test in
+        # another xdist worker, another run) may take it in between: gunicorn.conf.py then refuses
+        # at once ("port N is already in use"), and the server starts again on a fresh port.
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            env = server_env(PLIVO_AUTH_TOKEN=TOKEN, PORT=str(self.port),
+                             RULES_PATH=str(self.rules), RULES_RELOAD_INTERVAL="0.2",
+                             LOG_FORMAT="json", **settings)
+            # A setting given as None is left out of the environment altogether (unset, not "").
+            env = {k: v for k, v in env.items() if v is not None}
+            self.log = open(self.log_path, "wb")
+            self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+            try:
+                self._wait_ready(tmp, int(settings["WEB_CONCURRENCY"]),
+                                 booted=settings.get("LOG_LEVEL", "INFO").upper() in ("DEBUG", "INFO"))
+                return
+            except BaseException:
+                self.stop()  # never leave a gunicorn running behind a failed start
+                if attempt == PORT_ATTEMPTS or not self._port_was_taken():
+                    raise
+            self.port = free_port()
+            self.base = f"http://127.0.0.1:{self.port}"
+
+    def _port_was_taken(self) -> bool:
+        log = self.log_path.read_text(errors="replace")
+        return f"port {self.port} is already in use" in log or f"Connection in use: ('127.0.0.1', {self.port})" in log
 
     def _wait_ready(self, tmp: Path, workers: int, booted: bool = True) -> None:
         deadline = time.monotonic() + 30

@@ -95,6 +95,7 @@ def flask_cmd(*args, **env):
                           env=base, capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.server
 def test_real_command_checks_a_broken_file_without_a_token(tmp_path):
     bad = tmp_path / "rules.yaml"
     bad.write_text("version: 1\ncompliance: {scope: galaxy}\nrules: []\n")
@@ -103,6 +104,7 @@ def test_real_command_checks_a_broken_file_without_a_token(tmp_path):
     assert f"{bad}:2: 'scope' must be account or number, got 'galaxy'" in result.stderr
 
 
+@pytest.mark.server
 def test_real_command_simulate(tmp_path):
     result = flask_cmd("simulate", "Hours?", "--from", "14155550123", "--to", "14155550100", PLIVO_AUTH_TOKEN=TOKEN)
     assert result.returncode == 0, result.stderr
@@ -120,6 +122,7 @@ def test_sign_get_puts_the_parameters_in_the_signed_url(runner):
     assert verify(["tok"], "GET", "https://sms.example.com/message?From=1&Text=hi+there", headers) == "V3"
 
 
+@pytest.mark.server
 def test_flask_run_needs_the_token_like_gunicorn():
     result = flask_cmd("run", "--port", "0")
     assert result.returncode != 0
@@ -143,6 +146,7 @@ WHATSAPP_AND_MEDIA = ("version: 1\nrules:\n"
                       "  - {name: pic, when: {keyword: pic}, reply: here, media: 'https://cdn.example.com/a.png'}\n")
 
 
+@pytest.mark.server
 def test_rules_check_with_an_auth_id_and_no_token_judges_as_that_service_would(tmp_path):
     """A command sends nothing, so it needs no token: with PLIVO_AUTH_ID set, WhatsApp replies
     and media are allowed, as they are in the service that has this id (and its token)."""
@@ -159,6 +163,7 @@ def test_rules_check_with_an_auth_id_and_no_token_judges_as_that_service_would(t
            "PLIVO_AUTH_ID to be set" in result.stderr
 
 
+@pytest.mark.server
 def test_rules_check_shows_a_bad_url_without_its_password_or_query(tmp_path):
     """`rules check` prints the whole message to the person at the terminal, but a URL in it
     loses its user information and query: they are the same secrets the log must not hold."""

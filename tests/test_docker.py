@@ -298,18 +298,21 @@ def _run_healthcheck(status: int, port_env: str | None) -> tuple[int, list[str]]
         server.server_close()
 
 
+@pytest.mark.server
 def test_healthcheck_passes_on_200():
     code, seen = _run_healthcheck(200, None)
     assert code == 0
     assert seen == ["/healthz"]
 
 
+@pytest.mark.server
 def test_healthcheck_fails_on_error_status():
     code, seen = _run_healthcheck(503, None)
     assert code == 1, "Docker treats exit 1 as unhealthy (2 is reserved)"
     assert seen == ["/healthz"]
 
 
+@pytest.mark.server
 def test_healthcheck_fails_when_nothing_listens():
     # Port 1 on loopback: nothing listens there, the connection is refused.
     code, seen = _run_healthcheck(200, "1")
@@ -531,6 +534,7 @@ def _refused(server) -> str:
     return lines[-1]
 
 
+@pytest.mark.server
 def test_the_image_as_shipped_sums_every_worker_in_every_scrape(image_root, tmp_path):
     """The Dockerfile's ENV (no PROMETHEUS_MULTIPROC_DIR) and CMD, as its USER, default WEB_CONCURRENCY."""
     from test_metrics import healthz_counted_by_every_worker
@@ -546,6 +550,7 @@ def test_the_image_as_shipped_sums_every_worker_in_every_scrape(image_root, tmp_
         server.stop()
 
 
+@pytest.mark.server
 def test_an_arbitrary_user_id_in_group_0_starts_and_records_in_the_images_sqlite(image_root, tmp_path):
     from conftest import sms
 
@@ -563,6 +568,7 @@ def test_an_arbitrary_user_id_in_group_0_starts_and_records_in_the_images_sqlite
         assert conn.execute("select count(*) from messages").fetchone() == (1,)
 
 
+@pytest.mark.server
 def test_an_instance_folder_the_user_cannot_write_refuses_in_one_line(image_root, tmp_path):
     """The image's folder as it was (0750, the service user's group): an arbitrary user id is
     told, in one line, what to do instead of a traceback."""
@@ -574,6 +580,7 @@ def test_an_instance_folder_the_user_cannot_write_refuses_in_one_line(image_root
                            "is not writable by this user"), line
 
 
+@pytest.mark.server
 def test_a_read_only_root_with_a_writable_instance_volume_starts_and_sums_every_worker(image_root, tmp_path):
     """`docker run --read-only -v data:/app/instance`: no writable /tmp; the metric files go to /dev/shm."""
     from test_metrics import folder_of, healthz_counted_by_every_worker
@@ -593,6 +600,7 @@ def test_a_read_only_root_with_a_writable_instance_volume_starts_and_sums_every_
         server.stop()
 
 
+@pytest.mark.server
 def test_no_writable_temporary_folder_refuses_in_one_line_naming_the_setting(image_root, tmp_path):
     if not _can_unshare():
         pytest.skip("cannot make a mount namespace here")

@@ -21,6 +21,9 @@ from conftest import FORM, TOKEN, signed_headers, sms
 from rawhttp import exchange, request
 from servers import Server
 
+#: Every test here starts a real server or waits out deadlines of seconds (pyproject.toml).
+pytestmark = pytest.mark.server
+
 
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory):

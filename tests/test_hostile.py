@@ -37,6 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest, servers: a
 
 from conftest import FORM, TOKEN, sms  # noqa: E402
 
+#: Every test here starts a real server or waits out deadlines of seconds (pyproject.toml).
+pytestmark = pytest.mark.server
+
 CORPUS = Path(__file__).resolve().parent / "hostile"
 REQUESTS = CORPUS / "requests"
 RULES_FILES = CORPUS / "rules-files"

@@ -45,6 +45,7 @@ def json_lines(text: str) -> list[dict]:
     return out
 
 
+@pytest.mark.server
 def test_every_line_is_json_and_holds_no_number_text_token_or_signature(tmp_path):
     server = Server(tmp_path, LOG_LEVEL="DEBUG", GUNICORN_ACCESS_LOG="-")
     sent_signatures = []
@@ -85,6 +86,7 @@ def test_every_line_is_json_and_holds_no_number_text_token_or_signature(tmp_path
     assert len(answered) == 3 and all("uuid" in r for r in answered)
 
 
+@pytest.mark.server
 def test_warnings_dying_threads_and_ignored_exceptions_go_through_the_formatter():
     code = (
         "import threading, warnings\n"
@@ -244,6 +246,7 @@ def only_line(result: subprocess.CompletedProcess) -> str:
     return lines[-1]
 
 
+@pytest.mark.server
 def test_port_out_of_range_is_one_line(start):
     line = only_line(start(PORT="70000", LOG_FORMAT="text")[0])
     assert line == "error: PORT must be a port number from 1 to 65535, got '70000'"
@@ -287,6 +290,7 @@ def ports_taken(count: int):
     raise AssertionError(f"no {count} consecutive free ports")
 
 
+@pytest.mark.server
 def test_port_in_use_is_refused_at_once_with_a_port_that_is_free(start):
     with ports_taken(2) as port:   # the next one is taken too: it is not suggested
         result, seconds = start(timeout=20, PORT=str(port), LOG_FORMAT="text")
@@ -300,6 +304,7 @@ def test_port_in_use_is_refused_at_once_with_a_port_that_is_free(start):
     assert record["level"] == "ERROR" and record["msg"].startswith(f"port {port} is already in use")
 
 
+@pytest.mark.server
 def test_port_in_use_suggests_none_when_the_next_ones_are_taken_too(start):
     with ports_taken(21) as port:
         line = only_line(start(timeout=20, PORT=str(port), LOG_FORMAT="text")[0])
@@ -307,6 +312,7 @@ def test_port_in_use_suggests_none_when_the_next_ones_are_taken_too(start):
                     "or start on another port (PORT)")
 
 
+@pytest.mark.server
 def test_host_is_the_listening_address_and_a_bad_one_is_one_line(tmp_path, start):
     line = only_line(start(HOST="localhost:80", LOG_FORMAT="text")[0])
     assert line == ("error: HOST must be an IP address to listen on (0.0.0.0 for every interface, 127.0.0.1 "
@@ -322,6 +328,7 @@ def test_host_is_the_listening_address_and_a_bad_one_is_one_line(tmp_path, start
         server.stop()
 
 
+@pytest.mark.server
 def test_refusals_are_json_lines_by_default(tmp_path, start):
     record = json.loads(only_line(start(PLIVO_AUTH_TOKEN="", PORT=str(free_port()))[0]))
     assert record["level"] == "ERROR" and "PLIVO_AUTH_TOKEN" in record["msg"]
@@ -345,6 +352,7 @@ PRIVATE_WORDS = ("marmalade", "zeppelin", "quokka", "walrus", "tangerine", "ligh
 PRIVATE_SENDER = "14155558888"
 
 
+@pytest.mark.server
 def test_no_log_line_holds_a_text_or_a_number_whatever_the_request(tmp_path):
     from rawhttp import exchange, request
     from test_long_get import LINE_LIMIT

@@ -15,6 +15,9 @@ from conftest import ROOT, signed_headers
 from rawhttp import exchange, request
 from servers import Server
 
+#: Every test here starts a real server or waits out deadlines of seconds (pyproject.toml).
+pytestmark = pytest.mark.server
+
 #: gunicorn.conf.py's limits, read from the file (importing it would start its set-up).
 _CONF = (ROOT / "gunicorn.conf.py").read_text(encoding="utf-8")
 LINE_LIMIT = int(re.search(r"^limit_request_line = (\d+)", _CONF, re.M).group(1))

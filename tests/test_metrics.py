@@ -489,6 +489,7 @@ def replaced(server: Server, victim: int, workers: int) -> bool:
     return victim not in current and len(current) == workers and server.proc.poll() is None
 
 
+@pytest.mark.server
 def test_every_worker_reports_the_same_totals_and_a_killed_worker_keeps_its_counts(tmp_path):
     server = Server(tmp_path, WEB_CONCURRENCY="3")
     folder = tmp_path / "metrics"
@@ -526,6 +527,7 @@ def test_every_worker_reports_the_same_totals_and_a_killed_worker_keeps_its_coun
         server.stop()
 
 
+@pytest.mark.server
 def test_under_gunicorn_the_workers_senders_and_reports_are_counted(tmp_path, standin):
     """The wiring: each worker's sender counts what it records, a report on /status counts, and
     every worker answers with the version and the same totals."""
@@ -576,6 +578,7 @@ def healthz_counted_by_every_worker(server: Server, calls: int) -> None:
                 assert value(samples, "responder_requests_total", endpoint="healthz", code="200") == calls, pid
 
 
+@pytest.mark.server
 def test_with_the_folder_unset_every_scrape_sums_every_worker(tmp_path):
     """PROMETHEUS_MULTIPROC_DIR truly absent from the environment (as scripts/serve and the image
     start the service): gunicorn.conf.py makes the folder before anything imports prometheus_client."""
@@ -590,6 +593,7 @@ def test_with_the_folder_unset_every_scrape_sums_every_worker(tmp_path):
     assert not folder.exists()   # made by the master, removed with it
 
 
+@pytest.mark.server
 def test_a_bad_or_missing_metrics_folder_never_stops_the_service(tmp_path):
     """An empty file (a worker killed as it made it) is skipped by every scrape, and removed with
     its dead worker; a folder removed under the running service is made again by the next
@@ -671,6 +675,7 @@ def stop_master(pid: int) -> None:
         wait_until(lambda: gone(pid), 30, f"master {pid} exited")
 
 
+@pytest.mark.server
 @pytest.mark.skipif(not Path(GUNICORN_SCRIPT[1]).exists(), reason="no gunicorn script next to this Python")
 def test_a_usr2_upgrade_after_a_hup_never_takes_the_running_masters_folder(tmp_path):
     """The old master's environment at its last HUP (its folder and mark in it) is what a USR2
@@ -745,6 +750,7 @@ def test_an_unreadable_file_leaves_the_other_figures_in_the_scrape(tmp_path, cap
     assert _Multiprocess(str(tmp_path / "gone")).collect() == []
 
 
+@pytest.mark.server
 def test_a_given_folder_is_emptied_at_start_and_kept(tmp_path):
     folder = tmp_path / "prom"
     folder.mkdir()
@@ -768,6 +774,7 @@ def _command_env(tmp_path, folder: Path) -> dict:
     return env
 
 
+@pytest.mark.server
 def test_commands_count_nothing_and_make_no_metric_file(tmp_path):
     """`rules test` and `simulate` run the service's pipeline; where PROMETHEUS_MULTIPROC_DIR is set
     (as in the service's container) they must leave that folder as it was."""

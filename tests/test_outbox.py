@@ -241,6 +241,7 @@ def test_an_answer_lost_after_the_send_is_found_in_the_message_list_not_sent_aga
     assert any(c.method == "GET" for c in standin.calls)  # it was looked up, not sent again
 
 
+@pytest.mark.server
 def test_an_unknown_outcome_not_in_the_list_is_sent_again_after_the_safe_delay(tmp_path, standin):
     app = outbox_app(tmp_path, standin)
     send(app.test_client(), whatsapp("hours"))
@@ -251,6 +252,7 @@ def test_an_unknown_outcome_not_in_the_list_is_sent_again_after_the_safe_delay(t
     assert time.monotonic() - started >= 2 * 5 - 1  # not before 2 x OUTBOX_LEASE after the attempt
 
 
+@pytest.mark.server
 def test_a_claim_whose_sender_died_after_its_request_left_is_looked_up_after_its_lease(tmp_path, standin):
     app = outbox_app(tmp_path, standin)
     send(app.test_client(), whatsapp("hours"))
@@ -267,6 +269,7 @@ def test_a_claim_whose_sender_died_after_its_request_left_is_looked_up_after_its
     assert any(c.method == "GET" for c in standin.calls)
 
 
+@pytest.mark.server
 def test_a_claim_whose_sender_died_before_its_request_left_is_sent_again_not_taken_for_another_message(
         tmp_path, standin):
     """A sender killed between its claim and its send, while another system
@@ -291,6 +294,7 @@ def test_a_claim_whose_sender_died_before_its_request_left_is_sent_again_not_tak
 
 
 # -- pace and order ----------------------------------------------------------------------------
+@pytest.mark.server
 def test_plivo_api_rate_is_held(tmp_path, standin):
     app = outbox_app(tmp_path, standin, PLIVO_API_RATE=5)
     client = app.test_client()
@@ -321,6 +325,7 @@ def assert_slots_held(sent: list, standin, n: int, rate: float) -> None:
 LATE_BOUND_S = 1.0
 
 
+@pytest.mark.server
 def test_a_database_write_that_holds_a_request_past_its_slot_gives_it_a_new_slot(tmp_path, standin):
     """The write that marks a request as leaving can wait (SQLite's write turn, a slow PostgreSQL
     round trip): a request held up by it past its slot takes a new slot rather than leave late."""
@@ -654,12 +659,16 @@ def test_a_claim_stays_cheap_with_a_long_history_and_a_backlog_for_one_number(tm
                 "INSERT INTO outbox (created_at, kind, role, src, dst, type, text, media, status, attempts, due_at) "
                 "VALUES (:now, 'message', 'forward', :src, :dst, 'sms', 'x', '[]', :status, 0, :now)"),
                 [{"now": now, "src": OUR, "dst": "14155550999", "status": status}] * count)
-    started = time.perf_counter()
+    # The fastest of five: a claim that reads the history (no index for it) takes about a second
+    # every time, so the fastest shows it as well as the mean would, and a busy machine (other
+    # tests in parallel) that slows some claims does not make a cheap claim look dear.
+    took = []
     for _ in range(5):
+        started = time.perf_counter()
         claimed = store.claim(utcnow(), timedelta(seconds=5), 0.0)
         store.mark_sent(claimed.item, ["u-%d" % claimed.item.id], utcnow())
-    per_claim = (time.perf_counter() - started) / 5
-    assert per_claim < 0.05, f"{per_claim * 1000:.1f} ms per claim"
+        took.append(time.perf_counter() - started)
+    assert min(took) < 0.05, f"ms per claim: {[round(t * 1000, 1) for t in took]}"
 
 
 def test_an_operator_retry_of_an_older_item_waits_while_a_newer_one_to_that_number_is_unknown(tmp_path, standin):
@@ -680,6 +689,7 @@ def test_an_operator_retry_of_an_older_item_waits_while_a_newer_one_to_that_numb
     assert store.claim(utcnow(), timedelta(seconds=5), 0.0) is None  # not while the newer one may have gone
 
 
+@pytest.mark.server
 def test_a_list_entry_without_a_uuid_settles_nothing(tmp_path, standin):
     app = outbox_app(tmp_path, standin)
     send(app.test_client(), whatsapp("hours"))
@@ -716,6 +726,7 @@ rules:
 """
 
 
+@pytest.mark.server
 def test_a_lease_runs_out_on_time_while_every_sender_thread_is_busy(tmp_path, standin):
     """Every lane busy (a slow API, webhook calls to a receiver that trickles header lines), and
     a claim whose sender died: it is due again within about a second of its lease, not when a
@@ -773,6 +784,7 @@ def test_outbox_list_names_its_columns_as_documented_and_a_retry_keeps_created_a
     assert items(app)[0].status == "sent" and len(standin.sends) == 1
 
 
+@pytest.mark.server
 def test_a_whatsapp_reply_does_not_wait_behind_look_ups_of_unknown_items(tmp_path, standin):
     """Five unknown items to look up while Plivo's message list answers slowly (2 s a page, inside
     the deadline): a new WhatsApp reply still leaves within a few seconds, not after the round."""

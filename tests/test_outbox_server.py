@@ -28,6 +28,9 @@ from servers import Server, Servers
 from test_outbox import Receiver, assert_slots_held, quote_and_hours
 from waiting import wait_until
 
+#: Every test here starts a real server or waits out deadlines of seconds (pyproject.toml).
+pytestmark = pytest.mark.server
+
 SECRET = "whsec_server_test_secret"
 
 

@@ -389,6 +389,7 @@ def test_find_reads_at_most_ten_pages(standin, api):
 
 # --- the stand-in on its own ----------------------------------------------------------
 
+@pytest.mark.server
 def test_standin_runs_standalone():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -431,6 +432,7 @@ def test_find_asks_pace_before_each_page_and_stops_when_told(standin, api):
 
 
 # --- a total deadline ------------------------------------------------------------------
+@pytest.mark.server
 @pytest.mark.parametrize("where", ["headers", "body"])
 def test_an_api_that_trickles_its_answer_is_cut_at_the_deadline_and_the_send_is_unknown(where):
     from trickler import Trickler
@@ -450,6 +452,7 @@ def test_an_api_that_trickles_its_answer_is_cut_at_the_deadline_and_the_send_is_
 
 
 # --- the deadline's watchdog (what the third review found) ---------------------------------------
+@pytest.mark.server
 def test_the_deadline_watchdog_outlives_a_connection_it_cannot_shut_and_still_cuts_the_next_exchange():
     """Through an https proxy `conn.sock` is urllib3's SSLTransport, not a socket: its real socket
     is shut down, and anything the watchdog cannot shut does not end the watchdog (which would
@@ -505,6 +508,7 @@ def test_an_answer_read_whole_before_the_deadline_stands_though_the_deadline_exp
     assert json.loads(data)["message_uuid"] == [standin.sends[0].message_uuid]
 
 
+@pytest.mark.server
 def test_a_connect_that_stalls_past_the_deadline_over_plain_http_is_tried_again_not_unknown():
     """Nothing of the request reached a socket: it certainly did not leave."""
     with unanswered_port() as port:

@@ -125,6 +125,7 @@ def test_prune_deletes_every_old_row_in_many_batches_and_nothing_newer(database,
 
 
 # -- against the real server ----------------------------------------------------------------
+@pytest.mark.server
 def test_inbound_messages_keep_their_pace_while_a_large_prune_runs(tmp_path):
     """Tens of thousands of old messages pruned by another process (as `db prune` or a worker
     does) while signed messages arrive: each still answered 200 within P99_BOUND_S. The old

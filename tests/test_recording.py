@@ -66,6 +66,7 @@ def test_fakes_are_stable_in_a_folder_and_differ_between_folders(tmp_path):
     assert SENDER.encode() not in key.read_bytes()
 
 
+@pytest.mark.server
 def test_key_made_by_many_processes_at_once_is_one_key(tmp_path):
     script = ("import sys; sys.path.insert(0, sys.argv[2]); from app.recording.mask import folder_key; "
               "print(folder_key(sys.argv[1]).hex())")
@@ -233,6 +234,7 @@ def test_record_dir_is_made_and_must_be_a_writable_folder(tmp_path):
     assert not later.exists()
 
 
+@pytest.mark.server
 def test_gunicorn_refuses_to_start_on_a_bad_record_dir(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")
@@ -560,6 +562,7 @@ def _flask(*args, env: dict, timeout: float = 60) -> subprocess.CompletedProcess
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.server
 def test_real_server_records_and_replay_sends_to_another(tmp_path):
     folder = tmp_path / "recordings"
     (tmp_path / "a").mkdir()

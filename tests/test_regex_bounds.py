@@ -208,6 +208,7 @@ rules:
 """
 
 
+@pytest.mark.server
 def test_hostile_texts_are_answered_in_time_and_do_not_slow_other_messages(tmp_path):
     server = Server(tmp_path, rules=SERVER_RULES)
     try:

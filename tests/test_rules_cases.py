@@ -94,6 +94,7 @@ def test_shipped_cases_include_compliance_the_limit_a_conversation_and_the_clock
     assert {s.at.strftime("%a") for s in steps if s.at is not None} >= {"Mon", "Tue", "Fri", "Sat", "Sun"}
 
 
+@pytest.mark.server
 def test_the_real_command_needs_no_token_and_makes_no_database(tmp_path):
     database = tmp_path / "never.sqlite3"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLIVO_", "RULES_", "DATABASE_"))}

@@ -13,6 +13,7 @@ import json
 import re
 import time
 
+import pytest
 from hypothesis import event, example, given, strategies as st
 
 from conftest import ROOT
@@ -222,6 +223,7 @@ def test_the_generators_reach_the_compiler():
     assert parse_cases(SHIPPED_CASES, CASES_PATH, RULESET)
 
 
+@pytest.mark.server
 def test_gunicorn_refuses_to_start_on_a_hostile_file_with_path_line(tmp_path):
     """At service start (gunicorn's on_starting) as in `rules check`: the problem, no traceback."""
     import subprocess

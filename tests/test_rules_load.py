@@ -1662,6 +1662,7 @@ def test_the_tags_that_fit_keep_their_meaning():
     assert [r.name for r in ruleset.rules] == ["a", "b"]
 
 
+@pytest.mark.server
 def test_rules_check_answers_hostile_files_with_path_line_and_exit_1(tmp_path):
     """The real command, in its own process: a segfault or a traceback would show here."""
     import subprocess

@@ -30,6 +30,9 @@ from conftest import ROOT, sms
 from servers import Server
 from waiting import wait_until
 
+#: Every test here starts a real server or waits out deadlines of seconds (pyproject.toml).
+pytestmark = pytest.mark.server
+
 INTERVAL = 0.2  # RULES_RELOAD_INTERVAL as tests/servers.py sets it
 WORKERS = 3
 INSTANCE = ROOT / "instance"

@@ -16,6 +16,9 @@ import requests
 from conftest import FORM, ROOT, TOKEN, signed_headers, sms
 from servers import GUNICORN, Server, free_port, server_env
 
+#: Every test here starts a real server or waits out deadlines of seconds (pyproject.toml).
+pytestmark = pytest.mark.server
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 import threading
 import time
 from urllib.parse import urlencode
@@ -20,9 +19,10 @@ import pytest
 
 from conftest import FORM, ROOT, TOKEN, signed_headers, sms
 from servers import GUNICORN, Server, free_port, server_env
+from slow_sockets import attack, report
 
-sys.path.insert(0, str(ROOT / "bench"))
-import attack  # noqa: E402  (bench/attack.py: the slow sockets and the signed senders)
+#: Every test here starts a real server or waits out deadlines of seconds (pyproject.toml).
+pytestmark = pytest.mark.server
 
 #: The deadline of the server the edge tests run against (seconds).
 DEADLINE = 2.0
@@ -104,12 +104,12 @@ def test_hundreds_of_slow_sockets_do_not_delay_signed_messages(tmp_path):
     answered within Plivo's 8 s (the full 60 s run is `BENCH_ATTACK=1 bench/run`)."""
     srv = Server(tmp_path)  # the default deadline (5 s)
     try:
-        figures = attack.attack(srv.port, TOKEN, duration=20, per_kind=200, rate=4)
+        figures = attack(srv.port, TOKEN, duration=20, per_kind=200, rate=4)
     finally:
         srv.stop()
-    print(attack.report(figures))
+    print(report(figures))
     assert figures["sent"] >= 60
-    assert figures["fraction"] >= 0.99, attack.report(figures)
+    assert figures["fraction"] >= 0.99, report(figures)
     # The deadline ended slow sockets and the attacker replaced them: the pressure was kept.
     assert figures["closed_by_server"] >= 200, figures
     assert figures["connect_failed"] == 0, figures

@@ -37,6 +37,9 @@ from conftest import FORM, PG_ADMIN_URL, ROOT, empty_postgres, migrated_sqlite, 
 from waiting import wait_until
 from servers import Server, Servers
 
+#: Every test here starts a real server or waits out deadlines of seconds (pyproject.toml).
+pytestmark = pytest.mark.server
+
 HOURS = b"We are open 9am-5pm, Monday to Friday (New York time)."
 OUR_NUMBER = "14155550100"
 

@@ -196,6 +196,7 @@ def _start(tmp_path, **env):
     ("postgresql://postgres@127.0.0.1:1/none", "error: DATABASE_URL: cannot connect to the database: "),
     ("sqlite:////proc/no/such/dir/x.sqlite3", "error: DATABASE_URL"),
 ])
+@pytest.mark.server
 def test_server_refuses_to_start_with_one_line(tmp_path, url, says):
     result = _start(tmp_path, DATABASE_URL=url)
     assert result.returncode != 0
@@ -204,6 +205,7 @@ def test_server_refuses_to_start_with_one_line(tmp_path, url, says):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.server
 def test_flask_command_with_bad_url_is_one_line(tmp_path):
     env = server_env(DATABASE_URL="mysql://x@y/z")
     result = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "messages"], cwd=ROOT, env=env,
@@ -219,6 +221,7 @@ def app(tmp_path, database):
     return make_app(tmp_path)
 
 
+@pytest.mark.server
 def test_db_upgrade_command(tmp_path):
     url = f"sqlite:///{tmp_path}/cmd.sqlite3"
     env = server_env(DATABASE_URL=url)
@@ -357,6 +360,7 @@ def test_migrations_run_without_the_request_timeouts_and_give_them_back():
         store.dispose()
 
 
+@pytest.mark.server
 def test_alembic_by_hand_reads_database_url_file_like_the_service(tmp_path):
     """`alembic -c migrations/alembic.ini upgrade head`, as the README allows, follows the
     secrets-as-files form of DATABASE_URL too (Docker and Kubernetes secrets)."""
@@ -393,6 +397,7 @@ for _ in range(int(sys.argv[4])):
 '''
 
 
+@pytest.mark.server
 def test_the_sqlite_write_turn_is_fair_between_processes(tmp_path):
     """Two processes that want SQLite's write turn all the time take it in turns: one that has
     just had it lets the other, already waiting, go first (an flock alone lets the holder take

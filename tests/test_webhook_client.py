@@ -542,6 +542,7 @@ def test_client_refuses_an_empty_secret(secret):
 
 
 # --- a total deadline ------------------------------------------------------------------
+@pytest.mark.server
 def test_a_receiver_that_trickles_header_lines_is_cut_at_the_deadline_and_retried(clock):
     from trickler import Trickler
     with Trickler(every=0.3, lines=40) as slow:  # a line every 0.3 s: each read far inside the read timeout
@@ -556,6 +557,7 @@ def test_a_receiver_that_trickles_header_lines_is_cut_at_the_deadline_and_retrie
             assert len(slow.requests) == 2
 
 
+@pytest.mark.server
 def test_an_answer_whose_body_trickles_is_cut_at_the_deadline_and_retried(clock):
     from trickler import Trickler
     with Trickler(every=0.3, lines=40, where="body") as slow:
