@@ -29,7 +29,7 @@ import pytest
 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 os.environ.pop("RESPONDER_METRICS_DIR_MADE", None)
 
-from app import create_app  # noqa: E402
+from app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "MAtesttoken0000000000000000000000000000"
@@ -69,6 +69,7 @@ def postgres_database() -> str:
         pytest.skip(_state["pg_error"])
     if _state["pg"] is None:
         import sqlalchemy as sa
+
         from app.store import migrate
         from app.store.db import make_engine, parse_url
         name = f"responder_test_{os.getpid()}_{uuidlib.uuid4().hex[:6]}"

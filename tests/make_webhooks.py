@@ -26,12 +26,19 @@ for entry in (str(ROOT), str(HERE)):
     if entry not in sys.path:
         sys.path.insert(0, entry)
 
+from webhooks import DIR, dumps  # noqa: E402
+
 from app import smsenc  # noqa: E402  (after the sys.path set-up)
 from app.signature import (  # noqa: E402
-    HEADER_MA_V2, HEADER_MA_V3, HEADER_V2, HEADER_V2_NONCE, HEADER_V3, HEADER_V3_NONCE,
-    sign_headers, v3_signature,
+    HEADER_MA_V2,
+    HEADER_MA_V3,
+    HEADER_V2,
+    HEADER_V2_NONCE,
+    HEADER_V3,
+    HEADER_V3_NONCE,
+    sign_headers,
+    v3_signature,
 )
-from webhooks import DIR, dumps  # noqa: E402
 
 #: Made-up auth tokens the synthetic requests are signed with (not secrets).
 TOKEN = "SynthRecToken0NotASecret0000000000000000"

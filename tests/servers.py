@@ -15,9 +15,9 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import requests
+from conftest import FORM, ROOT, TOKEN, signed_headers
 
 from app.rules.holder import KEEP_FOLDER, kept_copy_path
-from conftest import FORM, ROOT, TOKEN, signed_headers
 
 GUNICORN = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py")]
 #: gunicorn through its script, as `gunicorn -c gunicorn.conf.py` starts it: a USR2 upgrade runs

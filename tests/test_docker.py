@@ -270,7 +270,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     status = 200
     seen: list[str] = []
 
-    def do_GET(self):  # noqa: N802 (http.server naming)
+    def do_GET(self):
         type(self).seen.append(self.path)
         self.send_response(self.status)
         self.send_header("Content-Length", "2")
@@ -363,6 +363,7 @@ def test_scripts_image_and_readme_agree_with_requires_python():
 
 def test_the_oldest_python_is_one_every_pinned_dependency_supports():
     from importlib.metadata import metadata
+
     from packaging.specifiers import SpecifierSet
     minimum = _requires_python()
     for path in ("requirements.txt", "requirements-dev.txt"):

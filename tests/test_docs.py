@@ -9,9 +9,9 @@ import subprocess
 
 import click
 import pytest
+from conftest import ROOT
 
 import config
-from conftest import ROOT
 
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 PAGES = [ROOT / "README.md", *DOCS, ROOT / "bench" / "README.md"]

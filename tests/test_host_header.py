@@ -13,13 +13,13 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 import pytest
+from conftest import FORM, TOKEN, signed_headers, sms
+from rawhttp import exchange, request
+from servers import Server
 
 from app import signature
 from app.hostcheck import valid_host, valid_scheme
 from app.service import called_url
-from conftest import FORM, TOKEN, signed_headers, sms
-from rawhttp import exchange, request
-from servers import Server
 
 #: Every test here starts a real server or waits out deadlines of seconds (pyproject.toml).
 pytestmark = pytest.mark.server

@@ -27,7 +27,7 @@ import uuid as uuidlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
 import requests
@@ -35,7 +35,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest, servers: also when run as a script
 
-from conftest import FORM, TOKEN, sms  # noqa: E402
+from conftest import FORM, TOKEN, sms
 
 #: Every test here starts a real server or waits out deadlines of seconds (pyproject.toml).
 pytestmark = pytest.mark.server

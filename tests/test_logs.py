@@ -20,10 +20,10 @@ from urllib.parse import urlencode
 
 import pytest
 import requests
-
-from app.rules.holder import KEEP_FOLDER, kept_copy_path
 from conftest import ROOT, TOKEN, signed_headers, sms
 from servers import GUNICORN, Server, free_port, server_env
+
+from app.rules.holder import KEEP_FOLDER, kept_copy_path
 
 SENDER = "14155557777"
 OURS = "14155550100"

@@ -10,7 +10,6 @@ import uuid
 from urllib.parse import urlencode
 
 import pytest
-
 from conftest import ROOT, signed_headers
 from rawhttp import exchange, request
 from servers import Server

@@ -21,15 +21,15 @@ from pathlib import Path
 
 import pytest
 import requests
-from prometheus_client.mmap_dict import MmapedDict, mmap_key
-from prometheus_client.parser import text_string_to_metric_families
-
-from app.outbound.sender import build_sender
 from conftest import ROOT, TOKEN, listening, make_app, send, signed_headers, sms
 from plivo_standin import Answer, PlivoStandin
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from prometheus_client.parser import text_string_to_metric_families
 from servers import GUNICORN_SCRIPT, Server
 from test_outbox import Receiver, whatsapp
 from waiting import wait_until
+
+from app.outbound.sender import build_sender
 
 RULES = """\
     version: 1
@@ -205,6 +205,7 @@ def test_a_scrape_storm_reads_the_database_once_per_interval(tmp_path, database)
     """A worker reads the database figures at most once every STATE_SECONDS, however many threads
     scrape it; between reads it answers with the figures it read last."""
     import threading
+
     from app import metrics
     app = make_app(tmp_path, RULES, PLIVO_AUTH_ID="MAMETRICS")   # the service's interval
     store = app.extensions["responder"].store

@@ -9,24 +9,23 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import requests
 import sqlalchemy as sa
-
-from app.outbound import webhook
-from app.plivoxml import EMPTY
-from app.store.db import parse_url
 from conftest import TOKEN, empty_postgres, postgres_database, sms
 from plivo_standin import Answer, PlivoStandin
 from servers import Server, Servers
 from test_outbox import Receiver, assert_slots_held, quote_and_hours
 from waiting import wait_until
+
+from app.outbound import webhook
+from app.plivoxml import EMPTY
+from app.store.db import parse_url
 
 #: Every test here starts a real server or waits out deadlines of seconds (pyproject.toml).
 pytestmark = pytest.mark.server
@@ -345,9 +344,10 @@ def test_replay_goes_only_to_a_target_that_holds_its_outbox_and_that_target_send
     import sys
     from urllib.parse import urlencode
 
-    from app.recording import dumps
     from conftest import FORM, ROOT
     from servers import server_env
+
+    from app.recording import dumps
 
     receiver = Receiver()
     rules = f"""version: 1

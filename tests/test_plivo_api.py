@@ -23,12 +23,11 @@ from pathlib import Path
 import pytest
 import requests
 import urllib3.exceptions
-
-from app.outbound import FAILED, RETRY, SENT, UNKNOWN
-from app.outbound import plivo
-from app.outbound.plivo import Found, MessageApi
 from conftest import listening
 from plivo_standin import Answer, PlivoStandin
+
+from app.outbound import FAILED, RETRY, SENT, UNKNOWN, plivo
+from app.outbound.plivo import Found, MessageApi
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = "14155550100"
@@ -457,8 +456,9 @@ def test_the_deadline_watchdog_outlives_a_connection_it_cannot_shut_and_still_cu
     """Through an https proxy `conn.sock` is urllib3's SSLTransport, not a socket: its real socket
     is shut down, and anything the watchdog cannot shut does not end the watchdog (which would
     leave every later exchange of the worker without a total deadline)."""
-    from app.outbound import deadline
     from trickler import Trickler
+
+    from app.outbound import deadline
 
     class Transport:  # like urllib3's SSLTransport: the socket is its `.socket`; not a socket itself
         def __init__(self, sock):

@@ -9,10 +9,10 @@ from __future__ import annotations
 import uuid as uuidlib
 from urllib.parse import quote, urlencode
 
-from hypothesis import assume, event, given, strategies as st
-from lxml import etree
-
 from conftest import send, sms
+from hypothesis import assume, event, given
+from hypothesis import strategies as st
+from lxml import etree
 from property_settings import examples
 
 from app import inbound

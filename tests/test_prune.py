@@ -18,15 +18,15 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-
-from app.store import Store, utcnow
-from app.store.writer import WriteTurn
-from app.store.db import parse_url
 from conftest import migrated_sqlite, sms
 from old_rows import fill
 from servers import Server
 from test_state_server import post
 from waiting import wait_until
+
+from app.store import Store, utcnow
+from app.store.db import parse_url
+from app.store.writer import WriteTurn
 
 #: Old messages the server test prunes (with their replies, reports, nonces: about 205,000 rows).
 PRUNED = 50_000

@@ -21,9 +21,13 @@ from urllib.parse import parse_qsl, urlencode
 
 import pytest
 import requests
+import webhooks
+from conftest import FORM, MONDAY_10AM, NY, ROOT, TOKEN, listening, make_app, send, signed_headers, sms
+from servers import GUNICORN, Server, free_port, server_env
+from waiting import wait_until
+from webhooks import check_answer, make_app_for, parse_messages, replay
 
 import config
-import webhooks
 from app import signature
 from app.recording import load, service_path
 from app.recording import mask as masking
@@ -31,10 +35,6 @@ from app.recording import recorder as recorder_module
 from app.recording.mask import METADATA_PARAMS, Masker, folder_key, mask_form, numbers_named
 from app.recording.recorder import Arrival, Recorder
 from app.service import Answer, HttpRequest
-from conftest import FORM, MONDAY_10AM, NY, ROOT, TOKEN, listening, make_app, send, signed_headers, sms
-from waiting import wait_until
-from servers import GUNICORN, Server, free_port, server_env
-from webhooks import check_answer, make_app_for, parse_messages, replay
 
 SENDER = "14155550177"        # a customer: never in a masked recording
 SENDER_FORMATTED = "+1 (415) 555-0177"

@@ -12,15 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from conftest import ROOT, listening, sms
 from prometheus_client.parser import text_string_to_metric_families
+from servers import Server
 
 from app import metrics
 from app.cli import check_rules
 from app.inbound import Inbound
-from app.rules import RulesError, compile_text, decide, load
-from app.rules import regexes
-from conftest import ROOT, sms, listening
-from servers import Server
+from app.rules import RulesError, compile_text, decide, load, regexes
 
 HOSTILE = "a" * 40 + "!"  # ^(a|aa)+$ backtracks through every way of splitting 40 a's
 SLOW = "^(a|aa)+$"

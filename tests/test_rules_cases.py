@@ -10,10 +10,10 @@ import sys
 import textwrap
 
 import pytest
+from conftest import ROOT
 
 from app import ruletest
 from app.rules import compile_text, load
-from conftest import ROOT
 
 RULES = ROOT / "rules.yaml"
 CASES = ROOT / "rules.test.yaml"

@@ -14,9 +14,9 @@ import re
 import time
 
 import pytest
-from hypothesis import event, example, given, strategies as st
-
 from conftest import ROOT
+from hypothesis import event, example, given
+from hypothesis import strategies as st
 from property_settings import examples
 
 from app.rules import compiler as rules_compiler

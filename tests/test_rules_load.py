@@ -10,9 +10,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from app.inbound import Inbound
 import app.rules.compiler as compiler_module
-from app.rules import Sending, Problem, RulesError, Webhook, compile_text, decide, load
+from app.inbound import Inbound
+from app.rules import Problem, RulesError, Sending, Webhook, compile_text, decide, load
 
 ROOT = Path(__file__).resolve().parent.parent
 NY = ZoneInfo("America/New_York")

@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 import app.rules.holder as holder_module
-from app.rules import Sending, RuleSet, RulesError, RulesHolder, compile_text
+from app.rules import RulesError, RuleSet, RulesHolder, Sending, compile_text
 from app.rules.holder import KeptCopy, Version, compile_and_keep, kept_copy_path, read_version
 from app.rules.kept import KEEP_VERSIONS
-from waiting import wait_until
 
 GOOD_A = """\
 version: 1

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pytest
 import requests
-
-from app.rules import compile_text
-from app.rules.holder import KEEP_FOLDER, kept_copy_path
 from conftest import ROOT, sms
 from servers import Server
 from waiting import wait_until
+
+from app.rules import compile_text
+from app.rules.holder import KEEP_FOLDER, kept_copy_path
 
 #: Every test here starts a real server or waits out deadlines of seconds (pyproject.toml).
 pytestmark = pytest.mark.server

@@ -12,7 +12,6 @@ from urllib.parse import urlencode
 
 import pytest
 import requests
-
 from conftest import FORM, ROOT, TOKEN, signed_headers, sms
 from servers import GUNICORN, Server, free_port, server_env
 

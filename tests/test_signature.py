@@ -7,9 +7,21 @@ from urllib.parse import parse_qs, quote, quote_plus, urlparse
 import pytest
 
 from app.signature import (
-    HEADER_MA_V2, HEADER_MA_V3, HEADER_V2, HEADER_V2_NONCE, HEADER_V3,
-    HEADER_V3_NONCE, BadSignature, MissingNonce, MissingSignature,
-    SignatureError, request_digest, sign_headers, v2_signature, v3_signature, verify,
+    HEADER_MA_V2,
+    HEADER_MA_V3,
+    HEADER_V2,
+    HEADER_V2_NONCE,
+    HEADER_V3,
+    HEADER_V3_NONCE,
+    BadSignature,
+    MissingNonce,
+    MissingSignature,
+    SignatureError,
+    request_digest,
+    sign_headers,
+    v2_signature,
+    v3_signature,
+    verify,
 )
 
 TOKEN = "my_auth_token"

@@ -16,7 +16,6 @@ import time
 from urllib.parse import urlencode
 
 import pytest
-
 from conftest import FORM, ROOT, TOKEN, signed_headers, sms
 from servers import GUNICORN, Server, free_port, server_env
 from slow_sockets import attack, report

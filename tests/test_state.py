@@ -11,10 +11,10 @@ from urllib.parse import urlencode
 
 import pytest
 import sqlalchemy as sa
+from conftest import FORM, MONDAY_10AM, make_app, send, signed_headers, sms
 from lxml import etree
 
 from app.store import seen_key
-from conftest import FORM, MONDAY_10AM, TOKEN, make_app, send, signed_headers, sms
 
 pytestmark = pytest.mark.usefixtures("database")
 

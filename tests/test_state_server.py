@@ -24,18 +24,18 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from urllib.parse import urlencode
 
+import conftest
 import pytest
 import requests
 import sqlalchemy as sa
+from conftest import FORM, PG_ADMIN_URL, ROOT, empty_postgres, migrated_sqlite, postgres_database, signed_headers, sms
+from servers import Server, Servers
+from waiting import wait_until
 
-import conftest
 from app.plivoxml import EMPTY
 from app.store import Store, utcnow
 from app.store.db import parse_url
 from app.store.writer import GroupCommit
-from conftest import FORM, PG_ADMIN_URL, ROOT, empty_postgres, migrated_sqlite, postgres_database, signed_headers, sms
-from waiting import wait_until
-from servers import Server, Servers
 
 #: Every test here starts a real server or waits out deadlines of seconds (pyproject.toml).
 pytestmark = pytest.mark.server

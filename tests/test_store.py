@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
+from datetime import datetime
 
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-
-from datetime import datetime
+from conftest import PG_ADMIN_URL, ROOT, TOKEN, make_app, postgres_database, send, sms
+from test_server import GUNICORN, free_port, server_env
 
 from app.store import Claim, Needs, Replayed, Store, day_number, migrate, seen_key
 from app.store.db import DatabaseUrlError, make_engine, parse_url
 from app.store.schema import metadata
-from conftest import PG_ADMIN_URL, ROOT, TOKEN, make_app, postgres_database, send, sms
-from test_server import GUNICORN, free_port, server_env
 
 
 # -- migrations -------------------------------------------------------------------------------------
@@ -491,8 +490,10 @@ def test_a_postgresql_batch_never_waits_for_a_senders_lock():
     answers the other sender at once; the held sender's message waits in its own thread."""
     import threading
     import time
-    from app.store.values import lock_key
+
     from conftest import empty_postgres
+
+    from app.store.values import lock_key
     url = postgres_database()
     empty_postgres()
     store = Store(url)

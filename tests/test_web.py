@@ -6,9 +6,8 @@ import logging
 from urllib.parse import urlencode
 
 import pytest
-from lxml import etree
-
 from conftest import FORM, TOKEN, listening, make_app, send, signed_headers, sms
+from lxml import etree
 
 #: Every test here runs on SQLite and on PostgreSQL (conftest.py).
 pytestmark = pytest.mark.usefixtures("database")

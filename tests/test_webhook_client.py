@@ -14,13 +14,20 @@ from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
-from app.outbound import FAILED, MAX_RETRY_AFTER as MAX_DELAY, RETRY, SENT
-from app.outbound.webhook import (
-    DELIVERY_HEADER, HEADER, WebhookSignatureError, WebhookClient,
-    body, retry_after, sign, verify_webhook,
-)
 from conftest import listening
+
+from app.outbound import FAILED, RETRY, SENT
+from app.outbound import MAX_RETRY_AFTER as MAX_DELAY
+from app.outbound.webhook import (
+    DELIVERY_HEADER,
+    HEADER,
+    WebhookClient,
+    WebhookSignatureError,
+    body,
+    retry_after,
+    sign,
+    verify_webhook,
+)
 
 SECRET = "whsec_test"
 T = 1700000000

@@ -10,11 +10,10 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 import pytest
+from conftest import FORM, make_app, send, signed_headers, sms
 from flask import Flask, request_started
 from werkzeug.test import Client
 from werkzeug.wrappers import Response
-
-from conftest import FORM, make_app, send, signed_headers, sms
 
 
 class Both:

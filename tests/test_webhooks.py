@@ -6,9 +6,8 @@ written by tests/make_webhooks.py, recordings of real traffic by the service (RE
 
 from __future__ import annotations
 
-import pytest
-
 import make_webhooks
+import pytest
 import webhooks
 from webhooks import check_answer, load, make_app_for, parse_messages, replay
 

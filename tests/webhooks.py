@@ -10,7 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.recording import (  # noqa: F401  (re-exported: the format, for the tests)
-    base_url, body_bytes, clock, dumps, header, load, parse_messages, target,
+    base_url,
+    body_bytes,
+    clock,
+    dumps,
+    header,
+    load,
+    parse_messages,
+    target,
 )
 
 HERE = Path(__file__).resolve().parent
