@@ -14,8 +14,9 @@ A socket the server answers or closes is replaced at once by a new one of the sa
 kind, so the pressure stays constant. Meanwhile, correctly signed inbound SMS are sent
 at a steady `--rate` per second, each on a new connection, as Plivo would; with
 `--hostile-every S`, one SMS of 32 `a` and a `!` (catastrophic backtracking for a rule
-`regex: '^(a+)+$'` and `'^(a|aa)+$'`, which takes seconds without a bound) every S seconds too, counted apart. It prints the fraction of the
-signed messages answered (200) within Plivo's 8 s, and their p50/p99 latency.
+`regex: '^(a+)+$'` and `'^(a|aa)+$'`, which takes seconds without a bound) every S
+seconds too, counted apart. It prints the fraction of the signed messages answered
+(200) within Plivo's 8 s, and their p50/p99 latency.
 
 Used by `BENCH_ATTACK=1 bench/run`. The sockets and the senders are tests/slow_sockets.py's,
 which tests/test_slow_clients.py runs for 20 s.

@@ -3,10 +3,11 @@
     fill(url, count)   # `count` old messages, each with what a day of traffic leaves
 
 Each message (an SMS answered by XML) comes with its reply, one delivery report on
-that reply, its signature nonce as `seen` keeps it (its MessageUUID goes there when it is pruned), and every tenth with a finished webhook call in the
-outbox, as the service would have written them `days_old` days ago and after (one
-message every `spacing_s` seconds). Written by the database itself in chunks
-(SQLite: a recursive CTE; PostgreSQL: generate_series), about 5 rows per message.
+that reply, its signature nonce as `seen` keeps it (its MessageUUID goes there when it
+is pruned), and every tenth with a finished webhook call in the outbox, as the service
+would have written them `days_old` days ago and after (one message every `spacing_s`
+seconds). Written by the database itself in chunks (SQLite: a recursive CTE;
+PostgreSQL: generate_series), about 5 rows per message.
 
 Used by tests/test_prune.py and bench/prune.py; standard library and SQLAlchemy only.
 """

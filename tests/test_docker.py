@@ -408,7 +408,7 @@ def _image_ids() -> dict[str, int]:
     """{name: id} of the users and groups the Dockerfile makes, and root's."""
     ids = {"root": 0, "0": 0}
     runs = " ".join(_all("RUN"))
-    for name_flag, id_flag, cmd in (("", "--gid", "groupadd"), ("", "--uid", "useradd")):
+    for id_flag, cmd in (("--gid", "groupadd"), ("--uid", "useradd")):
         for match in re.finditer(rf"{cmd}\b[^&]*?{id_flag}\s+(\d+)[^&]*?\s(\w+)\s*(?:&&|$)", runs):
             ids.setdefault(match.group(2), int(match.group(1)))
     return ids

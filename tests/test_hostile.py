@@ -522,7 +522,8 @@ def test_hostile_rules_file(path, fleet):
     finally:
         # The good rules back on every worker, so the next case's refusal is its own.
         _write_at_once(srv.rules, good)
-        restored = _every_worker(srv, workers, lambda body: body.get("status") == "ready" and not body.get("reload_failed"))
+        restored = _every_worker(
+            srv, workers, lambda body: body.get("status") == "ready" and not body.get("reload_failed"))
     assert not problems, f"{path.name}\n" + "\n".join(problems)
     assert restored is not None, "the good rules file was not taken back by every worker within 15 s"
 
@@ -552,7 +553,8 @@ def main(argv: list[str]) -> int:
             continue
         problems = replay(case, args.port, args.host)
         failed += bool(problems)
-        print(f"{'FAIL' if problems else 'ok  '} {case.name} [{case.server}]" + "".join(f"\n     {p}" for p in problems))
+        print(f"{'FAIL' if problems else 'ok  '} {case.name} [{case.server}]"
+              + "".join(f"\n     {p}" for p in problems))
     return 1 if failed else 0
 
 

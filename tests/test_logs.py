@@ -382,7 +382,8 @@ def test_no_log_line_holds_a_text_or_a_number_whatever_the_request(tmp_path):
         assert r.status == 403
         q = query()  # a GET with a bad signature
         assert requests.get(f"{server.base}/message?{q}", headers=signed_headers(
-            f"{server.base}/message?{q}", {}, method="GET", token="notthetoken0123456789"), timeout=10).status_code == 403
+            f"{server.base}/message?{q}", {}, method="GET", token="notthetoken0123456789"),
+            timeout=10).status_code == 403
         assert server.post(params()).status_code == 200  # good POST
         q = query()  # good GET
         assert requests.get(f"{server.base}/message?{q}", headers=signed_headers(

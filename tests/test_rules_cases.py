@@ -282,12 +282,14 @@ def test_whatsapp_and_media_replies_count_as_replies(tmp_path):
 
 # -- a bad cases file ----------------------------------------------------------------------
 @pytest.mark.parametrize("cases, line, message", [
-    ("cases:\n  - {text: hi, replies: [], repiles: []}\n", 2, "unknown key 'repiles' in a case (did you mean 'replies'?)"),
+    ("cases:\n  - {text: hi, replies: [], repiles: []}\n", 2,
+     "unknown key 'repiles' in a case (did you mean 'replies'?)"),
     ("cases:\n  - name: x\n    replies: []\n", 2, "a case needs 'text' (the message), or 'steps' (a conversation)"),
     ("cases:\n  - {text: hi}\n", 2, "a case needs 'replies': the texts expected back, in order ([] for none)"),
     ("cases:\n  - text: hi\n    replies: {a: 1}\n", 3, "'replies' takes a list of texts ([] for none), got a mapping"),
     ("cases:\n  - text: [hi]\n    replies: []\n", 2, "'text' must be text, got a list"),
-    ("cases:\n  - text: hi\n    replies: []\n    rules: [hourz]\n", 4, "no rule is named 'hourz' (did you mean 'hours'?)"),
+    ("cases:\n  - text: hi\n    replies: []\n    rules: [hourz]\n", 4,
+     "no rule is named 'hourz' (did you mean 'hours'?)"),
     ("cases:\n  - text: hi\n    at: tomorrow\n    replies: []\n", 3,
      "'at' takes a local time in the rules' timezone, such as \"2026-11-23T10:00\", got 'tomorrow'"),
     ("cases:\n  - text: hi\n    at: '9999-12-31T23:59'\n    replies: []\n", 3,
@@ -298,7 +300,8 @@ def test_whatsapp_and_media_replies_count_as_replies(tmp_path):
      "'at' must be in the years 1970 to 9998, got '0001-01-01T00:30'"),
     ("cases:\n  - text: hi\n    from: bob\n    replies: []\n", 3,
      "'from': 'bob' is not a phone number (digits, optionally with + spaces dashes dots parentheses)"),
-    ("cases:\n  - text: hi\n    type: fax\n    replies: []\n", 3, "'type' must be one of sms, mms, whatsapp, got 'fax'"),
+    ("cases:\n  - text: hi\n    type: fax\n    replies: []\n", 3,
+     "'type' must be one of sms, mms, whatsapp, got 'fax'"),
     ("cases:\n  - text: hi\n    replies: []\n    forwards: [{to: [1]}]\n", 4, "a forward needs 'text'"),
     ("cases:\n  - name: c\n    text: hi\n    steps: [{text: hi, replies: []}]\n", 3,
      "unknown key 'text' in a case with 'steps' (its messages and expectations go in each step)"),

@@ -1010,7 +1010,8 @@ def test_keyword_rule_stops_before_later_general_rule():
         - name: general-last
           reply: b
         """)
-    assert decide(ruleset, msg("STOP"), MONDAY_10AM) == Decision(("general-first", "kw"), (reply("general-first", "a"),), ())
+    assert decide(ruleset, msg("STOP"), MONDAY_10AM) == Decision(
+        ("general-first", "kw"), (reply("general-first", "a"),), ())
     assert decide(ruleset, msg("go"), MONDAY_10AM).matched == ("general-first", "general-last")
 
 

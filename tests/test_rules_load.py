@@ -1692,7 +1692,8 @@ def test_a_reload_of_a_hostile_file_keeps_the_rules_in_use(tmp_path):
     path.write_text("version: 1\nrules: [{name: a, reply: A}]\nx: " + "[" * 5000 + "]" * 5000 + "\n")
     assert holder.load() is False
     assert holder.current() is first
-    assert [(p.line, p.message) for p in holder.error.problems] == [(3, "lists and mappings are nested more than 50 deep")]
+    assert [(p.line, p.message) for p in holder.error.problems] == [
+        (3, "lists and mappings are nested more than 50 deep")]
 
 
 # -- what a problem says without quoting the file (issue 13) -------------------------

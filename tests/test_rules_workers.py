@@ -116,7 +116,7 @@ def each_worker(srv: Server) -> dict[int, dict]:
         try:
             for other in others:
                 os.kill(other, signal.SIGSTOP)
-            wait_until(lambda: all(stopped(other) for other in others), 5, "the other workers to stop")
+            wait_until(lambda others=others: all(stopped(other) for other in others), 5, "the other workers to stop")
             r = requests.get(srv.base + "/readyz", headers=CLOSE, timeout=10)
         finally:
             for other in others:
@@ -260,7 +260,8 @@ def test_a_good_edit_then_a_broken_one_leaves_every_worker_on_the_good_one(start
     for version in range(2, 12, 2):  # a few rounds, in case every worker looked in the short window
         good = rules("bakery", version)
         replace(srv.rules, good)
-        wait_until(lambda: kept_digest(srv.rules) == digest(good), PATIENCE, f"version {version} to be kept")
+        wait_until(lambda good=good: kept_digest(srv.rules) == digest(good), PATIENCE,
+                   f"version {version} to be kept")
         since = log_size(srv)
         replace(srv.rules, BROKEN)                      # at once: most workers have not looked yet
         # No request in between: each worker finds the file broken at its next look, and logs
@@ -288,7 +289,8 @@ def test_a_hup_with_a_broken_file_answers_with_this_services_rules_not_the_neigh
     assert bakery.rules != garage.rules
     # The garage's rules are kept after the bakery's (one shared file would now hold the garage's).
     replace(garage.rules, rules("garage", 2))
-    wait_until(lambda: kept_digest(garage.rules) == digest(rules("garage", 2)), PATIENCE, "the garage's rules to be kept")
+    wait_until(lambda: kept_digest(garage.rules) == digest(rules("garage", 2)), PATIENCE,
+               "the garage's rules to be kept")
     assert kept_digest(bakery.rules) == digest(rules("bakery", 1))
 
     before = bakery.workers()

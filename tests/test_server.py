@@ -48,7 +48,8 @@ def test_bad_requests_get_short_answers_and_workers_survive(server):
     assert len(before) == 2
     cases = [
         (server.post(sms("hours"), token="wrong"), 403),
-        (requests.post(server.base + "/message", data=urlencode(sms()), headers={"Content-Type": FORM}, timeout=10), 403),
+        (requests.post(server.base + "/message", data=urlencode(sms()), headers={"Content-Type": FORM},
+                       timeout=10), 403),
         (server.post(sms("hours", From=None)), 400),
         (server.post(sms("x" * 5000)), 413),
         (server.post(sms(), data=b"From=1&To=2&MessageUUID=u&Text=\xff"), 400),
@@ -85,7 +86,7 @@ def test_rejection_is_logged_with_url_and_headers(server, tmp_path):
     line = None
     while line is None and time.monotonic() < deadline:  # the worker writes the line as it answers
         log = Path(server.log.name).read_text()
-        line = next((l for l in reversed(log.splitlines()) if "signature rejected" in l), None)
+        line = next((line for line in reversed(log.splitlines()) if "signature rejected" in line), None)
         if line is None:
             time.sleep(0.05)  # polling interval, not a wait for the outcome
     assert line is not None, "no 'signature rejected' line within 10 s"
@@ -94,7 +95,7 @@ def test_rejection_is_logged_with_url_and_headers(server, tmp_path):
     # wrong token reached this worker just before) says it was skipped, and that earlier line has it.
     # On 127.0.0.1 without PUBLIC_URL the hint is the URL's (a proxy that passes no Host?), and
     # names the token for the case that Plivo does call this address.
-    hinted = [l for l in log.splitlines() if "signature rejected" in l and "likelier wrong" in l]
+    hinted = [line for line in log.splitlines() if "signature rejected" in line and "likelier wrong" in line]
     hint = (f"127.0.0.1 is a loopback address, seldom the address Plivo calls (a proxy in front that passes "
             f"no X-Forwarded-Host?): set PUBLIC_URL to the base of the URL in the Plivo application (as "
             f"https://sms.example.com); if Plivo does call {server.base}, PLIVO_AUTH_TOKEN is wrong")
@@ -115,7 +116,8 @@ def test_behind_a_proxy_that_passes_no_host_the_hint_names_public_url(tmp_path):
         deadline = time.monotonic() + 10
         line = None
         while line is None and time.monotonic() < deadline:  # the worker writes the line as it answers
-            line = next((l for l in srv.log_path.read_text().splitlines() if "signature rejected" in l), None)
+            lines = srv.log_path.read_text().splitlines()
+            line = next((line for line in lines if "signature rejected" in line), None)
             if line is None:
                 time.sleep(0.05)  # polling interval, not a wait for the outcome
     finally:
@@ -222,7 +224,8 @@ def test_refuses_to_start_on_bad_rules(tmp_path):
 def test_signatures_off_warns_at_start(tmp_path):
     srv = Server(tmp_path, VERIFY_SIGNATURES="false")
     try:
-        r = requests.post(srv.base + "/message", data=urlencode(sms("hours")), headers={"Content-Type": FORM}, timeout=10)
+        r = requests.post(srv.base + "/message", data=urlencode(sms("hours")), headers={"Content-Type": FORM},
+                          timeout=10)
         assert r.status_code == 200
     finally:
         srv.stop()

@@ -266,7 +266,8 @@ def test_chunked_bodies_that_cannot_end_well(server, tail, status, at_once):
 
 def test_headers_too_large_are_refused_at_once(server):
     with connect(server.port) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-A: " + b"a" * 140_000)  # the worker keeps 131 KB at most
+        # the worker keeps 131 KB at most
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-A: " + b"a" * 140_000)
         assert read_response(sock, within=DEADLINE - 0.5)[0] == 431
 
 

@@ -621,7 +621,8 @@ class RoundTrips:
         lines = self._file.read().splitlines()
         self._file.seek(0)
         self._file.truncate()
-        return sum(1 for line in lines if line.split("\t")[:1] == ["F"] and line.split("\t")[2:3] in (["Query"], ["Sync"]))
+        return sum(1 for line in lines
+                   if line.split("\t")[:1] == ["F"] and line.split("\t")[2:3] in (["Query"], ["Sync"]))
 
 
 def test_a_new_message_costs_at_most_four_round_trips(app, client, tmp_path):

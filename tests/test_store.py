@@ -101,7 +101,8 @@ def test_migration_0005_keeps_a_replys_numbers_as_a_list(empty_url):
             for position, dst in ((0, "14155550123"), (1, "14155550111<14155550122")):
                 conn.execute(sa.text(
                     "INSERT INTO replies (message_id, position, kind, src, dst, sender, limited, text, via, "
-                    "created_at) SELECT id, :p, 'forward', '14155550100', :dst, '14155550123', false, 't', 'xml', :at FROM messages"),
+                    "created_at) SELECT id, :p, 'forward', '14155550100', :dst, '14155550123', false, 't', 'xml', "
+                    ":at FROM messages"),
                     {"p": position, "dst": dst, "at": datetime(2026, 1, 2)})
         migrate.upgrade(engine)
         store = Store(empty_url, pool_size=1)
@@ -502,7 +503,8 @@ def test_a_postgresql_batch_never_waits_for_a_senders_lock():
         with holder.connect() as conn:
             conn.exec_driver_sql("BEGIN")
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (lock_key("14155550111"),))
-            held, free = _Work("uuid-held", "n-held", sender="14155550111"), _Work("uuid-free", "n-free", sender="14155550222")
+            held = _Work("uuid-held", "n-held", sender="14155550111")
+            free = _Work("uuid-free", "n-free", sender="14155550222")
             from app.store.messages import ALONE
             from app.store.writer import Job
             jobs = [Job(held), Job(free)]
