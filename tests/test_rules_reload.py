@@ -684,6 +684,88 @@ def test_what_the_file_holds_now_wins_a_tie_and_an_older_offer_is_refused(tmp_pa
     assert len(refused) == 2 and f"stays as it is ({digest_of(V2)})" in refused[0]
 
 
+def test_a_version_read_while_the_clock_was_ahead_is_not_kept_again_once_the_file_moved_on(tmp_path):
+    """A worker loaded V1 while the clock ran 60 s ahead; the clock was set right and the file
+    edited to V2, which another worker kept. The first worker's V1, offered again (it finds
+    the kept copy older than its own), must not pass for newer and roll every worker back."""
+    path, keep = tmp_path / "rules.yaml", tmp_path / "rules-kept"
+    path.write_text(V2)
+    kept = KeptCopy(str(keep), str(path))
+    current, _ = read_version(str(path))
+    assert kept.offer(current) is True
+    ahead = time.time_ns() + 60 * 10**9
+    assert kept.offer(Version.of(V1, (ahead, ahead))) is False
+    assert kept.read().digest == digest_of(V2)
+
+
+def test_a_newer_version_kept_after_the_file_changed_is_not_removed_by_an_older_offer(tmp_path, monkeypatch):
+    """An offer of what the file holds removes the versions named newer (a clock that was
+    ahead), but only while the file still holds it: here the file changes just after the offer
+    found it current, and the version another process kept of the new content stays newest."""
+    import app.rules.kept as kept_module
+
+    path, keep = tmp_path / "rules.yaml", tmp_path / "rules-kept"
+    path.write_text(V1)
+    old, _ = read_version(str(path))
+    path.write_text(V2)
+    os.utime(path, ns=(old.changed[1] + 10**9, old.changed[1] + 10**9))
+    new, _ = read_version(str(path))
+    kept = KeptCopy(str(keep), str(path))
+    assert kept.offer(new) is True                 # another process kept the file's new content
+    looks = []
+    real = kept_module.file_signature
+
+    def changes_after_the_first_look(source):      # the first look still saw the old content
+        looks.append(source)
+        return old.signature if len(looks) == 1 else real(source)
+
+    monkeypatch.setattr(kept_module, "file_signature", changes_after_the_first_look)
+    kept.offer(old)
+    assert len(looks) >= 2
+    assert kept.read().digest == digest_of(V2)
+
+
+def test_a_file_system_without_hard_links_still_keeps_each_version(tmp_path, monkeypatch):
+    """SMB/CIFS and some FUSE mounts refuse os.link: versions are renamed into place instead."""
+    import errno
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    path, keep = tmp_path / "rules.yaml", tmp_path / "rules-kept"
+    path.write_text(V1)
+    first = RulesHolder(str(path), keep_dir=str(keep))
+    assert first.load() is True and kept_text(keep, path) == V1
+    path.write_text(V3_BAD)
+    respawned = RulesHolder(str(path), keep_dir=str(keep))
+    assert respawned.load() is False and respawned.current().digest == digest_of(V1)
+    leftovers = [p.name for p in Path(kept_copy_path(str(keep), str(path))).iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_a_kept_copy_that_could_not_be_read_is_read_again_at_the_next_look(tmp_path, monkeypatch):
+    """A worker started while the file is bad, whose first look at the kept copy failed (too
+    many open files, an I/O error), reads it again at the next look, not only once it changes."""
+    path, keep = tmp_path / "rules.yaml", tmp_path / "rules-kept"
+    path.write_text(V1)
+    assert RulesHolder(str(path), keep_dir=str(keep)).load() is True
+    path.write_text(V3_BAD)
+    real_open, failing = open, [True]
+
+    def flaky_open(file, *args, **kwargs):
+        if failing[0] and str(file).startswith(kept_copy_path(str(keep), str(path))):
+            raise OSError(24, "Too many open files")
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", flaky_open)
+    worker = RulesHolder(str(path), 1, keep_dir=str(keep))
+    assert worker.load() is False and worker.current() is None
+    failing[0] = False
+    worker.refresh()
+    assert worker.current() is not None and worker.current().digest == digest_of(V1)
+
+
 def test_a_version_is_stamped_from_the_file_it_was_read_from(tmp_path):
     path = tmp_path / "rules.yaml"
     path.write_text(V1)

@@ -311,8 +311,10 @@ class RulesHolder:
         signature = self.kept.signature()
         if not force and signature == self._kept_seen:
             return False
-        self._kept_seen = signature
         kept, mine = self.kept.read(), self._version
+        # A listing or a read that failed (too many open files, an I/O error) is tried again at
+        # the next look, not only once the folder changes.
+        self._kept_seen = None if signature is None or self.kept.read_failed else signature
         if mine is not None and (kept is None or kept.changed < mine.changed):
             self._to_offer = mine
         if kept is None or (mine is not None and (kept.digest == mine.digest or kept.changed < mine.changed)):

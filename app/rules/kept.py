@@ -12,6 +12,7 @@ are removed by their age alone.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -34,6 +35,10 @@ STALE_TMP = 300.0
 
 _NAME = re.compile(r"[0-9]{20}-[0-9]{20}-[0-9a-f]{12}\Z")
 _TMP = ".tmp-"
+#: What os.link raises where the file system has no hard links: the version is renamed instead.
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS})
+#: How far ahead of this clock a change time may be before it is taken for a clock that was ahead.
+_CLOCK_MARGIN_NS = 5_000_000_000
 
 
 def keep_dir(instance_path: str) -> str:
@@ -92,6 +97,7 @@ class KeptCopy:
         self.path = kept_copy_path(folder, rules_path)
         self._reported: set[str] = set()  # problems logged about the kept files, each once
         self._trouble: str | None = None  # the last reason a version could not be kept, logged once
+        self.read_failed = False           # the last read ended on an error of the system
         self._tidy()
 
     def _names(self) -> list[str]:
@@ -111,10 +117,12 @@ class KeptCopy:
     def read(self) -> Version | None:
         """The newest usable version, or None. A file that is no version of this rules file is
         passed over (logged once); one that cannot be read now ends the search, rather than
-        answer with older rules."""
+        answer with older rules (`read_failed` then says so: read again at the next look)."""
+        self.read_failed = False
         try:
             names = self._names()
         except OSError as exc:
+            self.read_failed = True
             return self.reject(f"they cannot be read: {exc}")
         for name in names:
             try:
@@ -126,6 +134,7 @@ class KeptCopy:
                 self.reject(f"{name} cannot be read: {exc}")
                 continue
             except OSError as exc:
+                self.read_failed = True
                 return self.reject(f"{name} cannot be read: {exc}")
             version = self._check(name, data)
             if version is not None:
@@ -160,13 +169,16 @@ class KeptCopy:
         whatever the change times say: versions named newer come from a clock that was ahead,
         or tie with it on a file system with coarse times, and are removed. Otherwise only a
         later change time is kept; on a tie the kept version stays, so every offer ends the
-        same way.
+        same way. A version the file no longer holds whose change time is ahead of this clock
+        (it was read while the clock was ahead) is not kept again: it would pass for newer.
         """
         try:
             os.makedirs(self.path, exist_ok=True)
             kept = self.read()
             if kept != version:
-                current = version.signature is not None and version.signature == file_signature(self.source)
+                current = self._holds(version)
+                if not current and version.changed[0] > time.time_ns() + _CLOCK_MARGIN_NS:
+                    return False
                 if kept is not None and not current and kept.changed >= version.changed:
                     if kept.digest != version.digest:
                         log.info("the kept copy of the rules of %s stays as it is (%s): the rules offered (%s) "
@@ -175,7 +187,9 @@ class KeptCopy:
                     self._trouble = None
                     return kept.digest == version.digest
                 for name in self._names() if current else ():
-                    if name > version.name:
+                    # Checked again before each removal: a process that kept a newer version of
+                    # the file just now (after the look above) keeps it.
+                    if name > version.name and self._holds(version):
                         _remove(os.path.join(self.path, name))
                 if self._create(version):
                     self._tidy()
@@ -192,6 +206,10 @@ class KeptCopy:
         self._trouble = None
         return True
 
+    def _holds(self, version: Version) -> bool:
+        """Whether the rules file holds `version` now (its signature is the file's)."""
+        return version.signature is not None and version.signature == file_signature(self.source)
+
     def _create(self, version: Version) -> bool:
         """Write `version`'s file; False when it exists (another process kept it first)."""
         data = {"source": self.source, "ctime_ns": version.changed[0], "mtime_ns": version.changed[1],
@@ -202,7 +220,18 @@ class KeptCopy:
                 json.dump(data, fh, ensure_ascii=False)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.link(tmp, os.path.join(self.path, version.name))
+            final = os.path.join(self.path, version.name)
+            try:
+                os.link(tmp, final)
+            except OSError as exc:
+                if exc.errno not in _NO_HARD_LINKS:
+                    raise
+                # A file system without hard links (SMB/CIFS, some FUSE mounts): a rename, unless
+                # the version is there already. Two processes may both rename the same content;
+                # both then log its warnings, which is all this costs.
+                if os.path.exists(final):
+                    return False
+                os.rename(tmp, final)
             return True
         except FileExistsError:
             return False
