@@ -22,6 +22,7 @@ from .outbound.sender import build_sender
 from .rules import RulesHolder, sending_of
 from .rules.holder import keep_dir
 from .service import Responder
+from .serving import COMMAND, role
 from .store import DatabaseUrlError, Store
 from .webhook_routes import Webhooks
 
@@ -31,14 +32,17 @@ log = logging.getLogger("app")
 _HOOKS = ("TESTING", "CLOCK", "INSTANCE_PATH", "METRICS_EVERY")
 
 
-def create_app(test_config: dict | None = None, *, serving: bool = True) -> Flask:
+def create_app(test_config: dict | None = None, *, serving: bool | None = None) -> Flask:
     """Build and wire the app; start no thread (`app.serving.start_background` does, once per
     serving process, after any fork). Settings come from the environment, or only from `test_config`.
 
     `serving=False` is the app of a `flask` command (rules check, sign, messages, ...): it needs
     no token, logs only warnings, counts nothing, and leaves the rules to the command, so a
-    broken file can still be checked. A bad setting raises config.ConfigError.
+    broken file can still be checked. A bad setting raises config.ConfigError. Left out, it is
+    what `app.serving.role` says (so `flask --app app rules check` is a command, as with wsgi).
     """
+    if serving is None:
+        serving = role() != COMMAND
     app = Flask(__name__, instance_relative_config=True, instance_path=(test_config or {}).get("INSTANCE_PATH"))
     _load_settings(app, test_config, serving=serving)
     _set_up_process(app.config, serving=serving)

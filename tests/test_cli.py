@@ -87,18 +87,19 @@ def test_sign_uses_configured_token(tmp_path):
     assert "--data-urlencode From=1 http://x/message" in result.output
 
 
-def flask_cmd(*args, **env):
+def flask_cmd(*args, app="wsgi", **env):
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PLIVO_", "RULES_"))}
     base.update(env)
-    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "flask", "--app", app, *args], cwd=ROOT,
                           env=base, capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.server
-def test_real_command_checks_a_broken_file_without_a_token(tmp_path):
+@pytest.mark.parametrize("app", ["wsgi", "app"])  # `--app app`: Flask calls create_app() itself
+def test_real_command_checks_a_broken_file_without_a_token(tmp_path, app):
     bad = tmp_path / "rules.yaml"
     bad.write_text("version: 1\ncompliance: {scope: galaxy}\nrules: []\n")
-    result = flask_cmd("rules", "check", str(bad))
+    result = flask_cmd("rules", "check", str(bad), app=app)
     assert result.returncode == 1
     assert f"{bad}:2: 'scope' must be account or number, got 'galaxy'" in result.stderr
 
