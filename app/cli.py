@@ -374,28 +374,35 @@ def optouts_cli(ctx, as_json):
                    f"{r['since'][:19].replace('T', ' '):<20}  {r['via']}")
 
 
-@optouts_cli.command("add")
-@click.argument("number_", metavar="NUMBER")
-@click.option("--to", help="Only for this one of your numbers (default: every number).")
-@with_appcontext
-def optouts_add(number_, to):
+def _optout_command(name: str, change, to_help: str):
+    """`optouts add` and `optouts remove`: both take NUMBER [--to N], checked the same way (a usage
+    error for what is not a phone number, so a typo never changes another number's opt-out), and make
+    one store call, `change`; the decorated function only says what came of it (its docstring is the help)."""
+    def command(say):
+        @optouts_cli.command(name, help=say.__doc__)
+        @click.argument("number_", metavar="NUMBER")
+        @click.option("--to", help=to_help)
+        @with_appcontext
+        def run(number_, to):
+            who, where = number(number_), number(to, "--to")
+            with _database() as store:
+                changed = change(store, who, where)
+            say(who, where, changed)
+        return run
+    return command
+
+
+@_optout_command("add", Store.add_optout, "Only for this one of your numbers (default: every number).")
+def optouts_add(who, where, added):
     """Opt NUMBER out: it gets no replies or sends of any kind."""
-    who, where = number(number_), number(to, "--to")
-    with _database() as store:
-        added = store.add_optout(who, where)
     scope = f"from {where}" if where else "from every number"
     click.echo(f"{who} opted out {scope}" if added else f"{who} was already opted out {scope}")
 
 
-@optouts_cli.command("remove")
-@click.argument("number_", metavar="NUMBER")
-@click.option("--to", help="The opt-out for this one of your numbers (default: the account-wide one).")
-@with_appcontext
-def optouts_remove(number_, to):
+@_optout_command("remove", Store.remove_optout,
+                 "The opt-out for this one of your numbers (default: the account-wide one).")
+def optouts_remove(who, where, removed):
     """Remove an opt-out of NUMBER."""
-    who, where = number(number_), number(to, "--to")
-    with _database() as store:
-        removed = store.remove_optout(who, where)
     scope = f"for {where}" if where else "for every number"
     if not removed:
         click.echo(f"{who} had no opt-out {scope}", err=True)

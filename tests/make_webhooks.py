@@ -347,19 +347,16 @@ def _long_texts(add: Add) -> None:
     add(n, f"A {len(TEXT_400)}-character SMS (3 units): the forward carries it whole in one Message",
         plivo_params(n, TEXT_400), xml(*catch_all(TEXT_400)))
 
-    n = "sms-long-forward-cut-gsm7"
-    forward = f"From {SENDER}: {TEXT_1600}"
-    add(n, f"A {len(TEXT_1600)}-character GSM-7 SMS (11 units): its {len(forward)}-character "
-           "forward exceeds 1,600 and is cut to one Message, ending in '...' (it stays GSM-7)",
-        plivo_params(n, TEXT_1600),
-        xml(msg(forward[:smsenc.MAX_GSM7 - 3].rstrip() + "...", TEAM), msg(THANKS)))
-
-    n = "sms-long-forward-cut-ucs2"
-    forward = f"From {SENDER}: {TEXT_737}"
-    add(n, f"A {len(TEXT_737)}-character Cyrillic (UCS-2) SMS: its {len(forward)}-character "
-           "forward exceeds 737 and is cut to one Message, ending in '\u2026'",
-        plivo_params(n, TEXT_737),
-        xml(msg(forward[:smsenc.MAX_UCS2 - 1].rstrip() + "\u2026", TEAM), msg(THANKS)))
+    # A forward too long for one Message is cut to the encoding's limit, ending included.
+    for n, text, kind, limit, ending, note in (
+            ("sms-long-forward-cut-gsm7", TEXT_1600, "GSM-7 SMS (11 units)", smsenc.MAX_GSM7, "...",
+             " (it stays GSM-7)"),
+            ("sms-long-forward-cut-ucs2", TEXT_737, "Cyrillic (UCS-2) SMS", smsenc.MAX_UCS2, "\u2026", "")):
+        forward = f"From {SENDER}: {text}"
+        add(n, f"A {len(text)}-character {kind}: its {len(forward)}-character forward exceeds {limit:,} "
+               f"and is cut to one Message, ending in '{ending}'{note}",
+            plivo_params(n, text),
+            xml(msg(forward[:limit - len(ending)].rstrip() + ending, TEAM), msg(THANKS)))
 
 
 def _other_message_types(add: Add) -> None:

@@ -497,6 +497,17 @@ def _can_unshare() -> bool:
                           capture_output=True, timeout=30).returncode == 0
 
 
+def _read_only_image_command(app: Path, read_only: tuple[str, ...]) -> list[str]:
+    """`docker run --read-only -v data:/app/instance` as the image's USER: the instance folder as
+    shipped under a writable volume, the folders `read_only` not writable (a skip where no mount
+    namespace can be made)."""
+    if not _can_unshare():
+        pytest.skip("cannot make a mount namespace here")
+    _make_instance(app, *_instance_modes())
+    uid, gid = _image_user()
+    return _image_command(app, uid, gid, read_only=read_only, writable_instance=True)
+
+
 def _start_image(app: Path, log: Path, command: list[str], **env):
     """The image's CMD in /app (WORKDIR), its log in `log`; a `servers.Server` to talk to it."""
     from servers import Server, free_port
@@ -586,11 +597,7 @@ def test_a_read_only_root_with_a_writable_instance_volume_starts_and_sums_every_
     """`docker run --read-only -v data:/app/instance`: no writable /tmp; the metric files go to /dev/shm."""
     from test_metrics import folder_of, healthz_counted_by_every_worker
 
-    if not _can_unshare():
-        pytest.skip("cannot make a mount namespace here")
-    _make_instance(image_root, *_instance_modes())
-    uid, gid = _image_user()
-    command = _image_command(image_root, uid, gid, read_only=("/tmp", "/var/tmp"), writable_instance=True)
+    command = _read_only_image_command(image_root, ("/tmp", "/var/tmp"))
     unwritable = image_root / "not-writable"
     unwritable.mkdir(mode=0o555)
     server = _started(_start_image(image_root, tmp_path / "image.log", command, TMPDIR=str(unwritable)))
@@ -603,12 +610,7 @@ def test_a_read_only_root_with_a_writable_instance_volume_starts_and_sums_every_
 
 @pytest.mark.server
 def test_no_writable_temporary_folder_refuses_in_one_line_naming_the_setting(image_root, tmp_path):
-    if not _can_unshare():
-        pytest.skip("cannot make a mount namespace here")
-    _make_instance(image_root, *_instance_modes())
-    uid, gid = _image_user()
-    command = _image_command(image_root, uid, gid, read_only=("/tmp", "/var/tmp", "/dev/shm"),
-                             writable_instance=True)
+    command = _read_only_image_command(image_root, ("/tmp", "/var/tmp", "/dev/shm"))
     line = _refused(_start_image(image_root, tmp_path / "image.log", command, LOG_FORMAT="text"))
     assert line.startswith("error: PROMETHEUS_MULTIPROC_DIR is not set and there is no writable "
                            "temporary folder"), line

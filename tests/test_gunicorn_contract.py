@@ -107,20 +107,23 @@ def test_thread_worker_and_tconn_are_importable():
     assert TConn is not None, changed("gunicorn.workers.gthread.TConn", "it is gone")
 
 
+def assert_method_kept(name: str, expected: list[str], gone: str) -> None:
+    """ThreadWorker.`name` is still a method with the parameters `expected`; `gone` says what
+    follows when it is not there at all."""
+    method = getattr(ThreadWorker, name, None)
+    assert callable(method), changed(f"ThreadWorker.{name}", gone)
+    assert params(method) == expected, \
+        changed(f"ThreadWorker.{name}", f"its parameters are now {params(method)}, not {expected}")
+
+
 @pytest.mark.parametrize("name", sorted(OVERRIDDEN))
 def test_overridden_methods_keep_their_signature(name):
-    method = getattr(ThreadWorker, name, None)
-    assert callable(method), changed(f"ThreadWorker.{name}", "it is gone, so the override is never called")
-    assert params(method) == OVERRIDDEN[name], \
-        changed(f"ThreadWorker.{name}", f"its parameters are now {params(method)}, not {OVERRIDDEN[name]}")
+    assert_method_kept(name, OVERRIDDEN[name], "it is gone, so the override is never called")
 
 
 @pytest.mark.parametrize("name", sorted(CALLED))
 def test_called_methods_keep_their_signature(name):
-    method = getattr(ThreadWorker, name, None)
-    assert callable(method), changed(f"ThreadWorker.{name}", "it is gone")
-    assert params(method) == CALLED[name], \
-        changed(f"ThreadWorker.{name}", f"its parameters are now {params(method)}, not {CALLED[name]}")
+    assert_method_kept(name, CALLED[name], "it is gone")
 
 
 def test_keepalive_after_drains_the_body_through_conn_parser():

@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from contextlib import closing
 from datetime import timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -490,39 +491,42 @@ class Receiver:
         self.server.server_close()
 
 
-def test_webhook_action_posts_signed_json_retried_like_any_item(tmp_path, standin):
-    receiver = Receiver()
-    try:
-        rules = f"""
-            version: 1
-            rules:
-              - name: lead
-                when: {{keyword: quote}}
-                reply: "Thanks, we will call you."
-                webhook: {{url: "{receiver.url}", method: PUT}}
-        """
-        app = outbox_app(tmp_path, standin, rules, WEBHOOK_SECRET=SECRET)
-        params = sms("quote for 3 windows")
-        send(app.test_client(), params)
-        receiver.answers = [500]
-        drain(app)
-        assert len(receiver.calls) == 2 and {c["method"] for c in receiver.calls} == {"PUT"}
-        call = receiver.calls[-1]
-        payload = json.loads(call["body"])
-        assert payload == {"uuid": params["MessageUUID"], "from": SENDER, "to": OUR, "type": "sms",
-                           "text": "quote for 3 windows", "media": [], "intent": None, "rule": "lead",
-                           "received_at": payload["received_at"], "delivery": str(items(app)[0].id)}
-        assert payload["received_at"].endswith("Z")
-        headers = {k.lower(): v for k, v in call["headers"].items()}
-        webhook.verify_webhook(SECRET, headers["x-responder-signature"], call["body"])
-        # the delivery id, signed in the body, is the header's, the same on the retry (docs/rules.md)
-        assert headers["x-responder-delivery"] == str(items(app)[0].id) == payload["delivery"]
-        assert receiver.calls[0]["body"] == call["body"]
-        [m] = messages(app)
-        assert [(w["status"], w["attempts"]) for w in m["webhooks"]] == [("sent", 2)]
-        assert standin.sends == []  # the reply itself went in the XML
-    finally:
-        receiver.close()
+@pytest.fixture
+def receiver():
+    """A Receiver for one test, closed after it."""
+    with closing(Receiver()) as r:
+        yield r
+
+
+def test_webhook_action_posts_signed_json_retried_like_any_item(tmp_path, standin, receiver):
+    rules = f"""
+        version: 1
+        rules:
+          - name: lead
+            when: {{keyword: quote}}
+            reply: "Thanks, we will call you."
+            webhook: {{url: "{receiver.url}", method: PUT}}
+    """
+    app = outbox_app(tmp_path, standin, rules, WEBHOOK_SECRET=SECRET)
+    params = sms("quote for 3 windows")
+    send(app.test_client(), params)
+    receiver.answers = [500]
+    drain(app)
+    assert len(receiver.calls) == 2 and {c["method"] for c in receiver.calls} == {"PUT"}
+    call = receiver.calls[-1]
+    payload = json.loads(call["body"])
+    assert payload == {"uuid": params["MessageUUID"], "from": SENDER, "to": OUR, "type": "sms",
+                       "text": "quote for 3 windows", "media": [], "intent": None, "rule": "lead",
+                       "received_at": payload["received_at"], "delivery": str(items(app)[0].id)}
+    assert payload["received_at"].endswith("Z")
+    headers = {k.lower(): v for k, v in call["headers"].items()}
+    webhook.verify_webhook(SECRET, headers["x-responder-signature"], call["body"])
+    # the delivery id, signed in the body, is the header's, the same on the retry (docs/rules.md)
+    assert headers["x-responder-delivery"] == str(items(app)[0].id) == payload["delivery"]
+    assert receiver.calls[0]["body"] == call["body"]
+    [m] = messages(app)
+    assert [(w["status"], w["attempts"]) for w in m["webhooks"]] == [("sent", 2)]
+    assert standin.sends == []  # the reply itself went in the XML
 
 
 def test_rules_with_webhook_are_refused_at_load_without_webhook_secret(tmp_path, standin):
@@ -539,29 +543,25 @@ def test_rules_with_webhook_are_refused_at_load_without_webhook_secret(tmp_path,
 
 
 # -- privacy ------------------------------------------------------------------------------------
-def test_no_token_secret_or_message_text_in_any_log_line(tmp_path, standin, caplog):
-    receiver = Receiver()
-    try:
-        rules = f"""
-            version: 1
-            rules:
-              - name: lead
-                reply: "Private answer words"
-                webhook: "{receiver.url}"
-        """
-        app = outbox_app(tmp_path, standin, rules, WEBHOOK_SECRET=SECRET)
-        caplog.set_level(logging.DEBUG)
-        client = app.test_client()
-        send(client, whatsapp("my secret PIN is 4321"))
-        send(client, sms("another private sentence"))
-        receiver.answers = [503]
-        standin.script(Answer(status=400, error="Private answer words rejected"), Answer(drop=True))
-        drain(app)
-        logged = caplog.text
-        for secret in (TOKEN, SECRET, "my secret PIN", "private sentence", "Private answer", "crm-secret"):
-            assert secret not in logged, secret
-    finally:
-        receiver.close()
+def test_no_token_secret_or_message_text_in_any_log_line(tmp_path, standin, receiver, caplog):
+    rules = f"""
+        version: 1
+        rules:
+          - name: lead
+            reply: "Private answer words"
+            webhook: "{receiver.url}"
+    """
+    app = outbox_app(tmp_path, standin, rules, WEBHOOK_SECRET=SECRET)
+    caplog.set_level(logging.DEBUG)
+    client = app.test_client()
+    send(client, whatsapp("my secret PIN is 4321"))
+    send(client, sms("another private sentence"))
+    receiver.answers = [503]
+    standin.script(Answer(status=400, error="Private answer words rejected"), Answer(drop=True))
+    drain(app)
+    logged = caplog.text
+    for secret in (TOKEN, SECRET, "my secret PIN", "private sentence", "Private answer", "crm-secret"):
+        assert secret not in logged, secret
 
 
 # -- what the review found ------------------------------------------------------------------------

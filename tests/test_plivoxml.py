@@ -18,6 +18,12 @@ def parse(body: bytes):
     return root
 
 
+def one_sms(content: bytes) -> bytes:
+    """The whole answer with one SMS from US to THEM whose text is written as `content`."""
+    return (DECL + b'<Response><Message src="14155550100" dst="14155550123" type="sms">'
+            + content + b"</Message></Response>")
+
+
 def test_content_type():
     assert CONTENT_TYPE == "application/xml; charset=utf-8"
 
@@ -116,11 +122,7 @@ def test_no_callback_for_empty_url():
 def test_invalid_xml_chars_removed():
     text = "a\x00b\x01c\x08d\x0be\x0cf\x1fg\ud800h\udfffi\ufffej\uffffk\x7f\t\n\r"
     body = render([Message(US, (THEM,), text)])
-    assert body == (
-        b'<?xml version="1.0" encoding="UTF-8"?>\n'
-        b'<Response><Message src="14155550100" dst="14155550123" type="sms">'
-        b"abcdefghijk\x7f\t\n&#13;</Message></Response>"
-    )
+    assert body == one_sms(b"abcdefghijk\x7f\t\n&#13;")
     assert parse(body)[0].text == "abcdefghijk\x7f\t\n\r"
 
 
@@ -137,11 +139,7 @@ def test_clean_text():
 
 def test_emoji_kept():
     body = render([Message(US, (THEM,), "Thanks \U0001F600\U0001F44D")])
-    assert body == (
-        b'<?xml version="1.0" encoding="UTF-8"?>\n'
-        b'<Response><Message src="14155550100" dst="14155550123" type="sms">'
-        b"Thanks \xf0\x9f\x98\x80\xf0\x9f\x91\x8d</Message></Response>"
-    )
+    assert body == one_sms(b"Thanks \xf0\x9f\x98\x80\xf0\x9f\x91\x8d")
     assert parse(body)[0].text == "Thanks \U0001F600\U0001F44D"
 
 
@@ -149,10 +147,7 @@ def test_all_control_chars_yield_no_message():
     assert render([Message(US, (THEM,), "\x00\x01\x02\x1b\x1f")]) == EMPTY
     assert render([Message(US, (THEM,), "")]) == EMPTY
     body = render([Message(US, (THEM,), "\x00\x07"), Message(US, (THEM,), "ok"), Message(US, (THEM,), "")])
-    assert body == (
-        b'<?xml version="1.0" encoding="UTF-8"?>\n'
-        b'<Response><Message src="14155550100" dst="14155550123" type="sms">ok</Message></Response>'
-    )
+    assert body == one_sms(b"ok")
 
 
 def test_long_gsm_text_split_at_whitespace():

@@ -218,14 +218,21 @@ def kept_digest(rules_path: Path) -> str | None:
         return None  # nothing kept yet (each version's file is written whole before it is named)
 
 
-# -- a. busy workers --------------------------------------------------------------------------
-
-def test_busy_workers_all_answer_from_an_edit_within_the_interval_and_a_second(start):
+def bakery_edited_to_version_2(start) -> tuple[Server, int, str]:
+    """A service on the bakery's rules version 1, every worker checked on them, then its file
+    edited to version 2: the server, the size of its log before the edit, and the line each
+    worker logs when it has reloaded."""
     srv = start("bakery", rules("bakery", 1))
     assert_every_worker_on(srv, rules("bakery", 1))
     since = log_size(srv)
     replace(srv.rules, rules("bakery", 2))
-    reloaded = f"rules reloaded: 1 rules from {srv.rules} ({digest(rules('bakery', 2))})"
+    return srv, since, f"rules reloaded: 1 rules from {srv.rules} ({digest(rules('bakery', 2))})"
+
+
+# -- a. busy workers --------------------------------------------------------------------------
+
+def test_busy_workers_all_answer_from_an_edit_within_the_interval_and_a_second(start):
+    srv, since, reloaded = bakery_edited_to_version_2(start)
 
     def traffic():  # all along, as in production
         assert set(price_answers(srv, 1)) <= {"bakery price list v1", "bakery price list v2"}
@@ -238,11 +245,7 @@ def test_busy_workers_all_answer_from_an_edit_within_the_interval_and_a_second(s
 # -- b. idle workers ---------------------------------------------------------------------------
 
 def test_idle_workers_follow_the_file_without_a_request(start):
-    srv = start("bakery", rules("bakery", 1))
-    assert_every_worker_on(srv, rules("bakery", 1))
-    since = log_size(srv)
-    replace(srv.rules, rules("bakery", 2))
-    reloaded = f"rules reloaded: 1 rules from {srv.rules} ({digest(rules('bakery', 2))})"
+    srv, since, reloaded = bakery_edited_to_version_2(start)
     # Nothing is sent: each worker's watcher reloads by itself (its log line says so).
     every_worker_logs(srv, reloaded, since, changed_at(srv.rules))
     assert_every_worker_on(srv, rules("bakery", 2))

@@ -136,15 +136,23 @@ class _Compiler(Conditions):
         ruleset.answers_whatsapp = compliance.enabled or any(s.whatsapp for s in shapes)
         return ruleset
 
+    def section(self, data: YMap, name: str, allowed: tuple[str, ...]) -> YMap | None:
+        """The top-level mapping `name` (settings, compliance, limits) with its keys checked; None
+        when the file has none or it is not a mapping (a problem at its line): the caller's defaults hold."""
+        if name not in data:
+            return None
+        value = data[name]
+        if not isinstance(value, YMap):
+            self.error(data.value_line(name), f"{name!r} must be a mapping, got {show(value)}")
+            return None
+        self.keys(value, allowed, name)
+        return value
+
     def settings(self, data: YMap):
         tz = ZoneInfo("UTC")
-        if "settings" not in data:
+        settings = self.section(data, "settings", SETTINGS_KEYS)
+        if settings is None:
             return tz
-        settings = data["settings"]
-        if not isinstance(settings, YMap):
-            self.error(data.value_line("settings"), f"'settings' must be a mapping, got {show(settings)}")
-            return tz
-        self.keys(settings, SETTINGS_KEYS, "settings")
         if "timezone" in settings:
             name = settings["timezone"]
             line = settings.value_line("timezone")
@@ -165,13 +173,9 @@ class _Compiler(Conditions):
     def compliance(self, data: YMap) -> Compliance:
         """`compliance:`: on by default with the built-in keywords and replies."""
         default = Compliance()
-        if "compliance" not in data:
+        value = self.section(data, "compliance", COMPLIANCE_KEYS)
+        if value is None:
             return default
-        value = data["compliance"]
-        if not isinstance(value, YMap):
-            self.error(data.value_line("compliance"), f"'compliance' must be a mapping, got {show(value)}")
-            return default
-        self.keys(value, COMPLIANCE_KEYS, "compliance")
         enabled = self.boolean(value, "enabled") if "enabled" in value else True
         scope = default.scope
         if "scope" in value:
@@ -228,13 +232,9 @@ class _Compiler(Conditions):
 
     def limits(self, data: YMap) -> ReplyLimit | None:
         """`limits: {replies_per_sender: {count: N, per: 30s|10m|1h|1d}}` ."""
-        if "limits" not in data:
+        value = self.section(data, "limits", LIMITS_KEYS)
+        if value is None:
             return None
-        value = data["limits"]
-        if not isinstance(value, YMap):
-            self.error(data.value_line("limits"), f"'limits' must be a mapping, got {show(value)}")
-            return None
-        self.keys(value, LIMITS_KEYS, "limits")
         if "replies_per_sender" not in value:
             return None
         spec = value["replies_per_sender"]
