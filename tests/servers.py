@@ -83,9 +83,11 @@ class Server:
                 self._wait_ready(tmp, int(settings["WEB_CONCURRENCY"]),
                                  booted=settings.get("LOG_LEVEL", "INFO").upper() in ("DEBUG", "INFO"))
                 return
-            except BaseException:
+            except BaseException as exc:
                 self.stop()  # never leave a gunicorn running behind a failed start
-                if attempt == PORT_ATTEMPTS or not self._port_was_taken():
+                # An interrupt (Ctrl-C, pytest's exit) ends the start, whatever the log says.
+                if (not isinstance(exc, Exception) or attempt == PORT_ATTEMPTS
+                        or not self._port_was_taken()):
                     raise
             self.port = free_port()
             self.base = f"http://127.0.0.1:{self.port}"
