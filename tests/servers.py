@@ -6,11 +6,14 @@ Shared by test_server.py and test_state_server.py.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -37,6 +40,44 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def refusing_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections for as long as the block runs: a socket bound
+    to it and never listening. (A free_port() may be taken and listened on by another test
+    before the block ends; this one cannot be: the socket keeps it, without SO_REUSEADDR, so
+    nobody else can bind it, and the kernel never picks a bound port for an outgoing connection.)"""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
+
+
+def _port_taken(output: str, port: int | str) -> bool:
+    """Whether a gunicorn's output says its port was taken (by gunicorn.conf.py's check, or by
+    gunicorn's own bind when someone took it after that check)."""
+    return (f"port {port} is already in use" in output
+            or re.search(rf"Connection in use: \('[^']*', {port}\)", output) is not None)
+
+
+def run_gunicorn(env: dict[str, str], *, timeout: float = 30) -> subprocess.CompletedProcess:
+    """gunicorn (GUNICORN, from the repository) run with `env` until it exits, its output captured
+    as text: for the tests of a start it refuses.
+
+    With no PORT in `env`, a free_port() of its own, and a run again on a fresh one (up to
+    PORT_ATTEMPTS runs) when another process took it in between and the refusal says so rather
+    than what the test is about. A PORT given is run once, as given."""
+    def run(env: dict[str, str]) -> subprocess.CompletedProcess:
+        return subprocess.run(GUNICORN, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+    if "PORT" in env:
+        return run(env)
+    for _ in range(PORT_ATTEMPTS - 1):
+        port = str(free_port())
+        result = run({**env, "PORT": port})
+        if not _port_taken(result.stdout + result.stderr, port):
+            return result
+    return run({**env, "PORT": str(free_port())})
 
 
 def server_env(**extra) -> dict[str, str]:
@@ -83,16 +124,17 @@ class Server:
                 self._wait_ready(tmp, int(settings["WEB_CONCURRENCY"]),
                                  booted=settings.get("LOG_LEVEL", "INFO").upper() in ("DEBUG", "INFO"))
                 return
-            except BaseException:
+            except BaseException as exc:
                 self.stop()  # never leave a gunicorn running behind a failed start
-                if attempt == PORT_ATTEMPTS or not self._port_was_taken():
+                # An interrupt (Ctrl-C, pytest's exit) ends the start, whatever the log says.
+                if (not isinstance(exc, Exception) or attempt == PORT_ATTEMPTS
+                        or not self._port_was_taken()):
                     raise
             self.port = free_port()
             self.base = f"http://127.0.0.1:{self.port}"
 
     def _port_was_taken(self) -> bool:
-        log = self.log_path.read_text(errors="replace")
-        return f"port {self.port} is already in use" in log or f"Connection in use: ('127.0.0.1', {self.port})" in log
+        return _port_taken(self.log_path.read_text(errors="replace"), self.port)
 
     def _wait_ready(self, tmp: Path, workers: int, booted: bool = True) -> None:
         deadline = time.monotonic() + 30

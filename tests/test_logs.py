@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 import pytest
 import requests
 from conftest import ROOT, TOKEN, signed_headers, sms
-from servers import GUNICORN, Server, free_port, server_env
+from servers import Server, run_gunicorn, server_env
 
 from app.rules.holder import KEEP_FOLDER, kept_copy_path
 
@@ -215,7 +215,8 @@ def test_database_errors_do_not_show_their_parameters(tmp_path):
 # -- start refusals -----------------------------------------------------------------------------
 @pytest.fixture
 def start(tmp_path):
-    """Run gunicorn with `settings` until it exits: (result, seconds). The rules are a copy under
+    """Run gunicorn with `settings` until it exits: (result, seconds); with no PORT, on a free
+    port (run_gunicorn: another if someone else takes it first). The rules are a copy under
     tmp_path, and the copy of them the master keeps in the repository's instance folder when
     they compile is removed after."""
     rules = tmp_path / "start" / "rules.yaml"
@@ -228,7 +229,7 @@ def start(tmp_path):
         used.add(settings["RULES_PATH"])
         env = server_env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"), **settings)
         started = time.monotonic()
-        result = subprocess.run(GUNICORN, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        result = run_gunicorn(env, timeout=timeout)
         return result, time.monotonic() - started
 
     yield start
@@ -330,17 +331,17 @@ def test_host_is_the_listening_address_and_a_bad_one_is_one_line(tmp_path, start
 
 @pytest.mark.server
 def test_refusals_are_json_lines_by_default(tmp_path, start):
-    record = json.loads(only_line(start(PLIVO_AUTH_TOKEN="", PORT=str(free_port()))[0]))
+    record = json.loads(only_line(start(PLIVO_AUTH_TOKEN="")[0]))
     assert record["level"] == "ERROR" and "PLIVO_AUTH_TOKEN" in record["msg"]
     bad = tmp_path / "rules.yaml"
     bad.write_text("version: 1\nrules:\n  - {name: a, when: {keyword: hi}, reply: '{{ nope }}'}\n")
-    record = json.loads(only_line(start(PORT=str(free_port()), RULES_PATH=str(bad))[0]))
+    record = json.loads(only_line(start(RULES_PATH=str(bad))[0]))
     assert "1 problem(s)" in record["msg"] and len(record["problems"]) == 1
     assert record["problems"][0].startswith(f"{bad}:3: unknown name 'nope'")
-    record = json.loads(only_line(start(PORT=str(free_port()), DATABASE_URL="nonsense")[0]))
+    record = json.loads(only_line(start(DATABASE_URL="nonsense")[0]))
     assert record["msg"].startswith("DATABASE_URL is not a database URL")
     # an invalid LOG_FORMAT cannot choose its own format: plain text
-    line = only_line(start(PORT=str(free_port()), LOG_FORMAT="yaml")[0])
+    line = only_line(start(LOG_FORMAT="yaml")[0])
     assert line == "error: LOG_FORMAT must be json or text, got 'yaml'"
 
 

@@ -23,7 +23,7 @@ import pytest
 import requests
 import webhooks
 from conftest import FORM, MONDAY_10AM, NY, ROOT, TOKEN, listening, make_app, send, signed_headers, sms
-from servers import GUNICORN, Server, free_port, server_env
+from servers import Server, refusing_port, run_gunicorn, server_env
 from waiting import wait_until
 from webhooks import check_answer, make_app_for, parse_messages, replay
 
@@ -238,8 +238,7 @@ def test_record_dir_is_made_and_must_be_a_writable_folder(tmp_path):
 def test_gunicorn_refuses_to_start_on_a_bad_record_dir(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    env = server_env(PLIVO_AUTH_TOKEN=TOKEN, PORT=str(free_port()), RECORD_DIR=str(a_file))
-    result = subprocess.run(GUNICORN, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    result = run_gunicorn(server_env(PLIVO_AUTH_TOKEN=TOKEN, RECORD_DIR=str(a_file)))
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"RECORD_DIR {a_file} is a file, not a folder" in lines[0]
@@ -627,23 +626,26 @@ def test_replay_command_errors(tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "a.json").write_text("{not json", encoding="utf-8")
-    free = f"http://127.0.0.1:{free_port()}/message"
+    # A port that refuses connections throughout (bound, never listening): a free_port() could be
+    # taken by another test's server before the replays below try it.
+    with refusing_port() as port:
+        free = f"http://127.0.0.1:{port}/message"
 
-    result = runner.invoke(args=["replay", str(broken), "--url", free])
-    assert result.exit_code == 1
-    assert result.output.splitlines()[0].startswith(f"{broken / 'a.json'}: - cannot read: not JSON")
+        result = runner.invoke(args=["replay", str(broken), "--url", free])
+        assert result.exit_code == 1
+        assert result.output.splitlines()[0].startswith(f"{broken / 'a.json'}: - cannot read: not JSON")
 
-    good = webhooks.DIR / "sms-keyword-hours.json"
-    result = runner.invoke(args=["replay", str(good), "--url", free])
-    assert result.exit_code == 1 and "error: cannot reach http://127.0.0.1:" in result.output
-    assert "Traceback" not in result.output
+        good = webhooks.DIR / "sms-keyword-hours.json"
+        result = runner.invoke(args=["replay", str(good), "--url", free])
+        assert result.exit_code == 1 and "error: cannot reach http://127.0.0.1:" in result.output
+        assert "Traceback" not in result.output
 
-    result = runner.invoke(args=["replay", str(tmp_path / "missing"), "--url", free])
-    assert result.exit_code == 1 and "no such file or folder" in result.output
+        result = runner.invoke(args=["replay", str(tmp_path / "missing"), "--url", free])
+        assert result.exit_code == 1 and "no such file or folder" in result.output
 
-    no_token = make_app(tmp_path / "other", PLIVO_AUTH_TOKEN="", VERIFY_SIGNATURES=False)
-    result = no_token.test_cli_runner().invoke(args=["replay", str(good), "--url", free])
-    assert result.exit_code == 2 and "give --token or set PLIVO_AUTH_TOKEN" in result.output
+        no_token = make_app(tmp_path / "other", PLIVO_AUTH_TOKEN="", VERIFY_SIGNATURES=False)
+        result = no_token.test_cli_runner().invoke(args=["replay", str(good), "--url", free])
+        assert result.exit_code == 2 and "give --token or set PLIVO_AUTH_TOKEN" in result.output
 
 
 def test_replay_request_is_signed_for_the_url_given(tmp_path):

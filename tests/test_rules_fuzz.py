@@ -226,15 +226,12 @@ def test_the_generators_reach_the_compiler():
 @pytest.mark.server
 def test_gunicorn_refuses_to_start_on_a_hostile_file_with_path_line(tmp_path):
     """At service start (gunicorn's on_starting) as in `rules check`: the problem, no traceback."""
-    import subprocess
-
     from conftest import TOKEN
-    from servers import GUNICORN, free_port, server_env
+    from servers import run_gunicorn, server_env
 
     bad = tmp_path / "rules.yaml"
     bad.write_text("version: 1\nrules:\n  - name: a\n    when: " + "{not: " * 100_000 + "{}" + "}" * 100_000 + "\n")
-    result = subprocess.run(GUNICORN, cwd=ROOT, capture_output=True, text=True, timeout=60,
-                            env=server_env(PLIVO_AUTH_TOKEN=TOKEN, PORT=str(free_port()), RULES_PATH=str(bad)))
+    result = run_gunicorn(server_env(PLIVO_AUTH_TOKEN=TOKEN, RULES_PATH=str(bad)), timeout=60)
     assert result.returncode != 0
     assert f"{bad}:4: lists and mappings are nested more than 50 deep" in result.stderr
     assert "Traceback" not in result.stderr

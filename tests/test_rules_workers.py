@@ -63,7 +63,13 @@ def replace(path: Path, text: str) -> None:
 @pytest.fixture
 def instance_as_found():
     """The repository's instance folder as it was: each Server removes its kept copy when it
-    stops; the folders go too if this test made them and nothing else is there."""
+    stops; the folders go too if this test made them and nothing else is there.
+
+    Not under xdist: the other processes' gunicorns share these folders and may have just made
+    one, empty still, to write their kept copy in; removing it then fails their start."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
     existed = [folder for folder in (INSTANCE, KEEP) if folder.exists()]
     yield
     for folder in (KEEP, INSTANCE):

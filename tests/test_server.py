@@ -5,15 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 import requests
-from conftest import FORM, ROOT, TOKEN, signed_headers, sms
-from servers import GUNICORN, Server, free_port, server_env
+from conftest import FORM, TOKEN, signed_headers, sms
+from servers import Server, run_gunicorn, server_env
 
 #: Every test here starts a real server or waits out deadlines of seconds (pyproject.toml).
 pytestmark = pytest.mark.server
@@ -161,8 +160,8 @@ def test_a_bad_rules_file_shows_in_readyz_and_the_log_without_its_secrets(tmp_pa
 def test_a_refused_start_does_not_print_a_urls_password(tmp_path, fmt):
     bad = tmp_path / "rules.yaml"
     bad.write_text(CRM_RULES)
-    result = run_gunicorn(server_env(PLIVO_AUTH_TOKEN=TOKEN, PORT=str(free_port()), RULES_PATH=str(bad),
-                                     WEBHOOK_SECRET="s", LOG_FORMAT=fmt))
+    result = run_gunicorn(server_env(PLIVO_AUTH_TOKEN=TOKEN, RULES_PATH=str(bad), WEBHOOK_SECRET="s",
+                                     LOG_FORMAT=fmt))
     assert result.returncode != 0
     assert f"{bad}:4: 'webhook' takes an http(s) URL" in result.stderr
     assert "S3cret" not in result.stderr and "api_key" not in result.stderr
@@ -202,12 +201,8 @@ def test_rules_reload_and_bad_file_keeps_rules(one_worker):
         os.utime(server.rules, (time.time() + 20, time.time() + 20))
 
 
-def run_gunicorn(env, timeout=30):
-    return subprocess.run(GUNICORN, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
 def test_refuses_to_start_without_token():
-    result = run_gunicorn(server_env(PORT=str(free_port())))
+    result = run_gunicorn(server_env())
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "PLIVO_AUTH_TOKEN" in lines[0]
@@ -216,7 +211,7 @@ def test_refuses_to_start_without_token():
 def test_refuses_to_start_on_bad_rules(tmp_path):
     bad = tmp_path / "rules.yaml"
     bad.write_text("version: 1\nrules:\n  - name: a\n    when: {keyword: hi}\n    reply: '{{ nope }}'\n")
-    result = run_gunicorn(server_env(PLIVO_AUTH_TOKEN=TOKEN, PORT=str(free_port()), RULES_PATH=str(bad)))
+    result = run_gunicorn(server_env(PLIVO_AUTH_TOKEN=TOKEN, RULES_PATH=str(bad)))
     assert result.returncode != 0
     assert f"{bad}:5: unknown name 'nope'" in result.stderr
 

@@ -10,14 +10,13 @@ the edges of the reader: the deadline (408), keep-alive, pipelining, chunked bod
 from __future__ import annotations
 
 import socket
-import subprocess
 import threading
 import time
 from urllib.parse import urlencode
 
 import pytest
 from conftest import FORM, ROOT, TOKEN, signed_headers, sms
-from servers import GUNICORN, Server, free_port, server_env
+from servers import Server, run_gunicorn, server_env
 from slow_sockets import attack, report
 
 #: Every test here starts a real server or waits out deadlines of seconds (pyproject.toml).
@@ -235,11 +234,10 @@ def test_bodies_over_the_limit_are_413_at_once(server):
 
 
 def test_a_bad_deadline_refuses_to_start(tmp_path):
-    port = free_port()
-    env = server_env(PLIVO_AUTH_TOKEN=TOKEN, PORT=str(port), RULES_PATH=str(ROOT / "rules.yaml"),
+    env = server_env(PLIVO_AUTH_TOKEN=TOKEN, RULES_PATH=str(ROOT / "rules.yaml"),
                      DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3",
                      PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"), REQUEST_READ_TIMEOUT="soon")
-    done = subprocess.run(GUNICORN, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    done = run_gunicorn(env, timeout=60)
     assert done.returncode == 1
     assert "REQUEST_READ_TIMEOUT must be a number of seconds from 0.5 to 300, got 'soon'" in done.stderr
     assert "Traceback" not in done.stderr

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from conftest import PG_ADMIN_URL, ROOT, TOKEN, make_app, postgres_database, send, sms
-from test_server import GUNICORN, free_port, server_env
+from servers import run_gunicorn, server_env
 
 from app.store import Claim, Needs, Replayed, Store, day_number, migrate, seen_key
 from app.store.db import DatabaseUrlError, make_engine, parse_url
@@ -184,11 +184,9 @@ def test_bad_urls(url, says):
 
 
 def _start(tmp_path, **env):
-    port = free_port()
     # plain text, to read the line as a person would (test_logs.py reads the JSON one)
-    settings = server_env(PLIVO_AUTH_TOKEN=TOKEN, PORT=str(port), RULES_PATH=str(ROOT / "rules.yaml"),
-                          LOG_FORMAT="text", **env)
-    return subprocess.run(GUNICORN, cwd=ROOT, env=settings, capture_output=True, text=True, timeout=60)
+    settings = server_env(PLIVO_AUTH_TOKEN=TOKEN, RULES_PATH=str(ROOT / "rules.yaml"), LOG_FORMAT="text", **env)
+    return run_gunicorn(settings, timeout=60)
 
 
 @pytest.mark.parametrize("url, says", [
