@@ -315,6 +315,8 @@ class RulesHolder:
         # A listing or a read that failed (too many open files, an I/O error) is tried again at
         # the next look, not only once the folder changes.
         self._kept_seen = None if signature is None or self.kept.read_failed else signature
+        if self.kept.read_failed:
+            return False  # unknown, not empty: nothing to offer again until it can be read
         if mine is not None and (kept is None or kept.changed < mine.changed):
             self._to_offer = mine
         if kept is None or (mine is not None and (kept.digest == mine.digest or kept.changed < mine.changed)):

@@ -5,7 +5,8 @@ named `<ctime_ns>-<mtime_ns>-<digest>`, so that names sort by when the rules fil
 version and every process agrees on the newest (the largest name). A version's file is
 written whole once and never changed: a temporary file, then `os.link` to its name, which
 fails when the name exists, so exactly one process creates each version (it logs the
-version's warnings) and readers need no lock. No lock at all: nothing another process does (a
+version's warnings; on a file system without hard links a rename stands in, and two processes
+renaming the same version at once both log them) and readers need no lock. No lock at all: nothing another process does (a
 hung write, a paused process) can hold up an offer. Leftovers of a writer killed mid-write
 are removed by their age alone.
 """
@@ -37,8 +38,6 @@ _NAME = re.compile(r"[0-9]{20}-[0-9]{20}-[0-9a-f]{12}\Z")
 _TMP = ".tmp-"
 #: What os.link raises where the file system has no hard links: the version is renamed instead.
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS})
-#: How far ahead of this clock a change time may be before it is taken for a clock that was ahead.
-_CLOCK_MARGIN_NS = 5_000_000_000
 
 
 def keep_dir(instance_path: str) -> str:
@@ -169,15 +168,16 @@ class KeptCopy:
         whatever the change times say: versions named newer come from a clock that was ahead,
         or tie with it on a file system with coarse times, and are removed. Otherwise only a
         later change time is kept; on a tie the kept version stays, so every offer ends the
-        same way. A version the file no longer holds whose change time is ahead of this clock
-        (it was read while the clock was ahead) is not kept again: it would pass for newer.
+        same way. A version the file no longer holds, stamped later than the file's change time
+        now, was read while the clock was ahead (the file changed after it): it is not kept
+        again, as it would pass for newer. Both times come from the file system's clock.
         """
         try:
             os.makedirs(self.path, exist_ok=True)
             kept = self.read()
             if kept != version:
                 current = self._holds(version)
-                if not current and version.changed[0] > time.time_ns() + _CLOCK_MARGIN_NS:
+                if not current and version.changed[0] > _changed_now(self.source):
                     return False
                 if kept is not None and not current and kept.changed >= version.changed:
                     if kept.digest != version.digest:
@@ -265,6 +265,14 @@ class KeptCopy:
             log.error("the last good rules kept at %s are not used for %s: %s", self.path, self.source, reason,
                       extra={"rules_path": self.source, "kept_copy": self.path})
         return None
+
+
+def _changed_now(path: str) -> int | float:
+    """The file's change time now (ns), or infinity when it cannot be seen (nothing to compare)."""
+    try:
+        return os.stat(path).st_ctime_ns
+    except OSError:
+        return float("inf")
 
 
 def _remove(path: str) -> None:
