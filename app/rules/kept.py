@@ -5,10 +5,10 @@ named `<ctime_ns>-<mtime_ns>-<digest>`, so that names sort by when the rules fil
 version and every process agrees on the newest (the largest name). A version's file is
 written whole once and never changed: a temporary file, then `os.link` to its name, which
 fails when the name exists, so exactly one process creates each version (it logs the
-version's warnings; on a file system without hard links a rename stands in, and two processes
-renaming the same version at once both log them) and readers need no lock. No lock at all: nothing another process does (a
-hung write, a paused process) can hold up an offer. Leftovers of a writer killed mid-write
-are removed by their age alone.
+version's warnings; on a file system without hard links a rename stands in, and two
+processes renaming the same version at once both log them) and readers need no lock. No
+lock at all: nothing another process does (a hung write, a paused process) can hold up an
+offer. Leftovers of a writer killed mid-write are removed by their age alone.
 """
 
 from __future__ import annotations
