@@ -20,6 +20,11 @@ class Conflict(Unavailable):
     the message path tries again; anywhere else it is a 503 like any refusal."""
 
 
+class Exists(StoreError):
+    """A row already there under a name that must be unique (an operator's): the caller's
+    mistake to report as such, not a database that failed, and not tried again."""
+
+
 def reason(exc: BaseException) -> str:
     """The first line of what the database (or the pool) said."""
     lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()

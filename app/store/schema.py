@@ -162,3 +162,14 @@ api_slots = sa.Table(
     sa.Column("name", sa.String(32), primary_key=True),
     sa.Column("next_at", sa.Float, nullable=False),       # unix seconds of the next free slot
 )
+
+#: The people who may sign in to the operator page: a name and werkzeug's scrypt hash of the
+#: password, never the password. Read by `store/operators.py`: the `operators` commands, and
+#: the gunicorn master at start (SECRET_KEY is required once a row exists).
+operators = sa.Table(
+    "operators", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),  # sign-in finds its operator
+    sa.Column("password_hash", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)

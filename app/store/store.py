@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from .base import Database
 from .messages import Messages
+from .operators import Operators
 from .optouts import Optouts
 from .outbox import OutboxStore
 from .reports import Reports
 from .retention import Retention
 
 
-class Store(Messages, Reports, Optouts, OutboxStore, Retention, Database):
-    """The database of one process, by subject: messages, delivery reports, opt-outs, the
-    outbox, retention. Thread-safe; make one per process, after fork."""
+class Store(Messages, Reports, Optouts, Operators, OutboxStore, Retention, Database):
+    """The database of one process, by subject: messages, delivery reports, opt-outs,
+    operators, the outbox, retention. Thread-safe; make one per process, after fork."""
 
     def _setup(self) -> None:
         super()._setup()

@@ -1,0 +1,62 @@
+"""Operators: the people who may sign in to the operator page, by name, with a password hash.
+
+Only hashes come in and go out (app/operators.py makes and checks them); the password itself
+never reaches the store.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from .errors import Exists
+from .schema import operators
+from .values import as_utc
+
+
+class Operators:
+    """Operators (a mixin of Store)."""
+
+    def _setup(self) -> None:
+        super()._setup()
+        insert = pg_dialect.insert if self.postgres else sqlite_dialect.insert
+        # A name taken is a plain answer (no row), not an IntegrityError that aborts the transaction.
+        self._insert_operator = (insert(operators).on_conflict_do_nothing(index_elements=["name"])
+                                 .returning(operators.c.id))
+
+    def add_operator(self, name: str, password_hash: str, now: datetime | None = None) -> None:
+        """Add an operator; `Exists` when one has that name already."""
+        with self._write() as conn:
+            added = conn.execute(self._insert_operator, {"name": name, "password_hash": password_hash,
+                                                         "created_at": as_utc(now)}).first()
+        if added is None:
+            raise Exists(f"an operator named {name!r} exists already")
+
+    def remove_operator(self, name: str) -> bool:
+        """Remove the operator `name`; False if there was none."""
+        with self._write() as conn:
+            return conn.execute(operators.delete().where(operators.c.name == name)).rowcount > 0
+
+    def list_operators(self) -> list[tuple[str, datetime]]:
+        """(name, created_at as naive UTC) of every operator, by name."""
+        with self._read() as conn:
+            rows = conn.execute(sa.select(operators.c.name, operators.c.created_at).order_by(operators.c.name))
+            return [(name, created_at) for name, created_at in rows]
+
+    def operator_hash(self, name: str) -> str | None:
+        """The password hash of the operator `name`, or None when there is none."""
+        with self._read() as conn:
+            return conn.execute(sa.select(operators.c.password_hash)
+                                .where(operators.c.name == name)).scalar_one_or_none()
+
+    def count_operators(self) -> int:
+        with self._read() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(operators)).scalar_one()
+
+    def has_operators(self) -> bool:
+        """True once an operator exists: the operator page is on, and SECRET_KEY required."""
+        with self._read() as conn:
+            return conn.execute(sa.select(sa.literal(1)).select_from(operators).limit(1)).first() is not None
