@@ -15,17 +15,18 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
-from . import ruletest, signature
+from . import operators, ruletest, signature
 from .inbound import TYPES, Inbound
 from .rules import RulesError, RuleSet, load, sending_of
 from .rules.engine import digits
-from .store import Store, StoreError, iso_utc, migrate
+from .store import Exists, Store, StoreError, iso_utc, migrate
 from .store.db import display
 from .store.outbox import STATUSES
 
 rules_cli = AppGroup("rules", help="Check and test reply rules files.")
 db_cli = AppGroup("db", help="The database (DATABASE_URL).")
 outbox_cli = AppGroup("outbox", help="Messages and webhook calls sent after the answer (Message API).")
+operators_cli = AppGroup("operators", help="The people who may sign in to the operator page (add, remove, list).")
 
 
 # -- plain functions -------------------------------------------------------------
@@ -505,11 +506,80 @@ def outbox_cancel(item_id):
     click.echo(f"item {item_id} cancelled")
 
 
+def _read_password(from_stdin: bool) -> str:
+    """The new password: the first line of stdin (its line ending dropped), or asked twice
+    without echo. Never printed, logged or put in an error."""
+    if from_stdin:
+        line = click.get_text_stream("stdin").readline()
+        return line[:-1].removesuffix("\r") if line.endswith("\n") else line
+    return click.prompt("Password", hide_input=True, confirmation_prompt=True, default="", show_default=False)
+
+
+@operators_cli.command("add")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
+@with_appcontext
+def operators_add(name, password_stdin):
+    """Add an operator NAME, who may sign in to the operator page; asks for the password twice."""
+    problem = operators.name_problem(name)
+    if problem is None:
+        password = _read_password(password_stdin)
+        problem = operators.password_problem(password)
+    if problem is not None:
+        click.echo(f"error: {problem}", err=True)
+        sys.exit(1)
+    password_hash = operators.hash_password(password)
+    with _database() as store:
+        try:
+            store.add_operator(name, password_hash)
+        except Exists:
+            click.echo(f"error: an operator named {name} exists already (remove it first to change "
+                       "its password)", err=True)
+            sys.exit(1)
+    click.echo(f"operator {name} added")
+    if not current_app.config["SECRET_KEY"]:
+        click.echo("note: SECRET_KEY is not set: the service will not start while an operator exists "
+                   "without it; set SECRET_KEY (the same on every host)", err=True)
+
+
+@operators_cli.command("remove")
+@click.argument("name")
+@with_appcontext
+def operators_remove(name):
+    """Remove the operator NAME: they can no longer sign in."""
+    with _database() as store:
+        removed = store.remove_operator(name)
+    if not removed:
+        click.echo(f"error: there is no operator named {name}", err=True)
+        sys.exit(1)
+    click.echo(f"operator {name} removed")
+
+
+@operators_cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, by name.")
+@with_appcontext
+def operators_list(as_json):
+    """The operators, by name, with when each was added."""
+    with _database() as store:
+        rows = [{"name": name, "created_at": iso_utc(created_at, "seconds")}
+                for name, created_at in store.list_operators()]
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        click.echo("no operators")
+        return
+    click.echo(f"{'name':<32}  added (UTC)")
+    for r in rows:
+        click.echo(f"{r['name']:<32}  {r['created_at'][:19].replace('T', ' ')}")
+
+
 def register(app: Flask) -> None:
     app.cli.add_command(db_cli)
     app.cli.add_command(outbox_cli)
     app.cli.add_command(messages_cmd)
     app.cli.add_command(optouts_cli)
+    app.cli.add_command(operators_cli)
     app.cli.add_command(rules_cli)
     app.cli.add_command(simulate)
     app.cli.add_command(sign)
