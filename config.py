@@ -53,11 +53,13 @@ DEFAULTS: dict[str, Any] = {
     "RECORD_MASK": "numbers",
     # When set, /metrics answers only `Authorization: Bearer <METRICS_TOKEN>`.
     "METRICS_TOKEN": None,
+    # Signs operator sessions; required at start once an operator exists (the same on every host).
+    "SECRET_KEY": None,
 }
 
 #: Secret settings that may instead be given as a file, NAME_FILE=/run/secrets/... (Docker and
 #: Kubernetes secrets): its content without the trailing newline. Giving both is an error.
-SECRETS = ("PLIVO_AUTH_TOKEN", "WEBHOOK_SECRET", "DATABASE_URL", "METRICS_TOKEN")
+SECRETS = ("PLIVO_AUTH_TOKEN", "WEBHOOK_SECRET", "DATABASE_URL", "METRICS_TOKEN", "SECRET_KEY")
 
 #: The longest RULES_RELOAD_INTERVAL, seconds: an hour between looks at the file is already a long wait.
 RULES_RELOAD_MAX = 3600
@@ -254,6 +256,9 @@ def load(environ: Mapping[str, Any], *, require_token: bool = True) -> dict[str,
     out["RECORD_DIR"] = record_dir(raw["RECORD_DIR"], make=require_token)
     out["RECORD_MASK"] = record_mask(raw["RECORD_MASK"])
     out["METRICS_TOKEN"] = _text("METRICS_TOKEN", raw["METRICS_TOKEN"])
+    # Flask's own name: app.config["SECRET_KEY"] signs its sessions. Whether it is needed depends
+    # on the database (an operator exists), so the gunicorn master checks it after migrating.
+    out["SECRET_KEY"] = _text("SECRET_KEY", raw["SECRET_KEY"])
     if require_token and out["VERIFY_SIGNATURES"] and not out["PLIVO_AUTH_TOKENS"]:
         raise ConfigError(
             "PLIVO_AUTH_TOKEN is not set: set it to your Plivo auth token "

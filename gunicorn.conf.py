@@ -306,7 +306,8 @@ def on_starting(server):
 
     A bad rules file gives `path:line: message` per problem; a DATABASE_URL that
     is malformed or does not answer gives one line naming it. Then the schema is
-    brought up to date (`flask --app wsgi db upgrade`), before any worker forks.
+    brought up to date (`flask --app wsgi db upgrade`), before any worker forks. Once an
+    operator exists, SECRET_KEY is required.
 
     Only at start: after a HUP (or when a worker is replaced) the master must not
     exit over the file; workers that start while it is bad answer with the last
@@ -342,6 +343,7 @@ def on_starting(server):
         _refuse(f"{settings['RULES_PATH']} has {len(problems)} problem(s); "
                 "fix them (flask --app wsgi rules check) and start again", problems=[str(p) for p in problems])
     _migrate(server, engine, url)
+    _require_secret_key(settings, engine, url)
     # The warnings once per start, here, once nothing can refuse it; the workers compile the
     # same file and say nothing more.
     for warning in ruleset.warnings:
@@ -479,3 +481,25 @@ def _migrate(server, engine, url):
         engine.dispose()
     if before != after:
         server.log.info("database %s migrated from %s to %s", display(url), before or "empty", after)
+
+
+def _require_secret_key(settings, engine, url):
+    """Refuse to start without SECRET_KEY once an operator exists: the operator page signs its
+    sessions with it (a key made up per process would differ between workers and hosts, and
+    sign everyone out at each restart). Asked after migrating, when the table is sure to be there."""
+    if settings["SECRET_KEY"]:
+        return
+    import sqlalchemy as sa
+
+    from app.store.db import display
+    from app.store.schema import operators
+    try:
+        with engine.connect() as conn:
+            count = conn.execute(sa.select(sa.func.count()).select_from(operators)).scalar_one()
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback from the master
+        _refuse(f"DATABASE_URL: cannot count the operators in {display(url)}: {type(exc).__name__}: {exc}")
+    finally:
+        engine.dispose()
+    if count:
+        _refuse(f"SECRET_KEY is not set and {count} operator(s) exist: set SECRET_KEY (the same on every "
+                "host) or remove them (flask --app wsgi operators remove NAME)")

@@ -86,7 +86,8 @@ def server_env(**extra) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in (
         "PUBLIC_URL", "TRUSTED_PROXIES", "VERIFY_SIGNATURES", "RULES_PATH",
         "MAX_CONTENT_LENGTH", "DATABASE_URL", "LOG_LEVEL", "LOG_FORMAT", "PORT", "WEB_CONCURRENCY",
-        "PROMETHEUS_MULTIPROC_DIR", "RESPONDER_METRICS_DIR_MADE", "HOST", "METRICS_TOKEN")
+        "PROMETHEUS_MULTIPROC_DIR", "RESPONDER_METRICS_DIR_MADE", "HOST", "METRICS_TOKEN",
+        "SECRET_KEY", "SECRET_KEY_FILE")
         and not k.startswith(("PLIVO_", "OUTBOX_", "WEBHOOK_", "RECORD_"))}
     env.update(extra)
     return env
