@@ -510,7 +510,7 @@ def _read_password(from_stdin: bool) -> str:
     """The new password: the first line of stdin (its line ending dropped), or asked twice
     without echo. Never printed, logged or put in an error."""
     if from_stdin:
-        line = click.get_text_stream("stdin").readline()
+        line = sys.stdin.readline()
         return line[:-1].removesuffix("\r") if line.endswith("\n") else line
     return click.prompt("Password", hide_input=True, confirmation_prompt=True, default="", show_default=False)
 
