@@ -5,11 +5,10 @@ refusal without SECRET_KEY once an operator exists."""
 from __future__ import annotations
 
 import json
-import logging
 from datetime import datetime
 
 import pytest
-from conftest import ROOT, TOKEN, make_app
+from conftest import ROOT, TOKEN, listening, make_app
 from servers import Server, run_gunicorn, server_env
 
 from app import operators
@@ -95,10 +94,10 @@ def _app(tmp_path, **settings):
 
 
 def test_add_with_password_stdin_stores_a_scrypt_hash_and_never_shows_the_password(tmp_path, database, caplog):
-    caplog.set_level(logging.DEBUG)
     app = _app(tmp_path, SECRET_KEY="k" * 32)
-    result = app.test_cli_runner().invoke(args=["operators", "add", "ann", "--password-stdin"],
-                                          input=PASSWORD + "\n")
+    with listening(caplog, "app"):
+        result = app.test_cli_runner().invoke(args=["operators", "add", "ann", "--password-stdin"],
+                                              input=PASSWORD + "\n")
     assert result.exit_code == 0, result.output
     assert result.stdout == "operator ann added\n"
     assert result.stderr == ""  # SECRET_KEY is set: no note
@@ -110,9 +109,9 @@ def test_add_with_password_stdin_stores_a_scrypt_hash_and_never_shows_the_passwo
 
 
 def test_add_asks_twice_without_echo(tmp_path, database, caplog):
-    caplog.set_level(logging.DEBUG)
     app = _app(tmp_path, SECRET_KEY="k" * 32)
-    result = app.test_cli_runner().invoke(args=["operators", "add", "ann"], input=f"{PASSWORD}\n{PASSWORD}\n")
+    with listening(caplog, "app"):
+        result = app.test_cli_runner().invoke(args=["operators", "add", "ann"], input=f"{PASSWORD}\n{PASSWORD}\n")
     assert result.exit_code == 0, result.output
     assert "Password: " in result.output and "Repeat for confirmation: " in result.output
     stored = app.extensions["responder"].store.operator_hash("ann")
