@@ -109,14 +109,14 @@ class Server:
         # Its metric files under `tmp`, so a gunicorn killed before it can remove a folder of
         # its own leaves nothing in /tmp ("" or None lets gunicorn.conf.py make and remove one).
         settings.setdefault("PROMETHEUS_MULTIPROC_DIR", str(tmp / "metrics"))
+        settings.setdefault("RULES_RELOAD_INTERVAL", "0.2")
         self.log_path = tmp / log_name
         # free_port() lets the port go before gunicorn binds it, and another process (a test in
         # another xdist worker, another run) may take it in between: gunicorn.conf.py then refuses
         # at once ("port N is already in use"), and the server starts again on a fresh port.
         for attempt in range(1, PORT_ATTEMPTS + 1):
             env = server_env(PLIVO_AUTH_TOKEN=TOKEN, PORT=str(self.port),
-                             RULES_PATH=str(self.rules), RULES_RELOAD_INTERVAL="0.2",
-                             LOG_FORMAT="json", **settings)
+                             RULES_PATH=str(self.rules), LOG_FORMAT="json", **settings)
             # A setting given as None is left out of the environment altogether (unset, not "").
             env = {k: v for k, v in env.items() if v is not None}
             self.log = open(self.log_path, "wb")
