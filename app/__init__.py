@@ -16,7 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import config
 
-from . import cli, logs, metrics, web
+from . import cli, logs, metrics, operator_page, web
 from .hostcheck import HostCheck
 from .outbound.sender import build_sender
 from .rules import RulesHolder, sending_of
@@ -65,6 +65,7 @@ def create_app(test_config: dict | None = None, *, serving: bool | None = None) 
     )
     _wrap_for_webhooks(app, responder)
     app.register_blueprint(web.bp)
+    app.register_blueprint(operator_page.bp)
     _register_errors(app)
     cli.register(app)
     app.extensions["metrics"] = metrics.Exporter(store, holder, token=settings["METRICS_TOKEN"],

@@ -40,7 +40,7 @@ MONDAY_10AM = datetime(2026, 11, 23, 10, 0, tzinfo=NY)
 
 BACKENDS = ("sqlite", "postgresql")
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-_TABLES = ("outbox", "api_slots", "reports", "replies", "messages", "optouts", "seen", "operators")
+_TABLES = ("outbox", "api_slots", "reports", "replies", "messages", "optouts", "seen", "operators", "signin_failures")
 _state: dict = {"url": None, "template": None, "apps": [], "pg": None, "pg_error": None}
 
 

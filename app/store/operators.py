@@ -6,14 +6,14 @@ never reaches the store.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from .errors import Exists
-from .schema import operators
+from .schema import operators, signin_failures
 from .values import as_utc
 
 
@@ -60,3 +60,25 @@ class Operators:
         """True once an operator exists: the operator page is on, and SECRET_KEY required."""
         with self._read() as conn:
             return conn.execute(sa.select(sa.literal(1)).select_from(operators).limit(1)).first() is not None
+
+    def record_failure(self, name: str, address: str, at: datetime, keep: timedelta) -> None:
+        """Record a failed sign-in for `name` from `address` at `at`, and delete the failures
+        older than `keep` before it (the limit window: nothing older is ever counted).
+
+        `name` is what was typed (cut to 64 characters), whether or not such an operator
+        exists, so guessing names is limited like guessing passwords.
+        """
+        at = as_utc(at)
+        with self._write() as conn:
+            conn.execute(signin_failures.delete().where(signin_failures.c.at < at - keep))
+            conn.execute(signin_failures.insert(), {"name": name[:64], "address": address[:64], "at": at})
+
+    def failures_since(self, name: str, address: str, since: datetime) -> tuple[int, int]:
+        """(failures for `name`, failures from `address`) recorded at or after `since`."""
+        since = as_utc(since)
+        recent = signin_failures.c.at >= since
+        count = sa.select(sa.func.count()).select_from(signin_failures)
+        with self._read() as conn:
+            by_name = conn.execute(count.where(signin_failures.c.name == name[:64], recent)).scalar_one()
+            by_address = conn.execute(count.where(signin_failures.c.address == address[:64], recent)).scalar_one()
+        return by_name, by_address

@@ -173,3 +173,18 @@ operators = sa.Table(
     sa.Column("password_hash", sa.Text, nullable=False),
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
+
+#: Failed sign-ins to the operator page, kept for the limit window (§11: 5 per name, 20 per
+#: address, in 15 minutes) in the database so every worker and host counts the same failures.
+#: Rows older than the window are pruned whenever a failure is recorded.
+signin_failures = sa.Table(
+    "signin_failures", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("address", sa.String(64), nullable=False),
+    sa.Column("at", sa.DateTime, nullable=False),
+)
+# The window's two counts, and the pruning of what is older than it.
+sa.Index("ix_signin_failures_name_at", signin_failures.c.name, signin_failures.c.at)
+sa.Index("ix_signin_failures_address_at", signin_failures.c.address, signin_failures.c.at)
+sa.Index("ix_signin_failures_at", signin_failures.c.at)
