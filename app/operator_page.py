@@ -127,22 +127,34 @@ def _cookie_flags(state) -> None:
     config["SESSION_COOKIE_SECURE"] = (config.get("PUBLIC_URL") or "").lower().startswith("https:")
 
 
-@bp.before_request
+def _under_page() -> bool:
+    """True when this request is for the operator page, routed or not (an unknown path, a
+    method no view takes)."""
+    return request.path == "/operator" or request.path.startswith("/operator/")
+
+
+@bp.before_app_request
 def _page_is_on():
-    """404 until an operator exists; then a POST carries this session's CSRF token or is 400."""
+    """404 for every `/operator...` URL and method until an operator exists (an app-wide hook:
+    it runs before Flask raises a routing 404 or 405); then a POST carries this session's CSRF
+    token or is 400."""
+    if not _under_page():
+        return
     store = _store()
     if store is None or not store.has_operators():
         abort(404)
     if not current_app.config.get("SECRET_KEY"):
         abort(503, "the operator page needs SECRET_KEY")
-    if request.method == "POST" and not csrf_ok(request.form.get("csrf")):
+    if request.method == "POST" and request.url_rule is not None and not csrf_ok(request.form.get("csrf")):
         abort(400, "the form is out of date or was not sent from this page; reload it and try again")
 
 
-@bp.after_request
+@bp.after_app_request
 def _headers(response: Response) -> Response:
-    for name, value in HEADERS.items():
-        response.headers[name] = value
+    """The strict headers on every answer under `/operator`, errors and unknown paths too."""
+    if _under_page():
+        for name, value in HEADERS.items():
+            response.headers[name] = value
     return response
 
 
@@ -198,6 +210,12 @@ def sign_in():
     csrf_token()
     log.info("operator signed in")
     return redirect(target or url_for("operator.home"), 303)
+
+
+@bp.get("/logout")
+def sign_out_form():
+    """Signing out is a POST (a link or a prefetch never signs anyone out): the form is on the home page."""
+    return redirect(url_for("operator.home"), 303)
 
 
 @bp.post("/logout")

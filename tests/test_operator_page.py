@@ -46,8 +46,9 @@ def sign_in(client, name="ann", password=PASSWORD, **extra):
 
 def test_every_operator_url_is_404_while_no_operator_exists(tmp_path, database):
     client = page_app(tmp_path, operators=()).test_client()
-    for path in ("/operator/", "/operator/login", "/operator/static/operator.css"):
+    for path in ("/operator/", "/operator", "/operator/login", "/operator/static/operator.css", "/operator/nothing"):
         assert client.get(path).status_code == 404
+    assert client.put("/operator/login").status_code == 404
     assert client.post("/operator/login", data={"name": "ann", "password": PASSWORD}).status_code == 404
     assert client.post("/operator/logout").status_code == 404
 
@@ -66,7 +67,8 @@ def test_sign_in_shows_the_name_and_sign_out_ends_the_session(tmp_path, database
     home = client.get("/operator/")
     assert home.status_code == 200 and "Signed in as <strong>ann</strong>" in home.get_data(as_text=True)
     token = re.search(r'name="csrf" value="([^"]+)"', home.get_data(as_text=True)).group(1)
-    assert client.get("/operator/logout").status_code == 405  # sign-out is a POST only
+    assert client.get("/operator/logout").status_code == 303  # a GET never signs out
+    assert client.get("/operator/").status_code == 200
     out = client.post("/operator/logout", data={"csrf": token})
     assert out.status_code == 303 and out.headers["Location"] == "/operator/login"
     assert client.get("/operator/").status_code == 302
@@ -206,8 +208,8 @@ def test_a_removed_operators_session_is_refused(tmp_path, database):
 
 def test_every_answer_carries_the_strict_headers(tmp_path):
     client = page_app(tmp_path).test_client()
-    for answer in (client.get("/operator/"), client.get("/operator/login"),
-                   client.get("/operator/static/operator.css")):
+    for answer in (client.get("/operator/"), client.get("/operator/login"), client.get("/operator/nothing"),
+                   client.put("/operator/login"), client.get("/operator/static/operator.css")):
         assert answer.headers["Content-Security-Policy"] == (
             "default-src 'self'; script-src 'none'; style-src 'self'; img-src 'self' data:; "
             "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
