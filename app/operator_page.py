@@ -11,7 +11,6 @@ sound choice: a correct guess never resets an attacker's count for the other nam
 
 from __future__ import annotations
 
-import functools
 import hmac
 import logging
 import secrets
@@ -20,7 +19,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, session, url_for
 
-from .operators import check_password, hash_password
+from .operators import check_password
 
 log = logging.getLogger("app.operator")
 
@@ -44,17 +43,17 @@ HEADERS = {
 
 
 # -- plain functions ------------------------------------------------------------------------------
-@functools.cache
-def _dummy_hash() -> str:
-    """A hash no password is known for: an unknown name is checked against it, so it takes as
-    long as a known one."""
-    return hash_password(secrets.token_urlsafe(32))
+#: The hash an unknown name's password is checked against, so an unknown name takes as long as a
+#: known one. Made once by `hash_password` (werkzeug's scrypt, the parameters every operator's
+#: hash has) from a random password nobody kept: nothing ever matches it.
+DUMMY_HASH = ("scrypt:32768:8:1$JCElchTp89EDOt32$fbe2e9fd835a3d32bdfc0867767aeffb73018060ee71a423f73adb28e93bb807"
+              "45659fb2186fa2a673837e641e331f2e751f3c9f0cfbe5b66c9547ee055a445f")
 
 
 def password_matches(stored_hash: str | None, password: str) -> bool:
     """True when `password` fits `stored_hash`; the same scrypt work is done when there is none."""
     if stored_hash is None:
-        check_password(_dummy_hash(), password)
+        check_password(DUMMY_HASH, password)
         return False
     return check_password(stored_hash, password)
 

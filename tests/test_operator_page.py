@@ -12,6 +12,8 @@ from conftest import MONDAY_10AM, listening, make_app
 
 from app import operator_page
 from app.operators import hash_password
+from app.store import Store, migrate
+from app.store.db import make_engine
 
 PASSWORD = "correct horse battery"
 HASH = hash_password(PASSWORD)
@@ -173,6 +175,47 @@ def test_a_success_does_not_erase_failures(tmp_path):
         sign_in(client, password="wrong password")
     assert sign_in(client).status_code == 303
     assert app.extensions["responder"].store.failures_since("ann", "192.0.2.10", MONDAY_10AM - timedelta(1)) == (4, 4)
+
+
+def test_the_dummy_hash_is_an_ordinary_operator_hash_that_nothing_matches():
+    assert operator_page.DUMMY_HASH.split("$")[0] == HASH.split("$")[0]  # the same scrypt work
+    assert not operator_page.password_matches(None, "")
+    assert not operator_page.password_matches(None, PASSWORD)
+    assert operator_page.password_matches(HASH, PASSWORD)
+
+
+def test_store_counts_failures_by_name_and_by_address_within_the_window(database):
+    store = Store(database, pool_size=1)
+    try:
+        at = MONDAY_10AM
+        store.record_failure("ann", "192.0.2.1", at, operator_page.WINDOW)
+        store.record_failure("ann", "192.0.2.2", at + timedelta(minutes=1), operator_page.WINDOW)
+        store.record_failure("bob", "192.0.2.1", at + timedelta(minutes=2), operator_page.WINDOW)
+        store.record_failure("x" * 200, "192.0.2.1", at + timedelta(minutes=3), operator_page.WINDOW)  # cut to 64
+        assert store.failures_since("ann", "192.0.2.1", at) == (2, 3)
+        assert store.failures_since("ann", "192.0.2.1", at + timedelta(seconds=30)) == (1, 2)
+        assert store.failures_since("x" * 64, "198.51.100.1", at) == (1, 0)
+        store.record_failure("bob", "192.0.2.9", at + timedelta(minutes=16), operator_page.WINDOW)  # prunes the first
+        assert store.failures_since("ann", "192.0.2.1", at - timedelta(days=1)) == (1, 2)
+    finally:
+        store.dispose()
+
+
+def test_downgrade_to_0006_drops_the_failures_and_upgrade_makes_them_again(tmp_path):
+    import sqlalchemy as sa
+    from alembic import command
+    engine = make_engine(f"sqlite:///{tmp_path}/d.sqlite3", pool_size=1)
+    migrate.upgrade(engine)
+    assert "signin_failures" in sa.inspect(engine).get_table_names()
+    with engine.connect() as conn:
+        command.downgrade(migrate._config(conn), "0006")
+        conn.commit()
+    assert "signin_failures" not in sa.inspect(engine).get_table_names()
+    assert "operators" in sa.inspect(engine).get_table_names()
+    assert migrate.upgrade(engine) == ("0006", migrate.head())
+    assert {ix["name"] for ix in sa.inspect(engine).get_indexes("signin_failures")} == {
+        "ix_signin_failures_name_at", "ix_signin_failures_address_at", "ix_signin_failures_at"}
+    engine.dispose()
 
 
 @pytest.mark.parametrize(("public_url", "secure"), [(None, False), ("http://sms.example", False),
