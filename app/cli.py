@@ -346,11 +346,7 @@ def messages_cmd(as_json, limit, from_):
     """The message log: what came in, which rules matched, what went out."""
     with _database() as store:
         rows = store.list_messages(limit, number(from_, "--from"))
-    if as_json:
-        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
-        return
-    for line in messages_table(rows):
-        click.echo(line)
+    _print_rows(rows, as_json, messages_table)
 
 
 @click.group("optouts", invoke_without_command=True)
@@ -363,16 +359,15 @@ def optouts_cli(ctx, as_json):
         return
     with _database() as store:
         rows = store.list_optouts()
-    if as_json:
-        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
-        return
+    _print_rows(rows, as_json, _optouts_table)
+
+
+def _optouts_table(rows: list[dict]) -> list[str]:
     if not rows:
-        click.echo("no opt-outs")
-        return
-    click.echo(f"{'number':<16}  {'applies to':<16}  {'since (UTC)':<20}  via")
-    for r in rows:
-        click.echo(f"{r['number']:<16}  {r['to'] or 'every number':<16}  "
-                   f"{r['since'][:19].replace('T', ' '):<20}  {r['via']}")
+        return ["no opt-outs"]
+    return [f"{'number':<16}  {'applies to':<16}  {'since (UTC)':<20}  via"] + [
+        f"{r['number']:<16}  {r['to'] or 'every number':<16}  {r['since'][:19].replace('T', ' '):<20}  {r['via']}"
+        for r in rows]
 
 
 def _optout_command(name: str, change, to_help: str):
@@ -457,11 +452,7 @@ def outbox_list(as_json, status, limit):
     """The outbox, newest first: what was sent through the Message API or to webhooks, and what waits."""
     with _database() as store:
         rows = outbox_rows(store.list_outbox(limit, status))
-    if as_json:
-        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
-        return
-    for line in outbox_table(rows):
-        click.echo(line)
+    _print_rows(rows, as_json, outbox_table)
 
 
 def _operator_change(item_id: int, change: str):
@@ -563,15 +554,23 @@ def operators_list(as_json):
     with _database() as store:
         rows = [{"name": name, "created_at": iso_utc(created_at, "seconds")}
                 for name, created_at in store.list_operators()]
+    _print_rows(rows, as_json, _operators_table)
+
+
+def _operators_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return ["no operators"]
+    return [f"{'name':<32}  added (UTC)"] + [
+        f"{r['name']:<32}  {r['created_at'][:19].replace('T', ' ')}" for r in rows]
+
+
+def _print_rows(rows: list[dict], as_json: bool, table) -> None:
+    """A listing command's output: one JSON array, or the lines `table(rows)` makes."""
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
-    if not rows:
-        click.echo("no operators")
-        return
-    click.echo(f"{'name':<32}  added (UTC)")
-    for r in rows:
-        click.echo(f"{r['name']:<32}  {r['created_at'][:19].replace('T', ' ')}")
+    for line in table(rows):
+        click.echo(line)
 
 
 def register(app: Flask) -> None:
